@@ -1,0 +1,102 @@
+"""The pipeline as plain functions — the same steps the command line runs.
+
+>>> from latbench import api
+>>> spec = api.load_model("resnet56")                                          # doctest: +SKIP
+>>> report = api.profile(spec, "host:onnxruntime", "runs/store.db")            # doctest: +SKIP
+>>> table = api.build_table(spec, "host:onnxruntime", "runs/store.db", "tables/t.parquet")  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from .devices import DEFAULT_DEVICE, MeasureSettings, open_device
+from .models import Architecture, ModelSpec, get_model, random_architectures
+from .models.onnx_graph import spec_from_onnx
+from .predictor import Predictor
+from .profiling import ProfileReport, Profiler, environment_of
+from .store import MeasurementStore
+from .tables.grid import design_grid
+from .tables.table import LatencyTable, TableError, table_from_store
+from .validation import ValidationReport, validate
+
+DEFAULT_STORE = "runs/measurements.db"
+
+
+def load_model(name_or_path: str) -> ModelSpec:
+    """A zoo model by name, or the layers of an ONNX file."""
+    if name_or_path.endswith(".onnx") or Path(name_or_path).exists():
+        return spec_from_onnx(name_or_path)
+    return get_model(name_or_path)
+
+
+def profile(spec: ModelSpec, device: str = DEFAULT_DEVICE, store: str | Path = DEFAULT_STORE,
+            resolutions: Sequence[int] | None = None, adaptive: bool = True, threshold: float = 0.04,
+            channel_points: int = 8, sparsities: Sequence[float] | None = None, threads: int = 1,
+            settings: MeasureSettings | None = None, progress: bool = True) -> ProfileReport:
+    """Measure every slice ``spec`` needs on ``device``; resumes from whatever ``store`` already holds."""
+    res = {spec.name: tuple(resolutions)} if resolutions else None
+    slices = design_grid([spec], res, adaptive=adaptive, channel_points=channel_points,
+                         sparsities=tuple(sparsities) if sparsities else None)
+    dev = open_device(device, threads=threads, settings=settings)
+    try:
+        dev.prepare()
+        with MeasurementStore(store) as st:
+            return Profiler(dev, st, progress=progress).run(slices, adaptive=adaptive, threshold=threshold)
+    finally:
+        dev.close()
+
+
+def build_table(specs: Sequence[ModelSpec], device: str = DEFAULT_DEVICE, store: str | Path = DEFAULT_STORE,
+                out: str | Path | None = None, resolutions: Sequence[int] | None = None, threads: int = 1,
+                extra_meta: dict | None = None) -> LatencyTable:
+    """Build a table of the slices ``specs`` need from the measurements of ``device`` in ``store``."""
+    dev = open_device(device, threads=threads)
+    try:
+        with MeasurementStore(store) as st:
+            env_id = environment_of(dev, st)
+            keys = set()
+            for spec in specs:
+                for res in (resolutions or spec.resolutions):
+                    hw = spec.input_hw(res)
+                    from .layers import signature_of
+
+                    keys |= {(signature_of(layer).key, hw[layer.name]) for layer in spec.layers}
+            meta = {"models": [s.name for s in specs], **(extra_meta or {})}
+            table, frame = table_from_store(st, env_id, keys, meta)
+    finally:
+        dev.close()
+    if out:
+        table.save(out, frame)
+    return table
+
+
+def predict(spec: ModelSpec, archs: Sequence[Architecture], table: LatencyTable | str | Path, clamp: bool = False):
+    if not isinstance(table, LatencyTable):
+        table = LatencyTable.load(table)
+    return Predictor(spec, table, clamp=clamp).predict(archs)
+
+
+def validate_model(spec: ModelSpec, table: LatencyTable | str | Path, device: str = DEFAULT_DEVICE,
+                   store: str | Path = DEFAULT_STORE, n: int = 100, seed: int = 0,
+                   resolutions: Sequence[int] | None = None, sparsities: Sequence[float] = (0.0,),
+                   divisor: int = 1, min_ratio: float = 0.25, threads: int = 1,
+                   progress: bool = True) -> ValidationReport:
+    """Predict and measure ``n`` random architectures (plus the full network) end to end."""
+    if not isinstance(table, LatencyTable):
+        table = LatencyTable.load(table)
+    dev = open_device(device, threads=threads)
+    try:
+        table.check_device(dev.fingerprint(), device)
+        predictor = Predictor(spec, table)
+        res = tuple(resolutions) if resolutions else tuple(spec.resolutions)
+        archs = [Architecture.full(spec, max(res))] + random_architectures(
+            spec, n - 1, seed=seed, min_ratio=min_ratio, sparsities=tuple(sparsities), resolutions=res,
+            divisor=divisor)
+        with MeasurementStore(store) as st:
+            return validate(spec, predictor, dev, st, archs, progress=progress)
+    finally:
+        dev.close()
+
+
+__all__ = ["load_model", "profile", "build_table", "predict", "validate_model", "DEFAULT_STORE", "TableError"]

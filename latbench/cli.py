@@ -1,0 +1,225 @@
+"""The ``latbench`` command line (typer + rich)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import api
+from .devices import DEFAULT_DEVICE, DeviceError, MeasureSettings
+from .models import Architecture, ArchitectureError
+from .models.onnx_graph import OnnxModelError
+from .store import StoreError
+from .tables.table import LatencyTable, TableError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Measure CNN layer latency on a device, build lookup tables, predict and validate.")
+table_app = typer.Typer(no_args_is_help=True, help="Build, inspect and import latency tables.")
+app.add_typer(table_app, name="table")
+console = Console()
+err_console = Console(stderr=True)
+
+_ERRORS = (DeviceError, ArchitectureError, OnnxModelError, StoreError, TableError, KeyError, FileNotFoundError)
+
+
+def _fail(err: Exception) -> None:
+    msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    err_console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+def _settings(rounds: int, runs: int, warmup: int) -> MeasureSettings:
+    return MeasureSettings(warmup=warmup, rounds=rounds, runs_per_round=runs)
+
+
+@app.command()
+def devices() -> None:
+    """List reachable devices with their fingerprints.
+
+    Example: latbench devices
+    """
+    from .devices import list_devices
+
+    t = Table("device", "available", "fingerprint", "detail")
+    for d in list_devices():
+        t.add_row(d.name, "yes" if d.available else "no", d.fingerprint,
+                  ", ".join(f"{k}={v}" for k, v in d.detail.items() if k in ("cpu", "cores", "version", "threads", "error")))
+    console.print(t)
+
+
+@app.command()
+def profile(model: str = typer.Argument(..., help="zoo model name (e.g. mobilenet_v2) or path to an .onnx file"),
+            device: str = typer.Option(DEFAULT_DEVICE, help="host:onnxruntime"),
+            store: Path = typer.Option(Path(api.DEFAULT_STORE), help="SQLite measurement store (resumed if present)"),
+            resolution: Optional[List[int]] = typer.Option(None, help="input resolution(s); default: the model's"),
+            adaptive: bool = typer.Option(True, help="adaptive refinement (--dense for the full JCW-style grid)"),
+            dense: bool = typer.Option(False, "--dense", help="measure the full dense grid"),
+            threshold: float = typer.Option(0.04, help="refine where interpolation misses by more than this fraction"),
+            channel_points: int = typer.Option(8, help="channel knots are c//N·i, i=1..N (plus 1)"),
+            sparsity: Optional[List[float]] = typer.Option(None, help="sparsity knots (default 0,0.5,0.9 dense; 0,0.9 adaptive)"),
+            threads: int = typer.Option(1, help="runtime threads"),
+            rounds: int = typer.Option(5, help="interleaved rounds per measurement"),
+            runs: int = typer.Option(10, help="timed runs per round"),
+            warmup: int = typer.Option(5, help="untimed warm-up runs"),
+            table: Optional[Path] = typer.Option(None, help="also build this table file when done"),
+            progress: bool = typer.Option(True, help="show progress bars")) -> None:
+    """Measure the layer variants MODEL needs on DEVICE. Resumes by default: a killed run restarted with the
+    same arguments measures only what is missing.
+
+    Example: latbench profile mobilenet_v2 --device host:onnxruntime --resolution 224 --table tables/mbv2.parquet
+    """
+    try:
+        spec = api.load_model(model)
+        report = api.profile(spec, device, store, resolution, adaptive=adaptive and not dense, threshold=threshold,
+                             channel_points=channel_points, sparsities=sparsity, threads=threads,
+                             settings=_settings(rounds, runs, warmup), progress=progress)
+        console.print_json(json.dumps(report.to_dict()))
+        if table:
+            api.build_table([spec], device, store, table, resolution, threads)
+            console.print(f"table written to [bold]{table}[/]")
+    except _ERRORS as err:
+        _fail(err)
+
+
+@table_app.command("build")
+def table_build(model: List[str] = typer.Argument(..., help="zoo model name(s) or .onnx path(s) the table must cover"),
+                out: Path = typer.Option(..., "--out", "-o", help="table file to write (.parquet)"),
+                device: str = typer.Option(DEFAULT_DEVICE), store: Path = typer.Option(Path(api.DEFAULT_STORE)),
+                resolution: Optional[List[int]] = typer.Option(None), threads: int = typer.Option(1)) -> None:
+    """Build a table from the measurements in the store.
+
+    Example: latbench table build mobilenet_v2 --resolution 224 -o tables/host-ort-mobilenet_v2.parquet
+    """
+    try:
+        t = api.build_table([api.load_model(m) for m in model], device, store, out, resolution, threads)
+        console.print(t.summary().to_string())
+        console.print(f"table written to [bold]{out}[/]")
+    except _ERRORS as err:
+        _fail(err)
+
+
+@table_app.command("info")
+def table_info(path: Path) -> None:
+    """Show a table's provenance and grid.
+
+    Example: latbench table info tables/host-ort-mobilenet_v2.parquet
+    """
+    try:
+        t = LatencyTable.load(path)
+    except _ERRORS as err:
+        _fail(err)
+    console.print_json(json.dumps({k: v for k, v in t.meta.items()}))
+    console.print(t.summary().to_string())
+
+
+@table_app.command("import-jcw")
+def table_import_jcw(directory: Path = typer.Argument(..., help="folder with runtime.npy and conv_info.log"),
+                     out: Path = typer.Option(..., "--out", "-o")) -> None:
+    """Import the JCW authors' published ResNet-18 phone table.
+
+    Example: latbench table import-jcw ../shared/fixtures/jcw_resnet18 -o runs/jcw-resnet18.parquet
+    """
+    from .tables.jcw import import_jcw_table
+
+    try:
+        t, frame = import_jcw_table(directory)
+        t.save(out, frame)
+    except _ERRORS as err:
+        _fail(err)
+    console.print(t.summary().to_string())
+
+
+@app.command()
+def predict(model: str, arch: Optional[Path] = typer.Option(None, help="architecture JSON (default: the full model)"),
+            table: Path = typer.Option(..., help="latency table (.parquet)"),
+            clamp: bool = typer.Option(False, help="clamp queries outside the grid instead of failing"),
+            breakdown: bool = typer.Option(False, help="print per-layer latencies")) -> None:
+    """Predict the latency of one architecture from a table.
+
+    Example: latbench predict mobilenet_v2 --arch arch.json --table tables/host-ort-mobilenet_v2.parquet
+    """
+    from .predictor import Predictor
+
+    try:
+        spec = api.load_model(model)
+        a = Architecture.load(arch) if arch else Architecture.full(spec)
+        p = Predictor(spec, LatencyTable.load(table), clamp=clamp)
+        ms = float(p.predict(a)[0])
+        if breakdown:
+            console.print(p.breakdown(a).to_string())
+    except _ERRORS as err:
+        _fail(err)
+    console.print_json(json.dumps({"model": spec.name, "resolution": a.resolution, "predicted_ms": ms}))
+
+
+@app.command()
+def validate(model: str, table: Path = typer.Option(..., help="latency table to check"),
+             device: str = typer.Option(DEFAULT_DEVICE), store: Path = typer.Option(Path(api.DEFAULT_STORE)),
+             n: int = typer.Option(100, help="networks to measure (the full network + n-1 random ones)"),
+             seed: int = typer.Option(0), resolution: Optional[List[int]] = typer.Option(None),
+             sparsity: Optional[List[float]] = typer.Option(None, help="sparsities to sample from (default 0)"),
+             divisor: int = typer.Option(1, help="round sampled widths to multiples of this"),
+             min_ratio: float = typer.Option(0.25, help="smallest width as a fraction of the full width"),
+             threads: int = typer.Option(1),
+             json_path: Optional[Path] = typer.Option(None, "--json", help="write the JSON report here"),
+             csv: Optional[Path] = typer.Option(None, help="write all (predicted, measured) pairs here"),
+             plot: Optional[Path] = typer.Option(None, help="write the predicted-vs-measured scatter plot (PNG)"),
+             progress: bool = typer.Option(True)) -> None:
+    """Measure N random pruned networks end to end and compare with the table's predictions.
+
+    Example: latbench validate mobilenet_v2 --table tables/host-ort-mobilenet_v2.parquet --n 100 --json report.json
+    """
+    try:
+        spec = api.load_model(model)
+        report = api.validate_model(spec, table, device, store, n, seed, resolution, tuple(sparsity or (0.0,)),
+                                    divisor, min_ratio, threads, progress)
+        summary = report.write(json_path, csv, plot, title=f"{spec.name} on {device}")
+    except _ERRORS as err:
+        _fail(err)
+    console.print_json(json.dumps(summary))
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the store, table and report"),
+         model: str = typer.Option("resnet56", help="zoo model"),
+         n: int = typer.Option(30, help="validation networks"),
+         progress: bool = typer.Option(True)) -> None:
+    """The whole pipeline on the host CPU, no phone: profile → table → predict → validate.
+
+    Example: latbench demo --out runs/demo
+    """
+    try:
+        spec = api.load_model(model)
+        store = out / "measurements.db"
+        res = [spec.base_resolution]
+        console.rule(f"1/4 profile {spec.name} at {res[0]}×{res[0]} on {DEFAULT_DEVICE}")
+        report = api.profile(spec, DEFAULT_DEVICE, store, res, adaptive=True, progress=progress)
+        console.print_json(json.dumps(report.to_dict()))
+        console.rule("2/4 build the table")
+        table_path = out / f"host-ort-{spec.name}.parquet"
+        table = api.build_table([spec], DEFAULT_DEVICE, store, table_path, res)
+        console.print(f"{len(table.slices)} slices → {table_path}")
+        console.rule("3/4 predict")
+        full = Architecture.full(spec, res[0])
+        (out / "full_arch.json").write_text(full.to_json())
+        console.print(f"full {spec.name}: predicted {float(api.predict(spec, [full], table)[0]):.3f} ms")
+        console.rule(f"4/4 validate on {n} networks")
+        rep = api.validate_model(spec, table, DEFAULT_DEVICE, store, n, resolutions=res, progress=progress)
+        summary = rep.write(out / "validation.json", out / "validation.csv", out / "validation.png",
+                            title=f"{spec.name} on {DEFAULT_DEVICE}")
+        console.print_json(json.dumps({k: v for k, v in summary.items() if k != "worst"}))
+        console.print(f"report, pairs and plot in [bold]{out}[/]")
+    except _ERRORS as err:
+        _fail(err)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

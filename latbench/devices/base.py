@@ -1,0 +1,77 @@
+"""The device interface: what every backend (host runtimes, phones over ADB) offers the pipeline."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+
+class DeviceError(RuntimeError):
+    """A device that cannot be reached, prepared or measured; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One model to time: ``kind`` is ``"layer"`` (time the layer's own kernels, as the runtime runs
+    them inside a network) or ``"network"`` (time the whole run, end to end)."""
+
+    key: str
+    onnx: bytes
+    kind: str = "layer"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Robust statistics of many timed runs, in milliseconds."""
+
+    key: str
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    iqr_ms: float
+    runs: int
+    rounds: int
+    outliers: int
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """The timing protocol: ``warmup`` untimed runs, then ``rounds`` rounds of ``runs_per_round``
+    timed runs, the artifacts of a batch interleaved in a new random order every round."""
+
+    warmup: int = 5
+    rounds: int = 5
+    runs_per_round: int = 10
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return {"warmup": self.warmup, "rounds": self.rounds, "runs_per_round": self.runs_per_round}
+
+
+@runtime_checkable
+class Device(Protocol):
+    """A latency measurement target.
+
+    ``fingerprint`` identifies the hardware + runtime + settings that a latency depends on: tables and
+    stored measurements are only ever reused under the same fingerprint. ``environment`` is the
+    human-readable record stored with every measurement.
+    """
+
+    name: str
+
+    def fingerprint(self) -> str: ...
+
+    def environment(self) -> dict: ...
+
+    def prepare(self) -> None: ...
+
+    def measure(self, artifacts: Sequence[Artifact]) -> list[Measurement]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class DeviceInfo:
+    name: str
+    available: bool
+    fingerprint: str = ""
+    detail: dict = field(default_factory=dict)

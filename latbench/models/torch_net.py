@@ -1,0 +1,148 @@
+"""Plain static torch networks built from a :class:`ModelSpec` at the widths of an :class:`Architecture`.
+
+Pruned networks have real, smaller convolutions (no masks), so what is exported is what runs.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .arch import Architecture
+from .spec import LayerDef, ModelSpec
+
+
+def _activation(name: str) -> nn.Module:
+    return {"relu": nn.ReLU(), "relu6": nn.ReLU6(), "none": nn.Identity()}[name]
+
+
+class ConvBlock(nn.Module):
+    """conv → BN (→ + residual) → activation: the unit a runtime fuses into one kernel."""
+
+    def __init__(self, layer: LayerDef, cin: int, cout: int) -> None:
+        super().__init__()
+        groups = cin if layer.kind == "depthwise" else 1
+        self.conv = nn.Conv2d(cin, cout, layer.kernel, layer.stride, layer.padding, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = _activation(layer.act)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        if residual is not None:
+            y = y + residual
+        return self.act(y)
+
+
+def _make_module(layer: LayerDef, cin: int, cout: int) -> nn.Module:
+    if layer.kind == "maxpool":
+        return nn.MaxPool2d(layer.kernel, layer.stride, layer.padding)
+    if layer.kind == "avgpool":
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+    if layer.kind == "linear":
+        return nn.Linear(cin, cout)
+    return ConvBlock(layer, cin, cout)
+
+
+class GraphNet(nn.Module):
+    """Executes the layers of a spec in order; each layer's output is kept under its name."""
+
+    def __init__(self, spec: ModelSpec, widths: Mapping[str, int], in_channels: int | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.widths = dict(widths)
+        self._order = [layer for layer in spec.layers]
+        self.blocks = nn.ModuleDict()
+        for layer in spec.layers:
+            cin, cout = spec.channels(self.widths, layer)
+            if layer.fixed_in is not None and in_channels is not None:
+                cin = in_channels
+            self.blocks[layer.name.replace(".", "_")] = _make_module(layer, cin, cout)
+
+    def block(self, name: str) -> nn.Module:
+        return self.blocks[name.replace(".", "_")]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values = {"input": x}
+        # Tensors are released once no later layer reads them, to keep memory flat on deep nets.
+        for layer in self._order:
+            module = self.block(layer.name)
+            inp = values[layer.input]
+            if isinstance(module, ConvBlock):
+                out = module(inp, values[layer.residual] if layer.residual else None)
+            else:
+                out = module(inp)
+            values[layer.name] = out
+        return values[self._order[-1].name]
+
+
+def build(spec: ModelSpec, widths: Mapping[str, int] | None = None, in_channels: int | None = None) -> GraphNet:
+    """A freshly initialised network of ``spec`` at ``widths`` (full widths by default)."""
+    return GraphNet(spec, widths or spec.groups, in_channels)
+
+
+def _keep(order: Sequence[int] | torch.Tensor | None, width: int) -> torch.Tensor:
+    if order is None:
+        return torch.arange(width)
+    return torch.as_tensor(order[:width], dtype=torch.long).sort().values
+
+
+@torch.no_grad()
+def materialize(arch: Architecture, spec: ModelSpec, parent: GraphNet | None = None,
+                importance: Mapping[str, Sequence[int]] | None = None, seed: int = 0) -> GraphNet:
+    """Return a plain static network with the smaller shapes of ``arch``.
+
+    With ``parent``, weights are sliced from it: in each group the channels kept are the first
+    ``width`` of ``importance[group]`` (most important first; identity order when absent).
+    Weight sparsity is applied as real zeros: the smallest-magnitude weights of each conv.
+    """
+    arch.validate(spec)
+    torch.manual_seed(seed)
+    in_channels = None
+    if parent is not None:
+        stem = next(layer for layer in spec.layers if layer.fixed_in is not None)
+        in_channels = parent.block(stem.name).conv.in_channels
+    net = GraphNet(spec, arch.widths, in_channels)
+    if parent is None:
+        # Non-trivial BN statistics, so that exported graphs exercise the BN folding for real.
+        for module in net.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.1, 0.1)
+    else:
+        keep = {g: _keep((importance or {}).get(g), w) for g, w in arch.widths.items()}
+        for layer in spec.layers:
+            src, dst = parent.block(layer.name), net.block(layer.name)
+            in_idx = keep[layer.in_group] if layer.in_group else None
+            out_idx = keep[layer.out_group] if layer.out_group else None
+            if layer.kind == "linear":
+                w = src.weight if in_idx is None else src.weight[:, in_idx]
+                dst.weight.copy_(w)
+                dst.bias.copy_(src.bias)
+            elif isinstance(dst, ConvBlock):
+                w = src.conv.weight
+                if out_idx is not None:
+                    w = w[out_idx]
+                if in_idx is not None and layer.kind != "depthwise":
+                    w = w[:, in_idx]
+                dst.conv.weight.copy_(w)
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    t = getattr(src.bn, name)
+                    getattr(dst.bn, name).copy_(t if out_idx is None else t[out_idx])
+    for layer_name, sparsity in arch.sparsity.items():
+        apply_sparsity(net.block(layer_name).conv.weight, sparsity)
+    return net.eval()
+
+
+@torch.no_grad()
+def apply_sparsity(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Zero the ``round(sparsity·numel)`` smallest-magnitude entries of ``weight`` in place."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity {sparsity} outside [0, 1)")
+    k = int(round(sparsity * weight.numel()))
+    if k > 0:
+        idx = weight.abs().flatten().argsort()[:k]
+        weight.view(-1)[idx] = 0.0
+    return weight

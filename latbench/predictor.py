@@ -1,0 +1,219 @@
+"""Whole-network latency prediction: the sum of every layer's table lookup, vectorised over populations.
+
+Searches call this millions of times, so a model is *compiled* once per resolution: every layer's
+interpolant is evaluated on the integer channel counts it can take and on the sparsity lattice of the
+table, and laid out in one flat array. A population is then two gathers and a linear blend per layer,
+with the flat indices of all layers computed by one matrix product from the width matrix.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import gcd
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .layers import signature_of
+from .models.arch import Architecture, ArchitectureError
+from .models.spec import ModelSpec
+from .tables.table import LatencyTable, OutOfGridError, TableError, knot_range, resample_signature
+
+
+@dataclass
+class Population:
+    """Architectures as arrays: ``widths`` (N, groups), ``sparsity`` (N, sparsifiable convs), ``resolution`` (N,).
+    Columns follow ``spec.groups`` and ``spec.sparsifiable_layers``."""
+
+    widths: np.ndarray
+    sparsity: np.ndarray
+    resolution: np.ndarray
+
+    @classmethod
+    def from_architectures(cls, spec: ModelSpec, archs: Sequence[Architecture]) -> "Population":
+        groups, layers = list(spec.groups), list(spec.sparsifiable_layers)
+        w = np.array([[a.widths[g] for g in groups] for a in archs], dtype=np.int64).reshape(len(archs), len(groups))
+        s = np.array([[a.sparsity.get(name, 0.0) for name in layers] for a in archs], dtype=float).reshape(
+            len(archs), len(layers))
+        r = np.array([a.resolution for a in archs], dtype=np.int64)
+        return cls(w, s, r)
+
+    def __len__(self) -> int:
+        return len(self.resolution)
+
+
+def _lattice_step(values: np.ndarray) -> float:
+    cents = [int(round(v * 100)) for v in values if v > 0]
+    step = 0
+    for c in cents:
+        step = gcd(step, c)
+    return (step or 100) / 100
+
+
+@dataclass
+class _Compiled:
+    flat: np.ndarray            # all layers' dense grids, float64
+    offsets: np.ndarray         # (L,) start of each layer's grid in ``flat``
+    matrix: np.ndarray          # (G, L) width → flat-index contribution
+    sp_col: np.ndarray          # (L,) column in the sparsity matrix, -1 when the layer has no sparsity axis
+    sp_inv_step: np.ndarray     # (L,) 1/lattice step
+    sp_stride: np.ndarray       # (L,) flat stride of the sparsity axis
+    sp_max_index: np.ndarray    # (L,) last lattice index (0 when no sparsity axis)
+    ranges: list                # per layer: (name, axis, column, lo, hi) checks
+    overhead_ms: float
+
+
+class Predictor:
+    """Predict the latency of architectures of ``spec`` from ``table``.
+
+    >>> pred = Predictor(get_model("mobilenet_v2"), LatencyTable.load(path))   # doctest: +SKIP
+    >>> pred.predict([Architecture.full(spec)])                                # doctest: +SKIP
+    array([10.9])
+
+    Queries outside the table's grid raise :class:`OutOfGridError` naming the layer and axis, unless
+    ``clamp=True``.
+    """
+
+    def __init__(self, spec: ModelSpec, table: LatencyTable, clamp: bool = False) -> None:
+        self.spec = spec
+        self.table = table
+        self.clamp = clamp
+        self._compiled: dict[int, _Compiled] = {}
+        # A table of convolutions only (e.g. the imported JCW table) predicts the convolutions' sum.
+        conv_only = table.meta.get("scope") == "convolutions"
+        self.layers = tuple(layer for layer in spec.layers if not conv_only or layer.sparsifiable)
+        missing = {signature_of(layer).key for layer in self.layers} - table.signatures()
+        if missing:
+            raise TableError(f"the table has no measurements for {len(missing)} layer signature(s) of {spec.name!r} "
+                             f"(e.g. {sorted(missing)[0]}); profile {spec.name} on this device and rebuild the table")
+
+    def overhead_ms(self, resolution: int) -> float:
+        """Measured whole-network cost not in any layer (session, I/O layout), if the table has it."""
+        entry = self.table.meta.get("network_overhead_ms", {}).get(self.spec.name, {})
+        if not entry:
+            return 0.0
+        res = np.array(sorted(int(k) for k in entry))
+        vals = np.array([entry[str(k)] for k in res])
+        return float(np.interp(resolution, res, vals))
+
+    def _compile(self, resolution: int) -> _Compiled:
+        spec = self.spec
+        groups = list(spec.groups)
+        sp_cols = {name: i for i, name in enumerate(spec.sparsifiable_layers)}
+        hw = spec.input_hw(resolution)
+        chunks, offsets, ranges = [], [], []
+        L = len(self.layers)
+        matrix = np.zeros((len(groups), L))
+        sp_col = np.full(L, -1)
+        sp_inv, sp_stride, sp_max = np.zeros(L), np.zeros(L, dtype=np.int64), np.zeros(L, dtype=np.int64)
+        pos = 0
+        for l, layer in enumerate(self.layers):
+            sig = signature_of(layer)
+            axes = sig.variable_axes
+            cin_full, cout_full = spec.channels(spec.groups, layer)
+            points = {"in_channels": np.arange(cin_full + 1), "out_channels": np.arange(cout_full + 1)}
+            has_sp = "sparsity" in axes
+            if has_sp:
+                lo, hi = knot_range(self.table, sig.key, hw[layer.name], "sparsity")
+                knots = np.concatenate([self.table.slices[k].knots[self.table.slices[k].axes.index("sparsity")]
+                                        for k in self.table.slices if k[0] == sig.key])
+                step = _lattice_step(knots)
+                points["sparsity"] = np.round(np.arange(0.0, hi + 1e-9, step), 6)
+            grid = resample_signature(self.table, sig.key, hw[layer.name], points)
+            # Lay out as (in, out, sparsity) with size-1 axes where the signature has none.
+            shape_in = cin_full + 1 if "in_channels" in axes else 1
+            shape_out = cout_full + 1 if "out_channels" in axes else 1
+            shape_sp = len(points["sparsity"]) if has_sp else 1
+            grid = np.asarray(grid, dtype=float).reshape(shape_in, shape_out, shape_sp)
+            strides = (shape_out * shape_sp, shape_sp, 1)
+            if "in_channels" in axes:
+                matrix[groups.index(layer.in_group), l] += strides[0]
+                ranges.append((layer.name, "in_channels", groups.index(layer.in_group),
+                               *knot_range(self.table, sig.key, hw[layer.name], "in_channels")))
+            if "out_channels" in axes:
+                matrix[groups.index(layer.out_group), l] += strides[1]
+                ranges.append((layer.name, "out_channels", groups.index(layer.out_group),
+                               *knot_range(self.table, sig.key, hw[layer.name], "out_channels")))
+            if has_sp:
+                sp_col[l] = sp_cols[layer.name]
+                sp_inv[l] = 1.0 / step
+                sp_stride[l] = 1
+                sp_max[l] = shape_sp - 1
+                ranges.append((layer.name, "sparsity", -1 - sp_cols[layer.name], 0.0, points["sparsity"][-1]))
+            chunks.append(grid.ravel())
+            offsets.append(pos)
+            pos += grid.size
+        # One spare entry so that idx + stride never runs past the end for the last layer.
+        flat = np.concatenate(chunks + [np.zeros(1)])
+        return _Compiled(flat, np.array(offsets, dtype=float), matrix, sp_col, sp_inv, sp_stride, sp_max, ranges,
+                         self.overhead_ms(resolution))
+
+    def compiled(self, resolution: int) -> _Compiled:
+        if resolution not in self._compiled:
+            self._compiled[resolution] = self._compile(int(resolution))
+        return self._compiled[resolution]
+
+    def _check(self, c: _Compiled, pop: Population, rows: np.ndarray, resolution: int) -> None:
+        for name, axis, col, lo, hi in c.ranges:
+            values = pop.widths[rows, col] if col >= 0 else pop.sparsity[rows, -1 - col]
+            if values.size and (values.min() < lo - 1e-9 or values.max() > hi + 1e-9):
+                bad = values[(values < lo - 1e-9) | (values > hi + 1e-9)][0]
+                raise OutOfGridError(f"layer {name!r} of {self.spec.name} at resolution {resolution}: {axis}={bad:g} "
+                                     f"is outside the table's grid [{lo:g}, {hi:g}]; measure a wider grid or use clamp=True")
+
+    def predict_population(self, pop: Population, chunk: int = 8192) -> np.ndarray:
+        """Latency (ms) of every architecture in ``pop``."""
+        n = len(pop)
+        if pop.widths.shape != (n, len(self.spec.groups)):
+            raise ArchitectureError(f"widths must have shape (N, {len(self.spec.groups)}) for {self.spec.name!r}, "
+                                    f"got {pop.widths.shape}")
+        full = np.array(list(self.spec.groups.values()))
+        if n and (pop.widths.min(axis=0) < 1).any() or n and (pop.widths.max(axis=0) > full).any():
+            raise ArchitectureError(f"widths outside 1..full width for {self.spec.name!r}")
+        out = np.empty(n)
+        for res in np.unique(pop.resolution):
+            rows = np.flatnonzero(pop.resolution == res)
+            c = self.compiled(int(res))
+            if not self.clamp:
+                self._check(c, pop, rows, int(res))
+            for start in range(0, rows.size, chunk):
+                r = rows[start:start + chunk]
+                out[r] = self._predict_rows(c, pop.widths[r], pop.sparsity[r]) + c.overhead_ms
+        return out
+
+    @staticmethod
+    def _predict_rows(c: _Compiled, widths: np.ndarray, sparsity: np.ndarray) -> np.ndarray:
+        idx = widths.astype(float) @ c.matrix + c.offsets          # exact: integers far below 2**53
+        has_sp = c.sp_col >= 0
+        if sparsity.size and np.any(sparsity):
+            s = np.zeros((widths.shape[0], c.sp_col.size))
+            s[:, has_sp] = sparsity[:, c.sp_col[has_sp]]
+            pos = s * c.sp_inv_step
+            lo = np.minimum(np.floor(pos), np.maximum(c.sp_max_index - 1, 0))
+            w = np.minimum(pos - lo, 1.0)
+            idx = (idx + lo).astype(np.int64)
+            a = c.flat[idx]
+            b = c.flat[idx + c.sp_stride]
+            return (a + w * (b - a)).sum(axis=1)
+        return c.flat[idx.astype(np.int64)].sum(axis=1)
+
+    def predict(self, archs: Sequence[Architecture] | Architecture) -> np.ndarray:
+        if isinstance(archs, Architecture):
+            archs = [archs]
+        for a in archs:
+            a.validate(self.spec)
+        return self.predict_population(Population.from_architectures(self.spec, archs))
+
+    def breakdown(self, arch: Architecture) -> pd.DataFrame:
+        """Per-layer latency of one architecture (slow path, for reports)."""
+        from .layers import layer_points
+
+        arch.validate(self.spec)
+        rows = []
+        for layer, sig, point in layer_points(self.spec, arch.widths, arch.sparsity, arch.resolution):
+            if layer not in self.layers:
+                continue
+            ms = self.table.lookup(sig.key, point, clamp=self.clamp, layer=layer.name)
+            rows.append((layer.name, sig.key, point.in_channels, point.out_channels, point.sparsity, point.input_hw, ms))
+        return pd.DataFrame(rows, columns=["layer", "signature", "in_channels", "out_channels", "sparsity", "input_hw",
+                                           "latency_ms"])

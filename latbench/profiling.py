@@ -1,0 +1,134 @@
+"""Profiling: measure every grid point of every slice a model needs, into the store, resumably."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .devices.base import Artifact, Device
+from .export.onnx import layer_variant_onnx
+from .layers import LayerPoint
+from .store import MeasurementStore
+from .tables.grid import GridSlice, refinement_checks
+from .tables.table import _COLUMNS, _slice_from_rows
+
+import pandas as pd
+
+
+@dataclass
+class ProfileReport:
+    slices: int = 0
+    grid_points: int = 0
+    measured: int = 0
+    skipped: int = 0
+    checks: int = 0
+    knots_added: int = 0
+    seconds: float = 0.0
+    env_id: int = 0
+    details: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "details"}
+
+
+def environment_of(device: Device, store: MeasurementStore) -> int:
+    env = {**device.environment(), "device": device.name}
+    return store.environment_id(device.fingerprint(), device.backend_settings(), env)
+
+
+def _progress(console: Console | None, enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, disable=not enabled, transient=False)
+
+
+class Profiler:
+    """Measures slices on a device into a store; every measurement is committed as soon as it exists.
+
+    >>> from latbench.devices import open_device                       # doctest: +SKIP
+    >>> Profiler(open_device("host:onnxruntime"), store).run(slices)   # doctest: +SKIP
+    """
+
+    def __init__(self, device: Device, store: MeasurementStore, batch_size: int = 16, progress: bool = True,
+                 console: Console | None = None) -> None:
+        self.device = device
+        self.store = store
+        self.batch_size = batch_size
+        self.progress = progress
+        self.console = console or Console(stderr=True)
+        self.env_id = environment_of(device, store)
+
+    def measure_points(self, items: Sequence[tuple[str, LayerPoint]], bar=None, task=None) -> int:
+        """Measure the (signature, point) items the store lacks; returns how many were measured."""
+        from .layers import LayerSignature
+
+        todo = self.store.missing(self.env_id, list(dict.fromkeys(items)))
+        for start in range(0, len(todo), self.batch_size):
+            batch = todo[start:start + self.batch_size]
+            artifacts = [Artifact(f"{sig}|{p}", layer_variant_onnx(LayerSignature.from_key(sig), p)) for sig, p in batch]
+            results = self.device.measure(artifacts)
+            for (sig, point), m in zip(batch, results):
+                self.store.put(self.env_id, sig, point, m)
+            if bar is not None:
+                bar.advance(task, len(batch))
+        return len(todo)
+
+    def _slice_rows(self, s: GridSlice) -> pd.DataFrame:
+        recs = [(r.signature, r.point.input_hw, r.point.in_channels, r.point.out_channels, r.point.sparsity,
+                 r.measurement.median_ms, r.measurement.p10_ms, r.measurement.p90_ms, r.measurement.iqr_ms,
+                 r.measurement.runs)
+                for r in self.store.rows(self.env_id, [s.signature.key]) if r.point.input_hw == s.input_hw]
+        return pd.DataFrame.from_records(recs, columns=_COLUMNS)
+
+    def run(self, slices: Sequence[GridSlice], adaptive: bool = False, threshold: float = 0.04,
+            max_steps: int = 6) -> ProfileReport:
+        report = ProfileReport(slices=len(slices), env_id=self.env_id)
+        t0 = time.perf_counter()
+        planned = [(s.signature.key, p) for s in slices for p in s.points()]
+        todo = self.store.missing(self.env_id, list(dict.fromkeys(planned)))
+        report.skipped = len(set(planned)) - len(todo)
+        self.console.print(f"[bold]{len(slices)}[/] slices, {len(set(planned))} grid points: "
+                           f"{report.skipped} already in the store, [bold]{len(todo)}[/] to measure"
+                           + (" (plus refinement checks)" if adaptive else ""))
+        with _progress(self.console, self.progress) as bar:
+            task = bar.add_task("profiling", total=len(todo))
+            report.measured += self.measure_points(todo, bar, task)
+            if adaptive:
+                for s in slices:
+                    self._refine(s, threshold, max_steps, report, bar, task)
+        report.grid_points = sum(s.size() for s in slices)
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _refine(self, s: GridSlice, threshold: float, max_steps: int, report: ProfileReport, bar, task) -> None:
+        for _ in range(max_steps):
+            checks = refinement_checks(s)
+            if not checks:
+                return
+            pending = [(s.signature.key, p) for _, _, p in checks]
+            bar.update(task, total=(bar.tasks[task].total or 0) + len(self.store.missing(self.env_id, pending)))
+            n = self.measure_points(pending, bar, task)
+            report.measured += n
+            report.checks += n
+            rows = self._slice_rows(s)
+            grid_rows = rows.merge(pd.DataFrame([p.__dict__ for p in s.points()]),
+                                   on=["in_channels", "out_channels", "sparsity", "input_hw"])
+            grid = _slice_from_rows(s.signature, s.input_hw, grid_rows)
+            measured = {(r.in_channels, r.out_channels, r.sparsity): r.latency_ms for r in rows.itertuples()}
+            insert: dict[str, set] = {}
+            for axis, candidate, p in checks:
+                truth = measured[(p.in_channels, p.out_channels, p.sparsity)]
+                pred = grid.interpolate({a: np.array([getattr(p, a)]) for a in grid.axes})[0]
+                if abs(pred - truth) > threshold * truth:
+                    insert.setdefault(axis, set()).add(candidate)
+            if not insert:
+                return
+            for axis, values in insert.items():
+                s.knots[axis] = tuple(sorted(set(s.knots[axis]) | values))
+                report.knots_added += len(values)
+            new = self.store.missing(self.env_id, [(s.signature.key, p) for p in s.points()])
+            bar.update(task, total=(bar.tasks[task].total or 0) + len(new))
+            report.measured += self.measure_points(new, bar, task)

@@ -1,0 +1,107 @@
+"""Validation: predicted vs measured latency of random whole networks, on the device itself."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+
+from .devices.base import Artifact, Device
+from .export.onnx import export_network
+from .layers import LayerPoint
+from .models.arch import Architecture
+from .models.spec import ModelSpec
+from .models.torch_net import materialize
+from .predictor import Predictor
+from .profiling import _progress, environment_of
+from .store import MeasurementStore
+
+
+def network_key(arch: Architecture) -> str:
+    return "net:" + arch.model + ":" + hashlib.sha256(arch.to_json().encode()).hexdigest()[:16]
+
+
+def measure_networks(spec: ModelSpec, archs: Sequence[Architecture], device: Device, store: MeasurementStore,
+                     batch_size: int = 8, progress: bool = True, console: Console | None = None) -> np.ndarray:
+    """End-to-end latency (median ms) of each architecture; results are stored, so a rerun resumes."""
+    console = console or Console(stderr=True)
+    env_id = environment_of(device, store)
+    point = lambda a: LayerPoint(0, 0, 0.0, a.resolution)  # noqa: E731 - networks have no layer point
+    todo = [a for a in dict.fromkeys(archs) if not store.has(env_id, network_key(a), point(a))]
+    with _progress(console, progress) as bar:
+        task = bar.add_task("networks", total=len(todo))
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            artifacts = [Artifact(network_key(a), export_network(materialize(a, spec), a.resolution), kind="network")
+                         for a in batch]
+            for a, m in zip(batch, device.measure(artifacts)):
+                store.put(env_id, network_key(a), point(a), m)
+            bar.advance(task, len(batch))
+    measured = {r.signature: r.measurement.median_ms for r in store.rows(env_id) if r.signature.startswith("net:")}
+    return np.array([measured[network_key(a)] for a in archs])
+
+
+@dataclass
+class ValidationReport:
+    frame: pd.DataFrame
+
+    def summary(self) -> dict:
+        f = self.frame
+        err = (f.predicted_ms - f.measured_ms) / f.measured_ms
+        worst = f.assign(error=err).reindex(err.abs().sort_values(ascending=False).index).head(5)
+        return {"n": int(len(f)), "within_5pct": float((err.abs() <= 0.05).mean()),
+                "within_10pct": float((err.abs() <= 0.10).mean()),
+                "rmse_ms": float(np.sqrt(np.mean((f.predicted_ms - f.measured_ms) ** 2))),
+                "mape": float(err.abs().mean()), "mean_error": float(err.mean()),
+                "measured_ms_range": [float(f.measured_ms.min()), float(f.measured_ms.max())],
+                "worst": [{"arch": json.loads(r.arch), "predicted_ms": float(r.predicted_ms),
+                           "measured_ms": float(r.measured_ms), "error": float(r.error)} for r in worst.itertuples()]}
+
+    def write(self, json_path: str | Path | None = None, csv_path: str | Path | None = None,
+              plot_path: str | Path | None = None, title: str = "") -> dict:
+        summary = self.summary()
+        if json_path:
+            Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(json_path).write_text(json.dumps(summary, indent=2))
+        if csv_path:
+            self.frame.to_csv(csv_path, index=False)
+        if plot_path:
+            self.plot(plot_path, title, summary)
+        return summary
+
+    def plot(self, path: str | Path, title: str, summary: dict) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        f = self.frame
+        fig, ax = plt.subplots(figsize=(5.5, 5))
+        lo, hi = float(min(f.measured_ms.min(), f.predicted_ms.min())), float(max(f.measured_ms.max(), f.predicted_ms.max()))
+        xs = np.linspace(lo * 0.95, hi * 1.05, 10)
+        ax.plot(xs, xs, "k-", lw=1, label="exact")
+        ax.fill_between(xs, xs * 0.95, xs * 1.05, color="tab:green", alpha=0.25, label="±5 %")
+        ax.fill_between(xs, xs * 0.90, xs * 1.10, color="tab:green", alpha=0.10, label="±10 %")
+        ax.scatter(f.measured_ms, f.predicted_ms, s=12, c="tab:blue")
+        ax.set_xlabel("measured latency (ms)")
+        ax.set_ylabel("predicted latency (ms)")
+        ax.set_title(f"{title}\n n={summary['n']}  ±5 %: {summary['within_5pct']:.0%}  ±10 %: "
+                     f"{summary['within_10pct']:.0%}  RMSE {summary['rmse_ms']:.3f} ms", fontsize=9)
+        ax.legend(loc="upper left", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+def validate(spec: ModelSpec, predictor: Predictor, device: Device, store: MeasurementStore,
+             archs: Sequence[Architecture], progress: bool = True) -> ValidationReport:
+    predicted = predictor.predict(archs)
+    measured = measure_networks(spec, archs, device, store, progress=progress)
+    frame = pd.DataFrame({"arch": [a.to_json() for a in archs], "resolution": [a.resolution for a in archs],
+                          "predicted_ms": predicted, "measured_ms": measured})
+    return ValidationReport(frame)
