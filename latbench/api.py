@@ -19,6 +19,7 @@ from .store import MeasurementStore
 from .tables.grid import design_grid
 from .tables.table import LatencyTable, TableError, table_from_store
 from .validation import ValidationReport, validate
+from .validation import calibrate as calibrate_table
 
 DEFAULT_STORE = "runs/measurements.db"
 
@@ -33,11 +34,12 @@ def load_model(name_or_path: str) -> ModelSpec:
 def profile(spec: ModelSpec, device: str = DEFAULT_DEVICE, store: str | Path = DEFAULT_STORE,
             resolutions: Sequence[int] | None = None, adaptive: bool = True, threshold: float = 0.04,
             channel_points: int = 8, sparsities: Sequence[float] | None = None, threads: int = 1,
+            channel_multiple: int = 8,
             settings: MeasureSettings | None = None, progress: bool = True) -> ProfileReport:
     """Measure every slice ``spec`` needs on ``device``; resumes from whatever ``store`` already holds."""
     res = {spec.name: tuple(resolutions)} if resolutions else None
     slices = design_grid([spec], res, adaptive=adaptive, channel_points=channel_points,
-                         sparsities=tuple(sparsities) if sparsities else None)
+                         sparsities=tuple(sparsities) if sparsities else None, channel_multiple=channel_multiple)
     dev = open_device(device, threads=threads, settings=settings)
     try:
         dev.prepare()
@@ -49,21 +51,26 @@ def profile(spec: ModelSpec, device: str = DEFAULT_DEVICE, store: str | Path = D
 
 def build_table(specs: Sequence[ModelSpec], device: str = DEFAULT_DEVICE, store: str | Path = DEFAULT_STORE,
                 out: str | Path | None = None, resolutions: Sequence[int] | None = None, threads: int = 1,
-                extra_meta: dict | None = None) -> LatencyTable:
-    """Build a table of the slices ``specs`` need from the measurements of ``device`` in ``store``."""
+                extra_meta: dict | None = None, calibrate: int = 12, progress: bool = True,
+                channel_multiple: int = 8) -> LatencyTable:
+    """Build a table of the slices ``specs`` need from the measurements of ``device`` in ``store``.
+
+    With ``calibrate`` > 0, that many whole networks per model are measured end to end and a
+    scale + offset is fitted (see :func:`latbench.validation.calibrate`); 0 keeps the bare layer sum.
+    """
     dev = open_device(device, threads=threads)
     try:
         with MeasurementStore(store) as st:
             env_id = environment_of(dev, st)
-            keys = set()
-            for spec in specs:
-                for res in (resolutions or spec.resolutions):
-                    hw = spec.input_hw(res)
-                    from .layers import signature_of
-
-                    keys |= {(signature_of(layer).key, hw[layer.name]) for layer in spec.layers}
-            meta = {"models": [s.name for s in specs], **(extra_meta or {})}
-            table, frame = table_from_store(st, env_id, keys, meta)
+            res = {s.name: tuple(resolutions) for s in specs} if resolutions else None
+            slices = design_grid(list(specs), res, channel_multiple=channel_multiple)
+            lattice = {s.key: {a: set(v) for a, v in s.lattice.items() if a != "sparsity"} for s in slices}
+            meta = {"models": [s.name for s in specs], "channel_multiple": channel_multiple, **(extra_meta or {})}
+            table, frame = table_from_store(st, env_id, [s.key for s in slices], meta, lattice)
+            if calibrate:
+                for spec in specs:
+                    calibrate_table(spec, table, dev, st, n=calibrate, resolutions=resolutions, progress=progress,
+                                    divisor=channel_multiple)
     finally:
         dev.close()
     if out:
@@ -80,7 +87,7 @@ def predict(spec: ModelSpec, archs: Sequence[Architecture], table: LatencyTable 
 def validate_model(spec: ModelSpec, table: LatencyTable | str | Path, device: str = DEFAULT_DEVICE,
                    store: str | Path = DEFAULT_STORE, n: int = 100, seed: int = 0,
                    resolutions: Sequence[int] | None = None, sparsities: Sequence[float] = (0.0,),
-                   divisor: int = 1, min_ratio: float = 0.25, threads: int = 1,
+                   divisor: int = 8, min_ratio: float = 0.25, threads: int = 1,
                    progress: bool = True) -> ValidationReport:
     """Predict and measure ``n`` random architectures (plus the full network) end to end."""
     if not isinstance(table, LatencyTable):

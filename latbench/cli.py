@@ -59,13 +59,15 @@ def profile(model: str = typer.Argument(..., help="zoo model name (e.g. mobilene
             adaptive: bool = typer.Option(True, help="adaptive refinement (--dense for the full JCW-style grid)"),
             dense: bool = typer.Option(False, "--dense", help="measure the full dense grid"),
             threshold: float = typer.Option(0.04, help="refine where interpolation misses by more than this fraction"),
-            channel_points: int = typer.Option(8, help="channel knots are c//N·i, i=1..N (plus 1)"),
+            channel_points: int = typer.Option(8, help="channel knots are c//N·i, i=1..N"),
+            channel_multiple: int = typer.Option(8, help="channel knots are multiples of this (see docs/measurement.md)"),
             sparsity: Optional[List[float]] = typer.Option(None, help="sparsity knots (default 0,0.5,0.9 dense; 0,0.9 adaptive)"),
             threads: int = typer.Option(1, help="runtime threads"),
             rounds: int = typer.Option(5, help="interleaved rounds per measurement"),
             runs: int = typer.Option(10, help="timed runs per round"),
             warmup: int = typer.Option(5, help="untimed warm-up runs"),
             table: Optional[Path] = typer.Option(None, help="also build this table file when done"),
+            calibrate: int = typer.Option(12, help="networks measured to calibrate the table (with --table)"),
             progress: bool = typer.Option(True, help="show progress bars")) -> None:
     """Measure the layer variants MODEL needs on DEVICE. Resumes by default: a killed run restarted with the
     same arguments measures only what is missing.
@@ -76,10 +78,12 @@ def profile(model: str = typer.Argument(..., help="zoo model name (e.g. mobilene
         spec = api.load_model(model)
         report = api.profile(spec, device, store, resolution, adaptive=adaptive and not dense, threshold=threshold,
                              channel_points=channel_points, sparsities=sparsity, threads=threads,
+                             channel_multiple=channel_multiple,
                              settings=_settings(rounds, runs, warmup), progress=progress)
         console.print_json(json.dumps(report.to_dict()))
         if table:
-            api.build_table([spec], device, store, table, resolution, threads)
+            api.build_table([spec], device, store, table, resolution, threads, calibrate=calibrate,
+                            channel_multiple=channel_multiple)
             console.print(f"table written to [bold]{table}[/]")
     except _ERRORS as err:
         _fail(err)
@@ -89,13 +93,16 @@ def profile(model: str = typer.Argument(..., help="zoo model name (e.g. mobilene
 def table_build(model: List[str] = typer.Argument(..., help="zoo model name(s) or .onnx path(s) the table must cover"),
                 out: Path = typer.Option(..., "--out", "-o", help="table file to write (.parquet)"),
                 device: str = typer.Option(DEFAULT_DEVICE), store: Path = typer.Option(Path(api.DEFAULT_STORE)),
-                resolution: Optional[List[int]] = typer.Option(None), threads: int = typer.Option(1)) -> None:
+                resolution: Optional[List[int]] = typer.Option(None), threads: int = typer.Option(1),
+                calibrate: int = typer.Option(12, help="whole networks measured per model to fit scale+offset (0: none)"),
+                ) -> None:
     """Build a table from the measurements in the store.
 
     Example: latbench table build mobilenet_v2 --resolution 224 -o tables/host-ort-mobilenet_v2.parquet
     """
     try:
-        t = api.build_table([api.load_model(m) for m in model], device, store, out, resolution, threads)
+        t = api.build_table([api.load_model(m) for m in model], device, store, out, resolution, threads,
+                            calibrate=calibrate)
         console.print(t.summary().to_string())
         console.print(f"table written to [bold]{out}[/]")
     except _ERRORS as err:
@@ -162,7 +169,7 @@ def validate(model: str, table: Path = typer.Option(..., help="latency table to 
              n: int = typer.Option(100, help="networks to measure (the full network + n-1 random ones)"),
              seed: int = typer.Option(0), resolution: Optional[List[int]] = typer.Option(None),
              sparsity: Optional[List[float]] = typer.Option(None, help="sparsities to sample from (default 0)"),
-             divisor: int = typer.Option(1, help="round sampled widths to multiples of this"),
+             divisor: int = typer.Option(8, help="round sampled widths to multiples of this"),
              min_ratio: float = typer.Option(0.25, help="smallest width as a fraction of the full width"),
              threads: int = typer.Option(1),
              json_path: Optional[Path] = typer.Option(None, "--json", help="write the JSON report here"),

@@ -60,7 +60,6 @@ class _Compiled:
     sp_stride: np.ndarray       # (L,) flat stride of the sparsity axis
     sp_max_index: np.ndarray    # (L,) last lattice index (0 when no sparsity axis)
     ranges: list                # per layer: (name, axis, column, lo, hi) checks
-    overhead_ms: float
 
 
 class Predictor:
@@ -87,14 +86,16 @@ class Predictor:
             raise TableError(f"the table has no measurements for {len(missing)} layer signature(s) of {spec.name!r} "
                              f"(e.g. {sorted(missing)[0]}); profile {spec.name} on this device and rebuild the table")
 
-    def overhead_ms(self, resolution: int) -> float:
-        """Measured whole-network cost not in any layer (session, I/O layout), if the table has it."""
-        entry = self.table.meta.get("network_overhead_ms", {}).get(self.spec.name, {})
+    def calibration(self) -> tuple[float, float]:
+        """(scale, offset_ms) fitted on whole networks measured on the device (identity when absent).
+
+        It carries what no single layer shows: the session's dispatch, layout conversions between layers,
+        cache effects of a whole network (see docs/measurement.md).
+        """
+        entry = self.table.meta.get("calibration", {}).get(self.spec.name)
         if not entry:
-            return 0.0
-        res = np.array(sorted(int(k) for k in entry))
-        vals = np.array([entry[str(k)] for k in res])
-        return float(np.interp(resolution, res, vals))
+            return 1.0, 0.0
+        return float(entry["scale"]), float(entry["offset_ms"])
 
     def _compile(self, resolution: int) -> _Compiled:
         spec = self.spec
@@ -145,8 +146,7 @@ class Predictor:
             pos += grid.size
         # One spare entry so that idx + stride never runs past the end for the last layer.
         flat = np.concatenate(chunks + [np.zeros(1)])
-        return _Compiled(flat, np.array(offsets, dtype=float), matrix, sp_col, sp_inv, sp_stride, sp_max, ranges,
-                         self.overhead_ms(resolution))
+        return _Compiled(flat, np.array(offsets, dtype=float), matrix, sp_col, sp_inv, sp_stride, sp_max, ranges)
 
     def compiled(self, resolution: int) -> _Compiled:
         if resolution not in self._compiled:
@@ -161,8 +161,8 @@ class Predictor:
                 raise OutOfGridError(f"layer {name!r} of {self.spec.name} at resolution {resolution}: {axis}={bad:g} "
                                      f"is outside the table's grid [{lo:g}, {hi:g}]; measure a wider grid or use clamp=True")
 
-    def predict_population(self, pop: Population, chunk: int = 8192) -> np.ndarray:
-        """Latency (ms) of every architecture in ``pop``."""
+    def predict_population(self, pop: Population, chunk: int = 8192, calibrated: bool = True) -> np.ndarray:
+        """Latency (ms) of every architecture in ``pop``; ``calibrated=False`` gives the bare sum of lookups."""
         n = len(pop)
         if pop.widths.shape != (n, len(self.spec.groups)):
             raise ArchitectureError(f"widths must have shape (N, {len(self.spec.groups)}) for {self.spec.name!r}, "
@@ -178,7 +178,10 @@ class Predictor:
                 self._check(c, pop, rows, int(res))
             for start in range(0, rows.size, chunk):
                 r = rows[start:start + chunk]
-                out[r] = self._predict_rows(c, pop.widths[r], pop.sparsity[r]) + c.overhead_ms
+                out[r] = self._predict_rows(c, pop.widths[r], pop.sparsity[r])
+        if calibrated:
+            scale, offset = self.calibration()
+            out = out * scale + offset
         return out
 
     @staticmethod
@@ -197,12 +200,12 @@ class Predictor:
             return (a + w * (b - a)).sum(axis=1)
         return c.flat[idx.astype(np.int64)].sum(axis=1)
 
-    def predict(self, archs: Sequence[Architecture] | Architecture) -> np.ndarray:
+    def predict(self, archs: Sequence[Architecture] | Architecture, calibrated: bool = True) -> np.ndarray:
         if isinstance(archs, Architecture):
             archs = [archs]
         for a in archs:
             a.validate(self.spec)
-        return self.predict_population(Population.from_architectures(self.spec, archs))
+        return self.predict_population(Population.from_architectures(self.spec, archs), calibrated=calibrated)
 
     def breakdown(self, arch: Architecture) -> pd.DataFrame:
         """Per-layer latency of one architecture (slow path, for reports)."""

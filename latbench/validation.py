@@ -54,10 +54,14 @@ class ValidationReport:
         f = self.frame
         err = (f.predicted_ms - f.measured_ms) / f.measured_ms
         worst = f.assign(error=err).reindex(err.abs().sort_values(ascending=False).index).head(5)
+        raw_err = (f.sum_of_layers_ms - f.measured_ms) / f.measured_ms
         return {"n": int(len(f)), "within_5pct": float((err.abs() <= 0.05).mean()),
                 "within_10pct": float((err.abs() <= 0.10).mean()),
                 "rmse_ms": float(np.sqrt(np.mean((f.predicted_ms - f.measured_ms) ** 2))),
                 "mape": float(err.abs().mean()), "mean_error": float(err.mean()),
+                "uncalibrated": {"within_5pct": float((raw_err.abs() <= 0.05).mean()),
+                                 "within_10pct": float((raw_err.abs() <= 0.10).mean()),
+                                 "mean_error": float(raw_err.mean())},
                 "measured_ms_range": [float(f.measured_ms.min()), float(f.measured_ms.max())],
                 "worst": [{"arch": json.loads(r.arch), "predicted_ms": float(r.predicted_ms),
                            "measured_ms": float(r.measured_ms), "error": float(r.error)} for r in worst.itertuples()]}
@@ -101,7 +105,27 @@ class ValidationReport:
 def validate(spec: ModelSpec, predictor: Predictor, device: Device, store: MeasurementStore,
              archs: Sequence[Architecture], progress: bool = True) -> ValidationReport:
     predicted = predictor.predict(archs)
+    raw = predictor.predict(archs, calibrated=False)
     measured = measure_networks(spec, archs, device, store, progress=progress)
     frame = pd.DataFrame({"arch": [a.to_json() for a in archs], "resolution": [a.resolution for a in archs],
-                          "predicted_ms": predicted, "measured_ms": measured})
+                          "predicted_ms": predicted, "sum_of_layers_ms": raw, "measured_ms": measured})
     return ValidationReport(frame)
+
+
+def calibrate(spec: ModelSpec, table, device: Device, store: MeasurementStore, n: int = 12, seed: int = 1_000_003,
+              resolutions: Sequence[int] | None = None, progress: bool = True, divisor: int = 8) -> dict:
+    """Fit measured = scale · Σ lookups + offset on ``n`` whole networks (the full one and random ones,
+    drawn with a seed no validation uses) and record it in ``table.meta['calibration']``."""
+    from .models.arch import random_architectures
+
+    res = tuple(resolutions or spec.resolutions)
+    archs = [Architecture.full(spec, max(res))] + random_architectures(spec, n - 1, seed=seed, resolutions=res,
+                                                                             divisor=divisor)
+    raw = Predictor(spec, table).predict(archs, calibrated=False)
+    measured = measure_networks(spec, archs, device, store, progress=progress)
+    a = np.column_stack([raw, np.ones_like(raw)])
+    (scale, offset), *_ = np.linalg.lstsq(a, measured, rcond=None)
+    entry = {"scale": float(scale), "offset_ms": float(offset), "networks": int(n), "resolutions": list(res),
+             "seed": seed, "raw_mean_ratio": float(np.mean(raw / measured))}
+    table.meta.setdefault("calibration", {})[spec.name] = entry
+    return entry

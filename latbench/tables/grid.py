@@ -21,17 +21,25 @@ COARSE_SPARSITIES = (0.0, 0.9)
 SPARSITY_LATTICE = tuple(round(x, 2) for x in np.arange(0.0, 0.951, 0.05))
 
 
-def channel_lattice(full: int, points: int = 8) -> tuple[int, ...]:
-    """All candidate knots of a channel axis: 1 and ``full//points · i`` for i = 1..points, and ``full``."""
+def channel_lattice(full: int, points: int = 8, multiple: int = 1) -> tuple[int, ...]:
+    """All candidate knots of a channel axis: ``full//points · i`` for i = 1..points and ``full``, rounded
+    to ``multiple`` (the smallest knot is ``multiple``, or 1 when ``multiple`` is 1)."""
     step = max(1, full // points)
-    return tuple(sorted({1, full} | {min(full, step * i) for i in range(1, points + 1)}))
+    raw = {min(full, step * i) for i in range(1, points + 1)} | {full, 1}
+    if multiple > 1:
+        raw = {min(full, max(multiple, multiple * round(v / multiple))) for v in raw} | {full}
+    return tuple(sorted(raw))
 
 
-def coarse_channels(full: int, points: int = 8) -> tuple[int, ...]:
-    """The starting knots of adaptive refinement: 1, full/points, full/2 and full (lattice members)."""
-    lattice = channel_lattice(full, points)
-    step = max(1, full // points)
-    return tuple(sorted({1, full, step, min(full, step * (points // 2))} & set(lattice)))
+def channel_candidates(full: int, multiple: int = 1) -> tuple[int, ...]:
+    """Every value refinement may add on a channel axis: the multiples of ``multiple`` up to ``full``."""
+    return tuple(sorted(set(range(multiple, full + 1, multiple)) | {full}))
+
+
+def coarse_channels(full: int, points: int = 8, multiple: int = 1) -> tuple[int, ...]:
+    """The starting knots of adaptive refinement: the lattice's first, middle and last knots."""
+    lattice = channel_lattice(full, points, multiple)
+    return tuple(sorted({lattice[0], lattice[len(lattice) // 2], lattice[-1]}))
 
 
 @dataclass
@@ -70,7 +78,8 @@ def _merge(a: tuple, b: tuple) -> tuple:
 
 
 def design_grid(specs: list[ModelSpec], resolutions: dict[str, tuple[int, ...]] | None = None, adaptive: bool = False,
-                channel_points: int = 8, sparsities: tuple[float, ...] | None = None) -> list[GridSlice]:
+                channel_points: int = 8, sparsities: tuple[float, ...] | None = None,
+                channel_multiple: int = 1) -> list[GridSlice]:
     """The slices needed to predict every layer of ``specs`` at their resolutions.
 
     Layers sharing a signature and an input size share one slice, whose channel knots are the union of
@@ -92,9 +101,11 @@ def design_grid(specs: list[ModelSpec], resolutions: dict[str, tuple[int, ...]] 
                         lattice = SPARSITY_LATTICE
                         start = sparsities or (COARSE_SPARSITIES if adaptive else DENSE_SPARSITIES)
                     else:
-                        lattice = channel_lattice(full[axis], channel_points)
-                        start = coarse_channels(full[axis], channel_points) if adaptive else lattice
+                        lattice = channel_lattice(full[axis], channel_points, channel_multiple)
+                        start = coarse_channels(full[axis], channel_points, channel_multiple) if adaptive else lattice
                     s.knots[axis] = _merge(s.knots.get(axis, ()), tuple(start))
+                    if axis != "sparsity":
+                        lattice = channel_candidates(full[axis], channel_multiple)
                     s.lattice[axis] = _merge(s.lattice.get(axis, ()), tuple(lattice) + tuple(start))
     return sorted(slices.values(), key=lambda s: s.key)
 

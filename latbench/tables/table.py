@@ -256,14 +256,19 @@ def _slice_from_rows(sig: LayerSignature, hw: int, rows: pd.DataFrame) -> TableS
 
 
 def table_from_store(store, env_id: int, signatures: Iterable[tuple[str, int]] | None = None,
-                     extra_meta: dict | None = None) -> tuple[LatencyTable, pd.DataFrame]:
-    """Build a table from the measurements of one device environment (optionally only some slices)."""
+                     extra_meta: dict | None = None, lattice: Mapping[tuple[str, int], Mapping[str, tuple]] | None = None,
+                     ) -> tuple[LatencyTable, pd.DataFrame]:
+    """Build a table from the measurements of one device environment (optionally only some slices, and
+    only points whose values lie on ``lattice[slice][axis]``, e.g. channel multiples of 8)."""
     wanted = set(signatures) if signatures is not None else None
     records = []
     for r in store.rows(env_id):
         if r.signature.startswith("net:"):
             continue
         if wanted is not None and (r.signature, r.point.input_hw) not in wanted:
+            continue
+        allowed = (lattice or {}).get((r.signature, r.point.input_hw), {})
+        if any(getattr(r.point, axis) not in values for axis, values in allowed.items()):
             continue
         m = r.measurement
         records.append((r.signature, r.point.input_hw, r.point.in_channels, r.point.out_channels, r.point.sparsity,

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+from latbench.models import Architecture, ArchitectureError, ZOO, get_model, materialize, random_architectures
+from latbench.models.torch_net import build
+
+
+@pytest.mark.parametrize("name,params", [("resnet18", 11_689_512), ("mobilenet_v2", 3_504_872)])
+def test_full_models_match_the_reference_parameter_counts(name, params):
+    spec = get_model(name)
+    net = build(spec)
+    assert sum(p.numel() for p in net.parameters()) == params
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_every_zoo_model_runs_at_every_resolution(name):
+    spec = get_model(name)
+    for res in spec.resolutions:
+        net = materialize(Architecture.full(spec, res), spec)
+        assert net(torch.randn(1, 3, res, res)).shape == (1, spec.num_classes)
+
+
+def test_residual_additions_couple_channels_into_one_group():
+    spec = get_model("resnet18")
+    conv2 = spec.layer("layer2.1.conv2")
+    assert conv2.residual == "layer2.0.conv2"
+    assert spec.layer("layer2.0.conv2").out_group == conv2.out_group == spec.layer("layer2.0.down").out_group
+    mb = get_model("mobilenet_v2")
+    dw = mb.layer("block3.dw")
+    assert dw.in_group == dw.out_group == mb.layer("block3.expand").out_group
+
+
+def test_materialize_builds_real_smaller_convs_and_slices_by_importance():
+    spec = get_model("resnet56")
+    parent = build(spec).eval()
+    arch = random_architectures(spec, 1, seed=3)[0]
+    order = {g: torch.randperm(w) for g, w in spec.groups.items()}
+    child = materialize(arch, spec, parent=parent, importance=order)
+    conv = child.block("layer1.0.conv1").conv
+    assert conv.out_channels == arch.widths["layer1.0.mid"] and conv.in_channels == arch.widths["stage1"]
+    keep_out = order["layer1.0.mid"][: conv.out_channels].sort().values
+    keep_in = order["stage1"][: conv.in_channels].sort().values
+    expected = parent.block("layer1.0.conv1").conv.weight[keep_out][:, keep_in]
+    assert torch.equal(conv.weight, expected)
+    assert child(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_sparsity_is_real_zeros_in_the_weights():
+    spec = get_model("mobilenet_v2_cifar")
+    arch = Architecture(spec.name, 32, spec.groups, {"block5.expand": 0.75})
+    w = materialize(arch, spec).block("block5.expand").conv.weight
+    assert abs((w == 0).float().mean().item() - 0.75) < 0.01
+
+
+def test_architecture_json_is_stable_and_round_trips():
+    spec = get_model("mobilenet_v2")
+    arch = random_architectures(spec, 1, seed=1, sparsities=(0.0, 0.5))[0]
+    text = arch.to_json()
+    assert Architecture.from_json(text) == arch
+    assert Architecture.from_json(text).to_json() == text
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda a: {**a, "widths": {**a["widths"], "stage1": 999}}, "outside 1..64"),
+    (lambda a: {**a, "widths": {k: v for k, v in a["widths"].items() if k != "stage1"}}, "missing groups"),
+    (lambda a: {**a, "sparsity": {"stem": 1.5}}, "outside [0, 1)"),
+    (lambda a: {**a, "sparsity": {"fc": 0.5}}, "not prunable convs"),
+    (lambda a: {**a, "model": "resnet56"}, "not 'resnet18'"),
+])
+def test_architectures_that_do_not_fit_the_model_get_a_clear_error(mutate, message):
+    spec = get_model("resnet18")
+    data = mutate(Architecture.full(spec).to_dict())
+    with pytest.raises(ArchitectureError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        Architecture.from_dict(data).validate(spec)
+
+
+def test_unknown_model_names_list_the_zoo():
+    with pytest.raises(KeyError, match="resnet18"):
+        get_model("vgg16")
