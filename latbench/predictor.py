@@ -111,6 +111,11 @@ class Predictor:
         for l, layer in enumerate(self.layers):
             sig = signature_of(layer)
             axes = sig.variable_axes
+            sizes = self.table.input_sizes(sig.key)
+            if not self.clamp and not sizes[0] <= hw[layer.name] <= sizes[-1]:
+                raise OutOfGridError(f"layer {layer.name!r} of {self.spec.name} at resolution {resolution}: input "
+                                     f"{hw[layer.name]}×{hw[layer.name]} is outside the table's sizes {sizes}; "
+                                     "profile this resolution or use clamp=True")
             cin_full, cout_full = spec.channels(spec.groups, layer)
             points = {"in_channels": np.arange(cin_full + 1), "out_channels": np.arange(cout_full + 1)}
             has_sp = "sparsity" in axes

@@ -1,0 +1,70 @@
+import json
+
+from typer.testing import CliRunner
+
+from latbench.cli import app
+from latbench.models import Architecture, get_model
+
+runner = CliRunner()
+
+
+def test_every_command_has_help_with_an_example():
+    for cmd in (["demo"], ["devices"], ["profile"], ["predict"], ["validate"], ["table", "build"], ["table", "info"],
+                ["table", "import-jcw"]):
+        res = runner.invoke(app, cmd + ["--help"])
+        assert res.exit_code == 0 and "Example" in res.output, cmd
+
+
+def test_predict_with_the_jcw_table_and_clear_errors(tmp_path, jcw_dir):
+    table = tmp_path / "jcw.parquet"
+    assert runner.invoke(app, ["table", "import-jcw", str(jcw_dir), "-o", str(table)]).exit_code == 0
+    spec = get_model("resnet18")
+    arch = tmp_path / "a.json"
+    arch.write_text(Architecture.full(spec, 224).to_json())
+    res = runner.invoke(app, ["predict", "resnet18", "--arch", str(arch), "--table", str(table)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["predicted_ms"] > 390
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**Architecture.full(spec).to_dict(), "widths": {"stage1": 5}}))
+    res = runner.invoke(app, ["predict", "resnet18", "--arch", str(bad), "--table", str(table)])
+    assert res.exit_code == 2 and "missing groups" in res.output
+    trunc = tmp_path / "trunc.parquet"
+    trunc.write_bytes(table.read_bytes()[:500])
+    res = runner.invoke(app, ["predict", "resnet18", "--table", str(trunc)])
+    assert res.exit_code == 2 and "corrupt or truncated" in res.output
+
+
+def test_profile_refuses_a_corrupt_onnx_file_and_unknown_devices(tmp_path):
+    bad = tmp_path / "x.onnx"
+    bad.write_bytes(b"garbage")
+    res = runner.invoke(app, ["profile", str(bad), "--store", str(tmp_path / "s.db")])
+    assert res.exit_code == 2 and "not a readable ONNX model" in res.output
+    res = runner.invoke(app, ["profile", "resnet56", "--device", "bluetooth:phone", "--store", str(tmp_path / "s.db")])
+    assert res.exit_code == 2 and "unknown device" in res.output
+
+
+def test_validate_refuses_a_table_from_another_device(tmp_path, jcw_dir):
+    table = tmp_path / "jcw.parquet"
+    runner.invoke(app, ["table", "import-jcw", str(jcw_dir), "-o", str(table)])
+    res = runner.invoke(app, ["validate", "resnet18", "--table", str(table), "--n", "2", "--store", str(tmp_path / "s.db")])
+    assert res.exit_code == 2 and "not on host:onnxruntime" in res.output
+
+
+def test_profile_table_validate_end_to_end_on_the_host(tmp_path):
+    store, table = str(tmp_path / "s.db"), str(tmp_path / "t.parquet")
+    res = runner.invoke(app, ["profile", "resnet56", "--resolution", "32", "--dense", "--channel-points", "2",
+                              "--sparsity", "0", "--rounds", "1", "--runs", "3", "--warmup", "1", "--store", store,
+                              "--table", table, "--calibrate", "3", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "r"
+    res = runner.invoke(app, ["validate", "resnet56", "--table", table, "--n", "4", "--resolution", "32",
+                              "--store", store, "--json", str(out) + ".json", "--csv", str(out) + ".csv",
+                              "--plot", str(out) + ".png", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["n"] == 4 and 0 <= report["within_5pct"] <= report["within_10pct"] <= 1
+    assert report["rmse_ms"] >= 0 and len(report["worst"]) == 4
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((tmp_path / "r.csv").read_text().splitlines()) == 5
+    info = runner.invoke(app, ["table", "info", table])
+    assert "calibration" in info.output and "host-ort-" in info.output

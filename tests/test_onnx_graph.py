@@ -1,0 +1,35 @@
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from latbench.export.onnx import export_network
+from latbench.layers import signature_of
+from latbench.models import Architecture, get_model, materialize, random_architectures
+from latbench.models.onnx_graph import OnnxModelError, spec_from_onnx
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18", "mobilenet_v1", "resnet56"])
+def test_layers_read_from_an_exported_network_match_the_zoo(tmp_path, name):
+    spec = get_model(name)
+    arch = random_architectures(spec, 1, seed=4)[0]
+    path = tmp_path / "m.onnx"
+    path.write_bytes(export_network(materialize(arch, spec), arch.resolution))
+    imported = spec_from_onnx(path)
+    hw_a, hw_b = spec.input_hw(arch.resolution), imported.input_hw(arch.resolution)
+    ours = sorted((signature_of(l).key, hw_a[l.name], spec.channels(arch.widths, l)) for l in spec.layers)
+    theirs = sorted((signature_of(l).key, hw_b[l.name], imported.channels(imported.groups, l)) for l in imported.layers)
+    assert ours == theirs
+
+
+def test_corrupt_and_non_cnn_onnx_files_get_a_clear_error(tmp_path):
+    (tmp_path / "bad.onnx").write_bytes(b"this is not protobuf at all \x00\xff")
+    with pytest.raises(OnnxModelError, match="not a readable ONNX model"):
+        spec_from_onnx(tmp_path / "bad.onnx")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
+    mlp = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "mlp", [x], [y]))
+    onnx.save(mlp, tmp_path / "mlp.onnx")
+    with pytest.raises(OnnxModelError, match="not a CNN"):
+        spec_from_onnx(tmp_path / "mlp.onnx")
+    with pytest.raises(OnnxModelError, match="does not exist"):
+        spec_from_onnx(tmp_path / "missing.onnx")

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from latbench.models import Architecture, ArchitectureError, get_model, random_architectures
+from latbench.predictor import Population, Predictor
+from latbench.tables.jcw import import_jcw_table
+from latbench.tables.table import OutOfGridError, TableError
+
+
+def test_jcw_table_imports_with_its_published_figures(jcw_dir):
+    table, _ = import_jcw_table(jcw_dir)
+    spec = get_model("resnet18")
+    pred = Predictor(spec, table)
+    full = Architecture.full(spec, 224)
+    # 373.8 ms over the 19 convs after the stem (the figure in SOURCES.md) + 23.3 ms for the stem.
+    bd = pred.breakdown(full)
+    assert bd[bd.layer != "stem"].latency_ms.sum() == pytest.approx(373.76, abs=0.05)
+    assert pred.predict(full)[0] == pytest.approx(bd.latency_ms.sum())
+    # Weight sparsity pays on that phone: layer 1 at density 1.0 → 0.5 goes from 26.4 to 19.0 ms.
+    from latbench.layers import LayerPoint, signature_of
+    sig = signature_of(spec.layer("layer1.0.conv1")).key
+    assert table.lookup(sig, LayerPoint(64, 64, 0.0, 56)) == pytest.approx(26.4, abs=0.1)
+    assert table.lookup(sig, LayerPoint(64, 64, 0.5, 56)) == pytest.approx(19.0, abs=0.1)
+
+
+def test_vectorised_prediction_equals_the_per_layer_sum(jcw_dir):
+    table, _ = import_jcw_table(jcw_dir)
+    spec = get_model("resnet18")
+    pred = Predictor(spec, table)
+    archs = random_architectures(spec, 40, seed=5, resolutions=(224,), sparsities=(0.0, 0.17, 0.5, 0.93))
+    fast = pred.predict(archs)
+    slow = np.array([pred.breakdown(a).latency_ms.sum() for a in archs])
+    np.testing.assert_allclose(fast, slow, rtol=1e-9)
+    pop = Population.from_architectures(spec, archs)
+    np.testing.assert_allclose(pred.predict_population(pop), fast)
+
+
+def test_out_of_grid_architectures_fail_with_the_layer_named(jcw_dir):
+    table, _ = import_jcw_table(jcw_dir)
+    spec = get_model("resnet18")
+    with pytest.raises(OutOfGridError, match="resolution 192"):
+        Predictor(spec, table).predict(Architecture.full(spec, 192))
+    assert Predictor(spec, table, clamp=True).predict(Architecture.full(spec, 192))[0] > 0
+    with pytest.raises(ArchitectureError, match="outside 1..64"):
+        Predictor(spec, table).predict(Architecture("resnet18", 224, {**spec.groups, "stage1": 65}))
+
+
+def test_a_table_missing_the_models_layers_is_refused(jcw_dir):
+    table, _ = import_jcw_table(jcw_dir)
+    with pytest.raises(TableError, match="mobilenet_v2"):
+        Predictor(get_model("mobilenet_v2"), table)
