@@ -192,18 +192,21 @@ class Predictor:
     @staticmethod
     def _predict_rows(c: _Compiled, widths: np.ndarray, sparsity: np.ndarray) -> np.ndarray:
         idx = widths.astype(float) @ c.matrix + c.offsets          # exact: integers far below 2**53
-        has_sp = c.sp_col >= 0
         if sparsity.size and np.any(sparsity):
-            s = np.zeros((widths.shape[0], c.sp_col.size))
-            s[:, has_sp] = sparsity[:, c.sp_col[has_sp]]
-            pos = s * c.sp_inv_step
-            lo = np.minimum(np.floor(pos), np.maximum(c.sp_max_index - 1, 0))
+            # Only the sparsifiable layers need the blend along the sparsity lattice.
+            has_sp = c.sp_col >= 0
+            pos = sparsity[:, c.sp_col[has_sp]] * c.sp_inv_step[has_sp]
+            lo = np.minimum(np.floor(pos), np.maximum(c.sp_max_index[has_sp] - 1, 0))
             w = np.minimum(pos - lo, 1.0)
-            idx = (idx + lo).astype(np.int64)
-            a = c.flat[idx]
-            b = c.flat[idx + c.sp_stride]
-            return (a + w * (b - a)).sum(axis=1)
-        return c.flat[idx.astype(np.int64)].sum(axis=1)
+            idx[:, has_sp] += lo
+            i = idx.astype(np.int32) if c.flat.size < 2**31 - 1 else idx.astype(np.int64)
+            total = np.take(c.flat, i).sum(axis=1, dtype=np.float64)
+            i_sp = i[:, has_sp]
+            a = np.take(c.flat, i_sp)
+            b = np.take(c.flat, i_sp + 1)
+            return total + (w * (b - a)).sum(axis=1)
+        i = idx.astype(np.int32) if c.flat.size < 2**31 - 1 else idx.astype(np.int64)
+        return np.take(c.flat, i).sum(axis=1, dtype=np.float64)
 
     def predict(self, archs: Sequence[Architecture] | Architecture, calibrated: bool = True) -> np.ndarray:
         if isinstance(archs, Architecture):
