@@ -77,7 +77,7 @@ class Predictor:
         self.spec = spec
         self.table = table
         self.clamp = clamp
-        self._compiled: dict[int, _Compiled] = {}
+        self._compiled: dict[tuple[int, int], _Compiled] = {}
         # A table of convolutions only (e.g. the imported JCW table) predicts the convolutions' sum.
         conv_only = table.meta.get("scope") == "convolutions"
         self.layers = tuple(layer for layer in spec.layers if not conv_only or layer.sparsifiable)
@@ -97,7 +97,9 @@ class Predictor:
             return 1.0, 0.0
         return float(entry["scale"]), float(entry["offset_ms"])
 
-    def _compile(self, resolution: int) -> _Compiled:
+    def _compile(self, resolution: int, step: int = 1) -> _Compiled:
+        """Lay out every layer's grid on the channel counts ``0, step, 2·step, …`` (``step`` divides every
+        width of the population: 8 for the usual multiples of 8, which keeps the arrays cache-sized)."""
         spec = self.spec
         groups = list(spec.groups)
         sp_cols = {name: i for i, name in enumerate(spec.sparsifiable_layers)}
@@ -117,18 +119,18 @@ class Predictor:
                                      f"{hw[layer.name]}×{hw[layer.name]} is outside the table's sizes {sizes}; "
                                      "profile this resolution or use clamp=True")
             cin_full, cout_full = spec.channels(spec.groups, layer)
-            points = {"in_channels": np.arange(cin_full + 1), "out_channels": np.arange(cout_full + 1)}
+            points = {"in_channels": np.arange(0, cin_full + 1, step), "out_channels": np.arange(0, cout_full + 1, step)}
             has_sp = "sparsity" in axes
             if has_sp:
                 lo, hi = knot_range(self.table, sig.key, hw[layer.name], "sparsity")
                 knots = np.concatenate([self.table.slices[k].knots[self.table.slices[k].axes.index("sparsity")]
                                         for k in self.table.slices if k[0] == sig.key])
-                step = _lattice_step(knots)
-                points["sparsity"] = np.round(np.arange(0.0, hi + 1e-9, step), 6)
+                sp_step = _lattice_step(knots)
+                points["sparsity"] = np.round(np.arange(0.0, hi + 1e-9, sp_step), 6)
             grid = resample_signature(self.table, sig.key, hw[layer.name], points)
             # Lay out as (in, out, sparsity) with size-1 axes where the signature has none.
-            shape_in = cin_full + 1 if "in_channels" in axes else 1
-            shape_out = cout_full + 1 if "out_channels" in axes else 1
+            shape_in = len(points["in_channels"]) if "in_channels" in axes else 1
+            shape_out = len(points["out_channels"]) if "out_channels" in axes else 1
             shape_sp = len(points["sparsity"]) if has_sp else 1
             grid = np.asarray(grid, dtype=float).reshape(shape_in, shape_out, shape_sp)
             strides = (shape_out * shape_sp, shape_sp, 1)
@@ -142,7 +144,7 @@ class Predictor:
                                *knot_range(self.table, sig.key, hw[layer.name], "out_channels")))
             if has_sp:
                 sp_col[l] = sp_cols[layer.name]
-                sp_inv[l] = 1.0 / step
+                sp_inv[l] = 1.0 / sp_step
                 sp_stride[l] = 1
                 sp_max[l] = shape_sp - 1
                 ranges.append((layer.name, "sparsity", -1 - sp_cols[layer.name], 0.0, points["sparsity"][-1]))
@@ -153,37 +155,57 @@ class Predictor:
         flat = np.concatenate(chunks + [np.zeros(1)])
         return _Compiled(flat, np.array(offsets, dtype=float), matrix, sp_col, sp_inv, sp_stride, sp_max, ranges)
 
-    def compiled(self, resolution: int) -> _Compiled:
-        if resolution not in self._compiled:
-            self._compiled[resolution] = self._compile(int(resolution))
-        return self._compiled[resolution]
+    def compiled(self, resolution: int, step: int = 1) -> _Compiled:
+        key = (int(resolution), int(step))
+        if key not in self._compiled:
+            self._compiled[key] = self._compile(*key)
+        return self._compiled[key]
 
-    def _check(self, c: _Compiled, pop: Population, rows: np.ndarray, resolution: int) -> None:
+    def _step(self, widths: np.ndarray) -> int:
+        """8 when every full width and every width of the population is a multiple of 8, else 1."""
+        full = np.array(list(self.spec.groups.values()))
+        if widths.size and not (full % 8).any() and not (widths % 8).any():
+            return 8
+        return 1
+
+    def _check(self, c: _Compiled, widths: np.ndarray, sparsity: np.ndarray, resolution: int) -> None:
+        # Column extremes once, then each layer's range against them: O(groups), not O(N · layers).
+        w_lo, w_hi = widths.min(axis=0), widths.max(axis=0)
+        s_lo = sparsity.min(axis=0) if sparsity.size else None
+        s_hi = sparsity.max(axis=0) if sparsity.size else None
         for name, axis, col, lo, hi in c.ranges:
-            values = pop.widths[rows, col] if col >= 0 else pop.sparsity[rows, -1 - col]
-            if values.size and (values.min() < lo - 1e-9 or values.max() > hi + 1e-9):
-                bad = values[(values < lo - 1e-9) | (values > hi + 1e-9)][0]
+            vmin, vmax = (w_lo[col], w_hi[col]) if col >= 0 else (s_lo[-1 - col], s_hi[-1 - col])
+            if vmin < lo - 1e-9 or vmax > hi + 1e-9:
+                bad = vmin if vmin < lo - 1e-9 else vmax
                 raise OutOfGridError(f"layer {name!r} of {self.spec.name} at resolution {resolution}: {axis}={bad:g} "
                                      f"is outside the table's grid [{lo:g}, {hi:g}]; measure a wider grid or use clamp=True")
 
-    def predict_population(self, pop: Population, chunk: int = 8192, calibrated: bool = True) -> np.ndarray:
+    def predict_population(self, pop: Population, chunk: int = 2048, calibrated: bool = True) -> np.ndarray:
         """Latency (ms) of every architecture in ``pop``; ``calibrated=False`` gives the bare sum of lookups."""
         n = len(pop)
         if pop.widths.shape != (n, len(self.spec.groups)):
             raise ArchitectureError(f"widths must have shape (N, {len(self.spec.groups)}) for {self.spec.name!r}, "
                                     f"got {pop.widths.shape}")
         full = np.array(list(self.spec.groups.values()))
-        if n and (pop.widths.min(axis=0) < 1).any() or n and (pop.widths.max(axis=0) > full).any():
+        if n and ((pop.widths.min(axis=0) < 1).any() or (pop.widths.max(axis=0) > full).any()):
             raise ArchitectureError(f"widths outside 1..full width for {self.spec.name!r}")
         out = np.empty(n)
-        for res in np.unique(pop.resolution):
-            rows = np.flatnonzero(pop.resolution == res)
-            c = self.compiled(int(res))
+        resolutions = np.unique(pop.resolution)
+        for res in resolutions:
+            if resolutions.size == 1:
+                widths, sparsity, rows = pop.widths, pop.sparsity, slice(None)
+            else:
+                rows = np.flatnonzero(pop.resolution == res)
+                widths, sparsity = pop.widths[rows], pop.sparsity[rows]
+            step = self._step(widths)
+            c = self.compiled(int(res), step)
             if not self.clamp:
-                self._check(c, pop, rows, int(res))
-            for start in range(0, rows.size, chunk):
-                r = rows[start:start + chunk]
-                out[r] = self._predict_rows(c, pop.widths[r], pop.sparsity[r])
+                self._check(c, widths, sparsity, int(res))
+            part = np.empty(len(widths))
+            for start in range(0, len(widths), chunk):
+                end = start + chunk
+                part[start:end] = self._predict_rows(c, widths[start:end] // step, sparsity[start:end])
+            out[rows] = part
         if calibrated:
             scale, offset = self.calibration()
             out = out * scale + offset

@@ -35,9 +35,19 @@ class ProfileReport:
         return {k: v for k, v in self.__dict__.items() if k != "details"}
 
 
-def environment_of(device: Device, store: MeasurementStore) -> int:
+def environment_of(device: Device, store: MeasurementStore, reference_ms: float | None = None) -> int:
+    """The store's environment for ``device``; also fixes the device's reference unit (see timing.py):
+    the one already stored, else ``reference_ms`` (e.g. a table's), else a fresh measurement."""
     env = {**device.environment(), "device": device.name}
-    return store.environment_id(device.fingerprint(), device.backend_settings(), env)
+    env_id = store.environment_id(device.fingerprint(), device.backend_settings(), env)
+    if getattr(device, "uses_reference", False):
+        stored = store.environment(env_id)["environment"].get("reference_ms")
+        if stored:
+            device.reference_ms = float(stored)
+        else:
+            device.reference_ms = float(reference_ms) if reference_ms else device.measure_reference_nominal()
+            store.update_environment(env_id, {"reference_ms": device.reference_ms})
+    return env_id
 
 
 def _progress(console: Console | None, enabled: bool) -> Progress:

@@ -26,11 +26,21 @@ def network_key(arch: Architecture) -> str:
     return "net:" + arch.model + ":" + hashlib.sha256(arch.to_json().encode()).hexdigest()[:16]
 
 
+def table_reference_ms(table) -> float | None:
+    return (table.meta.get("environment") or {}).get("reference_ms")
+
+
 def measure_networks(spec: ModelSpec, archs: Sequence[Architecture], device: Device, store: MeasurementStore,
-                     batch_size: int = 8, progress: bool = True, console: Console | None = None) -> np.ndarray:
-    """End-to-end latency (median ms) of each architecture; results are stored, so a rerun resumes."""
+                     batch_size: int = 8, progress: bool = True, console: Console | None = None,
+                     reference_ms: float | None = None) -> np.ndarray:
+    """End-to-end latency (median ms) of each architecture; results are stored, so a rerun resumes.
+
+    With ``reference_ms`` (a table's reference unit) the results are expressed in that unit even when
+    the store's environment fixed another one.
+    """
     console = console or Console(stderr=True)
-    env_id = environment_of(device, store)
+    env_id = environment_of(device, store, reference_ms)
+    scale = reference_ms / device.reference_ms if reference_ms and getattr(device, "reference_ms", None) else 1.0
     point = lambda a: LayerPoint(0, 0, 0.0, a.resolution)  # noqa: E731 - networks have no layer point
     todo = [a for a in dict.fromkeys(archs) if not store.has(env_id, network_key(a), point(a))]
     with _progress(console, progress) as bar:
@@ -43,7 +53,7 @@ def measure_networks(spec: ModelSpec, archs: Sequence[Architecture], device: Dev
                 store.put(env_id, network_key(a), point(a), m)
             bar.advance(task, len(batch))
     measured = {r.signature: r.measurement.median_ms for r in store.rows(env_id) if r.signature.startswith("net:")}
-    return np.array([measured[network_key(a)] for a in archs])
+    return np.array([measured[network_key(a)] for a in archs]) * scale
 
 
 @dataclass
@@ -106,7 +116,8 @@ def validate(spec: ModelSpec, predictor: Predictor, device: Device, store: Measu
              archs: Sequence[Architecture], progress: bool = True) -> ValidationReport:
     predicted = predictor.predict(archs)
     raw = predictor.predict(archs, calibrated=False)
-    measured = measure_networks(spec, archs, device, store, progress=progress)
+    measured = measure_networks(spec, archs, device, store, progress=progress,
+                                reference_ms=table_reference_ms(predictor.table))
     frame = pd.DataFrame({"arch": [a.to_json() for a in archs], "resolution": [a.resolution for a in archs],
                           "predicted_ms": predicted, "sum_of_layers_ms": raw, "measured_ms": measured})
     return ValidationReport(frame)
@@ -122,7 +133,7 @@ def calibrate(spec: ModelSpec, table, device: Device, store: MeasurementStore, n
     archs = [Architecture.full(spec, max(res))] + random_architectures(spec, n - 1, seed=seed, resolutions=res,
                                                                              divisor=divisor)
     raw = Predictor(spec, table).predict(archs, calibrated=False)
-    measured = measure_networks(spec, archs, device, store, progress=progress)
+    measured = measure_networks(spec, archs, device, store, progress=progress, reference_ms=table_reference_ms(table))
     a = np.column_stack([raw, np.ones_like(raw)])
     (scale, offset), *_ = np.linalg.lstsq(a, measured, rcond=None)
     entry = {"scale": float(scale), "offset_ms": float(offset), "networks": int(n), "resolutions": list(res),

@@ -33,6 +33,10 @@ def test_vectorised_prediction_equals_the_per_layer_sum(jcw_dir):
     np.testing.assert_allclose(fast, slow, rtol=1e-9)
     pop = Population.from_architectures(spec, archs)
     np.testing.assert_allclose(pred.predict_population(pop), fast)
+    # Widths in multiples of 8 take the compact compiled layout; it must agree too.
+    eights = random_architectures(spec, 40, seed=6, resolutions=(224,), sparsities=(0.0, 0.35, 0.9), divisor=8)
+    assert pred._step(Population.from_architectures(spec, eights).widths) == 8
+    np.testing.assert_allclose(pred.predict(eights), [pred.breakdown(a).latency_ms.sum() for a in eights], rtol=1e-9)
 
 
 def test_out_of_grid_architectures_fail_with_the_layer_named(jcw_dir):

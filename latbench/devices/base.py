@@ -42,9 +42,12 @@ class MeasureSettings:
     rounds: int = 5
     runs_per_round: int = 10
     seed: int = 0
+    reference: bool = True      # time a fixed reference network side by side (see timing.py)
+    reference_runs: int = 3
 
     def to_dict(self) -> dict:
-        return {"warmup": self.warmup, "rounds": self.rounds, "runs_per_round": self.runs_per_round}
+        return {"warmup": self.warmup, "rounds": self.rounds, "runs_per_round": self.runs_per_round,
+                "reference": self.reference, "reference_runs": self.reference_runs}
 
 
 @runtime_checkable

@@ -19,7 +19,8 @@ from typing import Sequence
 import numpy as np
 
 from .base import Artifact, DeviceError, MeasureSettings, Measurement
-from .timing import measure_interleaved, robust_stats
+from .reference import REFERENCE_NAME, reference_onnx
+from .timing import measure_interleaved, normalised, robust_stats, split_rounds
 
 LAYOUT_OPS = ("ReorderInput", "ReorderOutput")
 GRAPH_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
@@ -84,11 +85,46 @@ class OnnxRuntimeDevice:
         self.settings = settings or MeasureSettings()
         self._tmp = tempfile.TemporaryDirectory(prefix="latbench-ort-")
         self._profiles = 0
+        self._reference = None
+        # Nominal latency of the reference network: set from the store's environment (or measured once)
+        # so that all measurements of one environment share a unit.
+        self.reference_ms: float | None = None
 
     def backend_settings(self) -> dict:
-        return {"runtime": "onnxruntime", "version": self._ort.__version__, "threads": self.threads,
-                "graph_optimization": self.graph_level, "execution": "sequential",
-                "provider": "CPUExecutionProvider"}
+        out = {"runtime": "onnxruntime", "version": self._ort.__version__, "threads": self.threads,
+               "graph_optimization": self.graph_level, "execution": "sequential",
+               "provider": "CPUExecutionProvider"}
+        if self.settings.reference:
+            out["reference"] = REFERENCE_NAME
+        return out
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.settings.reference
+
+    def _reference_runner(self):
+        if self._reference is None:
+            session = self.session(reference_onnx())
+            feeds = _feeds(session)
+            self._reference = (session, feeds)
+        session, feeds = self._reference
+
+        def run(runs: int) -> np.ndarray:
+            out = np.empty(runs)
+            for r in range(runs):
+                t0 = time.perf_counter()
+                session.run(None, feeds)
+                out[r] = (time.perf_counter() - t0) * 1e3
+            return out
+
+        return run
+
+    def measure_reference_nominal(self, runs: int = 400) -> float:
+        """The reference network's median latency now (ms); becomes the unit of this environment."""
+        run = self._reference_runner()
+        run(20)
+        self.reference_ms = float(np.median(run(runs)))
+        return self.reference_ms
 
     def environment(self) -> dict:
         return {**host_environment(), **self.backend_settings(), "protocol": self.settings.to_dict()}
@@ -136,11 +172,18 @@ class OnnxRuntimeDevice:
                 out[r] = (time.perf_counter() - t0) * 1e3
             return out
 
-        walls = measure_interleaved([a.key for a in artifacts], self.settings, run_round)
+        reference = None
+        if self.settings.reference:
+            reference = self._reference_runner()
+            if self.reference_ms is None:
+                self.measure_reference_nominal()
+        walls, rounds = measure_interleaved([a.key for a in artifacts], self.settings, run_round, reference,
+                                            self.reference_ms)
         results = []
-        for artifact, session, wall in zip(artifacts, sessions, walls):
+        for i, (artifact, session, wall) in enumerate(zip(artifacts, sessions, walls)):
             if artifact.kind == "layer":
-                samples = self._kernel_times(session)
+                per_round = split_rounds(self._kernel_times(session), self.settings)
+                samples = normalised(per_round, rounds.reference[i], self.reference_ms if reference else None)
                 results.append(robust_stats(artifact.key, samples, self.settings.rounds))
             else:
                 results.append(wall)
@@ -163,5 +206,4 @@ class OnnxRuntimeDevice:
         if not per_node:
             raise DeviceError("onnxruntime's profile recorded no kernel times for this model")
         runs = min(len(v) for v in per_node.values())
-        total = np.sum([np.asarray(v[:runs]) for v in per_node.values()], axis=0)
-        return total[self.settings.warmup:]
+        return np.sum([np.asarray(v[:runs]) for v in per_node.values()], axis=0)

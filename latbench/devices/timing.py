@@ -1,17 +1,28 @@
-"""The measurement protocol shared by all backends: warm-up, interleaved randomised rounds, robust stats.
+"""The measurement protocol shared by all backends: warm-up, interleaved randomised rounds, a reference
+timed side by side, robust statistics.
 
-Timings here drift by several percent over minutes and show rare spikes of +40 %. Interleaving the
-artifacts of a batch round by round spreads any drift over all of them instead of biasing the ones
-measured during a slow minute; the median ignores spikes, and samples beyond 3 IQRs above the upper
-quartile are counted as outliers (and reported) before the statistics are taken.
+On a shared machine the speed of the CPU itself changes by 10–40 % over seconds (measured here: the
+same network's median of 30 runs moved between 6.3 and 7.9 ms from one round to the next, CPU time
+as much as wall time, so it is not steal time but contention for caches and memory). Latency is
+therefore measured *side by side with a fixed reference network*: every round runs the reference a few
+times right before the artifact, and each sample is divided by that round's reference median. The
+ratio is stable (CV 2–5 % per round against 5–20 % for raw times) and is converted back to
+milliseconds with the reference's *nominal* latency, measured once per device environment and stored
+with it, so that every table and every validation of one environment share the same unit.
+
+Rounds interleave the artifacts of a batch in a new random order each time; the median ignores
+spikes, and samples beyond 3 IQRs above the upper quartile are counted as outliers and dropped.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
 from .base import MeasureSettings, Measurement
+
+RunFn = Callable[[int, int], np.ndarray]
 
 
 def robust_stats(key: str, samples_ms: np.ndarray, rounds: int) -> Measurement:
@@ -25,24 +36,52 @@ def robust_stats(key: str, samples_ms: np.ndarray, rounds: int) -> Measurement:
                        int((~keep).sum()))
 
 
-def interleaved_rounds(n_items: int, settings: MeasureSettings,
-                       run_round: Callable[[int, int], np.ndarray]) -> list[np.ndarray]:
-    """Call ``run_round(item, runs)`` for every item in every round, in a fresh random order each round.
+@dataclass
+class RoundSamples:
+    """Per item: the timed samples of each round, and the reference median measured just before it."""
 
-    Returns the concatenated samples (ms) per item; warm-up is the first call per item.
-    """
+    samples: list[list[np.ndarray]]
+    reference: list[list[float]]
+
+
+def interleaved_rounds(n_items: int, settings: MeasureSettings, run_round: RunFn,
+                       reference: Callable[[int], np.ndarray] | None = None) -> RoundSamples:
+    """Call ``run_round(item, runs)`` for every item in every round, in a fresh random order each round,
+    with ``reference(runs)`` timed right before each call. Warm-up is the first call per item."""
     rng = np.random.default_rng(settings.seed)
+    if reference is not None:
+        reference(settings.warmup or 1)
     for item in range(n_items):
         if settings.warmup:
             run_round(item, settings.warmup)
     samples: list[list[np.ndarray]] = [[] for _ in range(n_items)]
+    refs: list[list[float]] = [[] for _ in range(n_items)]
     for _ in range(settings.rounds):
         for item in rng.permutation(n_items):
+            ref = float(np.median(reference(settings.reference_runs))) if reference is not None else 1.0
+            refs[item].append(ref)
             samples[item].append(np.asarray(run_round(int(item), settings.runs_per_round), dtype=float))
-    return [np.concatenate(s) for s in samples]
+    return RoundSamples(samples, refs)
 
 
-def measure_interleaved(keys: Sequence[str], settings: MeasureSettings,
-                        run_round: Callable[[int, int], np.ndarray]) -> list[Measurement]:
-    samples = interleaved_rounds(len(keys), settings, run_round)
-    return [robust_stats(k, s, settings.rounds) for k, s in zip(keys, samples)]
+def normalised(rounds: list[np.ndarray], refs: list[float], nominal_ms: float | None) -> np.ndarray:
+    """Samples divided by their round's reference median, times the reference's nominal latency."""
+    if nominal_ms is None:
+        return np.concatenate(rounds)
+    return np.concatenate([r / ref * nominal_ms for r, ref in zip(rounds, refs)])
+
+
+def split_rounds(samples: np.ndarray, settings: MeasureSettings) -> list[np.ndarray]:
+    """Per-run samples recorded in execution order (warm-up first) → the samples of each round."""
+    body = np.asarray(samples)[settings.warmup:]
+    m = settings.runs_per_round
+    return [body[r * m:(r + 1) * m] for r in range(settings.rounds)]
+
+
+def measure_interleaved(keys: Sequence[str], settings: MeasureSettings, run_round: RunFn,
+                        reference: Callable[[int], np.ndarray] | None = None,
+                        nominal_ms: float | None = None) -> tuple[list[Measurement], RoundSamples]:
+    rs = interleaved_rounds(len(keys), settings, run_round, reference)
+    stats = [robust_stats(k, normalised(s, r, nominal_ms if reference else None), settings.rounds)
+             for k, s, r in zip(keys, rs.samples, rs.reference)]
+    return stats, rs

@@ -114,6 +114,14 @@ class MeasurementStore:
             raise StoreError(f"no environment {env_id} in {self.path}")
         return {"fingerprint": row[0], "settings": json.loads(row[1]), "environment": json.loads(row[2])}
 
+    def update_environment(self, env_id: int, values: dict) -> None:
+        """Add ``values`` to the stored environment record (e.g. the reference's nominal latency)."""
+        env = self.environment(env_id)["environment"]
+        env.update(values)
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("UPDATE environments SET environment=? WHERE id=?", (json.dumps(env, sort_keys=True), env_id))
+
     def environments(self) -> list[tuple[int, str, int]]:
         """(id, fingerprint, number of measurements) for every environment in the store."""
         return [tuple(r) for r in self._db.execute(
