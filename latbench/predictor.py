@@ -52,13 +52,21 @@ def _lattice_step(values: np.ndarray) -> float:
 
 @dataclass
 class _Compiled:
+    """Layers are laid out sparsifiable first, in the order of the population's sparsity columns, so
+    that column ``l < n_sparse`` of the index matrix pairs with sparsity column ``l`` without a gather."""
+
     flat: np.ndarray            # all layers' dense grids, float64
+    delta: np.ndarray           # flat[i + 1] − flat[i] along each sparsity lattice (0 at its end)
     offsets: np.ndarray         # (L,) start of each layer's grid in ``flat``
     matrix: np.ndarray          # (G, L) width → flat-index contribution
-    sp_col: np.ndarray          # (L,) column in the sparsity matrix, -1 when the layer has no sparsity axis
-    sp_inv_step: np.ndarray     # (L,) 1/lattice step
-    sp_stride: np.ndarray       # (L,) flat stride of the sparsity axis
-    sp_max_index: np.ndarray    # (L,) last lattice index (0 when no sparsity axis)
+    n_sparse: int               # leading layers with a sparsity axis
+    sp_inv_step: np.ndarray     # (n_sparse,) 1/lattice step
+    sp_max_index: np.ndarray    # (n_sparse,) last lattice index
+
+    @property
+    def sp_last_cell(self) -> np.ndarray:
+        """Index of the last lattice cell's lower end (a sparsity on the last knot blends with weight 1)."""
+        return np.maximum(self.sp_max_index - 1, 0).astype(np.intp)
     ranges: list                # per layer: (name, axis, column, lo, hi) checks
 
 
@@ -104,13 +112,14 @@ class Predictor:
         groups = list(spec.groups)
         sp_cols = {name: i for i, name in enumerate(spec.sparsifiable_layers)}
         hw = spec.input_hw(resolution)
-        chunks, offsets, ranges = [], [], []
-        L = len(self.layers)
+        chunks, deltas, offsets, ranges = [], [], [], []
+        layout = sorted(self.layers, key=lambda ly: sp_cols.get(ly.name, len(sp_cols) + self.layers.index(ly)))
+        n_sparse = sum(1 for ly in layout if ly.name in sp_cols)
+        L = len(layout)
         matrix = np.zeros((len(groups), L))
-        sp_col = np.full(L, -1)
-        sp_inv, sp_stride, sp_max = np.zeros(L), np.zeros(L, dtype=np.int64), np.zeros(L, dtype=np.int64)
+        sp_inv, sp_max = np.zeros(n_sparse), np.zeros(n_sparse)
         pos = 0
-        for l, layer in enumerate(self.layers):
+        for l, layer in enumerate(layout):
             sig = signature_of(layer)
             axes = sig.variable_axes
             sizes = self.table.input_sizes(sig.key)
@@ -143,17 +152,17 @@ class Predictor:
                 ranges.append((layer.name, "out_channels", groups.index(layer.out_group),
                                *knot_range(self.table, sig.key, hw[layer.name], "out_channels")))
             if has_sp:
-                sp_col[l] = sp_cols[layer.name]
                 sp_inv[l] = 1.0 / sp_step
-                sp_stride[l] = 1
                 sp_max[l] = shape_sp - 1
                 ranges.append((layer.name, "sparsity", -1 - sp_cols[layer.name], 0.0, points["sparsity"][-1]))
+            delta = np.zeros_like(grid)
+            delta[..., :-1] = np.diff(grid, axis=-1)
             chunks.append(grid.ravel())
+            deltas.append(delta.ravel())
             offsets.append(pos)
             pos += grid.size
-        # One spare entry so that idx + stride never runs past the end for the last layer.
-        flat = np.concatenate(chunks + [np.zeros(1)])
-        return _Compiled(flat, np.array(offsets, dtype=float), matrix, sp_col, sp_inv, sp_stride, sp_max, ranges)
+        return _Compiled(np.concatenate(chunks), np.concatenate(deltas), np.array(offsets, dtype=float), matrix,
+                         n_sparse, sp_inv, sp_max, ranges)
 
     def compiled(self, resolution: int, step: int = 1) -> _Compiled:
         key = (int(resolution), int(step))
@@ -180,7 +189,7 @@ class Predictor:
                 raise OutOfGridError(f"layer {name!r} of {self.spec.name} at resolution {resolution}: {axis}={bad:g} "
                                      f"is outside the table's grid [{lo:g}, {hi:g}]; measure a wider grid or use clamp=True")
 
-    def predict_population(self, pop: Population, chunk: int = 2048, calibrated: bool = True) -> np.ndarray:
+    def predict_population(self, pop: Population, chunk: int = 1024, calibrated: bool = True) -> np.ndarray:
         """Latency (ms) of every architecture in ``pop``; ``calibrated=False`` gives the bare sum of lookups."""
         n = len(pop)
         if pop.widths.shape != (n, len(self.spec.groups)):
@@ -214,21 +223,14 @@ class Predictor:
     @staticmethod
     def _predict_rows(c: _Compiled, widths: np.ndarray, sparsity: np.ndarray) -> np.ndarray:
         idx = widths.astype(float) @ c.matrix + c.offsets          # exact: integers far below 2**53
-        if sparsity.size and np.any(sparsity):
-            # Only the sparsifiable layers need the blend along the sparsity lattice.
-            has_sp = c.sp_col >= 0
-            pos = sparsity[:, c.sp_col[has_sp]] * c.sp_inv_step[has_sp]
-            lo = np.minimum(np.floor(pos), np.maximum(c.sp_max_index[has_sp] - 1, 0))
-            w = np.minimum(pos - lo, 1.0)
-            idx[:, has_sp] += lo
-            i = idx.astype(np.int32) if c.flat.size < 2**31 - 1 else idx.astype(np.int64)
-            total = np.take(c.flat, i).sum(axis=1, dtype=np.float64)
-            i_sp = i[:, has_sp]
-            a = np.take(c.flat, i_sp)
-            b = np.take(c.flat, i_sp + 1)
-            return total + (w * (b - a)).sum(axis=1)
-        i = idx.astype(np.int32) if c.flat.size < 2**31 - 1 else idx.astype(np.int64)
-        return np.take(c.flat, i).sum(axis=1, dtype=np.float64)
+        if c.n_sparse and sparsity.size and np.any(sparsity):
+            pos = sparsity * c.sp_inv_step
+            lo = np.minimum(pos.astype(np.intp), c.sp_last_cell)   # truncation == floor: pos ≥ 0
+            i = idx.astype(np.intp)
+            i[:, :c.n_sparse] += lo
+            blend = ((pos - lo) * np.take(c.delta, i[:, :c.n_sparse])).sum(axis=1)
+            return np.take(c.flat, i).sum(axis=1) + blend
+        return np.take(c.flat, idx.astype(np.intp)).sum(axis=1)
 
     def predict(self, archs: Sequence[Architecture] | Architecture, calibrated: bool = True) -> np.ndarray:
         if isinstance(archs, Architecture):

@@ -81,3 +81,34 @@ def test_robust_stats_ignore_spikes_but_count_them():
     samples = np.r_[np.full(48, 1.0) + np.linspace(0, 0.02, 48), 1.4, 5.0]
     m = robust_stats("k", samples, 5)
     assert m.outliers == 2 and abs(m.median_ms - 1.01) < 0.01 and m.p90_ms < 1.03
+
+
+def test_side_by_side_reference_cancels_a_machine_that_changes_speed():
+    from latbench.devices.timing import measure_interleaved
+
+    rng = np.random.default_rng(0)
+    speed = {"factor": 1.0}
+    true_ms = [0.5, 2.0, 7.0]
+
+    def slow_down_sometimes():
+        # Every call the machine may switch between a fast and a 40 % slower state.
+        if rng.random() < 0.3:
+            speed["factor"] = float(rng.choice([1.0, 1.4]))
+
+    def run(item, runs):
+        out = []
+        for _ in range(runs):
+            slow_down_sometimes()
+            out.append(true_ms[item] * speed["factor"])
+        return np.array(out)
+
+    def reference(runs):
+        return np.array([1.0 * speed["factor"] for _ in range(runs)])
+
+    settings = MeasureSettings(warmup=1, rounds=8, runs_per_round=10)
+    stats, _ = measure_interleaved(["a", "b", "c"], settings, run, reference, nominal_ms=1.0)
+    for m, t in zip(stats, true_ms):
+        assert abs(m.median_ms - t) <= 0.02 * t
+    # Without the reference, the spread shows the two speeds.
+    raw, _ = measure_interleaved(["a", "b", "c"], settings, run)
+    assert all(m.p90_ms / m.p10_ms > 1.3 for m in raw)
