@@ -68,3 +68,20 @@ def test_profile_table_validate_end_to_end_on_the_host(tmp_path):
     assert len((tmp_path / "r.csv").read_text().splitlines()) == 5
     info = runner.invoke(app, ["table", "info", table])
     assert "calibration" in info.output and "host-ort-" in info.output
+
+
+def test_profile_accepts_any_onnx_cnn_file(tmp_path):
+    from latbench.export.onnx import export_network
+    from latbench.models import materialize
+
+    spec = get_model("mobilenet_v1")
+    arch = Architecture.full(spec, 160)
+    model = tmp_path / "mbv1.onnx"
+    model.write_bytes(export_network(materialize(arch, spec), 160))
+    res = runner.invoke(app, ["profile", str(model), "--dense", "--channel-points", "1", "--sparsity", "0",
+                              "--rounds", "1", "--runs", "2", "--warmup", "1", "--store", str(tmp_path / "s.db"),
+                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output[res.output.index("{"):])
+    # 29 layers, of which identical (signature, input size) pairs are measured once.
+    assert 0 < report["slices"] < 29 and report["measured"] == report["grid_points"]
