@@ -34,13 +34,14 @@ def load_model(name_or_path: str) -> ModelSpec:
 def profile(spec: ModelSpec, device: str = DEFAULT_DEVICE, store: str | Path = DEFAULT_STORE,
             resolutions: Sequence[int] | None = None, adaptive: bool = True, threshold: float = 0.04,
             channel_points: int = 8, sparsities: Sequence[float] | None = None, threads: int = 1,
-            channel_multiple: int = 8,
+            channel_multiple: int | None = None,
             settings: MeasureSettings | None = None, progress: bool = True) -> ProfileReport:
     """Measure every slice ``spec`` needs on ``device``; resumes from whatever ``store`` already holds."""
     res = {spec.name: tuple(resolutions)} if resolutions else None
+    dev = open_device(device, threads=threads, settings=settings)
+    channel_multiple = channel_multiple or getattr(dev, "channel_multiple", 1)
     slices = design_grid([spec], res, adaptive=adaptive, channel_points=channel_points,
                          sparsities=tuple(sparsities) if sparsities else None, channel_multiple=channel_multiple)
-    dev = open_device(device, threads=threads, settings=settings)
     try:
         dev.prepare()
         with MeasurementStore(store) as st:
@@ -52,13 +53,14 @@ def profile(spec: ModelSpec, device: str = DEFAULT_DEVICE, store: str | Path = D
 def build_table(specs: Sequence[ModelSpec], device: str = DEFAULT_DEVICE, store: str | Path = DEFAULT_STORE,
                 out: str | Path | None = None, resolutions: Sequence[int] | None = None, threads: int = 1,
                 extra_meta: dict | None = None, calibrate: int = 12, progress: bool = True,
-                channel_multiple: int = 8) -> LatencyTable:
+                channel_multiple: int | None = None) -> LatencyTable:
     """Build a table of the slices ``specs`` need from the measurements of ``device`` in ``store``.
 
     With ``calibrate`` > 0, that many whole networks per model are measured end to end and a
     scale + offset is fitted (see :func:`latbench.validation.calibrate`); 0 keeps the bare layer sum.
     """
     dev = open_device(device, threads=threads)
+    channel_multiple = channel_multiple or getattr(dev, "channel_multiple", 1)
     try:
         with MeasurementStore(store) as st:
             env_id = environment_of(dev, st)
@@ -87,7 +89,7 @@ def predict(spec: ModelSpec, archs: Sequence[Architecture], table: LatencyTable 
 def validate_model(spec: ModelSpec, table: LatencyTable | str | Path, device: str = DEFAULT_DEVICE,
                    store: str | Path = DEFAULT_STORE, n: int = 100, seed: int = 0,
                    resolutions: Sequence[int] | None = None, sparsities: Sequence[float] = (0.0,),
-                   divisor: int = 8, min_ratio: float = 0.25, threads: int = 1,
+                   divisor: int | None = None, min_ratio: float = 0.25, threads: int = 1,
                    progress: bool = True) -> ValidationReport:
     """Predict and measure ``n`` random architectures (plus the full network) end to end."""
     if not isinstance(table, LatencyTable):
@@ -95,6 +97,7 @@ def validate_model(spec: ModelSpec, table: LatencyTable | str | Path, device: st
     dev = open_device(device, threads=threads)
     try:
         table.check_device(dev.fingerprint(), device)
+        divisor = divisor or int(table.meta.get("channel_multiple", 1))
         predictor = Predictor(spec, table)
         res = tuple(resolutions) if resolutions else tuple(spec.resolutions)
         archs = [Architecture.full(spec, max(res))] + random_architectures(

@@ -60,7 +60,9 @@ def profile(model: str = typer.Argument(..., help="zoo model name (e.g. mobilene
             dense: bool = typer.Option(False, "--dense", help="measure the full dense grid"),
             threshold: float = typer.Option(0.04, help="refine where interpolation misses by more than this fraction"),
             channel_points: int = typer.Option(8, help="channel knots are c//N·i, i=1..N"),
-            channel_multiple: int = typer.Option(8, help="channel knots are multiples of this (see docs/measurement.md)"),
+            channel_multiple: Optional[int] = typer.Option(
+                None, help="channel knots are multiples of this (default: the device's channel block, e.g. 16 for "
+                           "onnxruntime on AVX-512; see docs/measurement.md)"),
             sparsity: Optional[List[float]] = typer.Option(None, help="sparsity knots (default 0,0.5,0.9 dense; 0,0.9 adaptive)"),
             threads: int = typer.Option(1, help="runtime threads"),
             rounds: int = typer.Option(5, help="interleaved rounds per measurement"),
@@ -169,7 +171,8 @@ def validate(model: str, table: Path = typer.Option(..., help="latency table to 
              n: int = typer.Option(100, help="networks to measure (the full network + n-1 random ones)"),
              seed: int = typer.Option(0), resolution: Optional[List[int]] = typer.Option(None),
              sparsity: Optional[List[float]] = typer.Option(None, help="sparsities to sample from (default 0)"),
-             divisor: int = typer.Option(8, help="round sampled widths to multiples of this"),
+             divisor: Optional[int] = typer.Option(None, help="round sampled widths to multiples of this "
+                                                               "(default: the table's channel multiple)"),
              min_ratio: float = typer.Option(0.25, help="smallest width as a fraction of the full width"),
              threads: int = typer.Option(1),
              json_path: Optional[Path] = typer.Option(None, "--json", help="write the JSON report here"),

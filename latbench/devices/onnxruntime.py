@@ -99,6 +99,16 @@ class OnnxRuntimeDevice:
         return out
 
     @property
+    def channel_multiple(self) -> int:
+        """Channel counts this runtime runs at full speed in multiples of: onnxruntime's NCHWc kernels use
+        16-channel blocks on AVX-512 CPUs and 8 on AVX2 (other counts are padded or fall back to slower
+        kernels, see docs/measurement.md)."""
+        flags = cpu_flags()
+        if "avx512f" in flags:
+            return 16
+        return 8 if "avx2" in flags else 1
+
+    @property
     def uses_reference(self) -> bool:
         return self.settings.reference
 
