@@ -23,6 +23,8 @@ app.add_typer(table_app, name="table")
 console = Console()
 err_console = Console(stderr=True)
 
+DEVICE_HELP = ("host:onnxruntime, host:litert (LiteRT with XNNPACK) or host:litert:builtin (LiteRT's built-in "
+               "kernels); see `latbench devices`")
 _ERRORS = (DeviceError, ArchitectureError, OnnxModelError, StoreError, TableError, KeyError, FileNotFoundError)
 
 
@@ -47,13 +49,14 @@ def devices() -> None:
     t = Table("device", "available", "fingerprint", "detail")
     for d in list_devices():
         t.add_row(d.name, "yes" if d.available else "no", d.fingerprint,
-                  ", ".join(f"{k}={v}" for k, v in d.detail.items() if k in ("cpu", "cores", "version", "threads", "error")))
+                  ", ".join(f"{k}={v}" for k, v in d.detail.items()
+                             if k in ("cpu", "cores", "version", "kernels", "threads", "error")))
     console.print(t)
 
 
 @app.command()
 def profile(model: str = typer.Argument(..., help="zoo model name (e.g. mobilenet_v2) or path to an .onnx file"),
-            device: str = typer.Option(DEFAULT_DEVICE, help="host:onnxruntime"),
+            device: str = typer.Option(DEFAULT_DEVICE, help=DEVICE_HELP),
             store: Path = typer.Option(Path(api.DEFAULT_STORE), help="SQLite measurement store (resumed if present)"),
             resolution: Optional[List[int]] = typer.Option(None, help="input resolution(s); default: the model's"),
             adaptive: bool = typer.Option(True, help="adaptive refinement (--dense for the full JCW-style grid)"),
@@ -94,7 +97,8 @@ def profile(model: str = typer.Argument(..., help="zoo model name (e.g. mobilene
 @table_app.command("build")
 def table_build(model: List[str] = typer.Argument(..., help="zoo model name(s) or .onnx path(s) the table must cover"),
                 out: Path = typer.Option(..., "--out", "-o", help="table file to write (.parquet)"),
-                device: str = typer.Option(DEFAULT_DEVICE), store: Path = typer.Option(Path(api.DEFAULT_STORE)),
+                device: str = typer.Option(DEFAULT_DEVICE, help=DEVICE_HELP),
+                store: Path = typer.Option(Path(api.DEFAULT_STORE)),
                 resolution: Optional[List[int]] = typer.Option(None), threads: int = typer.Option(1),
                 calibrate: int = typer.Option(12, help="whole networks measured per model to fit scale+offset (0: none)"),
                 ) -> None:
@@ -167,7 +171,8 @@ def predict(model: str, arch: Optional[Path] = typer.Option(None, help="architec
 
 @app.command()
 def validate(model: str, table: Path = typer.Option(..., help="latency table to check"),
-             device: str = typer.Option(DEFAULT_DEVICE), store: Path = typer.Option(Path(api.DEFAULT_STORE)),
+             device: str = typer.Option(DEFAULT_DEVICE, help=DEVICE_HELP),
+             store: Path = typer.Option(Path(api.DEFAULT_STORE)),
              n: int = typer.Option(100, help="networks to measure (the full network + n-1 random ones)"),
              seed: int = typer.Option(0), resolution: Optional[List[int]] = typer.Option(None),
              sparsity: Optional[List[float]] = typer.Option(None, help="sparsities to sample from (default 0)"),

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .devices.base import Artifact, Device
-from .export.onnx import layer_variant_onnx
+from .export import export_layer_variant
 from .layers import LayerPoint
 from .store import MeasurementStore
 from .tables.grid import GridSlice, refinement_checks
@@ -78,7 +78,9 @@ class Profiler:
         todo = self.store.missing(self.env_id, list(dict.fromkeys(items)))
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start:start + self.batch_size]
-            artifacts = [Artifact(f"{sig}|{p}", layer_variant_onnx(LayerSignature.from_key(sig), p)) for sig, p in batch]
+            fmt = self.device.model_format
+            artifacts = [Artifact(f"{sig}|{p}", export_layer_variant(fmt, LayerSignature.from_key(sig), p), format=fmt)
+                         for sig, p in batch]
             results = self.device.measure(artifacts)
             for (sig, point), m in zip(batch, results):
                 self.store.put(self.env_id, sig, point, m)

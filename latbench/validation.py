@@ -12,7 +12,7 @@ import pandas as pd
 from rich.console import Console
 
 from .devices.base import Artifact, Device
-from .export.onnx import export_network
+from .export import export_network_for
 from .layers import LayerPoint
 from .models.arch import Architecture
 from .models.spec import ModelSpec
@@ -47,8 +47,9 @@ def measure_networks(spec: ModelSpec, archs: Sequence[Architecture], device: Dev
         task = bar.add_task("networks", total=len(todo))
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            artifacts = [Artifact(network_key(a), export_network(materialize(a, spec), a.resolution), kind="network")
-                         for a in batch]
+            fmt = device.model_format
+            artifacts = [Artifact(network_key(a), export_network_for(fmt, materialize(a, spec), a), kind="network",
+                                  format=fmt) for a in batch]
             for a, m in zip(batch, device.measure(artifacts)):
                 store.put(env_id, network_key(a), point(a), m)
             bar.advance(task, len(batch))

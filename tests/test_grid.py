@@ -15,6 +15,7 @@ class FormulaDevice:
     with a step at 48 input channels that linear interpolation cannot see from a coarse grid."""
 
     name = "formula"
+    model_format = "onnx"
 
     def __init__(self):
         self.calls = 0
@@ -30,7 +31,7 @@ class FormulaDevice:
         out = []
         for a in artifacts:
             self.calls += 1
-            g = onnx.load_from_string(a.onnx).graph
+            g = onnx.load_from_string(a.model).graph
             shape = [d.dim_value for d in g.input[0].type.tensor_type.shape.dim]
             w = [i for i in g.initializer if i.name == "w"]
             cin, hw = shape[1], shape[-1]

@@ -9,14 +9,24 @@ class DeviceError(RuntimeError):
     """A device that cannot be reached, prepared or measured; the message says what to do."""
 
 
+MODEL_FORMATS = ("onnx", "tflite")
+
+
 @dataclass(frozen=True)
 class Artifact:
-    """One model to time: ``kind`` is ``"layer"`` (time the layer's own kernels, as the runtime runs
-    them inside a network) or ``"network"`` (time the whole run, end to end)."""
+    """One model to time: ``model`` holds the serialised model in ``format`` (``"onnx"`` or ``"tflite"``,
+    the device's ``model_format``); ``kind`` is ``"layer"`` (time the layer's own kernels, as the runtime
+    runs them inside a network) or ``"network"`` (time the whole run, end to end)."""
 
     key: str
-    onnx: bytes
+    model: bytes
     kind: str = "layer"
+    format: str = "onnx"
+
+    def __post_init__(self) -> None:
+        if self.format not in MODEL_FORMATS:
+            raise ValueError(f"artifact {self.key!r}: unknown model format {self.format!r}; "
+                             f"expected one of {MODEL_FORMATS}")
 
 
 @dataclass(frozen=True)
@@ -56,10 +66,12 @@ class Device(Protocol):
 
     ``fingerprint`` identifies the hardware + runtime + settings that a latency depends on: tables and
     stored measurements are only ever reused under the same fingerprint. ``environment`` is the
-    human-readable record stored with every measurement.
+    human-readable record stored with every measurement. ``model_format`` is the format the device
+    runs (``"onnx"`` or ``"tflite"``); the pipeline exports every artifact in it.
     """
 
     name: str
+    model_format: str
 
     def fingerprint(self) -> str: ...
 

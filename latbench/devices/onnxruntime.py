@@ -7,96 +7,48 @@ artifacts are timed end to end with ``time.perf_counter`` around ``InferenceSess
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import platform
 import tempfile
-import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .base import Artifact, DeviceError, MeasureSettings, Measurement
-from .reference import REFERENCE_NAME, reference_onnx
-from .timing import measure_interleaved, normalised, robust_stats, split_rounds
+from .host import HostDevice, cpu_flags, random_inputs
+from .timing import normalised, robust_stats, split_rounds
 
 LAYOUT_OPS = ("ReorderInput", "ReorderOutput")
 GRAPH_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
                 "disable": "ORT_DISABLE_ALL"}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def host_environment() -> dict:
-    flags = cpu_flags()
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
-            "isa": sorted(f for f in flags if f in ("avx", "avx2", "avx512f", "avx512_vnni", "fma", "neon")),
-            "os": platform.platform(), "python": platform.python_version()}
-
-
-def _feeds(session) -> dict:
-    rng = np.random.default_rng(0)
-    out = {}
-    for inp in session.get_inputs():
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
-        out[inp.name] = rng.random(shape, dtype=np.float32)
-    return out
-
-
-class OnnxRuntimeDevice:
+class OnnxRuntimeDevice(HostDevice):
     """onnxruntime CPU on the host (``host:onnxruntime``).
 
-    >>> dev = OnnxRuntimeDevice(threads=1)            # doctest: +SKIP
-    >>> dev.measure([Artifact("conv", onnx_bytes)])   # doctest: +SKIP
+    >>> dev = OnnxRuntimeDevice(threads=1)                           # doctest: +SKIP
+    >>> dev.measure([Artifact("conv", onnx_bytes, format="onnx")])  # doctest: +SKIP
     """
 
     name = "host:onnxruntime"
+    model_format = "onnx"
+    fingerprint_prefix = "host-ort-"
 
     def __init__(self, threads: int = 1, graph_level: str = "all", settings: MeasureSettings | None = None) -> None:
-        if threads < 1:
-            raise DeviceError(f"threads must be ≥ 1, got {threads}")
+        super().__init__(threads, settings)
         if graph_level not in GRAPH_LEVELS:
             raise DeviceError(f"graph level {graph_level!r} unknown; choose one of {sorted(GRAPH_LEVELS)}")
         import onnxruntime
 
         self._ort = onnxruntime
-        self.threads = threads
         self.graph_level = graph_level
-        self.settings = settings or MeasureSettings()
         self._tmp = tempfile.TemporaryDirectory(prefix="latbench-ort-")
         self._profiles = 0
-        self._reference = None
-        # Nominal latency of the reference network: set from the store's environment (or measured once)
-        # so that all measurements of one environment share a unit.
-        self.reference_ms: float | None = None
 
-    def backend_settings(self) -> dict:
-        out = {"runtime": "onnxruntime", "version": self._ort.__version__, "threads": self.threads,
-               "graph_optimization": self.graph_level, "execution": "sequential",
-               "provider": "CPUExecutionProvider"}
-        if self.settings.reference:
-            out["reference"] = REFERENCE_NAME
-        return out
+    def runtime_settings(self) -> dict:
+        return {"runtime": "onnxruntime", "version": self._ort.__version__, "threads": self.threads,
+                "graph_optimization": self.graph_level, "execution": "sequential",
+                "provider": "CPUExecutionProvider"}
 
     @property
     def channel_multiple(self) -> int:
@@ -108,42 +60,6 @@ class OnnxRuntimeDevice:
             return 16
         return 8 if "avx2" in flags else 1
 
-    @property
-    def uses_reference(self) -> bool:
-        return self.settings.reference
-
-    def _reference_runner(self):
-        if self._reference is None:
-            session = self.session(reference_onnx())
-            feeds = _feeds(session)
-            self._reference = (session, feeds)
-        session, feeds = self._reference
-
-        def run(runs: int) -> np.ndarray:
-            out = np.empty(runs)
-            for r in range(runs):
-                t0 = time.perf_counter()
-                session.run(None, feeds)
-                out[r] = (time.perf_counter() - t0) * 1e3
-            return out
-
-        return run
-
-    def measure_reference_nominal(self, runs: int = 400) -> float:
-        """The reference network's median latency now (ms); becomes the unit of this environment."""
-        run = self._reference_runner()
-        run(20)
-        self.reference_ms = float(np.median(run(runs)))
-        return self.reference_ms
-
-    def environment(self) -> dict:
-        return {**host_environment(), **self.backend_settings(), "protocol": self.settings.to_dict()}
-
-    def fingerprint(self) -> str:
-        env = host_environment()
-        ident = {"cpu": env["cpu"], "cores": env["cores"], "isa": env["isa"], **self.backend_settings()}
-        return "host-ort-" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
-
     def prepare(self) -> None:
         """Nothing to install on the host; checks that the CPU provider is there."""
         if "CPUExecutionProvider" not in self._ort.get_available_providers():
@@ -151,6 +67,15 @@ class OnnxRuntimeDevice:
 
     def close(self) -> None:
         self._tmp.cleanup()
+
+    @staticmethod
+    def _run_once(session) -> Callable[[], object]:
+        inputs = session.get_inputs()
+        feeds = dict(zip((i.name for i in inputs), random_inputs([i.shape for i in inputs])))
+        return lambda: session.run(None, feeds)
+
+    def load(self, model: bytes) -> Callable[[], object]:
+        return self._run_once(self.session(model))
 
     def session(self, onnx_bytes: bytes, profile: bool = False):
         so = self._ort.SessionOptions()
@@ -169,31 +94,16 @@ class OnnxRuntimeDevice:
             raise DeviceError(f"onnxruntime cannot load the model: {err}") from err
 
     def measure(self, artifacts: Sequence[Artifact]) -> list[Measurement]:
-        """Time a batch of artifacts with the interleaved protocol; one Measurement per artifact."""
-        sessions = [self.session(a.onnx, profile=(a.kind == "layer")) for a in artifacts]
-        feeds = [_feeds(s) for s in sessions]
-
-        def run_round(i: int, runs: int) -> np.ndarray:
-            s, f = sessions[i], feeds[i]
-            out = np.empty(runs)
-            for r in range(runs):
-                t0 = time.perf_counter()
-                s.run(None, f)
-                out[r] = (time.perf_counter() - t0) * 1e3
-            return out
-
-        reference = None
-        if self.settings.reference:
-            reference = self._reference_runner()
-            if self.reference_ms is None:
-                self.measure_reference_nominal()
-        walls, rounds = measure_interleaved([a.key for a in artifacts], self.settings, run_round, reference,
-                                            self.reference_ms)
+        """Time a batch of artifacts with the interleaved protocol; one Measurement per artifact. Layers
+        get their compute kernels' time from the profiler, networks their wall time."""
+        self.check_formats(artifacts)
+        sessions = [self.session(a.model, profile=(a.kind == "layer")) for a in artifacts]
+        walls, rounds = self.time_wall(artifacts, [self._run_once(s) for s in sessions])
         results = []
         for i, (artifact, session, wall) in enumerate(zip(artifacts, sessions, walls)):
             if artifact.kind == "layer":
                 per_round = split_rounds(self._kernel_times(session), self.settings)
-                samples = normalised(per_round, rounds.reference[i], self.reference_ms if reference else None)
+                samples = normalised(per_round, rounds.reference[i], self.reference_ms if self.uses_reference else None)
                 results.append(robust_stats(artifact.key, samples, self.settings.rounds))
             else:
                 results.append(wall)

@@ -1,0 +1,48 @@
+"""Export in the format a device runs: ONNX (``onnx.py``) or TFLite (``tflite.py``).
+
+The pipeline calls these two helpers with ``device.model_format``; the writers are imported lazily so
+that the ONNX path does not load the TFLite schema bindings and vice versa.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..devices.base import MODEL_FORMATS
+
+if TYPE_CHECKING:
+    from ..layers import LayerPoint, LayerSignature
+    from ..models.arch import Architecture
+    from ..models.torch_net import GraphNet
+
+
+def _check(fmt: str) -> None:
+    if fmt not in MODEL_FORMATS:
+        raise ValueError(f"unknown model format {fmt!r}; expected one of {MODEL_FORMATS}")
+
+
+def export_layer_variant(fmt: str, sig: "LayerSignature", point: "LayerPoint", seed: int = 0) -> bytes:
+    """A one-layer model of ``sig`` at ``point`` in format ``fmt``."""
+    _check(fmt)
+    if fmt == "tflite":
+        from .tflite import layer_variant_tflite
+
+        return layer_variant_tflite(sig, point, seed)
+    from .onnx import layer_variant_onnx
+
+    return layer_variant_onnx(sig, point, seed)
+
+
+def export_network_for(fmt: str, net: "GraphNet", arch: "Architecture") -> bytes:
+    """``net`` (materialised from ``arch``) in format ``fmt`` at ``arch.resolution``; TFLite stores the
+    convs that ``arch`` makes sparse compressed (CSR + DENSIFY)."""
+    _check(fmt)
+    if fmt == "tflite":
+        from .tflite import network_to_tflite
+
+        return network_to_tflite(net, arch.resolution, sparse=dict(arch.sparsity))
+    from .onnx import export_network
+
+    return export_network(net, arch.resolution)
+
+
+__all__ = ["export_layer_variant", "export_network_for"]
