@@ -53,11 +53,13 @@ class MeasureSettings:
     runs_per_round: int = 10
     seed: int = 0
     reference: bool = True      # time a fixed reference network side by side (see timing.py)
-    reference_runs: int = 3
+    max_slowdown: float = 0.2   # redo a round whose reference ran >20 % slower than the batch's best …
+    max_retries: int = 3        # … at most this many times
 
     def to_dict(self) -> dict:
         return {"warmup": self.warmup, "rounds": self.rounds, "runs_per_round": self.runs_per_round,
-                "reference": self.reference, "reference_runs": self.reference_runs}
+                "reference": self.reference,
+                "max_slowdown": self.max_slowdown, "max_retries": self.max_retries}
 
 
 @runtime_checkable

@@ -102,7 +102,7 @@ class OnnxRuntimeDevice(HostDevice):
         results = []
         for i, (artifact, session, wall) in enumerate(zip(artifacts, sessions, walls)):
             if artifact.kind == "layer":
-                per_round = split_rounds(self._kernel_times(session), self.settings)
+                per_round = split_rounds(self._kernel_times(session), rounds.spans[i])
                 samples = normalised(per_round, rounds.reference[i], self.reference_ms if self.uses_reference else None)
                 results.append(robust_stats(artifact.key, samples, self.settings.rounds))
             else:
@@ -110,7 +110,7 @@ class OnnxRuntimeDevice(HostDevice):
         return results
 
     def _kernel_times(self, session) -> np.ndarray:
-        """Per-run sums of the compute nodes' kernel times (ms), warm-up runs dropped."""
+        """Per-run sums of the compute nodes' kernel times (ms), every run in execution order."""
         path = session.end_profiling()
         try:
             events = json.loads(Path(path).read_text())

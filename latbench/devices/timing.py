@@ -42,6 +42,8 @@ class RoundSamples:
 
     samples: list[list[np.ndarray]]
     reference: list[list[float]]
+    spans: list[list[tuple[int, int]]]   # per item: [start, end) run indices of each kept round, counting
+                                         # every run of the item in execution order (warm-up included)
 
 
 def interleaved_rounds(n_items: int, settings: MeasureSettings, run_round: RunFn,
@@ -56,23 +58,42 @@ def interleaved_rounds(n_items: int, settings: MeasureSettings, run_round: RunFn
             run_round(item, settings.warmup)
     samples: list[list[np.ndarray]] = [[] for _ in range(n_items)]
     refs: list[list[float]] = [[] for _ in range(n_items)]
+    spans: list[list[tuple[int, int]]] = [[] for _ in range(n_items)]
+    done = [settings.warmup] * n_items
+    m = settings.runs_per_round
+    best_ref = np.inf
     for _ in range(settings.rounds):
         for item in rng.permutation(n_items):
             item = int(item)
             if reference is None:
                 refs[item].append(1.0)
-                samples[item].append(np.asarray(run_round(item, settings.runs_per_round), dtype=float))
+                samples[item].append(np.asarray(run_round(item, m), dtype=float))
+                spans[item].append((done[item], done[item] + m))
+                done[item] += m
                 continue
-            # Alternate run by run: reference, artifact, reference, … Both then always start from the
-            # same cache state, and a slow second hits both (measured: per-round ratio CV 1–4 %;
-            # timing the reference in a block before the artifact gave 10–30 %).
-            ref_times, item_times = [], []
-            for _ in range(settings.runs_per_round):
-                ref_times.append(float(reference(1)[0]))
-                item_times.append(float(run_round(item, 1)[0]))
-            refs[item].append(float(np.median(ref_times)))
-            samples[item].append(np.asarray(item_times))
-    return RoundSamples(samples, refs)
+            for attempt in range(settings.max_retries + 1):
+                ref_med, item_times = _alternate(item, m, run_round, reference)
+                done[item] += m
+                best_ref = min(best_ref, ref_med)
+                # Under heavy contention the reference no longer tracks the artifact (big working sets
+                # suffer more): a round whose reference ran far slower than the batch's best is redone.
+                if ref_med <= best_ref * (1.0 + settings.max_slowdown) or attempt == settings.max_retries:
+                    break
+            refs[item].append(ref_med)
+            samples[item].append(item_times)
+            spans[item].append((done[item] - m, done[item]))
+    return RoundSamples(samples, refs, spans)
+
+
+def _alternate(item: int, runs: int, run_round: RunFn, reference: Callable[[int], np.ndarray]):
+    """Alternate run by run: reference, artifact, reference, … Both then always start from the same
+    cache state, and a slow second hits both (measured: per-round ratio CV 1–4 %; timing the reference
+    in a block before the artifact gave 10–30 %)."""
+    ref_times, item_times = np.empty(runs), np.empty(runs)
+    for r in range(runs):
+        ref_times[r] = reference(1)[0]
+        item_times[r] = run_round(item, 1)[0]
+    return float(np.median(ref_times)), item_times
 
 
 def normalised(rounds: list[np.ndarray], refs: list[float], nominal_ms: float | None) -> np.ndarray:
@@ -82,11 +103,11 @@ def normalised(rounds: list[np.ndarray], refs: list[float], nominal_ms: float | 
     return np.concatenate([r / ref * nominal_ms for r, ref in zip(rounds, refs)])
 
 
-def split_rounds(samples: np.ndarray, settings: MeasureSettings) -> list[np.ndarray]:
-    """Per-run samples recorded in execution order (warm-up first) → the samples of each round."""
-    body = np.asarray(samples)[settings.warmup:]
-    m = settings.runs_per_round
-    return [body[r * m:(r + 1) * m] for r in range(settings.rounds)]
+def split_rounds(samples: np.ndarray, spans: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Per-run samples recorded in execution order (warm-up and redone rounds included) → the samples
+    of each kept round."""
+    samples = np.asarray(samples)
+    return [samples[a:b] for a, b in spans]
 
 
 def measure_interleaved(keys: Sequence[str], settings: MeasureSettings, run_round: RunFn,
