@@ -8,8 +8,11 @@ lowest float for max-pool) followed by a ``VALID`` op. Average pooling is MEAN o
 
 Sparse conv weights are stored compressed — CSR over the last (input-channel) axis, the non-zero
 values in the buffer — and expanded by a DENSIFY op that feeds the conv. The builtin DENSIFY kernel
-expands it on the first invoke and keeps the result; XNNPACK expands it when the delegate is built.
-Either way sparsity shrinks the file, not the conv arithmetic, and the first invoke is a warm-up.
+expands it on the first invoke and keeps the result, so the first invoke is a warm-up. Sparse storage
+is also what tells XNNPACK to try its sparse (CHW) kernels: on CPUs where they are enabled (ARM phones,
+x86 without AVX) an eligible 90 %-sparse subgraph runs several times faster (5.6–8.5× measured under
+``qemu-x86_64 -cpu Nehalem``); on x86 with AVX XNNPACK keeps its dense path and sparsity only shrinks
+the file.
 A weight that is entirely zero is written dense (an empty buffer would not be a constant).
 """
 from __future__ import annotations
