@@ -8,6 +8,7 @@ mkdir -p "$out"
 for model in ${MODELS:-mobilenet_v2 resnet18}; do
   for mode in dense adaptive; do
     store="runs/acceptance/$model-$mode.db"
+    [ -f "$out/$model-$mode-validation.json" ] && continue   # done in an earlier run
     flag=$([ "$mode" = dense ] && echo --dense || echo --adaptive)
     start=$(date +%s)
     latbench profile "$model" --resolution 224 $flag --store "$store" --no-progress > "$out/$model-$mode-profile.json"

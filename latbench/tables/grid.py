@@ -31,11 +31,6 @@ def channel_lattice(full: int, points: int = 8, multiple: int = 1) -> tuple[int,
     return tuple(sorted(raw))
 
 
-def channel_candidates(full: int, multiple: int = 1) -> tuple[int, ...]:
-    """Every value refinement may add on a channel axis: the multiples of ``multiple`` up to ``full``."""
-    return tuple(sorted(set(range(multiple, full + 1, multiple)) | {full}))
-
-
 def coarse_channels(full: int, points: int = 8, multiple: int = 1) -> tuple[int, ...]:
     """The starting knots of adaptive refinement: the lattice's first, middle and last knots."""
     lattice = channel_lattice(full, points, multiple)
@@ -104,8 +99,6 @@ def design_grid(specs: list[ModelSpec], resolutions: dict[str, tuple[int, ...]] 
                         lattice = channel_lattice(full[axis], channel_points, channel_multiple)
                         start = coarse_channels(full[axis], channel_points, channel_multiple) if adaptive else lattice
                     s.knots[axis] = _merge(s.knots.get(axis, ()), tuple(start))
-                    if axis != "sparsity":
-                        lattice = channel_candidates(full[axis], channel_multiple)
                     s.lattice[axis] = _merge(s.lattice.get(axis, ()), tuple(lattice) + tuple(start))
     return sorted(slices.values(), key=lambda s: s.key)
 
