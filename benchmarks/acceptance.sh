@@ -5,8 +5,8 @@
 set -euo pipefail
 out=${1:-benchmarks/results}
 mkdir -p "$out"
-for model in ${MODELS:-mobilenet_v2 resnet18}; do
-  for mode in dense adaptive; do
+for mode in dense adaptive; do
+  for model in ${MODELS:-mobilenet_v2 resnet18}; do
     store="runs/acceptance/$model-$mode.db"
     [ -f "$out/$model-$mode-validation.json" ] && continue   # done in an earlier run
     flag=$([ "$mode" = dense ] && echo --dense || echo --adaptive)

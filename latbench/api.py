@@ -32,7 +32,7 @@ def load_model(name_or_path: str) -> ModelSpec:
 
 
 def profile(spec: ModelSpec, device: str = DEFAULT_DEVICE, store: str | Path = DEFAULT_STORE,
-            resolutions: Sequence[int] | None = None, adaptive: bool = True, threshold: float = 0.04,
+            resolutions: Sequence[int] | None = None, adaptive: bool = True, threshold: float = 0.08,
             channel_points: int = 8, sparsities: Sequence[float] | None = None, threads: int = 1,
             channel_multiple: int | None = None,
             settings: MeasureSettings | None = None, progress: bool = True) -> ProfileReport:

@@ -61,7 +61,7 @@ def profile(model: str = typer.Argument(..., help="zoo model name (e.g. mobilene
             resolution: Optional[List[int]] = typer.Option(None, help="input resolution(s); default: the model's"),
             adaptive: bool = typer.Option(True, help="adaptive refinement (--dense for the full JCW-style grid)"),
             dense: bool = typer.Option(False, "--dense", help="measure the full dense grid"),
-            threshold: float = typer.Option(0.04, help="refine where interpolation misses by more than this fraction"),
+            threshold: float = typer.Option(0.08, help="refine where interpolation misses a check point by more than this fraction"),
             channel_points: int = typer.Option(8, help="channel knots are c//N·i, i=1..N"),
             channel_multiple: Optional[int] = typer.Option(
                 None, help="channel knots are multiples of this (default: the device's channel block, e.g. 16 for "

@@ -95,7 +95,7 @@ class Profiler:
                 for r in self.store.rows(self.env_id, [s.signature.key]) if r.point.input_hw == s.input_hw]
         return pd.DataFrame.from_records(recs, columns=_COLUMNS)
 
-    def run(self, slices: Sequence[GridSlice], adaptive: bool = False, threshold: float = 0.04,
+    def run(self, slices: Sequence[GridSlice], adaptive: bool = False, threshold: float = 0.08,
             max_steps: int = 6) -> ProfileReport:
         report = ProfileReport(slices=len(slices), env_id=self.env_id)
         t0 = time.perf_counter()
