@@ -9,9 +9,9 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .devices.base import Artifact, Device
-from .export import export_layer_variant
-from .layers import LayerPoint
+from .devices.base import Artifact, Device, Measurement
+from .export import export_layer_variant, export_sparse_wrapper
+from .layers import LayerPoint, LayerSignature
 from .store import MeasurementStore
 from .tables.grid import GridSlice, refinement_checks
 from .tables.table import _COLUMNS, _slice_from_rows
@@ -50,6 +50,15 @@ def environment_of(device: Device, store: MeasurementStore, reference_ms: float 
     return env_id
 
 
+def difference(a: Measurement, b: Measurement, key: str) -> Measurement:
+    """``a`` minus ``b`` (a layer inside a wrapper minus the wrapper alone): medians subtracted, the p10–p90
+    band widened to the worst case (a.p10 − b.p90 … a.p90 − b.p10), all three clipped at 0; IQRs added in
+    quadrature, the fewer runs and rounds, the outliers of both."""
+    return Measurement(key, max(0.0, a.median_ms - b.median_ms), max(0.0, a.p10_ms - b.p90_ms),
+                       max(0.0, a.p90_ms - b.p10_ms), float(np.hypot(a.iqr_ms, b.iqr_ms)), min(a.runs, b.runs),
+                       min(a.rounds, b.rounds), a.outliers + b.outliers)
+
+
 def _progress(console: Console | None, enabled: bool) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=console, disable=not enabled, transient=False)
@@ -71,19 +80,26 @@ class Profiler:
         self.console = console or Console(stderr=True)
         self.env_id = environment_of(device, store)
 
-    def measure_points(self, items: Sequence[tuple[str, LayerPoint]], bar=None, task=None) -> int:
-        """Measure the (signature, point) items the store lacks; returns how many were measured."""
-        from .layers import LayerSignature
+    def _artifacts(self, sig: str, point: LayerPoint) -> list[Artifact]:
+        """The layer variant, or — for a sparse conv that XNNPACK runs sparse only inside a subgraph
+        (``export_sparse_wrapper``) — the variant in that subgraph and the subgraph alone."""
+        fmt, key, signature = self.device.model_format, f"{sig}|{point}", LayerSignature.from_key(sig)
+        wrapper = export_sparse_wrapper(fmt, signature, point)
+        if wrapper is None:
+            return [Artifact(key, export_layer_variant(fmt, signature, point), format=fmt)]
+        return [Artifact(f"{key}|{part}", model, format=fmt) for part, model in zip(("wrapped", "baseline"), wrapper)]
 
+    def measure_points(self, items: Sequence[tuple[str, LayerPoint]], bar=None, task=None) -> int:
+        """Measure the (signature, point) items the store lacks; returns how many were measured. A wrapped
+        item is stored as the difference of its two measurements (taken in the same batch)."""
         todo = self.store.missing(self.env_id, list(dict.fromkeys(items)))
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start:start + self.batch_size]
-            fmt = self.device.model_format
-            artifacts = [Artifact(f"{sig}|{p}", export_layer_variant(fmt, LayerSignature.from_key(sig), p), format=fmt)
-                         for sig, p in batch]
-            results = self.device.measure(artifacts)
-            for (sig, point), m in zip(batch, results):
-                self.store.put(self.env_id, sig, point, m)
+            per_item = [self._artifacts(sig, p) for sig, p in batch]
+            results = iter(self.device.measure([a for artifacts in per_item for a in artifacts]))
+            for (sig, point), artifacts in zip(batch, per_item):
+                ms = [next(results) for _ in artifacts]
+                self.store.put(self.env_id, sig, point, ms[0] if len(ms) == 1 else difference(*ms, f"{sig}|{point}"))
             if bar is not None:
                 bar.advance(task, len(batch))
         return len(todo)

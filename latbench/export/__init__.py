@@ -1,6 +1,6 @@
 """Export in the format a device runs: ONNX (``onnx.py``) or TFLite (``tflite.py``).
 
-The pipeline calls these two helpers with ``device.model_format``; the writers are imported lazily so
+The pipeline calls these helpers with ``device.model_format``; the writers are imported lazily so
 that the ONNX path does not load the TFLite schema bindings and vice versa.
 """
 from __future__ import annotations
@@ -32,6 +32,19 @@ def export_layer_variant(fmt: str, sig: "LayerSignature", point: "LayerPoint", s
     return layer_variant_onnx(sig, point, seed)
 
 
+def export_sparse_wrapper(fmt: str, sig: "LayerSignature", point: "LayerPoint",
+                          seed: int = 0) -> tuple[bytes, bytes] | None:
+    """(with_layer, baseline) models when ``sig`` at ``point`` is timed inside a wrapper in format
+    ``fmt`` — sparse TFLite convs that XNNPACK runs sparse only inside a CHW subgraph (see
+    ``tflite.sparse_wrapper_tflite``); ``None`` when the layer variant is timed alone."""
+    _check(fmt)
+    if fmt != "tflite":
+        return None
+    from .tflite import needs_sparse_wrapper, sparse_wrapper_tflite
+
+    return sparse_wrapper_tflite(sig, point, seed) if needs_sparse_wrapper(sig, point) else None
+
+
 def export_network_for(fmt: str, net: "GraphNet", arch: "Architecture") -> bytes:
     """``net`` (materialised from ``arch``) in format ``fmt`` at ``arch.resolution``; TFLite stores the
     convs that ``arch`` makes sparse compressed (CSR + DENSIFY)."""
@@ -45,4 +58,4 @@ def export_network_for(fmt: str, net: "GraphNet", arch: "Architecture") -> bytes
     return export_network(net, arch.resolution)
 
 
-__all__ = ["export_layer_variant", "export_network_for"]
+__all__ = ["export_layer_variant", "export_network_for", "export_sparse_wrapper"]

@@ -424,11 +424,83 @@ def layer_variant_tflite(sig: LayerSignature, point: LayerPoint, seed: int = 0) 
         elif sig.kind == "avgpool":
             y = _global_avg_pool(g, "y", x)
         else:
-            w, b = random_layer_weights(sig, point, seed)
             residual = None
             if sig.residual:
                 ohw = sig.output_hw(hw)
                 residual = g.input("r", [1, ohw, ohw, cout])
-            y = _conv_block(g, "y", sig.kind, x, w, b, sig.stride, sig.padding, sig.act, residual, point.sparsity > 0)
+            y = _variant_conv(g, "y", sig, point, x, residual, seed)
     g.outputs.append(y)
     return g.finish(sig.key)
+
+
+def _variant_conv(g: _GraphBuilder, name: str, sig: LayerSignature, point: LayerPoint, x: int, residual: int | None,
+                  seed: int) -> int:
+    """The conv block of a conv/pointwise/depthwise variant on ``x``: its random weights, sparse if ``point`` is."""
+    w, b = random_layer_weights(sig, point, seed)
+    return _conv_block(g, name, sig.kind, x, w, b, sig.stride, sig.padding, sig.act, residual, point.sparsity > 0)
+
+
+# ------------------------------------------------------------------------------- sparse-path wrapper
+#
+# XNNPACK runs sparse 1×1 convs with its sparse (CHW) kernels only inside a subgraph it can rewrite to
+# CHW (see tests/test_xnnpack_sparse.py): one that starts with a 3×3 stride-2 conv, padding 1, on 3
+# channels and ends in a spatial MEAN. A sparse layer alone never qualifies (its input is the graph's
+# input), so such layers are timed inside that minimal subgraph and the subgraph without the layer is
+# subtracted. XNNPACK also requires more than 2/3 of the cluster's 1×1 weights to be zero, and a
+# cluster without a 1×1 conv never goes sparse: the baseline (stem → MEAN) and depthwise wrappers
+# always run the dense NHWC kernels.
+
+SPARSE_WRAPPER_STEM = LayerSignature("conv", kernel=3, stride=2, padding=1, act="relu", fixed_in=3)
+
+
+def _fits_sparse_subgraph(sig: LayerSignature, point: LayerPoint) -> bool:
+    """A 1×1 stride-1 unpadded conv; a residual only when the layer keeps the stem's output shape, so that
+    the stem's output can be the residual. Depthwise convs are not wrapped: XNNPACK has no sparse
+    depthwise kernel and switches its sparse path off for a subgraph without a 1×1 conv (a wrapped 90 %
+    sparse depthwise gave bit-identical output to its dense twin under qemu, i.e. it ran dense)."""
+    if sig.kind not in ("conv", "pointwise"):
+        return False
+    fits = (sig.kernel, sig.stride, sig.padding) == (1, 1, 0)
+    keeps_shape = sig.stride == 1 and point.out_channels == point.in_channels
+    return fits and (not sig.residual or keeps_shape)
+
+
+def needs_sparse_wrapper(sig: LayerSignature, point: LayerPoint) -> bool:
+    """Whether ``sig`` at ``point`` is timed inside :func:`sparse_wrapper_tflite` rather than alone: a
+    sparse conv that can sit in a subgraph XNNPACK runs with its sparse (CHW) kernels."""
+    return point.sparsity > 0 and _fits_sparse_subgraph(sig, point)
+
+
+def sparse_wrapper_stem(in_channels: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Folded (OIHW weight, bias) of the wrapper's dense stem 3 → ``in_channels``, drawn like a variant's."""
+    return random_layer_weights(SPARSE_WRAPPER_STEM, LayerPoint(3, in_channels, 0.0, 2), seed)
+
+
+def _wrapper(sig: LayerSignature, point: LayerPoint, seed: int, with_layer: bool) -> bytes:
+    hw = point.input_hw
+    g = _GraphBuilder()
+    x = g.input("x", [1, 2 * hw, 2 * hw, 3])
+    w, b = sparse_wrapper_stem(point.in_channels, seed)
+    s = SPARSE_WRAPPER_STEM
+    y = _conv_block(g, "stem", s.kind, x, w, b, s.stride, s.padding, s.act, None, False)  # → [1, hw, hw, cin]
+    if with_layer:
+        y = _variant_conv(g, "layer", sig, point, y, y if sig.residual else None, seed)
+    g.outputs.append(_global_avg_pool(g, "y", y))
+    return g.finish(f"{sig.key}|{'wrapped' if with_layer else 'baseline'}")
+
+
+def sparse_wrapper_tflite(sig: LayerSignature, point: LayerPoint, seed: int = 0) -> tuple[bytes, bytes]:
+    """(with_layer, baseline): the variant inside the smallest subgraph XNNPACK can run sparse, and that
+    subgraph without it. Their latency difference is the layer's.
+
+    with_layer: input ``x`` ``[1, 2·hw, 2·hw, 3]`` → stem (PAD + 3×3 stride-2 conv 3 → cin, ReLU,
+    dense weights of :func:`sparse_wrapper_stem`) → the layer with the weights of
+    :func:`layer_variant_tflite` (stored sparse when its sparsity is > 0; a residual adds the stem's
+    output) → MEAN over H and W, output ``y`` ``[1, cout]``. baseline: stem → MEAN. The stem's output
+    is ``hw × hw``, the layer's input size.
+    """
+    _check_variant(sig, point)
+    if not _fits_sparse_subgraph(sig, point):
+        raise TFLiteExportError(f"{sig.key}: only 1×1 stride-1 convs and 3×3/5×5 depthwise convs fit XNNPACK's "
+                                f"sparse subgraph (a residual only when the layer keeps its input's shape)")
+    return _wrapper(sig, point, seed, True), _wrapper(sig, point, seed, False)
