@@ -57,7 +57,7 @@ def build_table(specs: Sequence[ModelSpec], device: str = DEFAULT_DEVICE, store:
     """Build a table of the slices ``specs`` need from the measurements of ``device`` in ``store``.
 
     With ``calibrate`` > 0, that many whole networks per model are measured end to end and a
-    scale + offset is fitted (see :func:`latbench.validation.calibrate`); 0 keeps the bare layer sum.
+    scale is fitted (see :func:`latbench.validation.calibrate`); 0 keeps the bare layer sum.
     """
     dev = open_device(device, threads=threads)
     channel_multiple = channel_multiple or getattr(dev, "channel_multiple", 1)

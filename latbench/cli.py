@@ -100,7 +100,7 @@ def table_build(model: List[str] = typer.Argument(..., help="zoo model name(s) o
                 device: str = typer.Option(DEFAULT_DEVICE, help=DEVICE_HELP),
                 store: Path = typer.Option(Path(api.DEFAULT_STORE)),
                 resolution: Optional[List[int]] = typer.Option(None), threads: int = typer.Option(1),
-                calibrate: int = typer.Option(12, help="whole networks measured per model to fit scale+offset (0: none)"),
+                calibrate: int = typer.Option(12, help="whole networks measured per model to fit the calibration scale (0: none)"),
                 ) -> None:
     """Build a table from the measurements in the store.
 
