@@ -112,7 +112,7 @@ class Profiler:
         return pd.DataFrame.from_records(recs, columns=_COLUMNS)
 
     def run(self, slices: Sequence[GridSlice], adaptive: bool = False, threshold: float = 0.08,
-            max_steps: int = 6) -> ProfileReport:
+            max_steps: int = 6, min_miss_ms: float = 0.005) -> ProfileReport:
         report = ProfileReport(slices=len(slices), env_id=self.env_id)
         t0 = time.perf_counter()
         planned = [(s.signature.key, p) for s in slices for p in s.points()]
@@ -126,12 +126,13 @@ class Profiler:
             report.measured += self.measure_points(todo, bar, task)
             if adaptive:
                 for s in slices:
-                    self._refine(s, threshold, max_steps, report, bar, task)
+                    self._refine(s, threshold, max_steps, report, bar, task, min_miss_ms)
         report.grid_points = sum(s.size() for s in slices)
         report.seconds = time.perf_counter() - t0
         return report
 
-    def _refine(self, s: GridSlice, threshold: float, max_steps: int, report: ProfileReport, bar, task) -> None:
+    def _refine(self, s: GridSlice, threshold: float, max_steps: int, report: ProfileReport, bar, task,
+                min_miss_ms: float) -> None:
         for _ in range(max_steps):
             checks = refinement_checks(s)
             if not checks:
@@ -150,7 +151,9 @@ class Profiler:
             for axis, candidate, p in checks:
                 truth = measured[(p.in_channels, p.out_channels, p.sparsity)]
                 pred = grid.interpolate({a: np.array([getattr(p, a)]) for a in grid.axes})[0]
-                if abs(pred - truth) > threshold * truth:
+                # A miss counts when it is large relative *and* absolute: the tiniest variants (a few µs,
+                # timed at the profiler's µs resolution) would otherwise refine every gap.
+                if abs(pred - truth) > max(threshold * truth, min_miss_ms):
                     insert.setdefault(axis, set()).add(candidate)
             if not insert:
                 return
