@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 from latbench.cli import app
@@ -50,16 +52,20 @@ def test_validate_refuses_a_table_from_another_device(tmp_path, jcw_dir):
     assert res.exit_code == 2 and "not on host:onnxruntime" in res.output
 
 
-def test_profile_table_validate_end_to_end_on_the_host(tmp_path):
+TINY_GRID = ["resnet56", "--resolution", "32", "--dense", "--channel-points", "2", "--sparsity", "0",
+             "--rounds", "1", "--runs", "3", "--warmup", "1", "--no-progress"]
+
+
+@pytest.mark.parametrize("device,provenance", [("host:onnxruntime", "host-ort-"), ("host:litert", "ai-edge-litert")])
+def test_profile_table_validate_end_to_end_on_the_host(tmp_path, device, provenance):
     store, table = str(tmp_path / "s.db"), str(tmp_path / "t.parquet")
-    res = runner.invoke(app, ["profile", "resnet56", "--resolution", "32", "--dense", "--channel-points", "2",
-                              "--sparsity", "0", "--rounds", "1", "--runs", "3", "--warmup", "1", "--store", store,
-                              "--table", table, "--calibrate", "3", "--no-progress"])
+    res = runner.invoke(app, ["profile", *TINY_GRID, "--device", device, "--store", store, "--table", table,
+                              "--calibrate", "3"])
     assert res.exit_code == 0, res.output
     out = tmp_path / "r"
-    res = runner.invoke(app, ["validate", "resnet56", "--table", table, "--n", "4", "--resolution", "32",
-                              "--store", store, "--json", str(out) + ".json", "--csv", str(out) + ".csv",
-                              "--plot", str(out) + ".png", "--no-progress"])
+    res = runner.invoke(app, ["validate", "resnet56", "--device", device, "--table", table, "--n", "4",
+                              "--resolution", "32", "--store", store, "--json", str(out) + ".json",
+                              "--csv", str(out) + ".csv", "--plot", str(out) + ".png", "--no-progress"])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["n"] == 4 and 0 <= report["within_5pct"] <= report["within_10pct"] <= 1
@@ -67,7 +73,7 @@ def test_profile_table_validate_end_to_end_on_the_host(tmp_path):
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
     assert len((tmp_path / "r.csv").read_text().splitlines()) == 5
     info = runner.invoke(app, ["table", "info", table])
-    assert "calibration" in info.output and "host-ort-" in info.output
+    assert "calibration" in info.output and provenance in info.output
 
 
 def test_profile_accepts_any_onnx_cnn_file(tmp_path):

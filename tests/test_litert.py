@@ -11,8 +11,7 @@ from latbench.models import Architecture, get_model, materialize
 
 runner = CliRunner()
 QUICK = MeasureSettings(warmup=1, rounds=2, runs_per_round=3)
-TINY_GRID = ["resnet56", "--resolution", "32", "--dense", "--channel-points", "2", "--sparsity", "0",
-             "--rounds", "1", "--runs", "3", "--warmup", "1", "--no-progress"]
+from test_cli import TINY_GRID  # noqa: E402  (pytest puts tests/ on sys.path)
 
 
 def test_litert_measures_layer_variants_and_a_sparse_network():
@@ -52,25 +51,6 @@ def test_xnnpack_and_builtin_kernels_are_different_environments():
     assert names["host:litert"].available and names["host:litert"].fingerprint == xnn.fingerprint()
     res = runner.invoke(app, ["devices"])
     assert res.exit_code == 0 and "host:litert:builtin" in res.output
-
-
-def test_profile_table_validate_end_to_end_on_litert(tmp_path):
-    store, table = str(tmp_path / "s.db"), str(tmp_path / "t.parquet")
-    res = runner.invoke(app, ["profile", *TINY_GRID, "--calibrate", "3", "--device", "host:litert", "--store", store,
-                              "--table", table])
-    assert res.exit_code == 0, res.output
-    out = tmp_path / "r"
-    res = runner.invoke(app, ["validate", "resnet56", "--device", "host:litert", "--table", table, "--n", "4",
-                              "--resolution", "32", "--store", store, "--json", str(out) + ".json",
-                              "--csv", str(out) + ".csv", "--plot", str(out) + ".png", "--no-progress"])
-    assert res.exit_code == 0, res.output
-    report = json.loads((tmp_path / "r.json").read_text())
-    assert report["n"] == 4 and 0 <= report["within_5pct"] <= report["within_10pct"] <= 1
-    assert report["rmse_ms"] >= 0 and len(report["worst"]) == 4
-    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
-    assert len((tmp_path / "r.csv").read_text().splitlines()) == 5
-    info = runner.invoke(app, ["table", "info", table]).output
-    assert "calibration" in info and "host-litert-" in info and "ai-edge-litert" in info
 
 
 def test_validate_on_litert_refuses_an_onnxruntime_table(tmp_path):
