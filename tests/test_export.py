@@ -5,6 +5,7 @@ import torch
 
 from latbench.export.onnx import export_network, layer_variant_onnx, random_layer_weights
 from latbench.layers import LayerPoint, LayerSignature, signature_of
+from variant_reference import variant_reference
 from latbench.models import ZOO, Architecture, get_model, materialize, random_architectures
 
 
@@ -31,25 +32,10 @@ def test_exported_networks_match_torch(name):
 ])
 def test_layer_variants_compute_what_torch_computes(sig):
     point = sig.point(in_channels=12, out_channels=20, sparsity=0.5, input_hw=15)
-    w, b = random_layer_weights(sig, point) if sig.kind not in ("maxpool", "avgpool") else (None, None)
-    rng = np.random.default_rng(1)
-    shape = (1, point.in_channels) if sig.kind == "linear" else (1, point.in_channels, 15, 15)
-    x = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
-    feeds = {"x": x.numpy()}
-    if sig.kind == "linear":
-        ref = torch.nn.functional.linear(x, torch.from_numpy(w), torch.from_numpy(b))
-    elif sig.kind == "maxpool":
-        ref = torch.nn.functional.max_pool2d(x, sig.kernel, sig.stride, sig.padding)
-    elif sig.kind == "avgpool":
-        ref = x.mean((2, 3))
-    else:
-        groups = point.in_channels if sig.kind == "depthwise" else 1
-        ref = torch.nn.functional.conv2d(x, torch.from_numpy(w), torch.from_numpy(b), sig.stride, sig.padding, 1, groups)
-        if sig.residual:
-            r = torch.randn(ref.shape)
-            feeds["r"] = r.numpy()
-            ref = ref + r
-        ref = {"relu": torch.relu, "relu6": lambda t: t.clamp(0, 6), "none": lambda t: t}[sig.act](ref)
+    x, r, ref = variant_reference(sig, point)
+    feeds = {"x": x.numpy()} if r is None else {"x": x.numpy(), "r": r.numpy()}
+    if sig.kind in ("conv", "depthwise", "pointwise"):
+        w, _ = random_layer_weights(sig, point)
         assert abs((w == 0).mean() - 0.5) < 0.02
     out = _run(layer_variant_onnx(sig, point), feeds)
     assert np.abs(out - ref.numpy()).max() <= 1e-4

@@ -5,6 +5,7 @@ from torch import nn
 
 from latbench.export.onnx import random_layer_weights
 from latbench.layers import LayerPoint, LayerSignature
+from variant_reference import variant_reference
 from latbench.models import ZOO, Architecture, get_model, materialize, random_architectures
 
 from ai_edge_litert import schema_py_generated as tfl  # noqa: E402
@@ -129,26 +130,12 @@ def test_xnnpack_and_builtin_kernels_agree():
 def test_layer_variants_compute_what_torch_computes(sig, resolver):
     sparsity = 0.5 if sig.kind in ("conv", "depthwise", "pointwise") else 0.0
     point = sig.point(in_channels=12, out_channels=20, sparsity=sparsity, input_hw=15)
-    w, b = random_layer_weights(sig, point) if sig.kind not in ("maxpool", "avgpool") else (None, None)
-    rng = np.random.default_rng(1)
-    shape = (1, point.in_channels) if sig.kind == "linear" else (1, point.in_channels, 15, 15)
-    x = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+    x, r, ref = variant_reference(sig, point)
     feeds = {"x": x.numpy() if sig.kind == "linear" else _nhwc(x)}
-    if sig.kind == "linear":
-        ref = torch.nn.functional.linear(x, torch.from_numpy(w), torch.from_numpy(b))
-    elif sig.kind == "maxpool":
-        ref = torch.nn.functional.max_pool2d(x, sig.kernel, sig.stride, sig.padding)
-    elif sig.kind == "avgpool":
-        ref = x.mean((2, 3))
-    else:
-        groups = point.in_channels if sig.kind == "depthwise" else 1
-        ref = torch.nn.functional.conv2d(x, torch.from_numpy(w), torch.from_numpy(b), sig.stride, sig.padding,
-                                         groups=groups)
-        if sig.residual:
-            r = torch.from_numpy(rng.standard_normal(tuple(ref.shape)).astype(np.float32))
-            feeds["r"] = _nhwc(r)
-            ref = ref + r
-        ref = {"relu": torch.relu, "relu6": lambda t: t.clamp(0, 6), "none": lambda t: t}[sig.act](ref)
+    if r is not None:
+        feeds["r"] = _nhwc(r)
+    if sparsity:
+        w, _ = random_layer_weights(sig, point)
         assert abs((w == 0).mean() - 0.5) < 0.02
     model = layer_variant_tflite(sig, point)
     assert ("DENSIFY" in _ops(model)) == (sparsity > 0)
