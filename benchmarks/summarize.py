@@ -6,18 +6,23 @@ import sys
 from pathlib import Path
 
 
+def _rows(results: Path):
+    for device, label in (("host:onnxruntime", ""), ("host:litert", "host-litert-")):
+        for model in ("mobilenet_v2", "resnet18"):
+            for mode in ("dense", "adaptive"):
+                prof = results / f"{label}{model}-{mode}-profile.json"
+                val = results / f"{label}{model}-{mode}-validation.json"
+                if prof.exists() and val.exists():
+                    yield device, model, mode, json.loads(prof.read_text()), json.loads(val.read_text())
+
+
 def main(results: Path = Path("benchmarks/results")) -> str:
-    lines = ["| model (host onnxruntime, 1 thread, 224×224) | grid | measurements | profiling time | "
+    lines = ["| model (1 thread, 224×224) | grid | measurements | profiling time | "
              "±5 % | ±10 % | RMSE | MAPE | bare sum ±10 % |", "|---|---|---|---|---|---|---|---|---|"]
-    for model in ("mobilenet_v2", "resnet18"):
-        for mode in ("dense", "adaptive"):
-            prof, val = results / f"{model}-{mode}-profile.json", results / f"{model}-{mode}-validation.json"
-            if not (prof.exists() and val.exists()):
-                continue
-            p, v = json.loads(prof.read_text()), json.loads(val.read_text())
-            lines.append(f"| {model} | {mode} | {p['measured']} | {p['seconds'] / 60:.1f} min | "
-                         f"{v['within_5pct']:.0%} | {v['within_10pct']:.0%} | {v['rmse_ms']:.3f} ms | "
-                         f"{v['mape']:.1%} | {v['uncalibrated']['within_10pct']:.0%} |")
+    for device, model, mode, p, v in _rows(results):
+        lines.append(f"| {model} on {device} | {mode} | {p['measured']} | {p['seconds'] / 60:.1f} min | "
+                     f"{v['within_5pct']:.0%} | {v['within_10pct']:.0%} | {v['rmse_ms']:.3f} ms | "
+                     f"{v['mape']:.1%} | {v['uncalibrated']['within_10pct']:.0%} |")
     thr = results / "predictor_throughput.json"
     if thr.exists():
         t = json.loads(thr.read_text())
