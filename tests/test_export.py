@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from latbench.export.onnx import export_network, layer_variant_onnx, random_layer_weights
-from latbench.layers import LayerPoint, LayerSignature, signature_of
+from latbench.layers import LayerPoint, LayerSignature
 from variant_reference import variant_reference
 from latbench.models import ZOO, Architecture, get_model, materialize, random_architectures
 

@@ -2,7 +2,6 @@ import numpy as np
 
 from latbench.devices.base import MeasureSettings
 from latbench.devices.timing import robust_stats
-from latbench.layers import LayerSignature
 from latbench.models import get_model
 from latbench.profiling import Profiler
 from latbench.store import MeasurementStore

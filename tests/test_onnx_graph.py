@@ -4,7 +4,7 @@ from onnx import TensorProto, helper
 
 from latbench.export.onnx import export_network
 from latbench.layers import signature_of
-from latbench.models import Architecture, get_model, materialize, random_architectures
+from latbench.models import get_model, materialize, random_architectures
 from latbench.models.onnx_graph import OnnxModelError, spec_from_onnx
 
 

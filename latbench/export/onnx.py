@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
