@@ -101,6 +101,8 @@ def table_build(model: List[str] = typer.Argument(..., help="zoo model name(s) o
                 store: Path = typer.Option(Path(api.DEFAULT_STORE)),
                 resolution: Optional[List[int]] = typer.Option(None), threads: int = typer.Option(1),
                 calibrate: int = typer.Option(12, help="whole networks measured per model to fit the calibration scale (0: none)"),
+                channel_multiple: Optional[int] = typer.Option(
+                    None, help="channel knots used when profiling (default: the device's channel block)"),
                 ) -> None:
     """Build a table from the measurements in the store.
 
@@ -108,7 +110,7 @@ def table_build(model: List[str] = typer.Argument(..., help="zoo model name(s) o
     """
     try:
         t = api.build_table([api.load_model(m) for m in model], device, store, out, resolution, threads,
-                            calibrate=calibrate)
+                            calibrate=calibrate, channel_multiple=channel_multiple)
         console.print(t.summary().to_string())
         console.print(f"table written to [bold]{out}[/]")
     except _ERRORS as err:
