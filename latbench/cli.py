@@ -234,6 +234,55 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the store,
         _fail(err)
 
 
+@app.command("train")
+def train_cmd(model: str = typer.Option("resnet56", help="zoo model (resnet20, resnet56, mobilenet_v2_cifar, …)"),
+              data: str = typer.Option("fashion-mnist", help="data set: fashion-mnist or mnist"),
+              data_dir: Optional[Path] = typer.Option(None, help="folder with the data set files (default: its usual place)"),
+              epochs: int = typer.Option(3), lr: float = typer.Option(0.1, help="peak learning rate"),
+              schedule: str = typer.Option("onecycle", help="onecycle, cosine or constant"),
+              batch_size: int = typer.Option(128), weight_decay: float = typer.Option(5e-4),
+              label_smoothing: float = typer.Option(0.0), seed: int = typer.Option(0),
+              val_size: int = typer.Option(5000, help="last N training images held out as validation set"),
+              out: Path = typer.Option(..., help="checkpoint to write (.safetensors); the history goes beside it (.json)"),
+              resume: bool = typer.Option(False, help="continue the unfinished run saved in --out"),
+              checkpoint_every: int = typer.Option(100, help="also checkpoint every N steps (0: per epoch only)"),
+              max_steps: Optional[int] = typer.Option(None, help="stop after this many steps (resume later)"),
+              steps_per_epoch: Optional[int] = typer.Option(None, help="cap batches per epoch (quick runs)"),
+              threads: Optional[int] = typer.Option(None, help="torch threads (default: all cores)"),
+              progress: bool = typer.Option(True, help="show progress bars")) -> None:
+    """Train a zoo model from scratch on an image data set; writes a safetensors checkpoint and a JSON
+    history, prints validation and test accuracy.
+
+    Example: latbench train --model resnet56 --data fashion-mnist --epochs 3 --out runs/r56-fmnist.safetensors
+    """
+    import torch
+
+    from .data import DataError, load_dataset
+    from .models import build, get_model
+    from .train import CheckpointError, evaluate, train
+
+    try:
+        splits = load_dataset(data, data_dir, val_size)
+        torch.manual_seed(seed)
+        net = build(get_model(model, num_classes=splits.num_classes), in_channels=splits.in_channels)
+        history = train(net, splits, epochs, lr, batch_size=batch_size, schedule=schedule, weight_decay=weight_decay,
+                        label_smoothing=label_smoothing, seed=seed, steps_per_epoch=steps_per_epoch, checkpoint=out,
+                        checkpoint_every=checkpoint_every, resume=resume, max_steps=max_steps,
+                        meta={"dataset": splits.describe()}, threads=threads, progress=progress)
+        result = {"model": net.spec.name, "data": splits.name, "checkpoint": str(out), **history.to_dict()}
+        if history.complete:
+            result["test_loss"], result["test_acc"] = evaluate(net, splits.test)
+        history_path = out.with_suffix(".json")
+        history_path.write_text(json.dumps(result, indent=2))
+    except (DataError, CheckpointError, ValueError, *_ERRORS) as err:
+        _fail(err)
+    last = history.epochs[-1] if history.epochs else None
+    console.print_json(json.dumps({k: result[k] for k in ("model", "data", "checkpoint", "step", "total_steps", "complete")}
+                                  | ({"val_acc": last.val_acc, "images_per_s": last.images_per_s} if last else {})
+                                  | ({"test_acc": result["test_acc"]} if "test_acc" in result else {})))
+    console.print(f"checkpoint [bold]{out}[/], history [bold]{history_path}[/]")
+
+
 def main() -> None:
     app()
 

@@ -1,4 +1,4 @@
-"""The prunable model zoo: ResNet-18, MobileNetV1/V2 at ImageNet shapes, ResNet-56 and MobileNetV2 at
+"""The prunable model zoo: ResNet-18, MobileNetV1/V2 at ImageNet shapes, ResNet-20/56 and MobileNetV2 at
 CIFAR shapes. Each builder lists layers in forward order and declares the channel groups."""
 from __future__ import annotations
 
@@ -54,20 +54,31 @@ def resnet18(num_classes: int = 1000) -> ModelSpec:
                      description="ResNet-18, ImageNet shapes (224×224)")
 
 
-def resnet56(num_classes: int = 10) -> ModelSpec:
-    """CIFAR ResNet-56 (He et al. 2016): 3 stages × 9 basic blocks, 16/32/64 channels, projection shortcuts."""
+def _cifar_resnet(name: str, blocks_per_stage: int, num_classes: int) -> ModelSpec:
+    """CIFAR ResNet-(6n+2) (He et al. 2016): 3 stages × n basic blocks, 16/32/64 channels, projection shortcuts."""
     b = _Builder()
     g = b.group("stage1", 16)
     x = b.add("stem", "conv", "input", None, g, kernel=3, padding=1, act="relu", fixed_in=3)
     for stage, width in enumerate((16, 32, 64), start=1):
         out = b.group(f"stage{stage}", width)
-        for block in range(9):
+        for block in range(blocks_per_stage):
             stride = 2 if stage > 1 and block == 0 else 1
             x = _basic_block(b, x, g, f"layer{stage}.{block}", width, stride, out)
             g = out
     b.head(x, g, num_classes)
-    return ModelSpec("resnet56", tuple(b.layers), b.groups, resolutions=(24, 28, 32), num_classes=num_classes,
-                     description="ResNet-56, CIFAR shapes (32×32)")
+    depth = 6 * blocks_per_stage + 2
+    return ModelSpec(name, tuple(b.layers), b.groups, resolutions=(24, 28, 32), num_classes=num_classes,
+                     description=f"ResNet-{depth}, CIFAR shapes (32×32)")
+
+
+def resnet56(num_classes: int = 10) -> ModelSpec:
+    """CIFAR ResNet-56: 3 stages × 9 basic blocks."""
+    return _cifar_resnet("resnet56", 9, num_classes)
+
+
+def resnet20(num_classes: int = 10) -> ModelSpec:
+    """CIFAR ResNet-20: 3 stages × 3 basic blocks (a quick model for tests and short runs)."""
+    return _cifar_resnet("resnet20", 3, num_classes)
 
 
 def mobilenet_v1(num_classes: int = 1000) -> ModelSpec:
@@ -129,6 +140,7 @@ def mobilenet_v2_cifar(num_classes: int = 10) -> ModelSpec:
 
 ZOO: dict[str, Callable[..., ModelSpec]] = {
     "resnet18": resnet18,
+    "resnet20": resnet20,
     "resnet56": resnet56,
     "mobilenet_v1": mobilenet_v1,
     "mobilenet_v2": mobilenet_v2,
