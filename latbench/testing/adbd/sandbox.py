@@ -1,0 +1,237 @@
+"""Run the loopback phone's shell commands in a private file-system view.
+
+Commands must see Android paths (``/data/local/tmp``, ``/system/bin``, ``/sdcard``) and generated
+``/sys/devices/system/cpu`` and ``/sys/class/thermal`` trees, without touching the host's own files.
+
+Mechanisms, tried in this order by ``mechanism="auto"``:
+
+``namespace``
+    One long-lived "holder" per phone: ``unshare --mount --pid --fork`` (plus ``--user
+    --map-root-user`` when we are not root) runs a script that mounts a tmpfs as the new root,
+    bind-mounts the host's ``/usr``, ``/etc``, ``/var``, ``/dev``, the Python installation and the
+    phone's device directories into it, mounts a fresh ``/proc`` for the new PID namespace, lays the
+    generated CPU/thermal trees over ``/sys``, then ``chroot``s into it and becomes a tiny reaping init.
+    Each command is ``nsenter`` into that holder (mount + PID namespace and its root), which costs a
+    few milliseconds. Stopping the phone kills the holder, and with it every process the phone
+    started (PID 1 of a namespace takes its namespace with it).
+``proot``
+    When namespaces are unavailable (e.g. Docker's default seccomp profile), ``proot`` (ptrace-based,
+    ``apt-get install proot``) binds the same directories per command. Slower and without a private
+    PID namespace, so processes left running are killed by process group at stop.
+
+Neither writes outside the phone's work directory on the host.
+"""
+from __future__ import annotations
+
+import os
+import select
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MECHANISMS = ("namespace", "proot")
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not be set up; the message says what is missing and what to install."""
+
+
+# Paths inside the phone that come from the phone's own device directory (relative to it).
+DEVICE_MOUNTS = ("data", "sdcard", "system", "tmp")
+SYS_OVERLAYS = ("sys/devices/system/cpu", "sys/class/thermal")
+HOST_DIRS = ("usr", "etc", "var", "opt")          # bound read-only from the host
+MERGED_USR_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+
+ANDROID_PATH = "/system/bin:/system/xbin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def command_env() -> dict[str, str]:
+    """The environment of every phone command: Android's variables, nothing inherited from the host."""
+    return {"PATH": ANDROID_PATH, "HOME": "/", "TMPDIR": "/data/local/tmp", "ANDROID_DATA": "/data",
+            "ANDROID_ROOT": "/system", "EXTERNAL_STORAGE": "/sdcard", "SHELL": "/system/bin/sh",
+            "HOSTNAME": "localhost", "USER": "shell", "LANG": "C.UTF-8", "TERM": "dumb"}
+
+
+def python_dirs() -> list[Path]:
+    """Directories the stand-in tools' interpreter needs (prefixes and import paths), outside /usr."""
+    candidates = {Path(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+    candidates |= {Path(p) for p in sys.path if p and Path(p).is_dir()}
+    candidates.add(Path(sys.executable).resolve().parent)
+    real = sorted({p.resolve() for p in candidates if p.is_absolute() and p.exists()}, key=lambda p: len(p.parts))
+    chosen: list[Path] = []
+    for path in real:
+        if path.parts[1:2] in (("usr",), ("etc",), ("var",), ("opt",)) or path == Path("/"):
+            continue
+        if not any(path == c or c in path.parents for c in chosen):
+            chosen.append(path)
+    return chosen
+
+
+_INIT = (  # PID 1 of the phone's namespace: reap orphans so that `kill -0` on a finished job fails
+    "import os,sys,time,signal\n"
+    "signal.signal(signal.SIGTERM, lambda *a: os._exit(0))\n"
+    "os.chdir('/')\n"
+    "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
+    "while True:\n"
+    "    try: os.waitpid(-1, 0)\n"
+    "    except ChildProcessError: time.sleep(0.2)\n"
+)
+
+
+def _holder_script(root: Path, device_dir: Path) -> str:
+    q = shlex.quote
+    lines = ["set -eu", f"R={q(str(root))}", 'mount -t tmpfs -o mode=755 phone-root "$R"']
+    for name in HOST_DIRS:
+        if Path("/", name).is_dir():
+            lines += [f'mkdir -p "$R/{name}"', f'mount --rbind /{name} "$R/{name}"',
+                      f'mount -o remount,bind,ro "$R/{name}" 2>/dev/null || true']
+    for name in MERGED_USR_LINKS:
+        host = Path("/", name)
+        if host.is_symlink():
+            lines.append(f'ln -s {q(os.readlink(host))} "$R/{name}"')
+        elif host.is_dir():
+            lines += [f'mkdir -p "$R/{name}"', f'mount --rbind /{name} "$R/{name}"']
+    for path in python_dirs():
+        lines += [f'mkdir -p "$R"{q(str(path))}', f'mount --rbind {q(str(path))} "$R"{q(str(path))}',
+                  f'mount -o remount,bind,ro "$R"{q(str(path))} 2>/dev/null || true']
+    for name in DEVICE_MOUNTS:
+        lines += [f'mkdir -p "$R/{name}"', f'mount --bind {q(str(device_dir / name))} "$R/{name}"']
+    lines += ['mkdir -p "$R/dev" "$R/proc" "$R/sys"', 'mount --rbind /dev "$R/dev"',
+              'mount -t proc proc "$R/proc"', 'mount --rbind /sys "$R/sys"']
+    for sub in SYS_OVERLAYS:
+        lines.append(f'mount --bind {q(str(device_dir / sub))} "$R/{sub}"')
+    lines.append(f'exec chroot "$R" {q(sys.executable)} -I -S -c {q(_INIT)}')
+    return "\n".join(lines) + "\n"
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+        return found
+
+
+@dataclass
+class Sandbox:
+    """Per-phone command runner. ``start()`` once, then ``argv(command)`` for each command."""
+
+    device_dir: Path
+    work_dir: Path
+    mechanism: str = "auto"
+    chosen: str = field(default="", init=False)
+    _holder: subprocess.Popen | None = field(default=None, init=False, repr=False)
+    _init_pid: int = field(default=0, init=False)
+    _user_ns: bool = field(default=False, init=False)
+
+    def start(self) -> None:
+        if self.mechanism not in ("auto", *MECHANISMS):
+            raise SandboxError(f"unknown sandbox mechanism {self.mechanism!r}; use auto, {', '.join(MECHANISMS)}")
+        errors = []
+        for mech in (MECHANISMS if self.mechanism == "auto" else (self.mechanism,)):
+            self.chosen = mech
+            try:
+                getattr(self, f"_start_{mech}")()
+                return
+            except SandboxError as err:
+                self.chosen = ""
+                errors.append(f"{mech}: {err}")
+        raise SandboxError("no sandbox mechanism works here:\n  " + "\n  ".join(errors)
+                           + "\nNeed util-linux `unshare`/`nsenter` with CAP_SYS_ADMIN or unprivileged user "
+                             "namespaces, or `proot` (apt-get install proot).")
+
+    # ----------------------------------------------------------------------------- namespace
+    def _start_namespace(self) -> None:
+        for tool in ("unshare", "nsenter", "chroot", "mount"):
+            if shutil.which(tool) is None:
+                raise SandboxError(f"`{tool}` not found (util-linux / coreutils)")
+        root = self.work_dir / "root"
+        root.mkdir(exist_ok=True)
+        script = self.work_dir / "holder.sh"
+        script.write_text(_holder_script(root, self.device_dir))
+        self._user_ns = os.geteuid() != 0
+        argv = ["unshare", "--mount", "--pid", "--fork", "--propagation", "private", "--kill-child=SIGKILL"]
+        if self._user_ns:
+            argv += ["--user", "--map-root-user"]
+        argv += ["/bin/sh", str(script)]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        ready, _, _ = select.select([proc.stdout], [], [], 20.0)
+        line = proc.stdout.readline() if ready else b""
+        if line.strip() != b"ready":
+            proc.kill()
+            _, err = proc.communicate(timeout=10)
+            raise SandboxError(f"namespace holder failed: {err.decode(errors='replace').strip() or 'no output'}")
+        deadline = time.monotonic() + 5
+        while not (kids := _children(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not kids:
+            proc.kill()
+            raise SandboxError("namespace holder started but its init process was not found in /proc")
+        self._holder, self._init_pid = proc, kids[0]
+        self._check("namespace")
+
+    def _start_proot(self) -> None:
+        if shutil.which("proot") is None:
+            raise SandboxError("`proot` not installed")
+        (self.work_dir / "proot-tmp").mkdir(exist_ok=True)
+        self._check("proot")
+
+    def _check(self, mech: str) -> None:
+        probe = subprocess.run(self.argv("cat /sys/devices/system/cpu/possible && ls -d /data/local/tmp"),
+                               env=command_env(), capture_output=True, timeout=30)
+        expected = (self.device_dir / "sys/devices/system/cpu/possible").read_bytes()
+        if probe.returncode != 0 or not probe.stdout.startswith(expected):
+            self.stop()
+            raise SandboxError(f"{mech} sandbox does not show the phone's files (exit {probe.returncode}): "
+                               f"{probe.stderr.decode(errors='replace').strip()}")
+
+    # ------------------------------------------------------------------------------- commands
+    def argv(self, command: str | None) -> list[str]:
+        """The host argv that runs ``command`` with ``/system/bin/sh -c`` inside the phone (None: interactive)."""
+        shell = ["/system/bin/sh"] + ([] if command is None else ["-c", command])
+        if self.chosen == "namespace":
+            ns = ["nsenter", "-t", str(self._init_pid), "--mount", "--pid", "--root", "--wd"]
+            if self._user_ns:
+                ns += ["--user", "--preserve-credentials"]
+            return ns + ["--"] + shell
+        if self.chosen == "proot":
+            binds = [f"{self.device_dir / name}:/{name}" for name in DEVICE_MOUNTS]
+            binds += [f"{self.device_dir / sub}:/{sub}" for sub in SYS_OVERLAYS]
+            argv = ["proot", "-r", "/", "-w", "/"]
+            for bind in binds:
+                argv += ["-b", bind]
+            return argv + shell
+        raise SandboxError("sandbox not started")
+
+    @property
+    def kills_whole_tree(self) -> bool:
+        """True when stopping the sandbox ends every process it started (PID namespace)."""
+        return self.chosen == "namespace"
+
+    def stop(self) -> None:
+        if self._holder is not None:
+            if self._holder.poll() is None:
+                os.killpg(self._holder.pid, signal.SIGTERM)  # unshare --kill-child SIGKILLs the init
+                try:
+                    self._holder.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self._holder.pid, signal.SIGKILL)
+                    self._holder.wait(timeout=5)
+            for stream in (self._holder.stdout, self._holder.stderr):
+                if stream:
+                    stream.close()
+            self._holder = None
+        self._init_pid = 0
