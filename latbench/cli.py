@@ -20,11 +20,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Measure CNN layer latency on a device, build lookup tables, predict and validate.")
 table_app = typer.Typer(no_args_is_help=True, help="Build, inspect and import latency tables.")
 app.add_typer(table_app, name="table")
+from .devices.android.cli import android_app  # noqa: E402 - registered beside the other groups
+
+app.add_typer(android_app, name="android")
 console = Console()
 err_console = Console(stderr=True)
 
-DEVICE_HELP = ("host:onnxruntime, host:litert (LiteRT with XNNPACK) or host:litert:builtin (LiteRT's built-in "
-               "kernels); see `latbench devices`")
+DEVICE_HELP = ("host:onnxruntime, host:litert (LiteRT with XNNPACK), host:litert:builtin (LiteRT's built-in "
+               "kernels), or a phone: tcp:HOST:PORT or usb[:SERIAL], options as ?runtime=onnxruntime&cores=f0 "
+               "(docs/android.md); see `latbench devices`")
 _ERRORS = (DeviceError, ArchitectureError, OnnxModelError, StoreError, TableError, KeyError, FileNotFoundError)
 
 
@@ -39,18 +43,22 @@ def _settings(rounds: int, runs: int, warmup: int) -> MeasureSettings:
 
 
 @app.command()
-def devices() -> None:
-    """List reachable devices with their fingerprints.
+def devices(tcp: Optional[List[str]] = typer.Option(None, help="also probe the phone at HOST:PORT (repeatable; "
+                                                               "or set LATBENCH_ADB_TCP=HOST:PORT,…)"),
+            phones: bool = typer.Option(True, help="look for phones (USB via libusb, --tcp addresses)")) -> None:
+    """List reachable devices with their fingerprints: the host runtimes, phones on USB and at the given
+    TCP addresses.
 
-    Example: latbench devices
+    Example: latbench devices --tcp 192.168.1.20:5555
     """
     from .devices import list_devices
 
     t = Table("device", "available", "fingerprint", "detail")
-    for d in list_devices():
+    for d in list_devices(tcp or (), phones=phones):
         t.add_row(d.name, "yes" if d.available else "no", d.fingerprint,
                   ", ".join(f"{k}={v}" for k, v in d.detail.items()
-                             if k in ("cpu", "cores", "version", "kernels", "threads", "error")))
+                             if k in ("cpu", "cores", "version", "kernels", "threads", "error", "phone",
+                                      "platform", "sdk")))
     console.print(t)
 
 

@@ -62,7 +62,7 @@ def test_store_keeps_one_measurement_per_key_and_lists_what_is_missing(tmp_path)
     st.put(env, "sig", p, m)
     assert st.count(env) == 1 and st.has(env, "sig", p)
     assert st.missing(env, [("sig", p), ("sig", q)]) == [("sig", q)]
-    assert st.schema_version == 1
+    assert st.schema_version == 2  # v2: per-measurement telemetry (test_android_store.py)
     st.close()
     with sqlite3.connect(tmp_path / "s.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

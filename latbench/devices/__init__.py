@@ -1,6 +1,8 @@
 """Devices: where latency is measured. ``open_device("host:onnxruntime")`` is the embedded default."""
 from __future__ import annotations
 
+from typing import Sequence
+
 from .base import Artifact, Device, DeviceError, DeviceInfo, MeasureSettings, Measurement
 
 DEFAULT_DEVICE = "host:onnxruntime"
@@ -12,8 +14,9 @@ def open_device(spec: str = DEFAULT_DEVICE, threads: int = 1, settings: MeasureS
     """Open a device by name: ``host:onnxruntime`` (options: ``graph_level``) or ``host:litert``
     (options: ``kernels="xnnpack"`` (default) or ``"builtin"``; ``host:litert:builtin`` spells the latter).
 
-    Phones (``tcp:HOST:PORT``, ``usb[:SERIAL]``) are a separate backend still to come; naming them gives
-    a clear error rather than a silent fallback.
+    Phones over ADB: ``tcp:HOST:PORT`` or ``usb[:SERIAL]``, optionally followed by ``?option=value&…``
+    (e.g. ``tcp:192.168.1.20:5555?runtime=onnxruntime&cores=f0``; see
+    :class:`latbench.devices.android.AndroidOptions` and docs/android.md).
     """
     kind, _, rest = spec.partition(":")
     if spec == "host:onnxruntime" or spec == "host":
@@ -28,14 +31,17 @@ def open_device(spec: str = DEFAULT_DEVICE, threads: int = 1, settings: MeasureS
             raise DeviceError(f"device {spec!r} contradicts kernels={options['kernels']!r}")
         options.setdefault("kernels", kernels or "xnnpack")
         return LiteRTDevice(threads=threads, settings=settings, **options)
-    if kind in ("tcp", "usb"):
-        raise DeviceError(f"device {spec!r} is not supported by this version of latbench yet; "
-                          f"use one of {', '.join(HOST_DEVICES)} (see `latbench devices`)")
+    if kind in ("tcp", "usb") or spec.split("?")[0] == "usb":
+        from .android import open_android
+
+        return open_android(spec, threads=threads, settings=settings, **options)
     raise DeviceError(f"unknown device {spec!r}; expected host:onnxruntime, host:litert[:builtin], tcp:HOST:PORT "
                       f"or usb[:SERIAL]")
 
 
-def list_devices() -> list[DeviceInfo]:
+def list_devices(tcp: Sequence[str] = (), phones: bool = True) -> list[DeviceInfo]:
+    """The host runtimes, then (``phones``) phones on USB and at the ``tcp`` addresses (``HOST:PORT``;
+    also ``$LATBENCH_ADB_TCP``)."""
     out = []
     for name in HOST_DEVICES:
         try:
@@ -44,6 +50,10 @@ def list_devices() -> list[DeviceInfo]:
             dev.close()
         except Exception as err:  # report any reason the runtime is unusable, never crash the listing
             out.append(DeviceInfo(name, False, "", {"error": str(err)}))
+    if phones:
+        from .android import list_android_devices
+
+        out += list_android_devices(tcp)
     return out
 
 

@@ -31,7 +31,7 @@ class Artifact:
 
 @dataclass(frozen=True)
 class Measurement:
-    """Robust statistics of many timed runs, in milliseconds."""
+    """Robust statistics of many timed runs, in milliseconds (plus the device's ``conditions``)."""
 
     key: str
     median_ms: float
@@ -41,6 +41,9 @@ class Measurement:
     runs: int
     rounds: int
     outliers: int
+    # What the device reported while measuring (phones: temperatures, frequencies, cool-downs,
+    # re-measurements); stored as JSON with the measurement, never part of its identity.
+    conditions: dict | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

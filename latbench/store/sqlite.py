@@ -3,6 +3,11 @@
 A measurement is keyed by (device fingerprint, backend settings, signature, grid point). Each one is
 committed in its own transaction as soon as it is taken, so a profiling run killed at any moment —
 even with ``kill -9`` — loses at most the measurement in flight, and a restart skips everything stored.
+
+Schema versions: 1 — the measurements; 2 — plus ``telemetry`` (JSON, nullable): the conditions a
+device reported while measuring (``Measurement.conditions``; phones: temperatures, frequencies,
+cool-downs). A version-1 store is upgraded in place when opened (one ``ALTER TABLE ADD COLUMN``; its
+rows keep ``telemetry`` NULL), so old stores stay readable and resumable.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from typing import Iterable
 from ..devices.base import Measurement
 from ..layers import LayerPoint
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -30,8 +35,11 @@ CREATE TABLE IF NOT EXISTS measurements (
     median_ms REAL NOT NULL, p10_ms REAL NOT NULL, p90_ms REAL NOT NULL, iqr_ms REAL NOT NULL,
     runs INTEGER NOT NULL, rounds INTEGER NOT NULL, outliers INTEGER NOT NULL,
     measured_at REAL NOT NULL,
+    telemetry TEXT,
     PRIMARY KEY (env_id, signature, in_channels, out_channels, sparsity, input_hw));
 """
+_COLUMNS = ("env_id, signature, in_channels, out_channels, sparsity, input_hw, median_ms, p10_ms, p90_ms, iqr_ms, "
+            "runs, rounds, outliers, measured_at, telemetry")
 
 
 class StoreError(RuntimeError):
@@ -45,6 +53,10 @@ class StoredMeasurement:
     measurement: Measurement
     measured_at: float
 
+    @property
+    def conditions(self) -> dict | None:
+        return self.measurement.conditions
+
 
 def _settings_json(settings: dict) -> str:
     return json.dumps(settings, sort_keys=True)
@@ -55,7 +67,7 @@ class MeasurementStore:
 
     >>> store = MeasurementStore(":memory:")
     >>> store.schema_version
-    1
+    2
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -83,6 +95,11 @@ class MeasurementStore:
             elif int(row[0]) > SCHEMA_VERSION:
                 raise StoreError(f"{self.path} has schema version {row[0]}, newer than this latbench "
                                  f"({SCHEMA_VERSION}); upgrade latbench")
+            elif int(row[0]) < 2:
+                columns = {r[1] for r in self._db.execute("PRAGMA table_info(measurements)")}
+                if "telemetry" not in columns:
+                    self._db.execute("ALTER TABLE measurements ADD COLUMN telemetry TEXT")
+                self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     @property
     def schema_version(self) -> int:
@@ -133,9 +150,10 @@ class MeasurementStore:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
-                "INSERT OR REPLACE INTO measurements VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO measurements ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (env_id, signature, point.in_channels, point.out_channels, float(point.sparsity), point.input_hw,
-                 m.median_ms, m.p10_ms, m.p90_ms, m.iqr_ms, m.runs, m.rounds, m.outliers, time.time()))
+                 m.median_ms, m.p10_ms, m.p90_ms, m.iqr_ms, m.runs, m.rounds, m.outliers, time.time(),
+                 json.dumps(m.conditions, sort_keys=True) if m.conditions is not None else None))
 
     def has(self, env_id: int, signature: str, point: LayerPoint) -> bool:
         return self._db.execute(
@@ -152,14 +170,15 @@ class MeasurementStore:
 
     def rows(self, env_id: int, signatures: Iterable[str] | None = None) -> list[StoredMeasurement]:
         sql = ("SELECT signature, in_channels, out_channels, sparsity, input_hw, median_ms, p10_ms, p90_ms, iqr_ms, "
-               "runs, rounds, outliers, measured_at FROM measurements WHERE env_id=?")
+               "runs, rounds, outliers, measured_at, telemetry FROM measurements WHERE env_id=?")
         out = []
         wanted = set(signatures) if signatures is not None else None
         for r in self._db.execute(sql + " ORDER BY signature, input_hw, in_channels, out_channels, sparsity", (env_id,)):
             if wanted is not None and r[0] not in wanted:
                 continue
+            conditions = json.loads(r[13]) if r[13] else None
             out.append(StoredMeasurement(r[0], LayerPoint(r[1], r[2], r[3], r[4]),
-                                         Measurement(r[0], *r[5:12]), r[12]))
+                                         Measurement(r[0], *r[5:12], conditions=conditions), r[12]))
         return out
 
     def count(self, env_id: int | None = None) -> int:

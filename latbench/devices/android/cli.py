@@ -1,0 +1,115 @@
+"""``latbench android …``: install the phone-side tools, inspect a phone, stop or clean up runs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from ..base import DeviceError
+
+android_app = typer.Typer(no_args_is_help=True, help="Prepare and inspect Android phones (over ADB, no adb server).")
+console = Console()
+err_console = Console(stderr=True)
+PHONE_HELP = "the phone: tcp:HOST:PORT or usb[:SERIAL] (see `latbench devices`)"
+
+
+def _open(device: str):
+    from . import open_android
+
+    return open_android(device, log=lambda msg: err_console.print(f"[yellow]{msg}[/]"))
+
+
+def _fail(err: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {err}")
+    raise typer.Exit(2)
+
+
+@android_app.command("setup")
+def setup(device: str = typer.Option(..., help=PHONE_HELP),
+          benchmark_model: Optional[Path] = typer.Option(None, help="TFLite benchmark_model binary for the phone "
+                                                                  "(e.g. android_aarch64_benchmark_model)"),
+          perf_test: Optional[Path] = typer.Option(None, help="folder with onnxruntime_perf_test and its .so files")
+          ) -> None:
+    """Push the benchmark tools and the runner script to /data/local/tmp/latbench/ on the phone (once).
+
+    Example: latbench android setup --device usb --benchmark-model ~/Downloads/android_aarch64_benchmark_model
+    """
+    try:
+        dev = _open(device)
+        try:
+            written = dev.install(benchmark_model, perf_test)
+            dev.prepare()
+            console.print_json(json.dumps({"device": dev.name, "installed": written, "tools": dev.installed_tools(),
+                                           "fingerprint": dev.fingerprint()}))
+        finally:
+            dev.close()
+    except DeviceError as err:
+        _fail(err)
+
+
+@android_app.command("info")
+def info(device: str = typer.Option(..., help=PHONE_HELP)) -> None:
+    """Show what the phone is (model, SoC, CPU clusters, big-core mask) and its state (temperatures,
+    frequencies, governors), and which tools are installed.
+
+    Example: latbench android info --device tcp:192.168.1.20:5555
+    """
+    try:
+        dev = _open(device)
+        try:
+            f = dev.facts
+            snap = dev.snapshot()
+            tools = dev.installed_tools()
+            out = {"device": dev.name, "model": f.model, "platform": f.platform, "sdk": f.sdk,
+                   "clusters": [{"max_khz": khz, "cpus": cpus} for khz, cpus in f.clusters()],
+                   "big_cores": f.big_cores(), "pinned_mask": dev.mask, "tools": tools,
+                   "state": snap.summary(f.cpus, f.cpu_zones()),
+                   "thermal_zones": {str(z): t for z, t in f.zone_types.items()}}
+            if any(tools.values()):
+                try:
+                    out["fingerprint"] = dev.fingerprint()
+                except DeviceError as err:
+                    out["fingerprint_error"] = str(err)
+            console.print_json(json.dumps(out))
+        finally:
+            dev.close()
+    except DeviceError as err:
+        _fail(err)
+
+
+@android_app.command("stop")
+def stop(device: str = typer.Option(..., help=PHONE_HELP)) -> None:
+    """Stop a runner (and its benchmark) left on the phone by an interrupted profile.
+
+    Example: latbench android stop --device usb
+    """
+    try:
+        dev = _open(device)
+        try:
+            console.print(dev.stop_leftovers().strip() or "nothing was running")
+        finally:
+            dev.close()
+    except DeviceError as err:
+        _fail(err)
+
+
+@android_app.command("clean")
+def clean(device: str = typer.Option(..., help=PHONE_HELP),
+          everything: bool = typer.Option(False, "--all", help="also remove the tools (all of /data/local/tmp/latbench)")
+          ) -> None:
+    """Delete pushed models and batch folders from the phone (only inside /data/local/tmp/latbench).
+
+    Example: latbench android clean --device usb --all
+    """
+    try:
+        dev = _open(device)
+        try:
+            dev.clean(everything)
+            console.print(f"cleaned {dev.options.root}{'' if everything else ' (models, batches)'} on {dev.name}")
+        finally:
+            dev.close()
+    except DeviceError as err:
+        _fail(err)
