@@ -1,0 +1,291 @@
+"""LcP — layer-compensated pruning (Chin, Zhang & Marculescu, 2018), on latency tables.
+
+1. **Global ranking.** Every filter of the network gets a metric (ℓ2, ℓ1 or Taylor, from
+   :mod:`latbench.train.importance`). Filters joined by residual additions form one channel group: a channel
+   of the group is removed from every layer that writes it, so its score is the sum of those layers' metrics.
+2. **Naïve pruning.** Remove the lowest-scored channel (or block of ``unit`` channels, for devices that compute
+   channels in blocks) until the resource — latency from the device table, FLOPs or parameters — is within
+   the budget. Removing a channel shrinks the outputs of the layers writing it *and* the inputs of the layers
+   reading it; the running total is updated for exactly those layers (:class:`IncrementalCost`).
+   A floor keeps at least ``floor`` (10 %) of every group.
+3. **Layer compensation.** Metrics of different layers are not comparable, so each layer ``l`` gets a latent
+   offset ``β_l`` added to its filters' metric. ``β`` is learned by regularised (aging) evolution: the
+   fitness of a ``β`` is the loss increase of the network naïvely pruned under it, on a sample of training
+   images (after BN recalibration).
+
+>>> ranking = FilterRanking.from_metrics(spec, metrics)                      # doctest: +SKIP
+>>> plan = naive_prune(ranking, cost_grid, Budget("latency", 1.2))         # doctest: +SKIP
+>>> plan.architecture(resolution=32)                                        # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..models.arch import Architecture
+from ..models.spec import ModelSpec
+from .budget import Budget, BudgetError, CostGrid, IncrementalCost
+
+
+@dataclass
+class FilterRanking:
+    """Channels of every group, least important first, and what ``β`` adds to their scores.
+
+    ``unit_scores[g]`` holds the summed metric of group ``g``'s removable units in the order they would be
+    removed (ascending); a unit is ``unit`` channels. ``producers[g, l]`` is 1 when compensated layer ``l``
+    writes group ``g``: a unit's compensated score is ``unit_scores[g][k] + unit · (producers @ β)[g]``.
+    ``order[group]`` (most important first) is what :func:`~latbench.models.torch_net.materialize` keeps.
+    """
+
+    spec: ModelSpec
+    unit: int
+    full: np.ndarray                 # (G,) full widths
+    floors: np.ndarray               # (G,) smallest widths allowed
+    unit_scores: list[np.ndarray]    # per group: scores of its removable units, ascending
+    producers: np.ndarray            # (G, P) 0/1
+    layers: tuple[str, ...]          # the P compensated layers (those writing a prunable group)
+    sigma: np.ndarray                # (P,) spread of each layer's metric: the scale of β
+    order: dict[str, np.ndarray]
+
+    @classmethod
+    def from_metrics(cls, spec: ModelSpec, metrics: Mapping[str, np.ndarray], unit: int = 1,
+                     floor: float = 0.1) -> "FilterRanking":
+        """``metrics[layer]`` is the per-filter metric of every layer writing a prunable group."""
+        if not 0.0 < floor <= 1.0:
+            raise BudgetError(f"the per-layer floor must be a fraction in (0, 1], got {floor}")
+        groups = list(spec.groups)
+        layers = tuple(ly.name for ly in spec.layers if ly.out_group is not None and ly.has_weights
+                       and ly.kind != "depthwise")
+        missing = [name for name in layers if name not in metrics]
+        if missing:
+            raise ValueError(f"no filter metric for layer(s) {missing[:3]} of {spec.name}; compute metrics for every "
+                             "layer that writes a channel group (latbench.train.importance.layer_filter_scores)")
+        full = np.array([spec.groups[g] for g in groups])
+        if unit < 1 or (full % unit).any():
+            raise BudgetError(f"pruning unit {unit} must divide every group width of {spec.name} "
+                              f"({sorted(set(full.tolist()))})")
+        floors = np.maximum(unit, np.ceil(floor * full / unit).astype(int) * unit)
+        producers = np.zeros((len(groups), len(layers)))
+        summed = [np.zeros(w) for w in full]
+        sigma = np.zeros(len(layers))
+        for p, name in enumerate(layers):
+            g = groups.index(spec.layer(name).out_group)
+            m = np.asarray(metrics[name], dtype=float)
+            if m.shape != (full[g],):
+                raise ValueError(f"metric of layer {name!r} has shape {m.shape}, expected ({full[g]},)")
+            producers[g, p] = 1.0
+            summed[g] += m
+            sigma[p] = m.std() or abs(m.mean()) or 1.0
+        unit_scores, order = [], {}
+        for g, name in enumerate(groups):
+            ascending = np.argsort(summed[g], kind="stable")
+            order[name] = ascending[::-1].copy()
+            per_unit = summed[g][ascending].reshape(-1, unit).sum(axis=1)
+            unit_scores.append(per_unit[: (full[g] - floors[g]) // unit])
+        return cls(spec, unit, full, floors, unit_scores, producers, layers, sigma, order)
+
+    @property
+    def groups(self) -> list[str]:
+        return list(self.spec.groups)
+
+    def removal_sequence(self, beta: np.ndarray | None = None) -> np.ndarray:
+        """Group index of every removable unit, in the order naïve pruning removes them."""
+        shift = np.zeros(len(self.full)) if beta is None else self.unit * (self.producers @ np.asarray(beta))
+        scores = np.concatenate([s + shift[g] for g, s in enumerate(self.unit_scores)])
+        owners = np.concatenate([np.full(len(s), g) for g, s in enumerate(self.unit_scores)])
+        # Within a group scores ascend, and a stable sort keeps that order: units leave each group in turn.
+        return owners[np.argsort(scores, kind="stable")]
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """Widths chosen by naïve pruning and the resource they use."""
+
+    spec: ModelSpec
+    widths: dict[str, int]
+    cost: float
+    removed_units: int
+
+    def architecture(self, resolution: int) -> Architecture:
+        return Architecture(self.spec.name, resolution, self.widths)
+
+
+def reachable_minimum(ranking: FilterRanking, grid: CostGrid) -> float:
+    """The resource used when every group is at its floor: no budget below it can be met."""
+    grid.check_range(ranking.floors)
+    return grid.total(ranking.floors)
+
+
+def naive_prune(ranking: FilterRanking, grid: CostGrid, budget: Budget, beta: np.ndarray | None = None) -> PrunePlan:
+    """Remove the lowest-ranked units until ``grid``'s total is within ``budget`` (incremental updates)."""
+    floor_cost = reachable_minimum(ranking, grid)
+    if budget.value < floor_cost:
+        raise BudgetError(
+            f"a {budget.kind} budget of {budget.describe()} is below what pruning {ranking.spec.name} can reach: "
+            f"with every layer at its floor the network needs {budget.describe(floor_cost)}; raise the budget to "
+            f"at least that or lower the per-layer floor (--floor)")
+    widths = ranking.full.copy()
+    running = IncrementalCost(grid, widths, ranking.unit)
+    removed = 0
+    if running.value > budget.value:
+        for g in ranking.removal_sequence(beta):
+            widths[g] -= ranking.unit
+            removed += 1
+            if running.shrink(g) <= budget.value:
+                break
+    return PrunePlan(ranking.spec, dict(zip(ranking.groups, widths.tolist())), grid.total(widths), removed)
+
+
+def uniform_prune(ranking: FilterRanking, grid: CostGrid, budget: Budget, resolution_steps: int = 2000) -> PrunePlan:
+    """Baseline: one width ratio for every group (rounded down to the unit, at least the floor), the largest
+    ratio whose network is within the budget."""
+    if budget.value < reachable_minimum(ranking, grid):
+        naive_prune(ranking, grid, budget)  # raises the explanatory error
+    ratios = np.linspace(1.0, 0.0, resolution_steps + 1)
+    u = ranking.unit
+    widths = np.maximum(ranking.floors, (np.floor(ratios[:, None] * ranking.full / u) * u).astype(int))
+    costs = grid.totals(widths)
+    ok = np.flatnonzero(costs <= budget.value)
+    best = widths[ok[0]] if ok.size else ranking.floors
+    return PrunePlan(ranking.spec, dict(zip(ranking.groups, best.tolist())), grid.total(best),
+                     int(((ranking.full - best) // u).sum()))
+
+
+# ----------------------------------------------------------------------------------------------- evolution
+
+
+@dataclass(frozen=True)
+class EvolutionConfig:
+    """Regularised (aging) evolution of the layer compensations, with the paper's settings by default:
+    a pool of 64, 400 candidates in all (64 random + 336 mutants), tournaments of ``sample`` pool members,
+    each mutant changing a random ``mutate_fraction`` of the layers by N(0, α·σ_l), α falling linearly from
+    ``alpha_start`` to ``alpha_end``."""
+
+    pool: int = 64
+    candidates: int = 400
+    sample: int = 16
+    mutate_fraction: float = 0.1
+    alpha_start: float = 1.0
+    alpha_end: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.sample <= self.pool <= self.candidates:
+            raise ValueError(f"need 1 ≤ sample ≤ pool ≤ candidates, got {self.sample}, {self.pool}, {self.candidates}")
+        if not 0 < self.mutate_fraction <= 1:
+            raise ValueError(f"mutate_fraction must be in (0, 1], got {self.mutate_fraction}")
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Candidate:
+    beta: np.ndarray
+    fitness: float
+    widths: dict[str, int]
+    cost: float
+
+    def to_dict(self) -> dict:
+        return {"beta": self.beta.tolist(), "fitness": self.fitness, "widths": self.widths, "cost": self.cost}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Candidate":
+        return cls(np.array(d["beta"], dtype=float), float(d["fitness"]), {k: int(v) for k, v in d["widths"].items()},
+                   float(d["cost"]))
+
+
+@dataclass
+class EvolutionResult:
+    best: Candidate
+    history: list[Candidate]
+    seconds: float
+    prune_seconds: float          # total time spent in naïve pruning
+    fitness_seconds: float        # total time spent evaluating fitness
+    evaluations: int              # distinct architectures whose fitness was computed
+
+    def to_dict(self) -> dict:
+        return {"best": self.best.to_dict(), "seconds": self.seconds, "prune_seconds": self.prune_seconds,
+                "fitness_seconds": self.fitness_seconds, "evaluations": self.evaluations,
+                "candidates": len(self.history),
+                "prune_ms_per_candidate": 1e3 * self.prune_seconds / max(1, len(self.history)),
+                "history": [{"fitness": c.fitness, "cost": c.cost} for c in self.history]}
+
+
+Fitness = Callable[[PrunePlan], float]
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def learn_compensation(ranking: FilterRanking, grid: CostGrid, budget: Budget, fitness: Fitness,
+                       config: EvolutionConfig = EvolutionConfig(), state: str | Path | None = None,
+                       progress: bool = True) -> EvolutionResult:
+    """Find the ``β`` whose naïvely pruned network loses the least (lower fitness is better).
+
+    With ``state``, every evaluated candidate is written to that JSON file and a rerun continues from it
+    (the random stream is restored too, so an interrupted search ends where an uninterrupted one would).
+    """
+    rng = np.random.default_rng(config.seed)
+    history: list[Candidate] = []
+    path = Path(state) if state else None
+    if path and path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("config") != config.to_dict() or saved.get("budget") != [budget.kind, budget.value]:
+            raise ValueError(f"{path} holds a search with other settings; delete it or choose another --out")
+        history = [Candidate.from_dict(c) for c in saved["history"]]
+        rng.bit_generator.state = saved["rng"]
+    cache: dict[tuple, float] = {tuple(sorted(c.widths.items())): c.fitness for c in history}
+    sigma = ranking.sigma
+    timers = {"prune": 0.0, "fitness": 0.0}
+    start = time.perf_counter()
+
+    def evaluate(beta: np.ndarray) -> Candidate:
+        t0 = time.perf_counter()
+        plan = naive_prune(ranking, grid, budget, beta)
+        t1 = time.perf_counter()
+        key = tuple(sorted(plan.widths.items()))
+        if key not in cache:  # different β often give the same network: its loss is computed once
+            cache[key] = float(fitness(plan))
+        timers["prune"] += t1 - t0
+        timers["fitness"] += time.perf_counter() - t1
+        return Candidate(beta, cache[key], plan.widths, plan.cost)
+
+    columns = (TextColumn("[bold]LcP β evolution"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("best loss increase {task.fields[best]}"))
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        task = bar.add_task("lcp", total=config.candidates, completed=len(history), best="–")
+        while len(history) < config.candidates:
+            i = len(history)
+            if i < config.pool:
+                beta = rng.normal(0.0, sigma)
+            else:
+                pool = history[-config.pool:]                       # aging: the newest `pool` candidates
+                picks = rng.choice(len(pool), size=config.sample, replace=False)
+                parent = min((pool[j] for j in picks), key=lambda c: c.fitness)
+                progress_frac = (i - config.pool) / max(1, config.candidates - config.pool - 1)
+                alpha = config.alpha_start + (config.alpha_end - config.alpha_start) * progress_frac
+                n_mut = max(1, int(round(config.mutate_fraction * len(sigma))))
+                layers = rng.choice(len(sigma), size=n_mut, replace=False)
+                beta = parent.beta.copy()
+                beta[layers] += rng.normal(0.0, alpha * sigma[layers])
+            history.append(evaluate(beta))
+            if path:
+                _write_json_atomic(path, {"config": config.to_dict(), "budget": [budget.kind, budget.value],
+                                          "history": [c.to_dict() for c in history],
+                                          "rng": rng.bit_generator.state})
+            bar.update(task, completed=len(history), best=f"{min(c.fitness for c in history):.4f}")
+    best = min(history, key=lambda c: c.fitness)
+    return EvolutionResult(best, history, time.perf_counter() - start, timers["prune"], timers["fitness"],
+                           len(cache))
