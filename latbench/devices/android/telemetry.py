@@ -37,7 +37,8 @@ SNAPSHOT_SCRIPT = (
 # Zone types that measure the CPU (or the SoC it sits in) across vendors: Qualcomm (cpu-1-0-usr,
 # cpuss-0-usr, tsens_tz_sensor*), MediaTek (mtktscpu, cpu_big0…), Exynos (BIG, LITTLE, G3D…), Tensor
 # (BIG, MID, LITTLE, soc_therm), generic (cpu-thermal, soc-thermal, x86_pkg_temp).
-CPU_ZONE_HINTS = ("cpu", "tsens", "soc", "big", "little", "mid", "prime", "gold", "silver", "x86_pkg", "ap")
+CPU_ZONE_HINTS = ("cpu", "tsens", "soc", "big", "little", "mid", "prime", "gold", "silver", "x86_pkg")
+CPU_ZONE_NAMES = ("ap", "ap_therm")   # Samsung's application-processor zone: matched exactly
 PLAUSIBLE_MC = (-20_000, 150_000)   # readings outside are disconnected sensors (e.g. -273000)
 
 
@@ -91,7 +92,8 @@ class PhoneFacts:
 
     def cpu_zones(self) -> list[int]:
         """Thermal zones that measure the CPU/SoC (by their type); all zones when no type says so."""
-        hits = [z for z, t in self.zone_types.items() if any(h in t.lower() for h in CPU_ZONE_HINTS)]
+        hits = [z for z, t in self.zone_types.items()
+                if any(h in t.lower() for h in CPU_ZONE_HINTS) or t.lower() in CPU_ZONE_NAMES]
         return sorted(hits or self.zone_types)
 
     def to_dict(self) -> dict:
