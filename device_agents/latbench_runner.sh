@@ -42,7 +42,8 @@ ours() {
 
 stop_all() {
     root=$1
-    for f in "$root"/batches/*/child.pid "$root"/runner.pid; do
+    # The runner first (its trap takes its tool along), then any tool whose runner is already gone.
+    for f in "$root"/runner.pid "$root"/batches/*/child.pid; do
         p=$(ours "$f" "$root") && kill "$p" 2>/dev/null && printf '@LB\tstopped=%s\n' "$p"
         rm -f "$f"
     done

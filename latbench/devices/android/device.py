@@ -85,7 +85,10 @@ class AndroidOptions:
         if self.layer_timing not in LAYER_TIMINGS:
             raise DeviceError(f"layer_timing {self.layer_timing!r} unknown; choose one of {LAYER_TIMINGS}")
         if self.cores not in ("big", "all"):
-            mask_cpus(self.cores)  # raises with a clear message
+            try:
+                mask_cpus(self.cores)
+            except ValueError as err:
+                raise DeviceError(f"cores: {err}") from None
         if not self.root.startswith("/") or not self.root.endswith("/latbench") or ".." in self.root:
             raise DeviceError(f"phone directory {self.root!r} must be an absolute path ending in /latbench")
 
@@ -424,7 +427,7 @@ class AndroidDevice:
         """Steps a runner finished on the phone while the host was not listening."""
         out = self._run(f"cat {shlex.quote(self._path('batches', batch, 'results'))} 2>/dev/null || true",
                         timeout_s=60).output
-        for line in out.splitlines():
+        for line in out.split("\n"):   # not splitlines(): it also splits at \x1e, the runner's newline stand-in
             self._collect(line.rstrip("\r"), steps, results, time.monotonic())
 
     def run_plan(self, batch: str, steps: Sequence[Step], models: dict[str, bytes]) -> tuple[dict[int, StepResult], int]:
