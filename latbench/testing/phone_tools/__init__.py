@@ -14,12 +14,21 @@ TOOLS = ("benchmark_model", "onnxruntime_perf_test")
 _HERE = Path(__file__).resolve().parent
 
 
+_COMMON_IMPORT = "from latbench.testing.phone_tools._common import"
+
+
 def tool_script(name: str) -> bytes:
-    """The executable script of stand-in ``name`` (shebang to ``sys.executable``)."""
+    """The executable script of stand-in ``name``: shebang to ``sys.executable``, then the tool's module
+    with its import of ``_common`` replaced by that file's text, so the script needs no latbench."""
     if name not in TOOLS:
         raise ValueError(f"unknown phone tool {name!r}; available: {', '.join(TOOLS)}")
     source = (_HERE / f"{name}.py").read_text()
-    return f"#!{sys.executable}\n".encode() + source.encode()
+    lines = source.splitlines(keepends=True)
+    hits = [i for i, line in enumerate(lines) if line.startswith(_COMMON_IMPORT)]
+    if len(hits) != 1:
+        raise RuntimeError(f"{name}.py must import _common exactly once on one line")
+    lines[hits[0]] = (_HERE / "_common.py").read_text() + "\n"
+    return f"#!{sys.executable}\n".encode() + "".join(lines).encode()
 
 
 def write_tool(name: str, directory: str | Path) -> Path:
