@@ -57,12 +57,12 @@ def test_incremental_updates_equal_full_recompute(r18, kind):
     grid = (CostGrid.from_predictor(pred, 224, step=16) if kind == "latency"
             else CostGrid.analytic(spec, kind, 224, step=16))
     widths = np.array(list(spec.groups.values()))
-    running = IncrementalCost(grid, widths, 16)
+    running = IncrementalCost(grid, widths)
     rng = np.random.default_rng(2)
     for _ in range(60):
         g = int(rng.choice(np.flatnonzero(widths > 16)))
         widths[g] -= 16
-        running.shrink(g)
+        running.shrink(g, 16)
     assert running.value == pytest.approx(grid.total(widths), rel=1e-9)
 
 
@@ -74,11 +74,11 @@ def test_naive_pruning_removes_lowest_ranked_channels_until_within_budget(r18):
     plan = naive_prune(ranking, grid, Budget("latency", 0.6 * full))
     assert plan.cost <= 0.6 * full
     # One unit fewer removed would be over the budget: the loop stops at the first feasible point.
-    seq = ranking.removal_sequence()
+    seq, sizes = ranking.removal_sequence()
     widths = ranking.full.copy()
     for g in seq[:plan.removed_units - 1]:
         widths[g] -= 16
-    assert grid.total(widths) > 0.6 * full
+    assert grid.total(widths) > 0.6 * full and set(sizes) == {16}
     assert all(plan.widths[g] >= f for g, f in zip(ranking.groups, ranking.floors))
     # The channels a group keeps are its highest-scored ones.
     widths[seq[plan.removed_units - 1]] -= 16
@@ -121,8 +121,19 @@ def test_units_below_the_table_grid_are_refused(r18):
     ranking = FilterRanking.from_metrics(spec, random_metrics(spec), unit=1)
     with pytest.raises(OutOfGridError):
         naive_prune(ranking, grid, Budget("latency", 1.0))
-    with pytest.raises(BudgetError, match="divide"):
-        FilterRanking.from_metrics(spec, random_metrics(spec), unit=24)
+    with pytest.raises(BudgetError, match="positive"):
+        FilterRanking.from_metrics(spec, random_metrics(spec), unit=0)
+
+
+def test_widths_that_are_not_unit_multiples_first_drop_the_remainder():
+    spec = get_model("mobilenet_v2")
+    ranking = FilterRanking.from_metrics(spec, random_metrics(spec), unit=16)
+    assert ranking.grid_step == 8
+    g = ranking.groups.index(next(name for name, w in spec.groups.items() if w == 24))
+    assert ranking.unit_sizes[g].tolist() == [8]          # 24 → 16 (the floor: one unit)
+    grid = CostGrid.analytic(spec, "flops", 224, step=ranking.grid_step)
+    plan = naive_prune(ranking, grid, Budget("flops", 0.3 * grid.total(ranking.full)))
+    assert all(w % 16 == 0 or w == spec.groups[name] for name, w in plan.widths.items())
 
 
 def test_uniform_baseline_keeps_one_ratio(r18):

@@ -158,24 +158,24 @@ class CostGrid:
 class IncrementalCost:
     """The running total of a :class:`CostGrid` while channel groups shrink one unit at a time."""
 
-    def __init__(self, grid: CostGrid, widths: np.ndarray, unit: int) -> None:
-        if unit % grid.step:
-            raise BudgetError(f"pruning unit {unit} is not a multiple of the cost grid's step {grid.step}")
+    def __init__(self, grid: CostGrid, widths: np.ndarray) -> None:
         self.grid = grid
         self.idx = grid.indices(widths).astype(np.int64)
         self.costs = grid.flat[self.idx].copy()
         self.raw = float(self.costs.sum())
-        scale = unit // grid.step
-        # Per group: the layers it touches and how far their index moves when it loses one unit.
-        self._touch = [(np.flatnonzero(row), row[np.flatnonzero(row)] * scale) for row in grid.matrix]
+        # Per group: the layers it touches and how far their index moves per ``step`` channels removed.
+        self._touch = [(np.flatnonzero(row), row[np.flatnonzero(row)]) for row in grid.matrix]
 
     @property
     def value(self) -> float:
         return self.raw * self.grid.scale + self.grid.offset
 
-    def shrink(self, group: int) -> float:
+    def shrink(self, group: int, channels: int) -> float:
+        """Remove ``channels`` (a multiple of the grid's step) from ``group``; returns the new total."""
+        if channels % self.grid.step:
+            raise BudgetError(f"cannot remove {channels} channels on a cost grid with step {self.grid.step}")
         layers, moves = self._touch[group]
-        new_idx = self.idx[layers] - moves
+        new_idx = self.idx[layers] - moves * (channels // self.grid.step)
         new_costs = self.grid.flat[new_idx]
         self.raw += float(new_costs.sum() - self.costs[layers].sum())
         self.idx[layers] = new_idx

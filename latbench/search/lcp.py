@@ -40,8 +40,8 @@ class FilterRanking:
     """Channels of every group, least important first, and what ``β`` adds to their scores.
 
     ``unit_scores[g]`` holds the summed metric of group ``g``'s removable units in the order they would be
-    removed (ascending); a unit is ``unit`` channels. ``producers[g, l]`` is 1 when compensated layer ``l``
-    writes group ``g``: a unit's compensated score is ``unit_scores[g][k] + unit · (producers @ β)[g]``.
+    removed (ascending); a unit is ``unit_sizes[g][k]`` channels. ``producers[g, l]`` is 1 when compensated
+    layer ``l`` writes group ``g``: a unit's compensated score is ``unit_scores[g][k] + size · (producers @ β)[g]``.
     ``order[group]`` (most important first) is what :func:`~latbench.models.torch_net.materialize` keeps.
     """
 
@@ -50,6 +50,7 @@ class FilterRanking:
     full: np.ndarray                 # (G,) full widths
     floors: np.ndarray               # (G,) smallest widths allowed
     unit_scores: list[np.ndarray]    # per group: scores of its removable units, ascending
+    unit_sizes: list[np.ndarray]     # per group: channels in each of those units
     producers: np.ndarray            # (G, P) 0/1
     layers: tuple[str, ...]          # the P compensated layers (those writing a prunable group)
     sigma: np.ndarray                # (P,) spread of each layer's metric: the scale of β
@@ -58,9 +59,15 @@ class FilterRanking:
     @classmethod
     def from_metrics(cls, spec: ModelSpec, metrics: Mapping[str, np.ndarray], unit: int = 1,
                      floor: float = 0.1) -> "FilterRanking":
-        """``metrics[layer]`` is the per-filter metric of every layer writing a prunable group."""
+        """``metrics[layer]`` is the per-filter metric of every layer writing a prunable group.
+
+        Widths stay multiples of ``unit`` (a group whose full width is not one first drops the remainder,
+        e.g. 24 → 16 with 16-channel units), and at least ``floor`` of the full width (at least one unit).
+        """
         if not 0.0 < floor <= 1.0:
             raise BudgetError(f"the per-layer floor must be a fraction in (0, 1], got {floor}")
+        if unit < 1:
+            raise BudgetError(f"the pruning unit must be a positive number of channels, got {unit}")
         groups = list(spec.groups)
         layers = tuple(ly.name for ly in spec.layers if ly.out_group is not None and ly.has_weights
                        and ly.kind != "depthwise")
@@ -69,10 +76,7 @@ class FilterRanking:
             raise ValueError(f"no filter metric for layer(s) {missing[:3]} of {spec.name}; compute metrics for every "
                              "layer that writes a channel group (latbench.train.importance.layer_filter_scores)")
         full = np.array([spec.groups[g] for g in groups])
-        if unit < 1 or (full % unit).any():
-            raise BudgetError(f"pruning unit {unit} must divide every group width of {spec.name} "
-                              f"({sorted(set(full.tolist()))})")
-        floors = np.maximum(unit, np.ceil(floor * full / unit).astype(int) * unit)
+        floors = np.minimum(full, np.maximum(unit, np.ceil(floor * full / unit).astype(int) * unit))
         producers = np.zeros((len(groups), len(layers)))
         summed = [np.zeros(w) for w in full]
         sigma = np.zeros(len(layers))
@@ -84,25 +88,36 @@ class FilterRanking:
             producers[g, p] = 1.0
             summed[g] += m
             sigma[p] = m.std() or abs(m.mean()) or 1.0
-        unit_scores, order = [], {}
+        unit_scores, unit_sizes, order = [], [], {}
         for g, name in enumerate(groups):
             ascending = np.argsort(summed[g], kind="stable")
             order[name] = ascending[::-1].copy()
-            per_unit = summed[g][ascending].reshape(-1, unit).sum(axis=1)
-            unit_scores.append(per_unit[: (full[g] - floors[g]) // unit])
-        return cls(spec, unit, full, floors, unit_scores, producers, layers, sigma, order)
+            removable = full[g] - floors[g]
+            first = full[g] % unit or unit
+            sizes = np.array(([first] if removable > 0 else []) + [unit] * max(0, (removable - first) // unit), int)
+            bounds = np.concatenate([[0], np.cumsum(sizes)])
+            unit_scores.append(np.add.reduceat(summed[g][ascending], bounds[:-1]) if sizes.size else np.zeros(0))
+            unit_sizes.append(sizes)
+        return cls(spec, unit, full, floors, unit_scores, unit_sizes, producers, layers, sigma, order)
 
     @property
     def groups(self) -> list[str]:
         return list(self.spec.groups)
 
-    def removal_sequence(self, beta: np.ndarray | None = None) -> np.ndarray:
-        """Group index of every removable unit, in the order naïve pruning removes them."""
-        shift = np.zeros(len(self.full)) if beta is None else self.unit * (self.producers @ np.asarray(beta))
-        scores = np.concatenate([s + shift[g] for g, s in enumerate(self.unit_scores)])
-        owners = np.concatenate([np.full(len(s), g) for g, s in enumerate(self.unit_scores)])
+    @property
+    def grid_step(self) -> int:
+        """The coarsest cost-grid step on which every width this ranking produces lies."""
+        return int(np.gcd.reduce(np.concatenate([[self.unit], self.full])))
+
+    def removal_sequence(self, beta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Group index and size (channels) of every removable unit, in the order naïve pruning removes them."""
+        shift = np.zeros(len(self.full)) if beta is None else self.producers @ np.asarray(beta)
+        scores = np.concatenate([s + shift[g] * self.unit_sizes[g] for g, s in enumerate(self.unit_scores)])
+        owners = np.concatenate([np.full(len(s), g) for g, s in enumerate(self.unit_scores)]).astype(int)
+        sizes = np.concatenate(self.unit_sizes).astype(int)
         # Within a group scores ascend, and a stable sort keeps that order: units leave each group in turn.
-        return owners[np.argsort(scores, kind="stable")]
+        order = np.argsort(scores, kind="stable")
+        return owners[order], sizes[order]
 
 
 @dataclass(frozen=True)
@@ -133,13 +148,13 @@ def naive_prune(ranking: FilterRanking, grid: CostGrid, budget: Budget, beta: np
             f"with every layer at its floor the network needs {budget.describe(floor_cost)}; raise the budget to "
             f"at least that or lower the per-layer floor (--floor)")
     widths = ranking.full.copy()
-    running = IncrementalCost(grid, widths, ranking.unit)
+    running = IncrementalCost(grid, widths)
     removed = 0
     if running.value > budget.value:
-        for g in ranking.removal_sequence(beta):
-            widths[g] -= ranking.unit
+        for g, size in zip(*ranking.removal_sequence(beta)):
+            widths[g] -= size
             removed += 1
-            if running.shrink(g) <= budget.value:
+            if running.shrink(g, size) <= budget.value:
                 break
     return PrunePlan(ranking.spec, dict(zip(ranking.groups, widths.tolist())), grid.total(widths), removed)
 
@@ -151,12 +166,13 @@ def uniform_prune(ranking: FilterRanking, grid: CostGrid, budget: Budget, resolu
         naive_prune(ranking, grid, budget)  # raises the explanatory error
     ratios = np.linspace(1.0, 0.0, resolution_steps + 1)
     u = ranking.unit
-    widths = np.maximum(ranking.floors, (np.floor(ratios[:, None] * ranking.full / u) * u).astype(int))
+    rounded = np.floor(ratios[:, None] * ranking.full / u) * u
+    widths = np.where(ratios[:, None] == 1.0, ranking.full, np.maximum(ranking.floors, rounded)).astype(int)
     costs = grid.totals(widths)
     ok = np.flatnonzero(costs <= budget.value)
     best = widths[ok[0]] if ok.size else ranking.floors
     return PrunePlan(ranking.spec, dict(zip(ranking.groups, best.tolist())), grid.total(best),
-                     int(((ranking.full - best) // u).sum()))
+                     int(np.ceil((ranking.full - best) / u).sum()))
 
 
 # ----------------------------------------------------------------------------------------------- evolution
