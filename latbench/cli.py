@@ -242,9 +242,76 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the store,
         _fail(err)
 
 
+prune_app = typer.Typer(no_args_is_help=True, help="Latency-constrained pruning of a trained checkpoint.")
+app.add_typer(prune_app, name="prune")
+
+
+def _run_prune(make_job) -> None:
+    """Build the job (validating its options) and run it, turning known errors into clear messages."""
+    from .data import DataError
+    from .pruning import run_prune
+    from .search.budget import BudgetError
+    from .train import CheckpointError
+
+    try:
+        job = make_job()
+        report = run_prune(job)
+    except (BudgetError, DataError, CheckpointError, ValueError, *_ERRORS) as err:
+        _fail(err)
+    summary = {k: report[k] for k in ("method", "budget", "predicted_ms", "measured_ms", "measured_over_budget",
+                                      "test_accuracy", "search_seconds")}
+    console.print_json(json.dumps(summary))
+    console.print(f"pruned network, exports and report.json in [bold]{job.out}[/]")
+
+
+@prune_app.command("lcp")
+def prune_lcp(model: str = typer.Option("resnet56", help="zoo model of the checkpoint"),
+              checkpoint: Path = typer.Option(..., help="trained full network (.safetensors from `latbench train`)"),
+              out: Path = typer.Option(..., help="folder for the pruned network, its exports and report.json"),
+              table: Optional[Path] = typer.Option(None, help="the device's latency table (needed for latency budgets)"),
+              budget_ms: Optional[float] = typer.Option(None, help="latency budget in ms"),
+              budget_ratio: Optional[float] = typer.Option(
+                  None, help="latency budget as a fraction of the full network (measured with --device, else predicted)"),
+              budget_flops: Optional[float] = typer.Option(None, help="budget in multiply-accumulates"),
+              budget_params: Optional[float] = typer.Option(None, help="budget in parameters"),
+              method: str = typer.Option("lcp", help="lcp (learned compensation), naive (global ranking) or "
+                                                     "uniform (one width ratio): the baselines share everything else"),
+              data: str = typer.Option("fashion-mnist"), data_dir: Optional[Path] = typer.Option(None),
+              device: Optional[str] = typer.Option(None, help="measure the full and the pruned network here"),
+              store: Path = typer.Option(Path(api.DEFAULT_STORE), help="measurement store for --device"),
+              metric: str = typer.Option("l2", help="filter metric: l1, l2 or taylor"),
+              floor: float = typer.Option(0.1, help="keep at least this fraction of every layer"),
+              unit: Optional[int] = typer.Option(None, help="channels removed at a time (default: the table's "
+                                                            "channel multiple)"),
+              pool: int = typer.Option(64, help="evolution pool size"),
+              candidates: int = typer.Option(400, help="candidates evaluated in all (pool + mutants)"),
+              fitness_images: int = typer.Option(3000, help="training images the fitness loss is measured on"),
+              bn_images: int = typer.Option(1024, help="images to re-estimate BN statistics of a candidate"),
+              finetune_epochs: int = typer.Option(1), finetune_lr: float = typer.Option(0.02),
+              finetune_steps: Optional[int] = typer.Option(None, help="cap fine-tuning steps (quick runs)"),
+              seed: int = typer.Option(0), progress: bool = typer.Option(True)) -> None:
+    """LcP: global filter ranking with learned layer compensations, within a latency (or FLOPs/params) budget;
+    fine-tunes, exports ONNX and TFLite and, with --device, measures the result against the budget.
+    Interrupted runs resume (the evolution state and fine-tuning checkpoint live in --out).
+
+    Example: latbench prune lcp --checkpoint runs/r56.safetensors --table tables/host-litert-resnet56-32-dense.parquet
+    --budget-ratio 0.5 --device host:litert --out runs/lcp-50
+    """
+    from .pruning import FinetuneRecipe, PruneJob
+
+    _run_prune(lambda: PruneJob(
+        model=model, checkpoint=str(checkpoint), out=str(out), table=str(table) if table else None, method=method,
+        budget_ms=budget_ms, budget_ratio=budget_ratio, budget_flops=budget_flops, budget_params=budget_params,
+        data=data, data_dir=str(data_dir) if data_dir else None, device=device, store=str(store), metric=metric,
+        floor=floor, unit=unit, pool=pool, candidates=candidates, fitness_images=fitness_images, bn_images=bn_images,
+        finetune=FinetuneRecipe(finetune_epochs, finetune_lr, max_steps=finetune_steps, seed=seed), seed=seed,
+        progress=progress))
+
+
 @app.command("train")
 def train_cmd(model: str = typer.Option("resnet56", help="zoo model (resnet20, resnet56, mobilenet_v2_cifar, …)"),
-              data: str = typer.Option("fashion-mnist", help="data set: fashion-mnist or mnist"),
+              data: str = typer.Option("fashion-mnist",
+                                       help="data set: fashion-mnist, mnist, cifar10, cifar100 or imagefolder"),
               data_dir: Optional[Path] = typer.Option(None, help="folder with the data set files (default: its usual place)"),
               epochs: int = typer.Option(3), lr: float = typer.Option(0.1, help="peak learning rate"),
               schedule: str = typer.Option("onecycle", help="onecycle, cosine or constant"),

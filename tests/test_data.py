@@ -1,13 +1,15 @@
 """Data loaders: IDX files, splits, augmentation and resumable batch order (small files written here)."""
 import gzip
+import os
+import pickle
 import struct
 
 import numpy as np
 import pytest
 import torch
 
-from latbench.data import (Augment, BatchLoader, DataError, ImageDataset, channel_stats, holdout, load_dataset,
-                           load_mnist, pad_to, random_crop, random_flip, read_idx)
+from latbench.data import (Augment, BatchLoader, DataError, ImageDataset, channel_stats, holdout, load_cifar,
+                           load_dataset, load_image_folder, load_mnist, pad_to, random_crop, random_flip, read_idx)
 
 
 def write_idx(path, array: np.ndarray, compress: bool) -> None:
@@ -127,3 +129,110 @@ def test_holdout_and_pad_errors():
         holdout(data, 10)
     with pytest.raises(DataError, match="larger than the target"):
         pad_to(data.images, 4)
+
+
+# ------------------------------------------------------------------------------------------------ CIFAR
+def cifar_arrays(n, num_classes, seed):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 3072), dtype=np.uint8), rng.integers(0, num_classes, n)
+
+
+def write_cifar10_binary(folder, per_batch=6):
+    folder.mkdir(parents=True)
+    expected = []
+    for i, name in enumerate([f"data_batch_{j}.bin" for j in range(1, 6)] + ["test_batch.bin"]):
+        data, labels = cifar_arrays(per_batch, 10, i)
+        (folder / name).write_bytes(np.concatenate([labels[:, None].astype(np.uint8), data], axis=1).tobytes())
+        expected.append((data, labels))
+    (folder / "batches.meta.txt").write_text("\n".join(f"class{i}" for i in range(10)) + "\n\n")
+    return expected
+
+
+def test_cifar10_binary(tmp_path):
+    expected = write_cifar10_binary(tmp_path / "cifar-10-batches-bin")
+    splits = load_dataset("cifar10", tmp_path, val_size=4)
+    train_data = np.concatenate([d for d, _ in expected[:5]])
+    train_labels = np.concatenate([y for _, y in expected[:5]])
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (26, 4, 6)
+    # Records are R, G, B planes of 32×32 in row-major order.
+    assert np.array_equal(splits.train.images[3].numpy(), train_data[3].reshape(3, 32, 32))
+    assert np.array_equal(splits.val.labels.numpy(), train_labels[26:])
+    assert np.array_equal(splits.test.images.numpy(), expected[5][0].reshape(-1, 3, 32, 32))
+    assert splits.train.classes[2] == "class2" and splits.in_channels == 3
+    (tmp_path / "cifar-10-batches-bin" / "data_batch_3.bin").write_bytes(b"\x01" * 5000)
+    with pytest.raises(DataError, match="data_batch_3.bin.*truncated"):
+        load_dataset("cifar10", tmp_path, val_size=4)
+
+
+def test_cifar100_binary_uses_the_fine_label(tmp_path):
+    folder = tmp_path / "cifar-100-binary"
+    folder.mkdir()
+    for name, seed in (("train.bin", 0), ("test.bin", 1)):
+        data, fine = cifar_arrays(7, 100, seed)
+        coarse = fine // 5
+        (folder / name).write_bytes(np.concatenate([coarse[:, None], fine[:, None], data], axis=1).astype(np.uint8).tobytes())
+    splits = load_dataset("cifar100", folder, val_size=2)
+    assert splits.num_classes == 100
+    assert np.array_equal(splits.test.labels.numpy(), cifar_arrays(7, 100, 1)[1])
+
+
+def test_cifar_python_version_with_restricted_unpickler(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for i, name in enumerate([f"data_batch_{j}" for j in range(1, 6)] + ["test_batch"]):
+        data, labels = cifar_arrays(4, 10, i)
+        # Protocol 2 with bytes keys, as the official (Python 2) files have.
+        (folder / name).write_bytes(pickle.dumps({b"data": data, b"labels": labels.tolist(), b"batch_label": b"x"},
+                                                 protocol=2))
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]},
+                                                       protocol=2))
+    splits = load_cifar(tmp_path, 10, val_size=0)
+    assert len(splits.train) == 20 and splits.val is None and splits.train.classes[9] == "c9"
+    assert np.array_equal(splits.test.images.numpy(), cifar_arrays(4, 10, 5)[0].reshape(-1, 3, 32, 32))
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    (folder / "data_batch_2").write_bytes(pickle.dumps({b"data": Exploit()}, protocol=2))
+    with pytest.raises(DataError, match="data_batch_2.*refusing to load global posix.system"):
+        load_cifar(tmp_path, 10)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_cifar_missing_folder_says_what_to_do(tmp_path):
+    with pytest.raises(DataError, match="cifar-10-batches-bin/data_batch_1.bin.*unpack the official archive"):
+        load_dataset("cifar10", tmp_path)
+    with pytest.raises(DataError, match="needs a data folder"):
+        load_dataset("cifar100")
+
+
+# ------------------------------------------------------------------------------------------- ImageFolder
+def test_image_folder(tmp_path):
+    Image = pytest.importorskip("PIL.Image", reason="Pillow is needed to decode ImageFolder images")
+    colors = {"cat": (255, 0, 0), "dog": (0, 0, 255)}
+    for split, n in (("train", 5), ("val", 2)):
+        for cls, rgb in colors.items():
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                img = Image.new("RGB", (48, 40), rgb)
+                img.putpixel((0, 0), (0, 255, 0))  # a corner pixel the centre crop must cut away
+                img.save(tmp_path / split / cls / f"{i}.png")
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+    splits = load_dataset("imagefolder", tmp_path, val_size=2)
+    assert splits.train.classes == ("cat", "dog") and splits.in_channels == 3
+    assert splits.train.images.shape[1:] == (3, 32, 32)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (8, 2, 4)
+    # Every image is one flat colour after the centre crop: red for cats, blue for dogs.
+    for images, labels in ((splits.train.images, splits.train.labels), (splits.test.images, splits.test.labels)):
+        for img, label in zip(images, labels):
+            rgb = colors[splits.train.classes[int(label)]]
+            assert torch.equal(img, torch.tensor(rgb, dtype=torch.uint8).view(3, 1, 1).expand(3, 32, 32))
+    assert splits.test.labels.tolist() == [0, 0, 1, 1]
+    grey = load_image_folder(tmp_path, size=16, val_size=0, grayscale=True)
+    assert grey.train.images.shape[1:] == (1, 16, 16)
+    (tmp_path / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(DataError, match="broken.png: cannot decode"):
+        load_image_folder(tmp_path, val_size=0)
+    with pytest.raises(DataError, match="train/<class>"):
+        load_image_folder(tmp_path / "train")

@@ -104,7 +104,8 @@ def holdout(data: ImageDataset, val_size: int) -> tuple[ImageDataset, ImageDatas
     if val_size <= 0:
         return data, None
     if val_size >= len(data):
-        raise DataError(f"{data.name}: validation size {val_size} leaves no training data ({len(data)} samples)")
+        raise DataError(f"{data.name}: validation size {val_size} leaves no training data ({len(data)} samples); "
+                        "choose a smaller val_size (--val-size)")
     cut = len(data) - int(val_size)
     return data.subset(slice(0, cut), f"{data.name}:train"), data.subset(slice(cut, None), f"{data.name}:val")
 
