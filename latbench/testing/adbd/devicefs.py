@@ -17,6 +17,7 @@ these directories) see a change at once.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import posixpath
@@ -96,6 +97,9 @@ def _write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+WRITABLE = ("/data/local/tmp", "/sdcard", "/tmp")
 
 
 class DevicePathError(ValueError):
@@ -236,6 +240,14 @@ class DeviceFiles:
         return json.loads((self.state_dir / "props.json").read_text())
 
     # --------------------------------------------------------------------------------- paths
+    def writable_path(self, device_path: str) -> Path:
+        """Like :meth:`host_path`, for writing: only under ``/data/local/tmp``, ``/sdcard`` and ``/tmp``
+        (what adb's ``shell`` user may write on a phone); elsewhere raises :class:`PermissionError`."""
+        norm = posixpath.normpath(device_path) if device_path.startswith("/") else device_path
+        if not any(norm == top or norm.startswith(top + "/") for top in WRITABLE):
+            raise PermissionError(errno.EACCES, f"{device_path}: only {', '.join(WRITABLE)} are writable")
+        return self.host_path(device_path)
+
     def host_path(self, device_path: str) -> Path:
         """The host file behind an absolute device path (which need not exist).
 

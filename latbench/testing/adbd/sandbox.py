@@ -23,11 +23,13 @@ Neither writes outside the phone's work directory on the host.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import select
 import shlex
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import time
@@ -57,15 +59,24 @@ def command_env() -> dict[str, str]:
             "HOSTNAME": "localhost", "USER": "shell", "LANG": "C.UTF-8", "TERM": "dumb"}
 
 
+TOOL_MODULES = ("numpy", "onnxruntime", "ai_edge_litert")  # what the stand-in tools import
+
+
 def python_dirs() -> list[Path]:
-    """Directories the stand-in tools' interpreter needs (prefixes and import paths), outside /usr."""
+    """Directories the stand-in tools' interpreter needs (prefixes, site-packages, the runtimes'
+    packages), outside the host directories already bound. Not all of ``sys.path``: under pytest that
+    would expose the project's checkout to the phone."""
     candidates = {Path(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
-    candidates |= {Path(p) for p in sys.path if p and Path(p).is_dir()}
     candidates.add(Path(sys.executable).resolve().parent)
-    real = sorted({p.resolve() for p in candidates if p.is_absolute() and p.exists()}, key=lambda p: len(p.parts))
+    candidates |= {Path(p) for p in site.getsitepackages()} | {Path(site.getusersitepackages())}
+    for name in TOOL_MODULES:
+        spec = importlib.util.find_spec(name)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            candidates.add(Path(location).parent)
+    real = sorted({c.resolve() for c in candidates if c.is_absolute() and c.exists()}, key=lambda c: len(c.parts))
     chosen: list[Path] = []
     for path in real:
-        if path.parts[1:2] in (("usr",), ("etc",), ("var",), ("opt",)) or path == Path("/"):
+        if path == Path("/") or path.parts[1] in HOST_DIRS:
             continue
         if not any(path == c or c in path.parents for c in chosen):
             chosen.append(path)

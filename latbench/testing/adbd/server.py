@@ -204,7 +204,9 @@ class Connection:
                     log.warning("bad packet header %s; dropping the connection", header)
                     break
                 data = await self.reader.readexactly(header.length) if header.length else b""
-                if self.version < p.A_VERSION_SKIP_CHECKSUM and header.check != p.checksum(data):
+                # A CNXN carries the sender's own version: a new host sends it without a checksum.
+                version = min(header.arg0, p.A_VERSION) if header.command == p.A_CNXN else self.version
+                if version < p.A_VERSION_SKIP_CHECKSUM and header.check != p.checksum(data):
                     log.warning("bad checksum on %s; dropping the connection", p.COMMAND_NAMES.get(header.command))
                     break
                 await self.dispatch(p.Message(header.command, header.arg0, header.arg1, data))

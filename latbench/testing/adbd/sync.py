@@ -91,7 +91,7 @@ async def _receive_file(reader: _Bytes, files: DeviceFiles, spec: str) -> bytes 
     target, handle, link_target = None, None, bytearray()
     if error is None:
         try:
-            target = files.host_path(path or spec)
+            target = files.writable_path(path or spec)
             target.parent.mkdir(parents=True, exist_ok=True)  # fixed_push_mkdir
             if target.is_symlink() or (target.exists() and not target.is_dir()):
                 target.unlink()
