@@ -156,8 +156,8 @@ def test_reset_mid_command_leaves_process_running(phone, signer):
     dev.close()
     marker = phone.host_path("/data/local/tmp/fault-reset.txt")
     deadline = time.monotonic() + 10
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the shell creates the file before echo fills it
     assert marker.read_text() == "survived\n"
     dev = _client(phone, signer[0])  # the phone still listens
     assert dev.shell("echo back") == "back\n"

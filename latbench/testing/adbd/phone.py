@@ -105,7 +105,7 @@ class LoopbackPhone:
             self._server.close()
         if self._daemon is not None:
             self._daemon.drop_all("close")
-            self._daemon.kill_processes()
+            await self._daemon.kill_processes()
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()

@@ -452,13 +452,16 @@ class AdbDaemon:
             if not proc.stdin.is_closing():
                 proc.stdin.close()
 
-    def kill_processes(self) -> None:
-        for proc in list(self.processes):
-            if proc.returncode is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+    async def kill_processes(self) -> None:
+        """SIGKILL the process group of every command still running, and reap them."""
+        running = [proc for proc in self.processes if proc.returncode is None]
+        for proc in running:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if running:
+            await asyncio.wait([asyncio.ensure_future(proc.wait()) for proc in running], timeout=5)
         self.processes.clear()
 
 
