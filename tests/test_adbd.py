@@ -399,3 +399,87 @@ def test_sandbox_shows_phone_paths_only(phone):
     assert result.returncode == 0, result.stderr
     assert phone.host_path("/data/local/tmp/sandbox-probe").read_text() == "x\n"
     assert not Path("/data/local/tmp/sandbox-probe").exists()  # nothing written to the host's own /data
+
+
+# --------------------------------------------------------------------------------- stand-in tools
+@pytest.fixture(scope="module")
+def models(phone, signer, tmp_path_factory) -> dict[str, str]:
+    """A conv layer as .tflite and .onnx plus both tools, pushed like a client would (then chmod)."""
+    from latbench.export.onnx import layer_variant_onnx
+    from latbench.export.tflite import layer_variant_tflite
+    from latbench.layers import LayerPoint, LayerSignature
+    from latbench.testing.phone_tools import TOOLS, write_tool
+
+    folder = tmp_path_factory.mktemp("tools")
+    sig, point = LayerSignature("conv", 3, 1, 1, "relu"), LayerPoint(16, 32, 0.0, 16)
+    (folder / "conv.tflite").write_bytes(layer_variant_tflite(sig, point))
+    (folder / "conv.onnx").write_bytes(layer_variant_onnx(sig, point))
+    dev = _client(phone, signer[0])
+    for name in ("conv.tflite", "conv.onnx"):
+        dev.push(str(folder / name), f"/data/local/tmp/lb/{name}")
+    for tool in TOOLS:
+        dev.push(str(write_tool(tool, folder)), f"/data/local/tmp/lb/{tool}")
+    dev.shell("chmod 755 /data/local/tmp/lb/benchmark_model /data/local/tmp/lb/onnxruntime_perf_test")
+    dev.close()
+    return {"tflite": "/data/local/tmp/lb/conv.tflite", "onnx": "/data/local/tmp/lb/conv.onnx"}
+
+
+def test_benchmark_model_output_parses(adb, models):
+    from latbench.devices.android.parsers import REGULAR_RUNS, parse_benchmark_model
+
+    out = adb.shell(f"taskset f0 /data/local/tmp/lb/benchmark_model --graph={models['tflite']} --num_threads=1 "
+                    "--warmup_runs=2 --warmup_min_secs=0 --num_runs=7 --min_secs=0 --enable_op_profiling=true 2>&1")
+    assert out.startswith("INFO: STARTING!\n") and "INFO: Num threads: [1]\n" in out
+    result = parse_benchmark_model(out)
+    assert [r.count for r in result.runs] == [2, 7] and result.latency_ms > 0
+    prof = result.profiles[REGULAR_RUNS]
+    assert "CONV_2D" in {row.node_type for row in prof.rows}
+    # the rows (printed to 0.001 ms) add up to the profiled run time
+    assert result.ops_ms == pytest.approx(prof.timings.avg_us / 1e3, rel=1e-2, abs=1e-3 * len(prof.rows))
+    assert "\t" in next(line for line in out.splitlines() if "[node type]" in line)
+    bad = adb.shell("/data/local/tmp/lb/benchmark_model --graph=/data/local/tmp/lb/none.tflite 2>&1; echo rc=$?")
+    assert "Could not open" in bad and bad.endswith("rc=1\n")
+    assert "Unconsumed cmdline flags: --num_thread=2" in adb.shell(
+        f"/data/local/tmp/lb/benchmark_model --graph={models['tflite']} --num_thread=2 2>&1")
+
+
+def test_perf_test_output_parses(adb, models):
+    from latbench.devices.android.parsers import parse_perf_test
+
+    out = adb.shell(f"taskset 0f /data/local/tmp/lb/onnxruntime_perf_test -e cpu -m times -r 9 -x 1 -y 1 -I "
+                    f"{models['onnx']}")
+    result = parse_perf_test(out)
+    assert result.requests == 9 and result.average_ms > 0
+    assert {"min", "max", "p50", "p90", "p99"} <= set(result.latencies_ms)
+    assert result.latencies_ms["min"] <= result.latencies_ms["p50"] <= result.latencies_ms["max"]
+    assert "Setting intra_op_num_threads to 1\n" in out and "Number of inferences per second: " in out
+
+
+def test_throttled_clock_slows_the_tools(phone, adb, models):
+    command = (f"taskset 10 /data/local/tmp/lb/benchmark_model --graph={models['tflite']} --num_threads=1 "
+               "--warmup_runs=1 --warmup_min_secs=0 --num_runs=15 --min_secs=0 2>&1")
+    from latbench.devices.android.parsers import parse_benchmark_model
+
+    full = parse_benchmark_model(adb.shell(command)).regular.min_us
+    phone.set_frequency(fraction=0.25, cluster="big")  # cpu 4 runs at a quarter of its clock
+    try:
+        throttled = parse_benchmark_model(adb.shell(command)).regular.min_us
+    finally:
+        phone.set_frequency(fraction=1.0)
+    assert throttled > 2 * full  # 4x by construction; margin for this machine's noise
+
+
+def test_clock_stretch_reads_the_pinned_cpus(tmp_path, monkeypatch):
+    from latbench.testing.phone_tools._common import clock_stretch
+
+    (tmp_path / "possible").write_text("0-1\n")
+    for cpu, (top, cur) in enumerate([(1000, 1000), (2000, 500)]):
+        freq = tmp_path / f"cpu{cpu}" / "cpufreq"
+        freq.mkdir(parents=True)
+        (freq / "cpuinfo_max_freq").write_text(f"{top}\n")
+        (freq / "scaling_cur_freq").write_text(f"{cur}\n")
+    monkeypatch.delenv("LOOPBACK_SIM_CPUS", raising=False)
+    assert clock_stretch(str(tmp_path)) == 4.0
+    monkeypatch.setenv("LOOPBACK_SIM_CPUS", "0")
+    assert clock_stretch(str(tmp_path)) == 1.0
+    assert clock_stretch(str(tmp_path / "absent")) == 1.0
