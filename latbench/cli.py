@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -343,7 +344,8 @@ def train_cmd(model: str = typer.Option("resnet56", help="zoo model (resnet20, r
         history = train(net, splits, epochs, lr, batch_size=batch_size, schedule=schedule, weight_decay=weight_decay,
                         label_smoothing=label_smoothing, seed=seed, steps_per_epoch=steps_per_epoch, checkpoint=out,
                         checkpoint_every=checkpoint_every, resume=resume, max_steps=max_steps,
-                        meta={"dataset": splits.describe()}, threads=threads, progress=progress)
+                        meta={"dataset": splits.describe()}, threads=threads, progress=progress,
+                        log=None if progress else lambda line: print(line, file=sys.stderr, flush=True))
         result = {"model": net.spec.name, "data": splits.name, "checkpoint": str(out), **history.to_dict()}
         if history.complete:
             result["test_loss"], result["test_acc"] = evaluate(net, splits.test)
@@ -356,6 +358,39 @@ def train_cmd(model: str = typer.Option("resnet56", help="zoo model (resnet20, r
                                   | ({"val_acc": last.val_acc, "images_per_s": last.images_per_s} if last else {})
                                   | ({"test_acc": result["test_acc"]} if "test_acc" in result else {})))
     console.print(f"checkpoint [bold]{out}[/], history [bold]{history_path}[/]")
+
+
+@app.command("evaluate")
+def evaluate_cmd(checkpoint: Path = typer.Argument(..., help="checkpoint from `latbench train` or a pruning method"),
+                 data: Optional[str] = typer.Option(None, help="data set (default: the one recorded in the checkpoint)"),
+                 data_dir: Optional[Path] = typer.Option(None, help="folder with the data set files"),
+                 split: str = typer.Option("test", help="test or val"),
+                 val_size: int = typer.Option(5000, help="validation split size (must match training for --split val)"),
+                 threads: Optional[int] = typer.Option(None, help="torch threads (default: all cores)")) -> None:
+    """Accuracy and loss of a checkpointed (possibly pruned) network on a data split.
+
+    Example: latbench evaluate runs/r56-fmnist.safetensors --split test
+    """
+    import torch
+
+    from .data import DataError, load_dataset
+    from .train import CheckpointError, evaluate, load_checkpoint
+    from .train.loop import cpu_cores
+
+    try:
+        net, arch, meta = load_checkpoint(checkpoint)
+        name = data or (meta.get("dataset") or {}).get("name")
+        if not name:
+            raise DataError(f"{checkpoint} does not record its data set; pass --data")
+        splits = load_dataset(name, data_dir, val_size)
+        if split not in ("test", "val") or (split == "val" and splits.val is None):
+            raise DataError(f"split {split!r} is not available: use test, or val with --val-size > 0")
+        torch.set_num_threads(threads or cpu_cores())
+        loss, acc = evaluate(net, splits.test if split == "test" else splits.val)
+    except (DataError, CheckpointError, ValueError, *_ERRORS) as err:
+        _fail(err)
+    console.print_json(json.dumps({"checkpoint": str(checkpoint), "model": arch.model, "data": splits.name,
+                                   "split": split, "loss": loss, "accuracy": acc, "widths": arch.widths}))
 
 
 def main() -> None:

@@ -121,6 +121,12 @@ def test_cli_train_writes_checkpoint_and_history(tmp_path):
     assert history["complete"] and history["step"] == 2 and 0.0 <= history["test_acc"] <= 1.0
     net, arch, meta = load_checkpoint(out)
     assert arch.model == "resnet20" and meta["in_channels"] == 1 and meta["dataset"]["name"] == "mnist"
+    evaluated = CliRunner().invoke(app, ["evaluate", str(out), "--data-dir", str(tmp_path), "--split", "val",
+                                         "--val-size", "8", "--threads", "1"])
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(evaluated.output)
+    assert report["data"] == "mnist" and report["split"] == "val"
+    assert report["accuracy"] == pytest.approx(history["epochs"][-1]["val_acc"])
     args[args.index("--data-dir") + 1] = str(tmp_path / "none")
     bad = CliRunner().invoke(app, args)
     assert bad.exit_code == 2 and "does not exist" in " ".join(bad.output.split())

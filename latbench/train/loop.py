@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -173,7 +173,8 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
           augment: Augment | None = None, steps_per_epoch: int | None = None,
           eval_data: ImageDataset | None = None, checkpoint: str | Path | None = None, checkpoint_every: int = 0,
           resume: bool = False, max_steps: int | None = None, arch: Architecture | None = None,
-          meta: Mapping[str, Any] | None = None, threads: int | None = None, progress: bool = True) -> TrainHistory:
+          meta: Mapping[str, Any] | None = None, threads: int | None = None, progress: bool = True,
+          log: Callable[[str], None] | None = None) -> TrainHistory:
     """Train ``net`` in place on ``data`` (a :class:`DataSplits` — its ``train`` set, evaluated on ``val`` after
     every epoch — or a bare training set) for ``epochs`` epochs with peak learning rate ``lr``.
 
@@ -183,7 +184,8 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
     (a finished one is returned as is). ``max_steps`` stops (and checkpoints) after that many global
     steps — time-boxed runs resume later. ``arch``/``meta`` are stored in the checkpoint (e.g. the
     pruned architecture with its sparsity, the data set name). Torch uses ``threads`` threads
-    (default: all cores).
+    (default: all cores). ``log`` receives one line per checkpoint and per epoch (for log files, where a
+    progress bar is useless).
     """
     config = TrainConfig(epochs, lr, batch_size, schedule, warmup, momentum, nesterov, weight_decay, label_smoothing,
                          seed, augment if augment is not None else Augment(), steps_per_epoch)
@@ -219,6 +221,16 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
             return history
 
     def save(step: int) -> None:
+        if log is not None:
+            seen = max(1, running["seen"])
+            line = (f"step {step}/{total} epoch {step / per_epoch:.2f}: train loss {running['loss_sum'] / seen:.4f} "
+                    f"acc {running['correct'] / seen:.4f}, {running['seen'] / max(1e-9, running['seconds']):.1f} img/s")
+            if step % per_epoch == 0 and history.epochs:
+                e = history.epochs[-1]
+                line = (f"epoch {e.epoch}/{epochs} done (step {step}/{total}): train loss {e.train_loss:.4f} acc "
+                        f"{e.train_acc:.4f}, val acc {e.val_acc if e.val_acc is not None else float('nan'):.4f}, "
+                        f"{e.images_per_s:.1f} img/s")
+            log(line)
         if checkpoint is not None:
             save_checkpoint(checkpoint, net, arch=arch or net_architecture(net, train_set.resolution),
                             optimizer=optimizer,
