@@ -30,7 +30,7 @@ def _free_port() -> int:
 class AdbServer:
     def __init__(self, home: Path):
         self.env = {**os.environ, "HOME": str(home), "ANDROID_ADB_SERVER_PORT": str(_free_port()),
-                    "ADB_VENDOR_KEYS": "", "ANDROID_SDK_HOME": str(home)}
+                    "ADB_VENDOR_KEYS": "", "ANDROID_SDK_HOME": str(home), "TMPDIR": str(home)}  # log file too
         self.key = home / ".android" / "adbkey.pub"
 
     def __call__(self, *args: str, timeout: float = 30, check: bool = False) -> subprocess.CompletedProcess:

@@ -195,6 +195,18 @@ def test_stop_ends_every_process_the_phone_started():
     assert not _host_processes_with(marker)
 
 
+@pytest.mark.parametrize("mechanism", ["namespace", "userns"])
+def test_each_sandbox_mechanism(mechanism):
+    phone = _start(require_auth=False, sandbox=mechanism)
+    try:
+        assert phone.sandbox_mechanism == mechanism
+        result = phone.run("cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor && getprop ro.product.cpu.abi "
+                           "&& ls /data/local/tmp && touch /usr/phone-was-here")
+        assert result.stdout == "schedutil\narm64-v8a\n" and "Read-only file system" in result.stderr
+    finally:
+        phone.stop()
+
+
 def _host_processes_with(text: str) -> list[int]:
     pids = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):

@@ -43,7 +43,7 @@ class LoopbackPhone:
     ``authorized_keys`` (``adbkey.pub`` paths or texts) get in and others stay ``unauthorized`` until
     :meth:`accept_pending`. ``require_auth=False`` skips AUTH entirely (``ro.adb.secure=0``).
     ``port=0`` picks a free port outside the adb server's probe range 5555–5585.
-    ``sandbox``: ``auto``, ``namespace`` or ``proot`` (see :mod:`.sandbox`).
+    ``sandbox``: ``auto``, ``namespace`` or ``userns`` (see :mod:`.sandbox`).
     """
 
     def __init__(self, profile: PhoneProfile | None = None, *, auto_accept: bool = True, require_auth: bool = True,

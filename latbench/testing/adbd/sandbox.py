@@ -5,19 +5,23 @@ Commands must see Android paths (``/data/local/tmp``, ``/system/bin``, ``/sdcard
 
 Mechanisms, tried in this order by ``mechanism="auto"``:
 
-``namespace``
-    One long-lived "holder" per phone: ``unshare --mount --pid --fork`` (plus ``--user
-    --map-root-user`` when we are not root) runs a script that mounts a tmpfs as the new root,
-    bind-mounts the host's ``/usr``, ``/etc``, ``/var``, ``/dev``, the Python installation and the
-    phone's device directories into it, mounts a fresh ``/proc`` for the new PID namespace, lays the
-    generated CPU/thermal trees over ``/sys``, then ``chroot``s into it and becomes a tiny reaping init.
-    Each command is ``nsenter`` into that holder (mount + PID namespace and its root), which costs a
-    few milliseconds. Stopping the phone kills the holder, and with it every process the phone
-    started (PID 1 of a namespace takes its namespace with it).
-``proot``
-    When namespaces are unavailable (e.g. Docker's default seccomp profile), ``proot`` (ptrace-based,
-    ``apt-get install proot``) binds the same directories per command. Slower and without a private
-    PID namespace, so processes left running are killed by process group at stop.
+``namespace`` (needs CAP_SYS_ADMIN, i.e. root in this container and on CI)
+    One long-lived "holder" per phone: ``unshare --mount --pid --fork`` runs a script that mounts a
+    tmpfs as the new root, bind-mounts the host's ``/usr``, ``/etc``, ``/var``, ``/opt`` and the Python
+    runtime (read-only), the phone's device directories (``/data``, ``/sdcard``, ``/system``, ``/tmp``),
+    ``/dev`` and ``/sys``, lays the generated CPU/thermal trees over ``/sys``, mounts a fresh ``/proc``
+    for the new PID namespace, ``chroot``s into it and becomes a tiny reaping init. Each command is
+    ``nsenter`` into that holder (mount + PID namespace and its root): a few milliseconds. Stopping
+    the phone kills the holder, and with it every process the phone started (PID 1 of a namespace
+    takes its namespace with it).
+``userns`` (no privileges needed where unprivileged user namespaces are allowed)
+    The same inside ``unshare --user --map-root-user``; the first choice when not running as root,
+    and the fallback when root lacks CAP_SYS_ADMIN.
+
+Rejected: ``proot`` (ptrace, no privileges): Debian bookworm's proot 5.1.0 does not translate
+``statx``, so ``ls``/``stat`` of every bound phone path fail with ENOENT; plain path rewriting
+cannot reach paths inside pushed scripts. Without a working mechanism the phone refuses to start
+with a :class:`SandboxError` that says what to enable, and the tests skip with that reason.
 
 Neither writes outside the phone's work directory on the host.
 """
@@ -36,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MECHANISMS = ("namespace", "proot")
+MECHANISMS = ("namespace", "userns")
 
 
 class SandboxError(RuntimeError):
@@ -45,7 +49,7 @@ class SandboxError(RuntimeError):
 
 # Paths inside the phone that come from the phone's own device directory (relative to it).
 DEVICE_MOUNTS = ("data", "sdcard", "system", "tmp")
-SYS_OVERLAYS = ("sys/devices/system/cpu", "sys/class/thermal")
+SYS_OVERLAYS = ("sys/devices/system/cpu", "sys/class/thermal")  # laid over the host's /sys
 HOST_DIRS = ("usr", "etc", "var", "opt")          # bound read-only from the host
 MERGED_USR_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
@@ -94,28 +98,59 @@ _INIT = (  # PID 1 of the phone's namespace: reap orphans so that `kill -0` on a
 )
 
 
-def _holder_script(root: Path, device_dir: Path) -> str:
+@dataclass(frozen=True)
+class Bind:
+    """One directory of the phone's file system: host ``source`` seen at ``target``."""
+
+    source: Path
+    target: str
+    read_only: bool = False
+    recursive: bool = True
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The phone's file system, shared by both mechanisms: binds in mount order, then symlinks."""
+
+    binds: tuple[Bind, ...]
+    links: tuple[tuple[str, str], ...]  # (target, link text)
+
+    @classmethod
+    def of(cls, device_dir: Path) -> Layout:
+        binds, links = [], []
+        for name in HOST_DIRS:
+            if Path("/", name).is_dir():
+                binds.append(Bind(Path("/", name), f"/{name}", read_only=True))
+        for name in MERGED_USR_LINKS:
+            host = Path("/", name)
+            if host.is_symlink():
+                links.append((f"/{name}", os.readlink(host)))
+            elif host.is_dir():
+                binds.append(Bind(host, f"/{name}", read_only=True))
+        binds += [Bind(path, str(path), read_only=True) for path in python_dirs()]
+        binds += [Bind(device_dir / name, f"/{name}", recursive=False) for name in DEVICE_MOUNTS]
+        binds += [Bind(Path("/dev"), "/dev"), Bind(Path("/sys"), "/sys")]
+        binds += [Bind(device_dir / sub, f"/{sub}", recursive=False) for sub in SYS_OVERLAYS]
+        return cls(tuple(binds), tuple(links))
+
+    def needs_dir(self, bind: Bind) -> bool:
+        """Whether the new root needs an empty directory for ``bind`` (not when it lies inside another bind)."""
+        return not any(bind.target.startswith(other.target + "/") for other in self.binds if other is not bind)
+
+
+def _holder_script(root: Path, layout: Layout) -> str:
     q = shlex.quote
     lines = ["set -eu", f"R={q(str(root))}", 'mount -t tmpfs -o mode=755 phone-root "$R"']
-    for name in HOST_DIRS:
-        if Path("/", name).is_dir():
-            lines += [f'mkdir -p "$R/{name}"', f'mount --rbind /{name} "$R/{name}"',
-                      f'mount -o remount,bind,ro "$R/{name}" 2>/dev/null || true']
-    for name in MERGED_USR_LINKS:
-        host = Path("/", name)
-        if host.is_symlink():
-            lines.append(f'ln -s {q(os.readlink(host))} "$R/{name}"')
-        elif host.is_dir():
-            lines += [f'mkdir -p "$R/{name}"', f'mount --rbind /{name} "$R/{name}"']
-    for path in python_dirs():
-        lines += [f'mkdir -p "$R"{q(str(path))}', f'mount --rbind {q(str(path))} "$R"{q(str(path))}',
-                  f'mount -o remount,bind,ro "$R"{q(str(path))} 2>/dev/null || true']
-    for name in DEVICE_MOUNTS:
-        lines += [f'mkdir -p "$R/{name}"', f'mount --bind {q(str(device_dir / name))} "$R/{name}"']
-    lines += ['mkdir -p "$R/dev" "$R/proc" "$R/sys"', 'mount --rbind /dev "$R/dev"',
-              'mount -t proc proc "$R/proc"', 'mount --rbind /sys "$R/sys"']
-    for sub in SYS_OVERLAYS:
-        lines.append(f'mount --bind {q(str(device_dir / sub))} "$R/{sub}"')
+    for bind in layout.binds:
+        target = f'"$R"{q(bind.target)}'
+        if layout.needs_dir(bind):
+            lines.append(f"mkdir -p {target}")
+        lines.append(f"mount {'--rbind' if bind.recursive else '--bind'} {q(str(bind.source))} {target}")
+        if bind.read_only:  # best effort: a user namespace may refuse to change flags of locked mounts
+            lines.append(f"mount -o remount,bind,ro {target} 2>/dev/null || true")
+    for target, text in layout.links:
+        lines.append(f'ln -s {q(text)} "$R"{q(target)}')
+    lines += ['mkdir -p "$R/proc"', 'mount -t proc proc "$R/proc"']  # this PID namespace's processes
     lines.append(f'exec chroot "$R" {q(sys.executable)} -I -S -c {q(_INIT)}')
     return "\n".join(lines) + "\n"
 
@@ -151,7 +186,8 @@ class Sandbox:
         if self.mechanism not in ("auto", *MECHANISMS):
             raise SandboxError(f"unknown sandbox mechanism {self.mechanism!r}; use auto, {', '.join(MECHANISMS)}")
         errors = []
-        for mech in (MECHANISMS if self.mechanism == "auto" else (self.mechanism,)):
+        order = (MECHANISMS if os.geteuid() == 0 else ("userns",)) if self.mechanism == "auto" else (self.mechanism,)
+        for mech in order:
             self.chosen = mech
             try:
                 getattr(self, f"_start_{mech}")()
@@ -160,19 +196,20 @@ class Sandbox:
                 self.chosen = ""
                 errors.append(f"{mech}: {err}")
         raise SandboxError("no sandbox mechanism works here:\n  " + "\n  ".join(errors)
-                           + "\nNeed util-linux `unshare`/`nsenter` with CAP_SYS_ADMIN or unprivileged user "
-                             "namespaces, or `proot` (apt-get install proot).")
+                           + "\nNeed util-linux `unshare`/`nsenter` and either CAP_SYS_ADMIN or unprivileged user "
+                             "namespaces (sysctl kernel.unprivileged_userns_clone=1; Docker: --cap-add SYS_ADMIN "
+                             "or a seccomp profile that allows unshare).")
 
     # ----------------------------------------------------------------------------- namespace
-    def _start_namespace(self) -> None:
+    def _start_namespace(self, user_ns: bool = False) -> None:
         for tool in ("unshare", "nsenter", "chroot", "mount"):
             if shutil.which(tool) is None:
                 raise SandboxError(f"`{tool}` not found (util-linux / coreutils)")
         root = self.work_dir / "root"
         root.mkdir(exist_ok=True)
         script = self.work_dir / "holder.sh"
-        script.write_text(_holder_script(root, self.device_dir))
-        self._user_ns = os.geteuid() != 0
+        script.write_text(_holder_script(root, Layout.of(self.device_dir)))
+        self._user_ns = user_ns
         argv = ["unshare", "--mount", "--pid", "--fork", "--propagation", "private", "--kill-child=SIGKILL"]
         if self._user_ns:
             argv += ["--user", "--map-root-user"]
@@ -194,11 +231,8 @@ class Sandbox:
         self._holder, self._init_pid = proc, kids[0]
         self._check("namespace")
 
-    def _start_proot(self) -> None:
-        if shutil.which("proot") is None:
-            raise SandboxError("`proot` not installed")
-        (self.work_dir / "proot-tmp").mkdir(exist_ok=True)
-        self._check("proot")
+    def _start_userns(self) -> None:
+        self._start_namespace(user_ns=True)
 
     def _check(self, mech: str) -> None:
         probe = subprocess.run(self.argv("cat /sys/devices/system/cpu/possible && ls -d /data/local/tmp"),
@@ -213,24 +247,17 @@ class Sandbox:
     def argv(self, command: str | None) -> list[str]:
         """The host argv that runs ``command`` with ``/system/bin/sh -c`` inside the phone (None: interactive)."""
         shell = ["/system/bin/sh"] + ([] if command is None else ["-c", command])
-        if self.chosen == "namespace":
+        if self.chosen in MECHANISMS:
             ns = ["nsenter", "-t", str(self._init_pid), "--mount", "--pid", "--root", "--wd"]
             if self._user_ns:
                 ns += ["--user", "--preserve-credentials"]
             return ns + ["--"] + shell
-        if self.chosen == "proot":
-            binds = [f"{self.device_dir / name}:/{name}" for name in DEVICE_MOUNTS]
-            binds += [f"{self.device_dir / sub}:/{sub}" for sub in SYS_OVERLAYS]
-            argv = ["proot", "-r", "/", "-w", "/"]
-            for bind in binds:
-                argv += ["-b", bind]
-            return argv + shell
         raise SandboxError("sandbox not started")
 
     @property
     def kills_whole_tree(self) -> bool:
         """True when stopping the sandbox ends every process it started (PID namespace)."""
-        return self.chosen == "namespace"
+        return self.chosen in MECHANISMS
 
     def stop(self) -> None:
         if self._holder is not None:
