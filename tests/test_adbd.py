@@ -6,8 +6,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import shutil
 import socket
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -193,6 +196,33 @@ def test_stop_ends_every_process_the_phone_started():
     while _host_processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _host_processes_with(marker)
+
+
+def test_killed_test_process_leaves_nothing_running(tmp_path):
+    """SIGKILL of the process owning the phone: the namespace's init sees its lifeline close and exits."""
+    marker = "876.54321"
+    script = ("import sys, time\n"
+              "from latbench.testing.adbd import LoopbackPhone, SandboxError\n"
+              "try:\n    phone = LoopbackPhone(require_auth=False).start()\n"
+              "except SandboxError:\n    print('no-sandbox', flush=True); sys.exit(0)\n"
+              f"phone.run('sleep {marker} > /dev/null 2>&1 &')\n"
+              "print('up', phone.work_dir, flush=True)\ntime.sleep(60)\n")
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
+    try:
+        state, _, work_dir = owner.stdout.readline().strip().partition(" ")
+        if state == "no-sandbox":
+            pytest.skip("no sandbox for the loopback phone on this machine")
+        assert state == "up" and _host_processes_with(marker)
+    finally:
+        owner.kill()
+        owner.wait()
+        owner.stdout.close()
+    deadline = time.monotonic() + 5
+    while _host_processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _host_processes_with(marker)
+    shutil.rmtree(work_dir, ignore_errors=True)  # what the killed process could not clean up
 
 
 @pytest.mark.parametrize("mechanism", ["namespace", "userns"])

@@ -87,14 +87,20 @@ def python_dirs() -> list[Path]:
     return chosen
 
 
-_INIT = (  # PID 1 of the phone's namespace: reap orphans so that `kill -0` on a finished job fails
-    "import os,sys,time,signal\n"
+# PID 1 of the phone's namespace. It reaps orphans (so `kill -0` on a finished background job fails,
+# as on a phone) and exits when the daemon's end of the pipe whose read end it holds (argv[1]) closes,
+# so a crashed or killed test run leaves no namespace behind: PID 1's exit ends every process in it.
+_INIT = (
+    "import os,sys,signal,select\n"
     "signal.signal(signal.SIGTERM, lambda *a: os._exit(0))\n"
+    "lifeline = int(sys.argv[1])\n"
     "os.chdir('/')\n"
     "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
     "while True:\n"
-    "    try: os.waitpid(-1, 0)\n"
-    "    except ChildProcessError: time.sleep(0.2)\n"
+    "    if select.select([lifeline], [], [], 0.2)[0] and not os.read(lifeline, 1): os._exit(0)\n"
+    "    try:\n"
+    "        while os.waitpid(-1, os.WNOHANG)[0]: pass\n"
+    "    except ChildProcessError: pass\n"
 )
 
 
@@ -138,7 +144,7 @@ class Layout:
         return not any(bind.target.startswith(other.target + "/") for other in self.binds if other is not bind)
 
 
-def _holder_script(root: Path, layout: Layout) -> str:
+def _holder_script(root: Path, layout: Layout, lifeline_fd: int) -> str:
     q = shlex.quote
     lines = ["set -eu", f"R={q(str(root))}", 'mount -t tmpfs -o mode=755 phone-root "$R"']
     for bind in layout.binds:
@@ -151,7 +157,7 @@ def _holder_script(root: Path, layout: Layout) -> str:
     for target, text in layout.links:
         lines.append(f'ln -s {q(text)} "$R"{q(target)}')
     lines += ['mkdir -p "$R/proc"', 'mount -t proc proc "$R/proc"']  # this PID namespace's processes
-    lines.append(f'exec chroot "$R" {q(sys.executable)} -I -S -c {q(_INIT)}')
+    lines.append(f'exec chroot "$R" {q(sys.executable)} -I -S -c {q(_INIT)} {lifeline_fd}')
     return "\n".join(lines) + "\n"
 
 
@@ -181,6 +187,7 @@ class Sandbox:
     _holder: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _init_pid: int = field(default=0, init=False)
     _user_ns: bool = field(default=False, init=False)
+    _lifeline: int = field(default=-1, init=False)  # write end; its closing (or our death) ends the holder
 
     def start(self) -> None:
         if self.mechanism not in ("auto", *MECHANISMS):
@@ -207,29 +214,35 @@ class Sandbox:
                 raise SandboxError(f"`{tool}` not found (util-linux / coreutils)")
         root = self.work_dir / "root"
         root.mkdir(exist_ok=True)
+        lifeline_read, self._lifeline = os.pipe()  # both non-inheritable: commands never get them
         script = self.work_dir / "holder.sh"
-        script.write_text(_holder_script(root, Layout.of(self.device_dir)))
+        script.write_text(_holder_script(root, Layout.of(self.device_dir), lifeline_read))
         self._user_ns = user_ns
         argv = ["unshare", "--mount", "--pid", "--fork", "--propagation", "private", "--kill-child=SIGKILL"]
         if self._user_ns:
             argv += ["--user", "--map-root-user"]
         argv += ["/bin/sh", str(script)]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    start_new_session=True, pass_fds=(lifeline_read,))
+        finally:
+            os.close(lifeline_read)
+        self._holder = proc
         ready, _, _ = select.select([proc.stdout], [], [], 20.0)
         line = proc.stdout.readline() if ready else b""
         if line.strip() != b"ready":
             proc.kill()
             _, err = proc.communicate(timeout=10)
+            self.stop()
             raise SandboxError(f"namespace holder failed: {err.decode(errors='replace').strip() or 'no output'}")
         deadline = time.monotonic() + 5
         while not (kids := _children(proc.pid)) and time.monotonic() < deadline:
             time.sleep(0.01)
         if not kids:
-            proc.kill()
+            self.stop()
             raise SandboxError("namespace holder started but its init process was not found in /proc")
-        self._holder, self._init_pid = proc, kids[0]
-        self._check("namespace")
+        self._init_pid = kids[0]
+        self._check("userns" if user_ns else "namespace")
 
     def _start_userns(self) -> None:
         self._start_namespace(user_ns=True)
@@ -273,3 +286,6 @@ class Sandbox:
                     stream.close()
             self._holder = None
         self._init_pid = 0
+        if self._lifeline >= 0:
+            os.close(self._lifeline)
+            self._lifeline = -1
