@@ -72,10 +72,12 @@ class AuthPolicy:
 
 
 class StreamClosed(Exception):
-    pass
+    """The stream (or its connection) went away while a service was writing."""
 
 
 class Stream:
+    """One OPENed service: our ``local_id``, the host's ``remote_id`` and the flow-control state."""
+
     def __init__(self, conn: Connection, local_id: int, remote_id: int, service: str):
         self.conn, self.local_id, self.remote_id, self.service = conn, local_id, remote_id, service
         self.closed = False
@@ -137,7 +139,7 @@ class Stream:
     def on_remote_close(self) -> None:
         if not self.closed:
             self.conn.send(p.A_CLSE, self.local_id, self.remote_id)  # echo, as adbd does
-        self._shut()
+        self.shut()
         if self.task and not self.task.done():
             self.task.cancel()
 
@@ -145,9 +147,10 @@ class Stream:
         """Close from our side (service finished)."""
         if not self.closed:
             self.conn.send(p.A_CLSE, self.local_id, self.remote_id)
-        self._shut()
+        self.shut()
 
-    def _shut(self) -> None:
+    def shut(self) -> None:
+        """Mark the stream closed and wake its waiters, sending nothing."""
         self.closed = True
         self.conn.streams.pop(self.local_id, None)
         self._window.set()
@@ -209,20 +212,24 @@ class Connection:
                 if version < p.A_VERSION_SKIP_CHECKSUM and header.check != p.checksum(data):
                     log.warning("bad checksum on %s; dropping the connection", p.COMMAND_NAMES.get(header.command))
                     break
-                await self.dispatch(p.Message(header.command, header.arg0, header.arg1, data))
+                self.dispatch(p.Message(header.command, header.arg0, header.arg1, data))
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         finally:
             self._dropped = True
-            for stream in list(self.streams.values()):
-                stream._shut()
-                if stream.task and not stream.task.done():
-                    stream.task.cancel()
+            self._abandon_streams()
             self.daemon.pending.discard(self)
             if not self.writer.is_closing():
                 self.writer.close()
 
-    async def dispatch(self, msg: p.Message) -> None:
+    def _abandon_streams(self) -> None:
+        """End every stream without telling the host (the session is gone or restarting)."""
+        for stream in list(self.streams.values()):
+            stream.shut()
+            if stream.task and not stream.task.done():
+                stream.task.cancel()
+
+    def dispatch(self, msg: p.Message) -> None:
         if msg.command == p.A_CNXN:
             self.on_connect(msg)
         elif msg.command == p.A_AUTH:
@@ -248,8 +255,7 @@ class Connection:
         self.version = min(msg.arg0, p.A_VERSION)
         self.maxdata = max(min(msg.arg1, p.MAX_PAYLOAD), 256)
         self.host_banner = msg.data
-        for stream in list(self.streams.values()):  # a second CNXN restarts the session
-            stream.on_remote_close()
+        self._abandon_streams()  # a second CNXN restarts the session, as in adbd
         self.online = False
         if self.daemon.auth.required:
             self.send_token()
