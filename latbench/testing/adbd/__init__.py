@@ -46,5 +46,5 @@ from .protocol import AndroidPublicKey
 from .sandbox import SandboxError
 from .server import Fault
 
-__all__ = ["LoopbackPhone", "PhoneProfile", "CpuCluster", "Fault", "AndroidPublicKey", "SandboxError",
-           "DevicePathError"]
+__all__ = ["AndroidPublicKey", "CpuCluster", "DevicePathError", "Fault", "LoopbackPhone", "PhoneProfile",
+           "SandboxError"]

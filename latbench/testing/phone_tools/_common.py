@@ -13,6 +13,11 @@ def _cpu_list(text):
     return cpus
 
 
+def _read(path):
+    with open(path) as handle:
+        return handle.read()
+
+
 def clock_stretch(sysfs="/sys/devices/system/cpu"):
     """How much slower the simulated CPUs run than at full clock: max of cpuinfo_max/scaling_cur.
 
@@ -20,14 +25,14 @@ def clock_stretch(sysfs="/sys/devices/system/cpu"):
     readable cpufreq files (a real host) the answer is 1.0.
     """
     try:
-        cpus = _cpu_list(os.environ.get("LOOPBACK_SIM_CPUS") or open(f"{sysfs}/possible").read())
+        cpus = _cpu_list(os.environ.get("LOOPBACK_SIM_CPUS") or _read(f"{sysfs}/possible"))
     except (OSError, ValueError):
         return 1.0
     stretch = 1.0
     for cpu in cpus:
         try:
-            top = int(open(f"{sysfs}/cpu{cpu}/cpufreq/cpuinfo_max_freq").read())
-            cur = int(open(f"{sysfs}/cpu{cpu}/cpufreq/scaling_cur_freq").read())
+            top = int(_read(f"{sysfs}/cpu{cpu}/cpufreq/cpuinfo_max_freq"))
+            cur = int(_read(f"{sysfs}/cpu{cpu}/cpufreq/scaling_cur_freq"))
         except (OSError, ValueError):
             continue
         if cur > 0:

@@ -73,7 +73,7 @@ class Stat:
     """tensorflow::Stat<int64_t>: the numbers behind ``count=… first=… curr=…``."""
 
     def __init__(self, samples_us):
-        self.samples = [int(round(s)) for s in samples_us]
+        self.samples = [round(s) for s in samples_us]
 
     def __str__(self):
         s = self.samples
@@ -82,7 +82,7 @@ class Stat:
         if min(s) == max(s):
             return f"count={len(s)} curr={s[-1]}" + ("(all same)" if len(s) > 1 else "")
         avg = sum(s) / len(s)
-        std = int(round(math.sqrt(max(sum(x * x for x in s) / len(s) - avg * avg, 0.0))))
+        std = round(math.sqrt(max(sum(x * x for x in s) / len(s) - avg * avg, 0.0)))
         return f"count={len(s)} first={s[0]} curr={s[-1]} min={min(s)} max={max(s)} avg={cxx(avg)} std={std}"
 
     @property

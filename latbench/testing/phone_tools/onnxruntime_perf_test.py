@@ -151,7 +151,10 @@ def perf_test(config, model, result_file):
     if config["exit_after_session"]:
         return 0
     feed = random_feed(session, config)
-    run = lambda: session.run(None, feed)  # noqa: E731
+
+    def run():
+        session.run(None, feed)
+
     stretch = clock_stretch()
     run()  # warm-up, as the real tool
     cpu0, latencies = time.process_time(), []
