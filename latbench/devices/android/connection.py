@@ -41,11 +41,13 @@ ACCEPT_PROMPT = ("unlock the phone and accept the \"Allow USB debugging?\" promp
 
 
 class AdbLinkError(DeviceError):
-    """Any failure of the ADB link or of a command on the phone. ``transient``: a reconnect may help."""
+    """Any failure of the ADB link or of a command on the phone. ``transient``: a reconnect may help;
+    ``timeout``: the phone stayed silent too long (the command may still be running there)."""
 
-    def __init__(self, message: str, transient: bool = False) -> None:
+    def __init__(self, message: str, transient: bool = False, timeout: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+        self.timeout = timeout
 
 
 class UnauthorizedError(AdbLinkError):
@@ -181,7 +183,9 @@ def adb_errors(target: AdbTarget | str, what: str, authorizing: Callable[[], boo
                 err, (FileNotFoundError, PermissionError)):
             raise AdbLinkError(f"the link to {target} failed while {what}: {name}: {detail}", transient=True) from err
         if name in _TRANSIENT:
-            raise AdbLinkError(f"the link to {target} failed while {what}: {name}: {detail}", transient=True) from err
+            timeout = name in ("AdbTimeoutError", "TcpTimeoutException")
+            raise AdbLinkError(f"the link to {target} failed while {what}: {name}: {detail}", transient=True,
+                               timeout=timeout) from err
         if name == "UsbDeviceNotFoundError":
             raise AdbLinkError(f"no phone found on USB{' with serial ' + str(target)[4:] if ':' in str(target) else ''}: "
                                "plug it in, enable USB debugging (docs/android.md) and, on Linux, allow your "

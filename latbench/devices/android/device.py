@@ -65,8 +65,11 @@ class AndroidOptions:
     layer_timing  ``ops``: a layer is the sum of its ops in benchmark_model's op profile (default);
                   ``run``: the whole run (the only choice for onnxruntime_perf_test)
     step_timeout  seconds of silence allowed per tool run before the link counts as hung (≥ 4× the
-                  longest run seen so far is used anyway)
+                  longest run seen so far is used anyway, and it doubles after every timeout)
     reconnects    attempts after a dropped link before giving up
+    auth_timeout  seconds to wait for the user to accept this computer's key on the phone
+    reference     ``on`` (default): time the reference network side by side (timing.py); ``off``: raw
+                  times, half the tool runs (a separate environment: its measurements never mix)
     max_cpu_c, max_battery_c, max_wait_s, poll_s: the cool-down (``ThermalPolicy``)
     root          the directory on the phone (must end in /latbench)
     """
@@ -76,12 +79,16 @@ class AndroidOptions:
     layer_timing: str = "ops"
     step_timeout: float = 120.0
     reconnects: int = 8
+    auth_timeout: float = 30.0
+    reference: str = "on"
     thermal: ThermalPolicy = field(default_factory=ThermalPolicy)
     root: str = PHONE_ROOT
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
             raise DeviceError(f"runtime {self.runtime!r} unknown; choose one of {sorted(RUNTIMES)}")
+        if self.reference not in ("on", "off"):
+            raise DeviceError(f"reference={self.reference!r}: choose on or off")
         if self.layer_timing not in LAYER_TIMINGS:
             raise DeviceError(f"layer_timing {self.layer_timing!r} unknown; choose one of {LAYER_TIMINGS}")
         if self.cores not in ("big", "all"):
@@ -101,8 +108,8 @@ class AndroidOptions:
         for key, value in [*parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)), *overrides.items()]:
             if key in thermal_names:
                 thermal[key] = _number(key, value)
-            elif key in ("step_timeout", "reconnects"):
-                values[key] = _number(key, value) if key == "step_timeout" else int(_number(key, value))
+            elif key in ("step_timeout", "reconnects", "auth_timeout"):
+                values[key] = int(_number(key, value)) if key == "reconnects" else _number(key, value)
             elif key in names and key != "thermal":
                 values[key] = str(value)
             else:
@@ -183,16 +190,19 @@ class AndroidDevice:
             raise DeviceError(f"threads must be ≥ 1, got {threads}")
         self.target = target
         self.threads = threads
-        self.settings = settings or MeasureSettings()
         self.options = options or AndroidOptions()
+        self.settings = settings or MeasureSettings()
+        if self.options.reference == "off":
+            self.settings = dataclasses.replace(self.settings, reference=False)
         self.name = str(target)
         self.model_format = self.options.model_format
-        self.conn = connection or AdbConnection(target)
+        self.conn = connection or AdbConnection(target, auth_timeout_s=self.options.auth_timeout)
         self.log = log or (lambda msg: None)
         self.reference_ms: float | None = None
         self._facts: PhoneFacts | None = None
         self._tool_hash: str | None = None
         self._longest_step_s = 0.0
+        self._timeout_boost = 1.0     # doubles after each timeout: a run longer than expected still finishes
         self._batches = 0
         self._reference_name: str | None = None
         self._on_phone: set[str] = set()
@@ -451,7 +461,7 @@ class AndroidDevice:
                 self._run(f"mkdir -p {q(self._path('batches', batch))}")
                 self.conn.push_bytes(("\n".join(s.plan_line() for s in pending) + "\n").encode(),
                                      self._path("batches", batch, "plan"))
-                timeout = max(self.options.step_timeout, 4 * self._longest_step_s)
+                timeout = max(self.options.step_timeout, 4 * self._longest_step_s) * self._timeout_boost
                 last = time.monotonic()
                 for line in self.conn.stream_lines(command, timeout_s=timeout):
                     before = len(results)
@@ -466,6 +476,8 @@ class AndroidDevice:
                 if not err.transient or reconnects >= self.options.reconnects:
                     raise
                 reconnects += 1
+                if err.timeout:
+                    self._timeout_boost *= 2
                 self.log(f"link to {self.name} lost during batch {batch} ({err}); reconnecting and resuming "
                          f"({len(results)}/{len(steps)} runs done)")
                 self.conn.reconnect(self.options.reconnects, log=self.log)
@@ -560,7 +572,8 @@ class AndroidDevice:
             if not bad:
                 break
             conditions.remeasured_steps += len(bad)
-            self.log(f"{len(bad)} runs on {self.name} were throttled or slowed down; cooling down and redoing them")
+            self.log(f"{len(bad)} of {len(pairs)} runs on {self.name} were throttled (frequency cap fell) or the "
+                     f"reference ran >{s.max_slowdown:.0%} slower than its best; cooling down and redoing them")
             _, extra = self.cool_down()
             conditions.cooldown_s = round(conditions.cooldown_s + extra, 1)
             redo = self._plan(names, artifacts, [k for k in pairs if k in bad], max(results) + 1)

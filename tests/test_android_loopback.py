@@ -1,0 +1,233 @@
+"""The Android backend end to end against the loopback phone (latbench.testing.adbd): a real ADB
+daemon on 127.0.0.1 with a sandboxed shell, generated sysfs and stand-in benchmark tools that really
+run the models. Tiny grids and few runs keep it fast enough for CI."""
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from latbench.cli import app
+from latbench.devices import DeviceError, MeasureSettings, open_device
+from latbench.devices.android import UnauthorizedError
+from latbench.devices.android.device import PHONE_ROOT
+from latbench.devices.base import Artifact
+from latbench.export import export_layer_variant
+from latbench.layers import LayerPoint, LayerSignature
+from latbench.models import get_model
+from latbench.profiling import Profiler
+from latbench.store import MeasurementStore
+from latbench.tables.grid import design_grid
+
+adbd = pytest.importorskip("latbench.testing.adbd")
+phone_tools = pytest.importorskip("latbench.testing.phone_tools")
+runner = CliRunner()
+TINY = MeasureSettings(warmup=1, rounds=2, runs_per_round=2)
+
+
+@pytest.fixture(autouse=True)
+def adb_key(tmp_path_factory, monkeypatch):
+    """One host key for the whole session (2048-bit keygen is not free), never the user's own."""
+    key = tmp_path_factory.getbasetemp() / "adbkey" / "adbkey"
+    monkeypatch.setenv("LATBENCH_ADB_KEY", str(key))
+    return key
+
+
+def start_phone(**kwargs):
+    try:
+        return adbd.LoopbackPhone(**kwargs).start()
+    except adbd.SandboxError as err:
+        pytest.skip(f"the loopback phone cannot start here: {err}")
+
+
+@pytest.fixture
+def phone():
+    p = start_phone()
+    yield p
+    p.stop()
+
+
+def install_benchmark_model(phone, tmp_path, log_calls: bool = False) -> str:
+    """Set the phone up as a user would (`latbench android setup`); optionally behind a wrapper that
+    logs every call, so that tests can count the tool runs."""
+    tool = phone_tools.write_tool("benchmark_model", tmp_path / "tools")
+    if log_calls:
+        real = phone.install_tool("benchmark_model", "/data/local/tmp/real_benchmark_model")
+        tool = tmp_path / "tools" / "logging_benchmark_model"
+        tool.write_text(f'#!/bin/sh\necho "$*" >> /data/local/tmp/calls.log\nexec {real} "$@"\n')
+        tool.chmod(0o755)
+    spec = f"tcp:{phone.serial}"
+    res = runner.invoke(app, ["android", "setup", "--device", spec, "--benchmark-model", str(tool)])
+    assert res.exit_code == 0, res.output
+    return spec
+
+
+def tool_calls(phone) -> list[str]:
+    path = phone.host_path("/data/local/tmp/calls.log")
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_profile_table_validate_end_to_end(phone, tmp_path):
+    spec = install_benchmark_model(phone, tmp_path)
+    res = runner.invoke(app, ["devices", "--tcp", phone.serial])
+    assert res.exit_code == 0 and "android-" in res.output and "Loopback" in res.output, res.output
+    res = runner.invoke(app, ["android", "info", "--device", spec])
+    info = json.loads(res.output)
+    assert info["big_cores"] == [4, 5, 6, 7] and info["pinned_mask"] == "f0" and info["tools"]["benchmark_model"]
+
+    store, table = tmp_path / "s.db", tmp_path / "t.parquet"
+    # Without the side-by-side reference: half the tool runs (the reference protocol is covered below).
+    spec += "?reference=off"
+    tiny = ["--resolution", "32", "--dense", "--channel-points", "1", "--sparsity", "0", "--rounds", "1",
+            "--runs", "2", "--warmup", "1", "--no-progress", "--device", spec, "--store", str(store)]
+    res = runner.invoke(app, ["profile", "resnet56", *tiny, "--table", str(table), "--calibrate", "2"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output[res.output.index("{"):res.output.rindex("}") + 1])
+    assert report["measured"] == report["grid_points"] > 0
+    res = runner.invoke(app, ["validate", "resnet56", "--table", str(table), "--device", spec, "--n", "3",
+                              "--resolution", "32", "--store", str(store), "--json", str(tmp_path / "r.json"),
+                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "r.json").read_text())
+    assert summary["n"] == 3 and all(w["measured_ms"] > 0 for w in summary["worst"])
+    info = runner.invoke(app, ["table", "info", str(table)])
+    assert "android-" in info.output and "Loopback Phone 8" in info.output and "calibration" in info.output
+
+    with MeasurementStore(store) as st:
+        ((env_id, fingerprint, count),) = st.environments()
+        rows = st.rows(env_id)
+    nets = [r for r in rows if r.signature.startswith("net:")]
+    assert fingerprint.startswith("android-") and count == report["grid_points"] + len(nets) and 3 <= len(nets) <= 5
+    for row in rows:   # every measurement carries the phone's conditions
+        c = row.conditions
+        assert c["before"]["cpu_temp_c"] == pytest.approx(32.0) and c["before"]["cap_khz"]["7"] == 2_840_000
+        assert len(c["cpu_temp_c"]) == row.measurement.rounds
+    # Models and batch folders are removed once measured (only the reference model would stay).
+    left = phone.run(f"ls {PHONE_ROOT}/models {PHONE_ROOT}/batches").stdout.split()
+    assert not [n for n in left if n.endswith(".tflite") or n.startswith("b")]
+
+
+def test_a_dropped_link_resumes_with_nothing_lost_or_measured_twice(phone, tmp_path):
+    spec = install_benchmark_model(phone, tmp_path, log_calls=True)
+    messages: list[str] = []
+    from latbench.devices.android import open_android
+
+    dev = open_android(spec, settings=MeasureSettings(warmup=1, rounds=1, runs_per_round=2, max_retries=0),
+                       log=messages.append)
+    slices = design_grid([get_model("resnet56")], {"resnet56": (32,)}, adaptive=False, channel_points=1,
+                         sparsities=(0.0,))[:3]     # 10 grid points, 2 batches of 8 and 2
+    try:
+        dev.prepare()
+        with MeasurementStore(tmp_path / "s.db") as store:
+            profiler = Profiler(dev, store, batch_size=8, progress=False)   # measures the reference unit
+            calls_before = len(tool_calls(phone))
+            fault = phone.inject_fault("reset", match="latbench_runner.sh run", after_seconds=3.0)
+            report = profiler.run(slices)
+            assert fault.fired.is_set()
+            points = {(s.signature.key, p) for s in slices for p in s.points()}
+            rows = store.rows(profiler.env_id)
+            assert report.measured == len(points) == len(rows)                       # nothing lost
+            assert {(r.signature, r.point) for r in rows} == points                  # nothing twice
+            assert sum(r.conditions["reconnects"] for r in rows) > 0
+    finally:
+        dev.close()
+    resumed = [m for m in messages if "resuming" in m]
+    assert resumed and "ConnectionResetError" in resumed[0]
+    done = int(resumed[0].split("(")[-1].split("/")[0])
+    assert done > 0                                  # resumed mid-batch, not restarted
+    # Every planned run happened once; at most the run in flight when the link broke ran again.
+    items = [c for c in tool_calls(phone)[calls_before:] if "enable_op_profiling=true" in c]
+    planned = len(points)
+    assert planned <= len(items) <= planned + 1
+    assert not phone.host_path(f"{PHONE_ROOT}/runner.pid").exists()
+
+
+def test_an_unauthorized_key_gives_the_clear_message(tmp_path):
+    p = start_phone(auto_accept=False)
+    try:
+        spec = f"tcp:{p.serial}?auth_timeout=1"
+        with pytest.raises(UnauthorizedError, match="Allow USB debugging"):
+            open_device(spec)
+        res = runner.invoke(app, ["android", "info", "--device", spec])
+        assert res.exit_code == 2 and "Allow USB debugging" in res.output
+        # The user taps "Allow" while latbench waits: the connection goes through.
+        accepter = threading.Timer(0.5, p.accept_pending)
+        accepter.start()
+        dev = open_device(f"tcp:{p.serial}?auth_timeout=10")
+        assert dev.facts.model == "Loopback Phone 8"
+        dev.close()
+        accepter.join()
+    finally:
+        p.stop()
+
+
+def _layer_artifacts(n: int) -> list[Artifact]:
+    sig = LayerSignature.from_key(design_grid([get_model("resnet56")], {"resnet56": (32,)}, adaptive=False,
+                                              channel_points=1, sparsities=(0.0,))[0].signature.key)
+    return [Artifact(f"a{c}", export_layer_variant("tflite", sig, LayerPoint(c, c, 0.0, 16)), format="tflite")
+            for c in (8, 16, 24)[:n]]
+
+
+def test_cool_down_before_a_batch_and_remeasure_after_throttling(phone, tmp_path):
+    spec = install_benchmark_model(phone, tmp_path)
+    dev = open_device(f"{spec}?max_cpu_c=40&max_battery_c=40&poll_s=0.2&max_wait_s=30", settings=TINY)
+    try:
+        dev.prepare()
+        dev.measure_reference_nominal(invocations=2, runs=5)
+        phone.set_temperature(55.0)
+        threading.Timer(1.0, phone.set_temperature, args=(35.0,)).start()
+        results = phone.host_path(f"{PHONE_ROOT}/batches")
+
+        def throttle_after_first_run():
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                if any(f.stat().st_size for f in results.glob("*/results")):
+                    phone.set_frequency(fraction=0.5, cluster="big")
+                    return
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=throttle_after_first_run)
+        watcher.start()
+        ms = dev.measure(_layer_artifacts(2))
+        watcher.join()
+    finally:
+        dev.close()
+    c = ms[0].conditions
+    assert c["cooldown_s"] >= 0.5 and c["before"]["cpu_temp_c"] <= 40
+    assert c["remeasured_steps"] > 0                 # the throttled runs were taken again …
+    assert c["throttled_steps"] > 0                  # … and since the cap stayed low, that is recorded
+    assert min(c["min_cap_khz"]) < 2_420_000 and c["after"]["cap_khz"]["4"] == 1_210_000
+    assert all(m.median_ms > 0 for m in ms)
+
+
+def test_a_timeout_stops_the_leftover_run_and_the_next_attempt_waits_longer(phone, tmp_path):
+    spec = install_benchmark_model(phone, tmp_path, log_calls=True)
+    messages: list[str] = []
+    from latbench.devices.android import open_android
+
+    dev = open_android(f"{spec}?step_timeout=0.2&reconnects=8", settings=MeasureSettings(
+        warmup=1, rounds=1, runs_per_round=2, reference=False), log=messages.append)
+    try:
+        dev.prepare()
+        (m,) = dev.measure(_layer_artifacts(1))
+    finally:
+        dev.close()
+    timeouts = [msg for msg in messages if "resuming" in msg]
+    assert timeouts and all("Timeout" in msg for msg in timeouts)
+    assert m.conditions["reconnects"] == len(timeouts) and m.median_ms > 0
+    # Each timed-out run was stopped before the next attempt: never two runs at once, none left over.
+    assert not phone.host_path(f"{PHONE_ROOT}/runner.pid").exists()
+    assert phone.run("ps -A -o args 2>/dev/null || ps").stdout.count("real_benchmark_model") == 0
+    assert len(timeouts) <= len(tool_calls(phone)) <= len(timeouts) + 1
+
+
+def test_a_phone_without_the_tool_says_how_to_set_it_up(phone):
+    with pytest.raises(DeviceError, match="latbench android setup"):
+        dev = open_device(f"tcp:{phone.serial}")
+        try:
+            dev.prepare()
+        finally:
+            dev.close()
