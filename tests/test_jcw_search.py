@@ -53,7 +53,8 @@ class CountingPredictor(Predictor):
 
 def _relative_hypervolume(record, full_ms):
     front = record.front()
-    return HV(ref_point=np.array([1.0, 1.05]))(np.column_stack([record.loss[front], record.latency_ms[front] / full_ms]))
+    points = np.column_stack([record.loss[front], record.latency_ms[front] / full_ms])
+    return HV(ref_point=np.array([1.0, 1.05]))(points)
 
 
 # ---- encoding -----------------------------------------------------------------------------------------
@@ -174,12 +175,14 @@ def test_resumed_search_equals_an_uninterrupted_one(spec, host, tmp_path):
     assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 7
     with pytest.raises(SearchError, match="config.seed"):
         JCWSearch(spec, host, evaluator, SearchConfig(population=16, generations=6, seed=5)).run(tmp_path)
-    fresh = JCWSearch(spec, host, evaluator, SearchConfig(population=16, generations=2, seed=5)).run(tmp_path, resume=False)
+    restart = JCWSearch(spec, host, evaluator, SearchConfig(population=16, generations=2, seed=5))
+    fresh = restart.run(tmp_path, resume=False)
     assert len(fresh.history) == 3 and json.loads((tmp_path / "state.json").read_text())["generation"] == 2
 
 
 def test_outputs_front_jsonl_and_frontier_plot(spec, host, tmp_path):
-    result = JCWSearch(spec, host, SyntheticEvaluator(spec), SearchConfig(population=16, generations=4, seed=1)).run(tmp_path)
+    search = JCWSearch(spec, host, SyntheticEvaluator(spec), SearchConfig(population=16, generations=4, seed=1))
+    result = search.run(tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "front.jsonl").read_text().splitlines()]
     assert len(rows) == len(result.final.front()) > 1
     archs = [Architecture.from_dict(r) for r in rows]

@@ -199,7 +199,7 @@ def test_uniform_selection_spreads_where_nsga2_crowds_at_one_end():
     uniform = nsga.uniform_nondominated_selection(loss, latency, 20, rng)
     plain = nsga.rank_and_crowding_selection(np.column_stack([loss, latency]), 20)
     assert len(set(uniform.tolist())) == 20
-    occupied = lambda idx: len(np.unique(np.digitize(latency[idx], bins)))  # noqa: E731
+    occupied = lambda idx: len(np.unique(np.digitize(latency[idx], bins)))
     assert occupied(plain) == 1                       # NSGA-II keeps the cluster only
     assert occupied(uniform) >= 8                     # uniform selection covers the range
     assert np.argmin(latency) in uniform and np.argmax(latency) in uniform

@@ -170,7 +170,7 @@ class ArchitectureEncoding:
     sparsity_step: float | None
 
     @classmethod
-    def for_search(cls, spec: ModelSpec, predictor: Predictor, config: SearchConfig) -> "ArchitectureEncoding":
+    def for_search(cls, spec: ModelSpec, predictor: Predictor, config: SearchConfig) -> ArchitectureEncoding:
         """Bounds from ``config`` intersected with what ``predictor``'s table covers at the resolution."""
         resolution = int(config.resolution or spec.base_resolution)
         hw = spec.input_hw(resolution)
@@ -242,7 +242,8 @@ class ArchitectureEncoding:
         return Population(widths, sparsity, np.full(n, self.resolution, dtype=np.int64))
 
     def encode(self, pop: Population) -> np.ndarray:
-        """The genome of each architecture of ``pop`` (decode(encode(p)) == p for architectures in bounds)."""
+        """The genome of each architecture of ``pop``; decode(encode(p)) == p for architectures within the
+        bounds whose widths are multiples of ``channel_multiple`` (or full) and sparsities on the lattice."""
         return np.hstack([pop.widths / self.full_widths, pop.sparsity[:, self._sparse_columns]])
 
     def encode_architectures(self, archs: Sequence[Architecture]) -> np.ndarray:
@@ -310,7 +311,7 @@ class GenerationRecord:
                            "loss": self.loss.tolist()})
 
     @classmethod
-    def from_json(cls, text: str) -> "GenerationRecord":
+    def from_json(cls, text: str) -> GenerationRecord:
         d = json.loads(text)
         return cls(int(d["generation"]), np.array(d["widths"], dtype=np.int64), np.array(d["sparsity"], dtype=float),
                    np.array(d["latency_ms"], dtype=float), np.array(d["loss"], dtype=float))
@@ -343,7 +344,8 @@ class SearchTiming:
 
     def shares(self) -> dict[str, float]:
         total = self.total_s or 1.0
-        return {k[:-2]: getattr(self, k) / total for k in ("latency_s", "evaluate_s", "update_s", "operators_s", "io_s")}
+        parts = ("latency_s", "evaluate_s", "update_s", "operators_s", "io_s")
+        return {k[:-2]: getattr(self, k) / total for k in parts}
 
 
 @dataclass
@@ -378,11 +380,10 @@ class SearchResult:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         rows = self.front_frame()
-        with open(path, "w") as fh:
-            for row in rows.itertuples(index=False):
-                fh.write(json.dumps({**row.architecture.to_dict(), "latency_ms": float(row.latency_ms),
-                                     "loss": float(row.loss), "density": float(row.density),
-                                     "weight_density": float(row.weight_density)}) + "\n")
+        lines = [json.dumps({**row.architecture.to_dict(), "latency_ms": float(row.latency_ms), "loss": float(row.loss),
+                             "density": float(row.density), "weight_density": float(row.weight_density)}) + "\n"
+                 for row in rows.itertuples(index=False)]
+        path.write_text("".join(lines))
         return path
 
     def density_by_latency(self, bins: int | Sequence[float] = 5, relative: bool = True) -> pd.DataFrame:
@@ -415,7 +416,7 @@ class SearchResult:
 
         last = self.final.generation
         if generations is None:
-            generations = sorted({int(round(g)) for g in np.linspace(0, last, min(8, last + 1))})
+            generations = sorted({round(float(g)) for g in np.linspace(0, last, min(8, last + 1))})
         by_gen = {r.generation: r for r in self.history}
         missing = [g for g in generations if g not in by_gen]
         if missing:
@@ -518,7 +519,8 @@ class JCWSearch:
         rest = rest[np.lexsort((loss[rest], violation[rest], duplicate[rest]))]
         return np.r_[eligible, rest[: n - len(eligible)]]
 
-    def _evaluate(self, genomes: np.ndarray, timing: SearchTiming, update: bool) -> tuple[Population, np.ndarray, np.ndarray]:
+    def _evaluate(self, genomes: np.ndarray, timing: SearchTiming,
+                  update: bool) -> tuple[Population, np.ndarray, np.ndarray]:
         with _Stopwatch(timing, "operators_s"):
             pop = self.encoding.decode(genomes)
         with _Stopwatch(timing, "latency_s"):
@@ -598,7 +600,7 @@ class JCWSearch:
                 "genes": self.encoding.dim, "config": json.loads(json.dumps(config))}
 
     def _checkpoint(self, out: Path | None, genomes: np.ndarray, history: list[GenerationRecord],
-                    rng: np.random.Generator, clock: "_RunClock", fresh: bool = False) -> None:
+                    rng: np.random.Generator, clock: _RunClock, fresh: bool = False) -> None:
         """Append the generation to history.jsonl, then replace state.json atomically (a crash between the
         two leaves an extra history line, which resuming drops)."""
         if out is not None:
@@ -616,7 +618,7 @@ class JCWSearch:
                 tmp.replace(out / "state.json")
         clock.tick()
 
-    def _load_state(self, out: Path) -> "_SavedState | None":
+    def _load_state(self, out: Path) -> _SavedState | None:
         path = out / "state.json"
         if not path.exists():
             return None
