@@ -1,7 +1,6 @@
 """Parsers of benchmark_model / onnxruntime_perf_test output: the verbatim public fixtures in
 ../shared/fixtures/device_outputs and samples written here from the same formats (log prefixes,
 scientific notation, mixed units)."""
-from pathlib import Path
 
 import pytest
 
