@@ -5,7 +5,7 @@ simulated binary crossover (SBX, Deb & Agrawal 1995) and polynomial mutation (De
 their classic, unbounded form, each followed by clipping to [0, 1]. Two slips of the authors' public
 code are not repeated here: mutation returns the clipped genome (theirs clipped a copy and returned the
 unclipped one), and crowding distance is computed for every interior point of a front (their loop
-skipped one index); both are checked against pymoo in ``tests/test_nsga.py``.
+skipped one index); ``tests/test_nsga.py`` tests both and compares every operator with pymoo's.
 
 Objectives are minimised throughout (pass ``loss``, not accuracy).
 """
@@ -207,7 +207,8 @@ def uniform_nondominated_selection(loss: np.ndarray, latency: np.ndarray, n_sele
                                    n_targets: int | None = None, even_targets: bool = False) -> np.ndarray:
     """JCW's uniform non-dominated sorting: pick ``n_select`` candidates spread over the latency range.
 
-    ``n_targets`` latency targets (default ``n_select``) are placed over [min, max] of ``latency`` (both
+    ``n_targets`` latency targets (default ``n_select``; ``JCWSearch`` uses ⌈n_select / 4⌉) are placed
+    over [min, max] of ``latency`` (both
     ends always among them, see :func:`latency_targets`); each ranks and orders all candidates
     (:func:`target_preferences`). A candidate's *level* is its best rank over all targets: level 0 are
     the candidates some target finds non-dominated. The population is filled level by level; the level
