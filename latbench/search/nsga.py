@@ -208,9 +208,8 @@ def uniform_nondominated_selection(loss: np.ndarray, latency: np.ndarray, n_sele
     """JCW's uniform non-dominated sorting: pick ``n_select`` candidates spread over the latency range.
 
     ``n_targets`` latency targets (default ``n_select``; ``JCWSearch`` uses ⌈n_select / 4⌉) are placed
-    over [min, max] of ``latency`` (both
-    ends always among them, see :func:`latency_targets`); each ranks and orders all candidates
-    (:func:`target_preferences`). A candidate's *level* is its best rank over all targets: level 0 are
+    over [min, max] of ``latency``, both ends always among them (:func:`latency_targets`); each ranks
+    and orders all candidates (:func:`target_preferences`). A candidate's *level* is its best rank over all targets: level 0 are
     the candidates some target finds non-dominated. The population is filled level by level; the level
     that does not fit whole is shared out in rounds: in each round every target, in a fresh random
     order, takes its most preferred candidate of that level not taken yet. Both ends of the latency range
