@@ -188,3 +188,29 @@ def test_a_phone_without_the_tool_says_how_to_set_it_up(phone):
             dev.prepare()
         finally:
             dev.close()
+
+
+def test_onnxruntime_perf_test_runtime(phone, tmp_path):
+    folder = tmp_path / "ort-android"
+    phone_tools.write_tool("onnxruntime_perf_test", folder)
+    (folder / "libonnxruntime.so").write_bytes(b"\x7fELF stand-in library")
+    res = runner.invoke(app, ["android", "setup", "--device", f"tcp:{phone.serial}", "--perf-test", str(folder)])
+    assert res.exit_code == 0, res.output
+    assert phone.host_path(f"{PHONE_ROOT}/ort/libonnxruntime.so").read_bytes() == b"\x7fELF stand-in library"
+    dev = open_device(f"tcp:{phone.serial}?runtime=onnxruntime", settings=TINY)
+    try:
+        assert dev.model_format == "onnx" and dev.backend_settings()["layer_timing"] == "run"
+        dev.prepare()
+        tflite = _layer_artifacts(1)
+        key = LayerSignature.from_key(design_grid([get_model("resnet56")], {"resnet56": (32,)}, adaptive=False,
+                                                  channel_points=1, sparsities=(0.0,))[0].signature.key)
+        arts = [Artifact(f"o{c}", export_layer_variant("onnx", key, LayerPoint(c, c, 0.0, 16)), format="onnx")
+                for c in (8, 64)]
+        with pytest.raises(DeviceError, match="runs onnx models"):
+            dev.measure(tflite)
+        small, large = dev.measure(arts)
+    finally:
+        dev.close()
+    assert 0 < small.median_ms < large.median_ms       # 64→64 channels is 64× the work of 8→8
+    assert small.runs == TINY.rounds * TINY.runs_per_round
+    assert small.conditions["before"]["governor"] == ["schedutil"]

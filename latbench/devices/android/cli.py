@@ -41,9 +41,14 @@ def setup(device: str = typer.Option(..., help=PHONE_HELP),
         dev = _open(device)
         try:
             written = dev.install(benchmark_model, perf_test)
-            dev.prepare()
+            fingerprints = {}
+            for runtime, given in (("tflite", benchmark_model), ("onnxruntime", perf_test)):
+                if given is not None:   # check each installed tool and show the fingerprint it gives
+                    dev.use_runtime(runtime)
+                    dev.prepare()
+                    fingerprints[dev.options.tool] = dev.fingerprint()
             console.print_json(json.dumps({"device": dev.name, "installed": written, "tools": dev.installed_tools(),
-                                           "fingerprint": dev.fingerprint()}))
+                                           "fingerprints": fingerprints}))
         finally:
             dev.close()
     except DeviceError as err:

@@ -344,6 +344,12 @@ class AndroidDevice:
         self._tool_hash = None
         return [remote for _, remote, _ in pushes]
 
+    def use_runtime(self, runtime: str) -> None:
+        """Switch between the installed tools (``tflite`` / ``onnxruntime``) on this connection."""
+        self.options = dataclasses.replace(self.options, runtime=runtime)
+        self.model_format = self.options.model_format
+        self._tool_hash = None
+
     def installed_tools(self) -> dict[str, bool]:
         q = shlex.quote
         out = {}
