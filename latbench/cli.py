@@ -288,6 +288,8 @@ def prune_lcp(model: str = typer.Option("resnet56", help="zoo model of the check
               candidates: int = typer.Option(400, help="candidates evaluated in all (pool + mutants)"),
               fitness_images: int = typer.Option(3000, help="training images the fitness loss is measured on"),
               bn_images: int = typer.Option(1024, help="images to re-estimate BN statistics of a candidate"),
+              test_images: Optional[int] = typer.Option(None, help="report accuracy on the first N test images "
+                                                                   "(default: all)"),
               finetune_epochs: int = typer.Option(1), finetune_lr: float = typer.Option(0.02),
               finetune_steps: Optional[int] = typer.Option(None, help="cap fine-tuning steps (quick runs)"),
               seed: int = typer.Option(0), progress: bool = typer.Option(True)) -> None:
@@ -305,6 +307,7 @@ def prune_lcp(model: str = typer.Option("resnet56", help="zoo model of the check
         budget_ms=budget_ms, budget_ratio=budget_ratio, budget_flops=budget_flops, budget_params=budget_params,
         data=data, data_dir=str(data_dir) if data_dir else None, device=device, store=str(store), metric=metric,
         floor=floor, unit=unit, pool=pool, candidates=candidates, fitness_images=fitness_images, bn_images=bn_images,
+        test_images=test_images,
         finetune=FinetuneRecipe(finetune_epochs, finetune_lr, max_steps=finetune_steps, seed=seed), seed=seed,
         progress=progress))
 

@@ -55,7 +55,8 @@ def export_network_for(fmt: str, net: "GraphNet", arch: "Architecture") -> bytes
         return network_to_tflite(net, arch.resolution, sparse=dict(arch.sparsity))
     from .onnx import export_network
 
-    return export_network(net, arch.resolution)
+    stem = next(layer for layer in net.spec.layers if layer.fixed_in is not None)
+    return export_network(net, arch.resolution, net.block(stem.name).conv.in_channels)  # 1 for grey images
 
 
 __all__ = ["export_layer_variant", "export_network_for", "export_sparse_wrapper"]

@@ -1,0 +1,82 @@
+"""End-to-end pruning jobs (LcP, naive, uniform) on real Fashion-MNIST with a shipped host table, kept tiny."""
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from latbench.cli import app
+from latbench.data import FASHION_MNIST_DIR
+from latbench.models import Architecture, build, get_model
+from latbench.train import save_checkpoint
+
+TABLE = Path(__file__).resolve().parents[1] / "tables" / "host-litert-resnet56-32-dense.parquet"
+pytestmark = pytest.mark.skipif(not (Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz").exists(),
+                                reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)")
+QUICK = ["--pool", "4", "--candidates", "8", "--fitness-images", "128", "--bn-images", "128", "--finetune-steps", "2",
+         "--test-images", "200", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    net = build(get_model("resnet56"), in_channels=1)
+    path = tmp_path_factory.mktemp("ckpt") / "r56.safetensors"
+    save_checkpoint(path, net, arch=Architecture.full(net.spec, 32))
+    return path
+
+
+def prune(*args):
+    return CliRunner().invoke(app, ["prune", "lcp", *map(str, args)])
+
+
+def test_lcp_job_end_to_end_with_device_measurement_and_resume(checkpoint, tmp_path):
+    out = tmp_path / "lcp"
+    args = ["--checkpoint", checkpoint, "--table", TABLE, "--budget-ratio", "0.5", "--device", "host:litert",
+            "--store", tmp_path / "store.db", "--out", out, *QUICK]
+    result = prune(*args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    budget = report["budget"]["value"]
+    assert budget == pytest.approx(0.5 * report["full_latency_ms"]["measured"])
+    assert report["predicted_ms"] <= budget and report["measured_ms"] > 0
+    assert report["search"]["candidates"] == 8 and report["search"]["prune_ms_per_candidate"] > 0
+    widths = report["architecture"]["widths"]
+    assert all(w % 8 == 0 for w in widths.values()) and sum(widths.values()) < sum(get_model("resnet56").groups.values())
+    session = ort.InferenceSession(str(out / "pruned.onnx"))
+    logits = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 1, 32, 32), np.float32)})[0]
+    assert logits.shape == (1, 10) and (out / "pruned.tflite").stat().st_size > 0
+    state = json.loads((out / "lcp-state.json").read_text())
+    assert len(state["history"]) == 8
+    # A rerun finds everything done (evolution state, fine-tuning checkpoint, stored measurements).
+    again = prune(*args)
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "report.json").read_text())["architecture"] == report["architecture"]
+
+
+def test_baselines_share_the_job_and_meet_a_flops_budget(checkpoint, tmp_path):
+    full_flops = 125.75e6
+    reports = {}
+    for method in ("uniform", "naive"):
+        result = prune("--checkpoint", checkpoint, "--budget-flops", 0.4 * full_flops, "--method", method,
+                       "--unit", 4, "--out", tmp_path / method, *QUICK)
+        assert result.exit_code == 0, result.output
+        reports[method] = json.loads((tmp_path / method / "report.json").read_text())
+        assert reports[method]["flops"] <= 0.4 * full_flops and reports[method]["measured_ms"] is None
+    assert reports["uniform"]["architecture"] != reports["naive"]["architecture"]
+    assert reports["uniform"]["finetune"] == reports["naive"]["finetune"]
+
+
+def test_unreachable_budget_fails_at_once_with_the_smallest_latency(checkpoint, tmp_path):
+    result = prune("--checkpoint", checkpoint, "--table", TABLE, "--budget-ms", 0.01, "--out", tmp_path / "x", *QUICK)
+    assert result.exit_code == 2
+    assert "below what pruning resnet56 can reach" in result.output and "ms" in result.output
+    assert not (tmp_path / "x" / "pruned.safetensors").exists()
+
+
+def test_exactly_one_budget_is_required(checkpoint, tmp_path):
+    result = prune("--checkpoint", checkpoint, "--table", TABLE, "--out", tmp_path / "y", *QUICK)
+    assert result.exit_code == 2 and "exactly one budget" in result.output
