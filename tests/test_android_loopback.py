@@ -121,11 +121,16 @@ def test_an_unauthorized_key_gives_the_clear_message(tmp_path):
         p.stop()
 
 
-def _layer_artifacts(n: int) -> list[Artifact]:
-    sig = LayerSignature.from_key(design_grid([get_model("resnet56")], {"resnet56": (32,)}, adaptive=False,
-                                              channel_points=1, sparsities=(0.0,))[0].signature.key)
-    return [Artifact(f"a{c}", export_layer_variant("tflite", sig, LayerPoint(c, c, 0.0, 16)), format="tflite")
-            for c in (8, 16, 24)[:n]]
+def _conv_signature() -> LayerSignature:
+    """ResNet-56's plain 3×3 conv (+ReLU)."""
+    slices = design_grid([get_model("resnet56")], {"resnet56": (32,)}, adaptive=False, channel_points=1,
+                         sparsities=(0.0,))
+    return next(s.signature for s in slices if s.signature.key == "conv_k3_s1_p1_relu")
+
+
+def _layer_artifacts(n: int, fmt: str = "tflite", channels=(8, 16, 24)) -> list[Artifact]:
+    return [Artifact(f"{fmt}{c}", export_layer_variant(fmt, _conv_signature(), LayerPoint(c, c, 0.0, 16)),
+                     format=fmt) for c in channels[:n]]
 
 
 def test_cool_down_before_a_batch_and_remeasure_after_throttling(phone, tmp_path):
@@ -201,16 +206,23 @@ def test_onnxruntime_perf_test_runtime(phone, tmp_path):
     try:
         assert dev.model_format == "onnx" and dev.backend_settings()["layer_timing"] == "run"
         dev.prepare()
-        tflite = _layer_artifacts(1)
-        key = LayerSignature.from_key(design_grid([get_model("resnet56")], {"resnet56": (32,)}, adaptive=False,
-                                                  channel_points=1, sparsities=(0.0,))[0].signature.key)
-        arts = [Artifact(f"o{c}", export_layer_variant("onnx", key, LayerPoint(c, c, 0.0, 16)), format="onnx")
-                for c in (8, 64)]
         with pytest.raises(DeviceError, match="runs onnx models"):
-            dev.measure(tflite)
-        small, large = dev.measure(arts)
+            dev.measure(_layer_artifacts(1))
+        small, large = dev.measure(_layer_artifacts(2, "onnx", channels=(8, 64)))
     finally:
         dev.close()
     assert 0 < small.median_ms < large.median_ms       # 64→64 channels is 64× the work of 8→8
     assert small.runs == TINY.rounds * TINY.runs_per_round
     assert small.conditions["before"]["governor"] == ["schedutil"]
+
+
+def test_a_model_the_tool_cannot_run_is_a_clear_error_and_stops_the_batch(phone, tmp_path):
+    spec = install_benchmark_model(phone, tmp_path)
+    dev = open_device(f"{spec}?reference=off", settings=TINY)
+    try:
+        dev.prepare()
+        with pytest.raises(DeviceError, match=r"benchmark_model failed on .* \(exit status [1-9]"):
+            dev.measure([Artifact("broken", b"not a flatbuffer", format="tflite"), *_layer_artifacts(1)])
+    finally:
+        dev.close()
+    assert not phone.host_path(f"{PHONE_ROOT}/runner.pid").exists()

@@ -20,6 +20,7 @@ Robustness:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -491,6 +492,11 @@ class AndroidDevice:
                 self.stop_leftovers()
                 self._read_finished(batch, by_id, results)
                 continue
+            except DeviceError:
+                # A tool that failed or printed nothing usable: the rest of the plan is pointless.
+                with contextlib.suppress(DeviceError):
+                    self.stop_leftovers()
+                raise
             missing = [s.id for s in pending if s.id not in results]
             if missing:  # the shell ended without a line for some steps (e.g. the runner was killed)
                 if reconnects >= self.options.reconnects:
