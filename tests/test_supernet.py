@@ -48,7 +48,10 @@ def separable_data(n_train=384, n_val=128, hw=8, classes=10, seed=0, noise=90) -
 
     (xt, yt), (xv, yv), (xs, ys) = draw(n_train), draw(n_val), draw(n_val)
     mean, std = channel_stats(xt)
-    make = lambda name, x, y: ImageDataset(name, x, y, classes, mean, std)  # noqa: E731
+
+    def make(name, x, y):
+        return ImageDataset(name, x, y, classes, mean, std)
+
     return DataSplits("separable", make("separable:train", xt, yt), make("separable:val", xv, yv),
                       make("separable:test", xs, ys))
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from ..data import Augment, BatchLoader, DataSplits, ImageDataset
+from ..data import Augment, BatchLoader, DataSplits
 from ..models import Architecture, ArchitectureError, GraphNet, LayerDef, materialize
 from ..models.torch_net import ConvBlock
 from .checkpoint import (CheckpointError, load_optimizer_state, load_weights, read_checkpoint_meta,

@@ -1,0 +1,396 @@
+"""ADMM weight-pruning retraining of a chosen architecture (JCW's final training step).
+
+Three phases, each an SGD run over the training set:
+
+1. **dense** — train the network at the architecture's widths (started from the supernet's or the
+   parent's slice) with all weights free;
+2. **admm** — for every conv the architecture sparsifies, minimise ``loss + ρ/2‖W − U + Z‖²`` by SGD
+   (the W-step) and, every epoch or every ``update_every`` steps, project ``U = Π_s(W + Z)`` (keep the
+   largest-magnitude entries of ``W + Z`` so that exactly the layer's sparsity ``s`` is zero) and
+   update the scaled dual ``Z += W − U``. The quadratic pull moves the weights towards a sparse
+   pattern gradually instead of cutting them at once;
+3. **hard prune + fine-tune** — the masks are those of the final projection ``Π_s(W + Z)``; the pruned
+   weights are zeroed and stay zero while the rest is fine-tuned (gradients and weights are masked at
+   every step).
+
+The result has exactly ``round(s·numel)`` zero weights in each sparsified conv (``sparsity_block``: per
+block of output channels) and exports with ``export_network_for(fmt, net, arch)``.
+
+>>> net = supernet.extract(arch, bn, sparse=False)                 # doctest: +SKIP
+>>> net, history = admm_retrain(net, arch, data, ADMMConfig(), checkpoint="runs/admm.safetensors")  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..data import Augment, BatchLoader, DataSplits, ImageDataset
+from ..models import Architecture, GraphNet
+from .checkpoint import CheckpointError, load_weights, read_checkpoint_meta, save_checkpoint
+from .loop import SCHEDULES, TrainConfig, cpu_cores, evaluate, make_optimizer
+from .supernet import Masks, magnitude_mask
+
+PHASES = ("dense", "admm", "finetune")
+
+
+# ---- the ADMM updates -------------------------------------------------------------------------------
+
+@torch.no_grad()
+def project_topk(t: torch.Tensor, sparsity: float, block: int | None = None) -> torch.Tensor:
+    """Euclidean projection onto tensors with the given sparsity: ``t`` with its ``round(sparsity·numel)``
+    smallest-magnitude entries set to zero (per block of output channels with ``block``)."""
+    return t * magnitude_mask(t, sparsity, block)
+
+
+@torch.no_grad()
+def admm_update(w: torch.Tensor, z: torch.Tensor, sparsity: float,
+                block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One U/Z update for one layer: ``U = Π_s(W + Z)``, ``Z' = Z + W − U``. Returns ``(U, Z')``."""
+    u = project_topk(w.detach() + z, sparsity, block)
+    return u, z + w.detach() - u
+
+
+@dataclass
+class ADMMState:
+    """Auxiliary sparse copies ``u`` and scaled duals ``z`` of the sparsified convs' weights, and the
+    penalty ``rho``."""
+
+    sparsity: dict[str, float]
+    u: dict[str, torch.Tensor]
+    z: dict[str, torch.Tensor]
+    rho: float
+    block: int | None = None
+
+    @classmethod
+    @torch.no_grad()
+    def start(cls, weights: Mapping[str, torch.Tensor], sparsity: Mapping[str, float], rho: float,
+              block: int | None = None) -> "ADMMState":
+        """Z = 0 and U = Π_s(W): the first W-step pulls towards the magnitude-pruned weights."""
+        z = {name: torch.zeros_like(weights[name]) for name in sparsity}
+        u = {name: project_topk(weights[name].detach(), s, block) for name, s in sparsity.items()}
+        return cls(dict(sparsity), u, z, float(rho), block)
+
+    def penalty(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``Σ_l ρ/2 ‖W_l − U_l + Z_l‖²`` (differentiable in W)."""
+        return sum(0.5 * self.rho * (weights[n] - self.u[n] + self.z[n]).square().sum() for n in self.sparsity)
+
+    @torch.no_grad()
+    def update(self, weights: Mapping[str, torch.Tensor]) -> float:
+        """U/Z update of every layer; returns the primal residual ‖W − U‖ / ‖W‖ over all layers (how far
+        the weights still are from their sparse projection)."""
+        gap = norm = 0.0
+        for name, s in self.sparsity.items():
+            self.u[name], self.z[name] = admm_update(weights[name], self.z[name], s, self.block)
+            gap += float((weights[name] - self.u[name]).square().sum())
+            norm += float(weights[name].square().sum())
+        return (gap / max(norm, 1e-30)) ** 0.5
+
+    @torch.no_grad()
+    def set_rho(self, rho: float) -> None:
+        """Change the penalty, keeping the unscaled dual ``ρ·Z`` (what the constraint has accumulated)."""
+        for name in self.z:
+            self.z[name].mul_(self.rho / rho)
+        self.rho = float(rho)
+
+    @torch.no_grad()
+    def masks(self, weights: Mapping[str, torch.Tensor]) -> Masks:
+        """Keep-masks of the final projection Π_s(W + Z)."""
+        return {name: magnitude_mask(weights[name].detach() + self.z[name], s, self.block)
+                for name, s in self.sparsity.items()}
+
+
+# ---- configuration and history ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ADMMConfig:
+    """Settings of :func:`admm_retrain`.
+
+    Each phase runs ``*_epochs`` epochs (0 skips it) with its own ``schedule`` from ``lr``
+    (``finetune_lr`` for the last phase; default ``lr``). ``rho`` is the ADMM penalty; U/Z are updated
+    every ``update_every`` steps, or at the end of every epoch when None; after each update ρ is
+    multiplied by ``rho_growth`` (up to ``rho_max``). ADMM with a non-convex sparsity constraint settles
+    only when ρ is large enough against the loss's curvature (a small ρ lets the dual drift and the
+    projection oscillate), so short runs need a larger ρ or a growing one — see docs/jcw-training.md. ``steps_per_epoch`` and
+    ``max_steps`` (per phase) cap the runs for quick experiments; the schedule spans the capped length.
+    ``eval_size``: images of ``DataSplits.val`` scored after each phase (all when None).
+    """
+
+    dense_epochs: int = 2
+    admm_epochs: int = 4
+    finetune_epochs: int = 2
+    lr: float = 0.01
+    finetune_lr: float | None = None
+    rho: float = 0.01
+    rho_growth: float = 1.0
+    rho_max: float | None = None
+    update_every: int | None = None
+    batch_size: int = 128
+    schedule: str = "cosine"
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    augment: Augment = field(default_factory=Augment)
+    steps_per_epoch: int | None = None
+    max_steps: int | None = None
+    sparsity_block: int | None = None
+    eval_size: int | None = None
+    seed: int = 0
+    threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("dense_epochs", "admm_epochs", "finetune_epochs"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}={getattr(self, name)} (need ≥ 0)")
+        for name in ("update_every", "steps_per_epoch", "max_steps", "sparsity_block", "eval_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)} (need ≥ 1 or None)")
+        if self.lr <= 0 or (self.finetune_lr is not None and self.finetune_lr <= 0):
+            problems.append(f"lr={self.lr}, finetune_lr={self.finetune_lr} (need > 0)")
+        if self.rho <= 0 or self.rho_growth < 1.0 or (self.rho_max is not None and self.rho_max < self.rho):
+            problems.append(f"rho={self.rho}, rho_growth={self.rho_growth}, rho_max={self.rho_max} "
+                            "(need rho > 0, growth ≥ 1, rho_max ≥ rho)")
+        if self.batch_size < 1:
+            problems.append(f"batch_size={self.batch_size} (need ≥ 1)")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule={self.schedule!r} (choose one of {', '.join(SCHEDULES)})")
+        if problems:
+            raise ValueError("invalid ADMM configuration: " + "; ".join(problems))
+
+    def identity(self) -> dict:
+        """The settings that determine the result (a checkpoint must match them to be resumed)."""
+        d = asdict(self)
+        d.pop("threads")
+        d.pop("progress")
+        return json.loads(json.dumps(d))
+
+
+@dataclass
+class PhaseRecord:
+    """One finished phase: steps, mean training loss of its last epoch (cross-entropy, without the ADMM
+    penalty), validation loss/accuracy after it (None without a validation split), seconds."""
+
+    phase: str
+    steps: int
+    train_loss: float
+    val_loss: float | None
+    val_acc: float | None
+    seconds: float
+
+
+@dataclass
+class UpdateRecord:
+    """One U/Z update: the ADMM phase's step, the primal residual ‖W − U‖/‖W‖ and the ρ in use."""
+
+    step: int
+    residual: float
+    rho: float
+
+
+@dataclass
+class ADMMHistory:
+    """The phases run, every U/Z update, and the achieved sparsity (fraction of zero weights) of every
+    sparsified conv."""
+
+    config: dict
+    phases: list[PhaseRecord] = field(default_factory=list)
+    updates: list[UpdateRecord] = field(default_factory=list)
+    sparsity: dict[str, float] = field(default_factory=dict)
+
+    def phase(self, name: str) -> PhaseRecord:
+        for record in self.phases:
+            if record.phase == name:
+                return record
+        raise KeyError(f"phase {name!r} was not run (phases: {[r.phase for r in self.phases]})")
+
+    def to_dict(self) -> dict:
+        return {"config": self.config, "phases": [asdict(r) for r in self.phases],
+                "updates": [asdict(r) for r in self.updates], "sparsity": dict(self.sparsity)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "ADMMHistory":
+        return cls(dict(d["config"]), [PhaseRecord(**r) for r in d.get("phases", [])],
+                   [UpdateRecord(**r) for r in d.get("updates", [])], dict(d.get("sparsity", {})))
+
+
+# ---- the training phases ----------------------------------------------------------------------------
+
+StepHook = Callable[[int, bool], None]
+
+
+def _train_phase(net: GraphNet, train_set: ImageDataset, name: str, epochs: int, lr: float, cfg: ADMMConfig,
+                 seed: int, *, penalty: Callable[[], torch.Tensor] | None = None,
+                 before_step: Callable[[], None] | None = None, after_step: StepHook | None = None) -> tuple[int, float]:
+    """SGD over ``train_set`` for ``epochs`` epochs (capped by ``cfg``); ``penalty()`` is added to the
+    loss, ``before_step()`` runs between backward and the optimizer step, ``after_step(step, epoch_end)``
+    after it. Returns the steps taken and the mean cross-entropy of the last epoch."""
+    tc = TrainConfig(epochs, lr, cfg.batch_size, cfg.schedule, None, cfg.momentum, cfg.nesterov, cfg.weight_decay,
+                     0.0, seed, cfg.augment, cfg.steps_per_epoch)
+    loader = BatchLoader(train_set, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=seed,
+                         drop_last=len(train_set) >= cfg.batch_size)
+    per_epoch = min(len(loader), cfg.steps_per_epoch or len(loader))
+    total = per_epoch * epochs if cfg.max_steps is None else min(per_epoch * epochs, cfg.max_steps)
+    optimizer = make_optimizer(net, tc)
+    step, last_loss = 0, float("nan")
+    net.train()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("loss {task.fields[loss]:.3f}"))
+    with Progress(*columns, disable=not cfg.progress) as bar:
+        task = bar.add_task(f"ADMM retrain: {name}", total=total, loss=float("nan"))
+        for epoch in range(epochs):
+            if step >= total:
+                break
+            loss_sum, seen = 0.0, 0
+            for _, (x, y) in zip(range(min(per_epoch, total - step)), loader.epoch(epoch)):
+                for group in optimizer.param_groups:
+                    group["lr"] = tc.lr_at(step, total)
+                loss = F.cross_entropy(net(x), y)
+                objective = loss + penalty() if penalty is not None else loss
+                optimizer.zero_grad(set_to_none=True)
+                objective.backward()
+                if before_step is not None:
+                    before_step()
+                optimizer.step()
+                step += 1
+                loss_sum, seen = loss_sum + float(loss.detach()) * len(y), seen + len(y)
+                if after_step is not None:
+                    after_step(step, False)
+                bar.update(task, advance=1, loss=loss_sum / seen)
+            last_loss = loss_sum / max(1, seen)
+            if after_step is not None:
+                after_step(step, True)
+    net.eval()
+    return step, last_loss
+
+
+def _conv_weights(net: GraphNet, names) -> dict[str, torch.nn.Parameter]:
+    return {name: net.block(name).conv.weight for name in names}
+
+
+@torch.no_grad()
+def apply_masks(net: GraphNet, masks: Masks) -> None:
+    """Zero the pruned weights (``mask == False``) of ``net``'s convs in place."""
+    for name, mask in masks.items():
+        net.block(name).conv.weight.mul_(mask)
+
+
+def finetune_with_masks(net: GraphNet, masks: Masks, train_set: ImageDataset, epochs: int, lr: float,
+                        cfg: ADMMConfig, seed: int = 0) -> tuple[int, float]:
+    """Fine-tune ``net`` with fixed sparsity patterns: pruned weights are zeroed first, their gradients
+    are zeroed before every optimizer step (momentum never builds up there) and the weights re-masked
+    after it (weight decay or numerical noise cannot revive them). Returns (steps, last-epoch loss)."""
+    weights = _conv_weights(net, masks)
+    apply_masks(net, masks)
+
+    def mask_grads() -> None:
+        for name, mask in masks.items():
+            if weights[name].grad is not None:
+                weights[name].grad.mul_(mask)
+
+    return _train_phase(net, train_set, "finetune", epochs, lr, cfg, seed, before_step=mask_grads,
+                        after_step=lambda step, epoch_end: apply_masks(net, masks))
+
+
+# ---- the whole retraining ---------------------------------------------------------------------------
+
+def _check_inputs(net: GraphNet, arch: Architecture, train_set: ImageDataset) -> None:
+    arch.validate(net.spec)
+    if dict(net.widths) != dict(arch.widths):
+        raise ValueError(f"the network has widths {net.widths}, the architecture {dict(arch.widths)}; retrain the "
+                         "sub-network itself: supernet.extract(arch, sparse=False) or materialize(arch, spec, parent)")
+    stem = next(layer for layer in net.spec.layers if layer.fixed_in is not None)
+    if net.block(stem.name).conv.in_channels != train_set.channels:
+        raise ValueError(f"the network reads {net.block(stem.name).conv.in_channels} channels, {train_set.name} has "
+                         f"{train_set.channels}")
+
+
+def _achieved_sparsity(net: GraphNet, names) -> dict[str, float]:
+    return {n: float((net.block(n).conv.weight == 0).float().mean()) for n in names}
+
+
+def admm_retrain(net: GraphNet, arch: Architecture, data: DataSplits | ImageDataset, config: ADMMConfig | None = None,
+                 checkpoint: str | Path | None = None, resume: bool = True) -> tuple[GraphNet, ADMMHistory]:
+    """Retrain ``net`` (at ``arch``'s widths) dense, then prune it by ADMM to ``arch.sparsity`` and
+    fine-tune with the masks fixed (see the module docstring). ``data``: a :class:`DataSplits` (trained on
+    ``train``, scored on ``val`` after every phase) or a bare training set.
+
+    With ``checkpoint`` the network is saved (a normal latbench checkpoint, loadable with
+    ``load_checkpoint``) after every phase; with ``resume`` a checkpoint of the same architecture and
+    settings continues after its last finished phase. Returns the network (trained in place, eval mode)
+    and the :class:`ADMMHistory`.
+    """
+    cfg = config or ADMMConfig()
+    train_set = data.train if isinstance(data, DataSplits) else data
+    val = data.val if isinstance(data, DataSplits) else None
+    if val is not None and cfg.eval_size is not None:
+        val = val.head(min(cfg.eval_size, len(val)))
+    _check_inputs(net, arch, train_set)
+    torch.set_num_threads(cfg.threads or cpu_cores())
+    sparse = {name: s for name, s in arch.sparsity.items() if s > 0}
+    history = ADMMHistory(cfg.identity())
+    done = 0                                      # phases finished (from a resumed checkpoint)
+    path = Path(checkpoint) if checkpoint else None
+    if path is not None and resume and path.exists():
+        saved = read_checkpoint_meta(path).get("admm")
+        if saved is None:
+            raise CheckpointError(f"{path} is not an ADMM retraining checkpoint; use another checkpoint path")
+        if saved["config"] != cfg.identity() or read_checkpoint_meta(path)["arch"] != arch.to_dict():
+            raise CheckpointError(f"{path} was written for another architecture or other settings; resume with the "
+                                  "same ones or use another checkpoint path")
+        load_weights(path, net)
+        history = ADMMHistory.from_dict(saved["history"])
+        done = PHASES.index(saved["completed"]) + 1
+
+    def finish(phase: str, steps: int, train_loss: float, started: float) -> None:
+        val_loss, val_acc = evaluate(net, val) if val is not None else (None, None)
+        history.phases.append(PhaseRecord(phase, steps, train_loss, val_loss, val_acc, time.perf_counter() - started))
+        history.sparsity = _achieved_sparsity(net, sparse)
+        if path is not None:
+            save_checkpoint(path, net, arch=arch, meta={"admm": {"completed": phase, "config": cfg.identity(),
+                                                                 "history": history.to_dict()},
+                                                        "train_set": train_set.name})
+
+    if done <= PHASES.index("dense") and cfg.dense_epochs > 0:
+        started = time.perf_counter()
+        finish("dense", *_train_phase(net, train_set, "dense", cfg.dense_epochs, cfg.lr, cfg, cfg.seed), started)
+
+    if done <= PHASES.index("admm"):
+        started = time.perf_counter()
+        weights = _conv_weights(net, sparse)
+        state = ADMMState.start(weights, sparse, cfg.rho, cfg.sparsity_block)
+        steps, loss = 0, float("nan")
+        if sparse and cfg.admm_epochs > 0:
+            def admm_hook(step: int, epoch_end: bool) -> None:
+                due = epoch_end if cfg.update_every is None else (not epoch_end and step % cfg.update_every == 0)
+                if due:
+                    history.updates.append(UpdateRecord(step, state.update(weights), state.rho))
+                    grown = state.rho * cfg.rho_growth
+                    state.set_rho(grown if cfg.rho_max is None else min(grown, cfg.rho_max))
+
+            steps, loss = _train_phase(net, train_set, "admm", cfg.admm_epochs, cfg.lr, cfg, cfg.seed + 1,
+                                       penalty=lambda: state.penalty(weights), after_step=admm_hook)
+        apply_masks(net, state.masks(weights))    # hard prune: the masks of the final projection Π(W + Z)
+        finish("admm", steps, loss, started)
+
+    # Masks are recovered from the pruned weights: each sparsified conv holds at least round(s·n) zeros
+    # (per block), so the magnitude mask selects exactly that many of them — the same zero pattern.
+    masks = {name: magnitude_mask(net.block(name).conv.weight, s, cfg.sparsity_block) for name, s in sparse.items()}
+    if done <= PHASES.index("finetune") and cfg.finetune_epochs > 0:
+        started = time.perf_counter()
+        steps, loss = finetune_with_masks(net, masks, train_set, cfg.finetune_epochs, cfg.finetune_lr or cfg.lr,
+                                          cfg, cfg.seed + 2)
+        finish("finetune", steps, loss, started)
+    return net.eval(), history
+
+
+__all__ = ["ADMMConfig", "ADMMHistory", "ADMMState", "PHASES", "PhaseRecord", "UpdateRecord", "admm_retrain",
+           "admm_update",
+           "apply_masks", "finetune_with_masks", "project_topk"]
