@@ -18,7 +18,7 @@ run() {  # method budget
   LEADRUN=1 latbench prune lcp --method "$1" --budget-ratio "$2" --checkpoint "$ckpt" --table "$table" \
     --device "$device" --store "$store" --out "$dir" --fitness-images "${FITNESS:-1000}" --bn-images "${BN:-256}" \
     --candidates "${CANDIDATES:-400}" --pool "${POOL:-64}" --finetune-epochs 1 --finetune-steps "${STEPS:-300}" \
-    --no-progress > "$dir.log" 2>&1
+    --threads 1 --no-progress > "$dir.log" 2>&1
 }
 export -f run; export out ckpt table device store
 # The full network's latency is measured once, before parallel runs could share the store.

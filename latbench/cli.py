@@ -247,8 +247,9 @@ prune_app = typer.Typer(no_args_is_help=True, help="Latency-constrained pruning 
 app.add_typer(prune_app, name="prune")
 
 
-def _run_prune(make_job) -> None:
-    """Build the job (validating its options) and run it, turning known errors into clear messages."""
+def _run_prune(make_job, run=None, summarize=None) -> None:
+    """Build the job (validating its options) and run it (``run``: default ``run_prune``), turning known
+    errors into clear messages; prints ``summarize(report)`` (default: the pruning report's key figures)."""
     from .data import DataError
     from .pruning import run_prune
     from .search.budget import BudgetError
@@ -256,11 +257,12 @@ def _run_prune(make_job) -> None:
 
     try:
         job = make_job()
-        report = run_prune(job)
+        report = (run or run_prune)(job)
     except (BudgetError, DataError, CheckpointError, ValueError, *_ERRORS) as err:
         _fail(err)
-    summary = {k: report[k] for k in ("method", "budget", "predicted_ms", "measured_ms", "measured_over_budget",
-                                      "test_accuracy", "search_seconds")}
+    summary = summarize(report) if summarize else {
+        k: report[k] for k in ("method", "budget", "predicted_ms", "measured_ms", "measured_over_budget",
+                               "test_accuracy", "search_seconds")}
     console.print_json(json.dumps(summary))
     console.print(f"pruned network, exports and report.json in [bold]{job.out}[/]")
 
@@ -292,7 +294,8 @@ def prune_lcp(model: str = typer.Option("resnet56", help="zoo model of the check
                                                                    "(default: all)"),
               finetune_epochs: int = typer.Option(1), finetune_lr: float = typer.Option(0.02),
               finetune_steps: Optional[int] = typer.Option(None, help="cap fine-tuning steps (quick runs)"),
-              seed: int = typer.Option(0), progress: bool = typer.Option(True)) -> None:
+              seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None, help="torch threads (default: all cores)"),
+              progress: bool = typer.Option(True)) -> None:
     """LcP: global filter ranking with learned layer compensations, within a latency (or FLOPs/params) budget;
     fine-tunes, exports ONNX and TFLite and, with --device, measures the result against the budget.
     Interrupted runs resume (the evolution state and fine-tuning checkpoint live in --out).
@@ -309,7 +312,90 @@ def prune_lcp(model: str = typer.Option("resnet56", help="zoo model of the check
         floor=floor, unit=unit, pool=pool, candidates=candidates, fitness_images=fitness_images, bn_images=bn_images,
         test_images=test_images,
         finetune=FinetuneRecipe(finetune_epochs, finetune_lr, max_steps=finetune_steps, seed=seed), seed=seed,
-        progress=progress))
+        threads=threads, progress=progress))
+
+
+@prune_app.command("jcw")
+def prune_jcw(model: str = typer.Option("resnet56", help="zoo model of the checkpoint"),
+              checkpoint: Path = typer.Option(..., help="trained full network (.safetensors from `latbench train`)"),
+              table: Path = typer.Option(..., help="the device's latency table (the search's latency objective)"),
+              out: Path = typer.Option(..., help="folder for the search, the supernet, one folder per retrained "
+                                                 "architecture and summary.json"),
+              budget_ms: Optional[List[float]] = typer.Option(
+                  None, help="latency budget in ms (repeatable): the most accurate front member within it"),
+              budget_ratio: Optional[List[float]] = typer.Option(
+                  None, help="budget as a fraction of the full network's latency (measured with --device, else "
+                             "predicted; repeatable)"),
+              pick: Optional[int] = typer.Option(None, help="retrain N front members spread over its latency "
+                                                            "range (0: search only)"),
+              channel_only: bool = typer.Option(False, help="search widths only, sparsity fixed at 0 (baseline)"),
+              data: str = typer.Option("fashion-mnist"), data_dir: Optional[Path] = typer.Option(None),
+              device: Optional[str] = typer.Option(None, help="measure the full network and every retrained one"),
+              store: Path = typer.Option(Path(api.DEFAULT_STORE), help="measurement store for --device"),
+              measure_front: bool = typer.Option(False, help="with --device, also measure every front member"),
+              population: int = typer.Option(32), generations: int = typer.Option(20),
+              min_width_ratio: float = typer.Option(0.25, help="narrowest width of a group, as a fraction"),
+              coupled_min_width_ratio: float = typer.Option(0.5, help="the same for groups tied by residual adds "
+                                                                       "or strided convs"),
+              max_sparsity: float = typer.Option(0.9, help="largest weight sparsity of a conv"),
+              sparsity_step: Optional[float] = typer.Option(None, help="snap sparsities to multiples of this"),
+              anchor: bool = typer.Option(True, help="start the population with the full and the narrowest network"),
+              supernet_steps: int = typer.Option(100, help="supernet SGD steps per generation"),
+              supernet_lr: float = typer.Option(0.01), supernet_batch_size: int = typer.Option(128),
+              warm_start: bool = typer.Option(False, help="continue the supernet across generations (default: "
+                                                          "restart each generation from the parent)"),
+              objective: str = typer.Option("loss", help="search objective: loss (cross-entropy) or error"),
+              eval_images: int = typer.Option(1000, help="held-out training images each candidate is scored on"),
+              bn_batches: int = typer.Option(2, help="batches to recalibrate BN of each candidate"),
+              admm_dense_epochs: int = typer.Option(1), admm_epochs: int = typer.Option(2),
+              admm_finetune_epochs: int = typer.Option(1),
+              admm_steps_per_epoch: Optional[int] = typer.Option(None, help="cap steps per epoch of every phase"),
+              admm_lr: float = typer.Option(0.01), admm_finetune_lr: Optional[float] = typer.Option(None),
+              admm_batch_size: int = typer.Option(128),
+              admm_rho: float = typer.Option(0.01, help="ADMM penalty ρ"),
+              admm_rho_growth: float = typer.Option(1.0, help="multiply ρ after every U/Z update (short runs need "
+                                                              "a growing or larger ρ; docs/jcw-training.md)"),
+              admm_rho_max: Optional[float] = typer.Option(None),
+              admm_update_every: Optional[int] = typer.Option(None, help="U/Z update every N steps (default: "
+                                                                         "every epoch)"),
+              bn_images: int = typer.Option(512, help="images to recalibrate BN of a slice before retraining"),
+              test_images: Optional[int] = typer.Option(None, help="report accuracy on the first N test images "
+                                                                   "(default: all)"),
+              threads: Optional[int] = typer.Option(None, help="torch threads (default: all cores)"),
+              seed: int = typer.Option(0), progress: bool = typer.Option(True)) -> None:
+    """JCW: evolutionary search of channel widths and weight sparsity for the accuracy × latency front
+    (a weight-sharing supernet scores candidates), then ADMM retraining of the chosen architectures,
+    ONNX + sparse TFLite export and, with --device, measurement against the prediction.
+    Interrupted runs resume (search state, supernet and ADMM checkpoints live in --out).
+
+    Example: latbench prune jcw --checkpoint runs/r56.safetensors --table tables/host-litert-resnet56-32-dense.parquet
+    --budget-ratio 0.7 --budget-ratio 0.5 --device host:litert --out runs/jcw
+    """
+    from .pruning_jcw import JCWJob, run_jcw
+    from .search.jcw import SearchConfig
+    from .train.admm import ADMMConfig
+    from .train.supernet import SupernetConfig
+
+    _run_prune(lambda: JCWJob(
+        model=model, checkpoint=str(checkpoint), table=str(table), out=str(out), budgets_ms=tuple(budget_ms or ()),
+        budget_ratios=tuple(budget_ratio or ()), pick=pick,
+        search=SearchConfig(population=population, generations=generations, seed=seed, channel_only=channel_only,
+                            min_width_ratio=min_width_ratio, coupled_min_width_ratio=coupled_min_width_ratio,
+                            max_sparsity=max_sparsity, sparsity_step=sparsity_step),
+        supernet=SupernetConfig(steps_per_generation=supernet_steps, lr=supernet_lr, batch_size=supernet_batch_size,
+                                warm_start=warm_start, objective=objective, eval_size=eval_images,
+                                bn_batches=bn_batches, bn_batch_size=min(128, supernet_batch_size), seed=seed,
+                                threads=threads),
+        admm=ADMMConfig(dense_epochs=admm_dense_epochs, admm_epochs=admm_epochs, finetune_epochs=admm_finetune_epochs,
+                        steps_per_epoch=admm_steps_per_epoch, lr=admm_lr, finetune_lr=admm_finetune_lr,
+                        batch_size=admm_batch_size, rho=admm_rho, rho_growth=admm_rho_growth, rho_max=admm_rho_max,
+                        update_every=admm_update_every, eval_size=eval_images, seed=seed, threads=threads,
+                        progress=progress),
+        data=data, data_dir=str(data_dir) if data_dir else None, device=device, store=str(store),
+        measure_front=measure_front, anchor=anchor, bn_images=bn_images, test_images=test_images, progress=progress),
+        run=run_jcw, summarize=lambda s: {"method": s["method"], "front": s["front"]["size"],
+                                          "front_latency_ms": s["front"]["latency_ms"],
+                                          "full_latency_ms": s["full_latency_ms"], "architectures": s["architectures"]})
 
 
 @app.command("train")

@@ -74,6 +74,7 @@ class PruneJob:
     test_images: int | None = None      # evaluate on the first N test images (None: the whole test set)
     finetune: FinetuneRecipe = field(default_factory=FinetuneRecipe)
     seed: int = 0
+    threads: int | None = None          # torch threads (default: all cores; 1 when runs share the machine)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -164,6 +165,9 @@ def run_prune(job: PruneJob) -> dict:
     from .train import evaluate, finetune, load_checkpoint
     from .train.importance import layer_filter_scores, recalibrate_bn
 
+    from .train.loop import cpu_cores
+
+    torch.set_num_threads(job.threads or cpu_cores())
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
     parent, parent_arch, meta = load_checkpoint(job.checkpoint)
@@ -216,6 +220,7 @@ def run_prune(job: PruneJob) -> dict:
     r = job.finetune
     history = finetune(net, data, r.epochs, r.lr, schedule=r.schedule, batch_size=r.batch_size, seed=r.seed,
                        max_steps=r.max_steps, checkpoint=out / "pruned.safetensors", resume=True, arch=arch,
+                       threads=job.threads,
                        meta={"method": job.method, "parent": str(job.checkpoint)}, progress=job.progress)
     after = evaluate(net, test)
     for fmt in ("onnx", "tflite"):
