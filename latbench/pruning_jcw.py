@@ -1,0 +1,448 @@
+"""JCW end to end: a trained checkpoint + a device table → a searched (widths, sparsity) Pareto front →
+chosen architectures retrained with ADMM, exported (ONNX, sparse TFLite) and measured on the device.
+
+The pieces are :mod:`latbench.search.jcw` (the evolutionary search), :mod:`latbench.train.supernet` (the
+weight-sharing supernet that scores candidates on held-out training data) and :mod:`latbench.train.admm`
+(dense → ADMM → masked fine-tune). Loading, budgets, export and device measurement are shared with the
+other pruning methods (:mod:`latbench.pruning`), so reports have the same fields and compare directly.
+
+Everything lives in ``job.out`` and a rerun continues where the last one stopped::
+
+    state.json, history.jsonl     the search (generation, genomes, RNG; one line per generation)
+    supernet.safetensors          the supernet after the last generation's training
+    front.jsonl, frontier.png     the final Pareto set (with held-out accuracy) and the fronts by generation
+    <label>/                      one folder per chosen architecture: arch.json, admm.safetensors (phase
+                                  checkpoints, the final network once complete), pruned.onnx, pruned.tflite,
+                                  report.json
+    summary.json                  the job, the front and every chosen architecture's figures
+
+>>> job = JCWJob(model="resnet56", checkpoint="runs/r56.safetensors", table="tables/t.parquet",
+...              out="runs/jcw", budget_ratios=(0.7, 0.5, 0.3), device="host:litert")          # doctest: +SKIP
+>>> summary = run_jcw(job)                                                                   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .models.arch import Architecture
+from .pruning import _batches, console, measure_architectures
+from .search.budget import BudgetError, CostGrid
+from .search.jcw import SearchConfig, SearchResult
+from .train.admm import ADMMConfig
+from .train.supernet import SupernetConfig
+
+SUMMARY_FORMAT = "latbench-jcw-job/1"
+#: Report fields produced by the retraining (kept from an earlier run when the retraining is skipped).
+TRAINING_FIELDS = ("test_accuracy", "test_loss", "test_images", "admm", "admm_history",
+                   "achieved_sparsity_max_error")
+#: Prediction error accepted as "on target" in reports (the table acceptance bar for single networks).
+PREDICTION_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class JCWJob:
+    """One JCW run. Choose architectures from the front either by latency budgets (``budgets_ms`` and/or
+    ``budget_ratios`` of the full network's latency — measured on ``device`` when one is given, else
+    predicted — each giving the most accurate front member within it) or by ``pick`` (that many members
+    spread over the front's latency range; 0 runs the search only).
+
+    ``search``, ``supernet`` and ``admm`` are the three stages' settings; ``search.resolution`` defaults
+    to the data's. ``anchor`` seeds the first population with the full network and the narrowest dense
+    one, so the front spans the whole reachable latency range from the start. ``measure_front`` also
+    measures every front member on ``device`` (prediction error over the front, not just the picks).
+    """
+
+    model: str
+    checkpoint: str
+    table: str
+    out: str
+    budgets_ms: tuple[float, ...] = ()
+    budget_ratios: tuple[float, ...] = ()
+    pick: int | None = None
+    search: SearchConfig = field(default_factory=SearchConfig)
+    supernet: SupernetConfig = field(default_factory=lambda: SupernetConfig(eval_size=1000, bn_batches=2))
+    admm: ADMMConfig = field(default_factory=ADMMConfig)
+    data: str = "fashion-mnist"
+    data_dir: str | None = None
+    device: str | None = None
+    store: str = "runs/measurements.db"
+    measure_front: bool = False
+    anchor: bool = True
+    bn_images: int = 512                 # images to recalibrate BN of a supernet slice before retraining
+    test_images: int | None = None       # evaluate on the first N test images (None: the whole test set)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "budgets_ms", tuple(dict.fromkeys(float(b) for b in self.budgets_ms)))
+        object.__setattr__(self, "budget_ratios", tuple(dict.fromkeys(float(r) for r in self.budget_ratios)))
+        budgets = bool(self.budgets_ms or self.budget_ratios)
+        if budgets == (self.pick is not None):
+            raise BudgetError("choose the architectures to retrain: give --pick N (0: search only), or one or more "
+                              "--budget-ms / --budget-ratio (not both kinds)")
+        if self.pick is not None and self.pick < 0:
+            raise BudgetError(f"--pick must be ≥ 0, got {self.pick}")
+        bad = [b for b in self.budgets_ms if not np.isfinite(b) or b <= 0]
+        if bad:
+            raise BudgetError(f"--budget-ms must be positive, got {bad}")
+        bad = [r for r in self.budget_ratios if not 0 < r <= 1]
+        if bad:
+            raise BudgetError(f"--budget-ratio must be in (0, 1], got {bad}")
+        if self.measure_front and not self.device:
+            raise BudgetError("--measure-front needs --device")
+        if self.bn_images < 1:
+            raise ValueError(f"bn_images must be ≥ 1, got {self.bn_images}")
+
+    @property
+    def method(self) -> str:
+        return "jcw-channel-only" if self.search.channel_only else "jcw"
+
+
+# ---- choosing architectures from the front ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Choice:
+    """A front member chosen for retraining; ``label`` names its folder."""
+
+    label: str
+    architecture: Architecture
+    front_index: int
+    budget_ms: float | None = None
+    budget_ratio: float | None = None
+
+    def budget(self) -> dict:
+        """The report's budget entry (the same shape as the other pruning methods')."""
+        if self.budget_ms is None:
+            return {"kind": "pick", "value": None, "ratio": None, "label": self.label}
+        return {"kind": "latency", "value": self.budget_ms, "ratio": self.budget_ratio, "label": self.label}
+
+
+def spread_picks(latency_ms: Sequence[float], n: int) -> list[int]:
+    """Indices of ``n`` members spread over the latency range: ``n`` targets evenly spaced from the fastest
+    to the slowest member, each taking the nearest member not taken yet (all members if there are ≤ n)."""
+    latency = np.asarray(latency_ms, dtype=float)
+    if n >= len(latency):
+        return list(np.argsort(latency, kind="stable"))
+    taken: list[int] = []
+    for target in np.linspace(latency.min(), latency.max(), n):
+        distance = np.abs(latency - target)
+        distance[taken] = np.inf
+        taken.append(int(np.argmin(distance)))
+    return sorted(taken, key=lambda i: latency[i])
+
+
+def best_within(latency_ms: Sequence[float], accuracy: Sequence[float], loss: Sequence[float],
+                budget_ms: float) -> int | None:
+    """Index of the most accurate member (then the lowest loss) with latency ≤ ``budget_ms``; None if none fits."""
+    latency, accuracy, loss = (np.asarray(v, dtype=float) for v in (latency_ms, accuracy, loss))
+    inside = np.flatnonzero(latency <= budget_ms)
+    if inside.size == 0:
+        return None
+    return int(inside[np.lexsort((loss[inside], -accuracy[inside]))[0]])
+
+
+def choose(front: pd.DataFrame, job: JCWJob, full_ms: float) -> list[Choice]:
+    """The architectures ``job`` asks for. ``front``: one row per member (``architecture``, ``latency_ms``,
+    ``val_accuracy``, ``loss``); ``full_ms``: the latency ratio budgets refer to. A budget no member
+    meets is an error naming the fastest member (before any retraining starts)."""
+    latency = front.latency_ms.to_numpy()
+    if job.pick is not None:
+        picks = spread_picks(latency, job.pick) if job.pick else []
+        return [Choice(f"pick-{k + 1}-of-{len(picks)}", front.architecture.iloc[i], i) for k, i in enumerate(picks)]
+    budgets = [(b, None, f"budget-{b:g}ms") for b in job.budgets_ms]
+    budgets += [(r * full_ms, r, f"budget-{r:g}") for r in job.budget_ratios]
+    choices, unmet = [], []
+    for budget_ms, ratio, label in budgets:
+        i = best_within(latency, front.val_accuracy, front.loss, budget_ms)
+        if i is None:
+            unmet.append(f"{label} ({budget_ms:.4g} ms)")
+        else:
+            choices.append(Choice(label, front.architecture.iloc[i], i, budget_ms, ratio))
+    if unmet:
+        fastest = float(latency.min())
+        raise BudgetError(f"no architecture of the front meets {', '.join(unmet)}: the fastest is {fastest:.4g} ms "
+                          f"({fastest / full_ms:.0%} of the full network). Lower the width bounds "
+                          "(--min-width-ratio, --coupled-min-width-ratio) or relax the budget; the search is saved "
+                          "and resumes")
+    return choices
+
+
+# ---- the front with held-out scores -------------------------------------------------------------------
+
+def _previous_scores(path: Path) -> dict[Architecture, tuple[int, float, float]]:
+    """(generation, held-out loss, accuracy) per architecture of an earlier ``front.jsonl``: a rerun that ends
+    at the same generation reuses them instead of scoring the front again."""
+    if not path.exists():
+        return {}
+    scores = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if "val_accuracy" in row:
+            scores[Architecture.from_dict(row)] = (int(row["generation"]), float(row["val_loss"]),
+                                                   float(row["val_accuracy"]))
+    return scores
+
+
+def scored_front(result: SearchResult, evaluator,
+                 previous: dict[Architecture, tuple[int, float, float]] | None = None) -> pd.DataFrame:
+    """``result``'s final front with every member's held-out loss and accuracy from the supernet (``previous``
+    scores of the same final generation are reused)."""
+    front = result.front_frame().reset_index(drop=True)
+    generation, previous = result.final.generation, previous or {}
+    scores = []
+    for arch in front.architecture:
+        if arch in previous and previous[arch][0] == generation:
+            scores.append(previous[arch][1:])
+        else:
+            s = evaluator.score(arch)
+            scores.append((s.loss, s.accuracy))
+    return front.assign(val_loss=[s[0] for s in scores], val_accuracy=[s[1] for s in scores])
+
+
+def write_front(path: Path, front: pd.DataFrame, generation: int) -> Path:
+    """The Pareto set as JSON lines: architecture fields, predicted latency (absolute and relative to the full
+    network), the search's objective ``loss``, held-out ``val_loss``/``val_accuracy``, densities and, when
+    measured, ``measured_ms``."""
+    lines = []
+    for row in front.itertuples(index=False):
+        line = {**row.architecture.to_dict(), "latency_ms": float(row.latency_ms),
+                "relative_latency": float(row.relative_latency), "loss": float(row.loss),
+                "val_loss": float(row.val_loss), "val_accuracy": float(row.val_accuracy),
+                "density": float(row.density), "weight_density": float(row.weight_density), "generation": generation}
+        if "measured_ms" in front.columns:
+            line["measured_ms"] = float(row.measured_ms)
+        lines.append(json.dumps(line) + "\n")
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(lines))
+    tmp.replace(path)
+    return path
+
+
+# ---- retraining one architecture ----------------------------------------------------------------------
+
+def admm_config_for(arch: Architecture, config: ADMMConfig) -> ADMMConfig:
+    """The retraining settings of ``arch``: an architecture without sparse convs has nothing to prune, so its
+    ADMM epochs are trained dense — every architecture gets the same number of steps (with ``max_steps``
+    unset), and channel-only results are not handicapped by a shorter training."""
+    if any(s > 0 for s in arch.sparsity.values()) or config.admm_epochs == 0:
+        return config
+    return replace(config, dense_epochs=config.dense_epochs + config.admm_epochs, admm_epochs=0)
+
+
+def _finished_training(folder: Path, arch: Architecture, admm: ADMMConfig, test_images: int) -> dict | None:
+    """The training fields of the folder's report if it holds this architecture retrained with these
+    settings and scored on as many test images, and its exports exist (a rerun then skips it); else None."""
+    path = folder / "report.json"
+    if not path.exists() or not all((folder / f"pruned.{fmt}").exists() for fmt in ("onnx", "tflite")):
+        return None
+    report = json.loads(path.read_text())
+    if (report.get("architecture") != arch.to_dict() or report.get("admm") != admm.identity()
+            or report.get("test_images") != test_images):
+        return None
+    return {k: report[k] for k in TRAINING_FIELDS}
+
+
+def _claim_folder(folder: Path, arch: Architecture) -> None:
+    """Create ``folder`` for ``arch``; refuse a folder that holds another architecture (the front changed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "arch.json"
+    if path.exists() and Architecture.load(path) != arch:
+        raise ValueError(f"{folder} holds another architecture (the front changed since it was retrained, e.g. "
+                         "more generations); delete that folder or use another --out")
+    path.write_text(arch.to_json())
+
+
+def retrain(choice: Choice, folder: Path, supernet, data, test, job: JCWJob,
+            done: dict[Architecture, Path]) -> dict:
+    """Retrain ``choice`` in ``folder``: the supernet slice (BN recalibrated) at its widths, dense → ADMM to
+    its sparsities → masked fine-tune (resumable from ``admm.safetensors``), then exports. ``done`` maps
+    architectures already retrained in this run to their checkpoints (a shared checkpoint is copied, not
+    retrained). Returns the report's training fields."""
+    from .export import export_network_for
+    from .train import evaluate
+    from .train.admm import admm_retrain
+
+    arch = choice.architecture
+    config = admm_config_for(arch, job.admm)
+    checkpoint = folder / "admm.safetensors"
+    if arch in done and not checkpoint.exists():
+        shutil.copyfile(done[arch], checkpoint)
+    bn = supernet.calibrate(arch, _batches(data.train, job.bn_images, batch=128, seed=job.search.seed + 1))
+    before = evaluate(supernet.extract(arch, bn, sparse=True), test)     # the supernet's slice, as scored
+    net = supernet.extract(arch, bn, sparse=False)                       # dense start for the retraining
+    net, history = admm_retrain(net, arch, data, config, checkpoint=checkpoint)
+    done[arch] = checkpoint
+    after = evaluate(net, test)
+    for fmt in ("onnx", "tflite"):
+        (folder / f"pruned.{fmt}").write_bytes(export_network_for(fmt, net, arch))
+    requested = {name: float(arch.sparsity.get(name, 0.0)) for name in history.sparsity}
+    training = {"test_accuracy": {"pruned": before[1], "finetuned": after[1]},
+            "test_loss": {"pruned": before[0], "finetuned": after[0]}, "test_images": len(test),
+            "admm": config.identity(), "admm_history": history.to_dict(),
+            "achieved_sparsity_max_error": max((abs(history.sparsity[n] - s) for n, s in requested.items()),
+                                               default=0.0)}
+    # Written at once, so a run stopped before the device measurement keeps the retraining.
+    (folder / "report.json").write_text(json.dumps({"architecture": arch.to_dict(), **training}, indent=2))
+    return training
+
+
+# ---- the job ------------------------------------------------------------------------------------------
+
+def _prediction_error(predicted: float, measured: float | None) -> dict:
+    if measured is None:
+        return {"measured_over_predicted": None, "within_5pct": None}
+    error = measured / predicted - 1
+    return {"measured_over_predicted": error, "within_5pct": bool(abs(error) <= PREDICTION_TOLERANCE)}
+
+
+def run_jcw(job: JCWJob) -> dict:
+    """Run ``job`` end to end (or continue it); writes everything to ``job.out`` and returns the summary
+    (also ``summary.json``). Every chosen architecture gets a ``report.json`` in its folder."""
+    from .data import load_dataset
+    from .models.zoo import get_model
+    from .predictor import Predictor
+    from .search.jcw import JCWSearch
+    from .tables.table import LatencyTable
+    from .train import load_checkpoint
+    from .train.supernet import Supernet, SupernetEvaluator
+
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    parent, parent_arch, _ = load_checkpoint(job.checkpoint)
+    if parent.spec.name != job.model:
+        raise ValueError(f"{job.checkpoint} holds a {parent.spec.name}, not a {job.model}")
+    if parent_arch.widths != dict(get_model(parent.spec.name).groups) or parent_arch.sparsity:
+        raise ValueError(f"{job.checkpoint} is already pruned ({parent_arch.widths}); start from the full network")
+    data = load_dataset(job.data, job.data_dir)
+    if job.search.resolution not in (None, data.resolution):
+        raise ValueError(f"the search's resolution {job.search.resolution} differs from the data's "
+                         f"{data.resolution}; the retrained network runs at the data's resolution")
+    # The table was measured with the zoo's classifier; architectures only name widths and sparsities.
+    spec = get_model(job.model)
+    table = LatencyTable.load(job.table)
+    predictor = Predictor(spec, table)
+    config = replace(job.search, resolution=data.resolution)
+    if job.anchor and not config.initial:
+        config = replace(config, initial=_anchors(spec, predictor, config))
+
+    supernet = Supernet(parent)
+    evaluator = SupernetEvaluator(supernet, data, replace(job.supernet, progress=job.progress),
+                                  checkpoint=out / "supernet.safetensors")
+    search = JCWSearch(spec, predictor, evaluator, config)
+    full = Architecture.full(spec, data.resolution)
+    measured_full = None
+    if job.device:
+        measured_full = float(measure_architectures(spec, [full], table, job.device, job.store, job.progress)[0])
+    previous = _previous_scores(out / "front.jsonl")        # read before the search rewrites the file
+    console.print(f"[bold]{job.method}[/]: population {config.population}, {config.generations} generations, "
+                  f"{search.encoding.dim} genes ({len(search.encoding.sparse_layers)} sparsity genes)")
+    result = search.run(out, progress=job.progress)
+    generation = result.final.generation
+    front = scored_front(result, evaluator, previous)
+    result.plot_frontier(out / "frontier.png", title=f"{spec.name} {job.method} on {table.meta.get('device', '?')}: "
+                                                     "supernet loss vs predicted latency by generation")
+    full_ms = measured_full if measured_full is not None else result.full_latency_ms
+    choices = choose(front, job, full_ms)
+
+    if job.measure_front:
+        front = front.assign(measured_ms=measure_architectures(spec, list(front.architecture), table, job.device,
+                                                               job.store, job.progress))
+    write_front(out / "front.jsonl", front, generation)
+    console.print(f"front: {len(front)} architectures, {front.latency_ms.min():.3g}–{front.latency_ms.max():.3g} ms "
+                  f"predicted (full network {result.full_latency_ms:.3g} ms); retraining {len(choices)}")
+
+    test = data.test if job.test_images is None else data.test.head(job.test_images)
+    reports, done = {}, {}
+    for choice in choices:
+        folder = out / choice.label
+        _claim_folder(folder, choice.architecture)
+        report = _finished_training(folder, choice.architecture, admm_config_for(choice.architecture, job.admm),
+                                    len(test))
+        if report is not None:
+            console.print(f"{choice.label}: finished earlier, kept")
+            done.setdefault(choice.architecture, folder / "admm.safetensors")
+        else:
+            console.print(f"{choice.label}: retraining ({choice.architecture.widths})")
+            report = retrain(choice, folder, supernet, data, test, job, done)
+        reports[choice.label] = report
+
+    measured = {}
+    if job.device and choices:
+        archs = [c.architecture for c in choices]
+        measured = dict(zip([c.label for c in choices],
+                            measure_architectures(spec, archs, table, job.device, job.store, job.progress).tolist()))
+    predicted_full = result.full_latency_ms
+    for choice in choices:
+        arch, row = choice.architecture, front.iloc[choice.front_index]
+        predicted = float(row.latency_ms)
+        measured_ms = measured.get(choice.label)
+        budget = choice.budget()
+        reports[choice.label] = report = {
+            **reports[choice.label],
+            "model": spec.name, "method": job.method, "checkpoint": str(job.checkpoint), "table": job.table,
+            "device": job.device, "data": data.name, "budget": budget, "label": choice.label,
+            "full_latency_ms": {"measured": measured_full, "predicted": predicted_full},
+            "architecture": arch.to_dict(), "predicted_ms": predicted, "measured_ms": measured_ms,
+            **_prediction_error(predicted, measured_ms),
+            "measured_over_budget": (measured_ms / budget["value"] - 1)
+            if measured_ms is not None and budget["value"] else None,
+            "relative_latency": predicted / predicted_full,
+            "density": float(row.density), "weight_density": float(row.weight_density),
+            "supernet": {"objective": job.supernet.objective, "loss": float(row.loss),
+                         "val_loss": float(row.val_loss), "val_accuracy": float(row.val_accuracy)},
+            "search_seconds": result.timing.total_s,
+            "search": {"generations": generation, "population": config.population, "front_size": len(front),
+                       "channel_only": config.channel_only},
+            "flops": CostGrid.analytic(parent.spec, "flops", data.resolution).total(arch.widths),
+            "params": CostGrid.analytic(parent.spec, "params", data.resolution).total(arch.widths),
+        }
+        (out / choice.label / "report.json").write_text(json.dumps(report, indent=2))
+
+    summary = _summary(job, config, result, front, reports, measured_full, evaluator)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _anchors(spec, predictor, config: SearchConfig) -> tuple[Architecture, ...]:
+    """The full network and the narrowest dense one within the search's bounds (the slow and fast ends)."""
+    from .search.jcw import ArchitectureEncoding
+
+    encoding = ArchitectureEncoding.for_search(spec, predictor, config)
+    narrowest = encoding.architectures(encoding.decode(np.zeros((1, encoding.dim))))[0]
+    return (Architecture.full(spec, encoding.resolution), narrowest)
+
+
+def _summary(job: JCWJob, config: SearchConfig, result: SearchResult, front: pd.DataFrame, reports: dict,
+             measured_full: float | None, evaluator) -> dict:
+    """summary.json: the job, the search, the front's prediction check and one line per chosen architecture."""
+    rows = [{k: r[k] for k in ("label", "budget", "predicted_ms", "measured_ms", "measured_over_predicted",
+                               "within_5pct", "relative_latency", "density", "weight_density", "test_accuracy",
+                               "achieved_sparsity_max_error")} for r in reports.values()]
+    front_check = None
+    if "measured_ms" in front.columns:
+        error = front.measured_ms / front.latency_ms - 1
+        front_check = {"n": len(front), "within_5pct": float((error.abs() <= PREDICTION_TOLERANCE).mean()),
+                       "mape": float(error.abs().mean()), "mean_error": float(error.mean())}
+    return {
+        "format": SUMMARY_FORMAT, "model": job.model, "method": job.method, "checkpoint": job.checkpoint,
+        "table": job.table, "device": job.device, "data": job.data,
+        "search": {**{k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k != "initial"},
+                   "anchored": bool(config.initial), "generations_done": result.final.generation,
+                   "seconds": result.timing.total_s, "timing_shares": result.timing.shares()},
+        "supernet": {**json.loads(json.dumps(job.supernet.identity())), "updates": evaluator.updates},
+        "full_latency_ms": {"predicted": result.full_latency_ms, "measured": measured_full},
+        "front": {"size": len(front), "file": "front.jsonl", "plot": "frontier.png",
+                  "latency_ms": [float(front.latency_ms.min()), float(front.latency_ms.max())],
+                  "mean_density": float(front.density.mean()), "prediction_check": front_check},
+        "architectures": rows,
+    }
+
+
+__all__ = ["Choice", "JCWJob", "PREDICTION_TOLERANCE", "admm_config_for", "best_within", "choose", "retrain",
+           "run_jcw", "scored_front", "spread_picks", "write_front"]
