@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# JCW acceptance on Fashion-MNIST-32: ResNet-56 with the host LiteRT table, measured on host:litert.
+#   1. JCW (widths + weight sparsity): search the front, retrain the most accurate member within 70/50/30 % of
+#      the full network's measured latency with ADMM, export, measure; every front member is measured too.
+#   2. The same with --channel-only (sparsity fixed at 0): the channel-pruning baseline of the same search.
+#   3. Uniform-width pruning at the same budgets (`latbench prune lcp --method uniform`).
+# Every network gets the same training length: JCW retrains STEPS dense + STEPS ADMM + STEPS masked fine-tune
+# steps (an architecture without sparse convs trains its ADMM steps dense), uniform fine-tunes 3·STEPS steps,
+# all at peak learning rate LR. Summary: $OUT/summary.md (accuracy vs measured latency, measured within ±5 % of
+# the prediction?) and $OUT/front-check.md (prediction error over each JCW front).
+#
+#   bash benchmarks/jcw_acceptance.sh          # needs runs/r56/base.safetensors (latbench train, see README)
+#
+# Expected run time with the defaults, one torch thread, on the project's 2-core machine while it is otherwise
+# busy (a ResNet-56 step of 128 images ≈ 1–2.5 s): each JCW search ≈ 20–30 min (16 × 8 generations, 40 supernet
+# steps and ≈ 32 candidates scored on 500 held-out images per generation), each retraining ≈ 5–8 min
+# (300 steps + test set), uniform ≈ 5 min per budget: ≈ 1.5–2 hours in all, ~30 s when everything is done.
+# Resumable: rerun the same command; search state, supernet, ADMM checkpoints and measurements live in $OUT and
+# $STORE, finished work is skipped (delete a folder to redo it). Runs are sequential so that device measurements
+# never share the cores with training.
+# Every group may shrink to a quarter of its width (the default keeps residual-coupled groups at half, whose
+# narrowest network is ≈ 29 % of the full latency: 30 % would be out of reach).
+# Environment: DEVICE (host:litert), TABLE, CKPT, STORE, OUT, BUDGETS ("0.7 0.5 0.3"), POPULATION (16),
+# GENERATIONS (8), SUPERNET_STEPS (40), EVAL_IMAGES (500), STEPS (100 per retraining phase), LR (0.02),
+# RHO (0.01, grown ×RHO_GROWTH=1.7 per update, every 10 steps, up to 1), THREADS (1); for a smoke run also
+# BATCH (128: supernet and ADMM batch) and TEST_IMAGES (all), e.g.
+#   OUT=/tmp/jcw-smoke POPULATION=4 GENERATIONS=1 SUPERNET_STEPS=1 EVAL_IMAGES=32 STEPS=2 BATCH=16 TEST_IMAGES=64 \
+#   BUDGETS="0.7 0.4" bash benchmarks/jcw_acceptance.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+device=${DEVICE:-host:litert}
+table=${TABLE:-tables/host-litert-resnet56-32-dense.parquet}
+ckpt=${CKPT:-runs/r56/base.safetensors}
+store=${STORE:-runs/r56/litert.db}
+out=${OUT:-runs/jcw-acceptance}
+budgets=${BUDGETS:-0.7 0.5 0.3}
+steps=${STEPS:-100}
+lr=${LR:-0.02}
+threads=${THREADS:-1}
+batch=${BATCH:-128}
+test_args=()
+[ -n "${TEST_IMAGES:-}" ] && test_args=(--test-images "$TEST_IMAGES")
+export OMP_NUM_THREADS=$threads
+[ -f "$ckpt" ] || { echo "missing $ckpt: train the base network first, e.g. latbench train --model resnet56" \
+  "--epochs 30 --out $ckpt" >&2; exit 2; }
+mkdir -p "$out"
+
+budget_args=()
+for b in $budgets; do budget_args+=(--budget-ratio "$b"); done
+
+jcw() {  # folder, extra options
+  local dir="$out/$1"; shift
+  echo "== $dir" >&2
+  latbench prune jcw --model resnet56 --checkpoint "$ckpt" --table "$table" --device "$device" --store "$store" \
+    --out "$dir" "${budget_args[@]}" --measure-front "$@" "${test_args[@]}" --coupled-min-width-ratio 0.25 \
+    --population "${POPULATION:-16}" --generations "${GENERATIONS:-8}" --supernet-steps "${SUPERNET_STEPS:-40}" \
+    --eval-images "${EVAL_IMAGES:-500}" --bn-batches 2 --supernet-batch-size "$batch" --admm-batch-size "$batch" \
+    --admm-dense-epochs 1 --admm-epochs 1 --admm-finetune-epochs 1 --admm-steps-per-epoch "$steps" --admm-lr "$lr" \
+    --admm-rho "${RHO:-0.01}" --admm-rho-growth "${RHO_GROWTH:-1.7}" --admm-rho-max 1.0 --admm-update-every 10 \
+    --threads "$threads" --no-progress > "$dir.log" 2>&1 || { echo "failed: see $dir.log" >&2; tail -5 "$dir.log" >&2; exit 1; }
+}
+
+uniform() {  # budget ratio
+  local dir="$out/uniform-$1"
+  [ -f "$dir/report.json" ] && return 0
+  echo "== $dir" >&2
+  mkdir -p "$dir"
+  latbench prune lcp --method uniform --model resnet56 --checkpoint "$ckpt" --table "$table" --budget-ratio "$1" \
+    --device "$device" --store "$store" --out "$dir" --bn-images 256 --finetune-epochs 1 "${test_args[@]}" \
+    --finetune-steps $((3 * steps)) --finetune-lr "$lr" --no-progress > "$dir.log" 2>&1 \
+    || { echo "failed: see $dir.log" >&2; tail -5 "$dir.log" >&2; exit 1; }
+}
+
+mkdir -p "$out/jcw" "$out/jcw-channel-only"
+jcw jcw
+jcw jcw-channel-only --channel-only
+for b in $budgets; do uniform "$b"; done
+
+python benchmarks/summarize_pruning.py "$out" > "$out/summary.md"
+python - "$out" > "$out/front-check.md" <<'EOF'
+import json, sys
+from pathlib import Path
+print("| search | front size | latency range ms | mean density | measured within ±5 % | MAPE |")
+print("|---|---|---|---|---|---|")
+for path in sorted(Path(sys.argv[1]).glob("*/summary.json")):
+    s = json.loads(path.read_text())
+    front, check = s["front"], s["front"]["prediction_check"] or {}
+    lo, hi = front["latency_ms"]
+    print(f"| {s['method']} | {front['size']} | {lo:.3f}–{hi:.3f} | {front['mean_density']:.3f} | "
+          f"{check.get('within_5pct', float('nan')):.0%} | {check.get('mape', float('nan')):.1%} |")
+EOF
+cat "$out/summary.md" "$out/front-check.md"
