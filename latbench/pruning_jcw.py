@@ -269,7 +269,7 @@ def retrain(choice: Choice, folder: Path, supernet, data, test, job: JCWJob,
     from .train.admm import admm_retrain
 
     arch = choice.architecture
-    config = admm_config_for(arch, job.admm)
+    config = replace(admm_config_for(arch, job.admm), progress=job.progress)
     checkpoint = folder / "admm.safetensors"
     if arch in done and not checkpoint.exists():
         shutil.copyfile(done[arch], checkpoint)
@@ -347,13 +347,13 @@ def run_jcw(job: JCWJob) -> dict:
     front = scored_front(result, evaluator, previous)
     result.plot_frontier(out / "frontier.png", title=f"{spec.name} {job.method} on {table.meta.get('device', '?')}: "
                                                      "supernet loss vs predicted latency by generation")
+    write_front(out / "front.jsonl", front, generation)           # kept even if a budget cannot be met
     full_ms = measured_full if measured_full is not None else result.full_latency_ms
     choices = choose(front, job, full_ms)
-
     if job.measure_front:
         front = front.assign(measured_ms=measure_architectures(spec, list(front.architecture), table, job.device,
                                                                job.store, job.progress))
-    write_front(out / "front.jsonl", front, generation)
+        write_front(out / "front.jsonl", front, generation)
     console.print(f"front: {len(front)} architectures, {front.latency_ms.min():.3g}–{front.latency_ms.max():.3g} ms "
                   f"predicted (full network {result.full_latency_ms:.3g} ms); retraining {len(choices)}")
 
