@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # LcP acceptance on Fashion-MNIST-32: ResNet-56, budgets at 70/50/30 % of the full network's latency measured on
-# the host device, uniform vs naive global ranking vs LcP, one fine-tuning recipe for all. Resumable: a finished
-# (method, budget) is skipped, an interrupted one continues from its folder.
-#   bash benchmarks/lcp_acceptance.sh                # needs runs/r56/base.safetensors (see README)
-# Environment: DEVICE (host:litert), TABLE, CKPT, OUT, FITNESS (training images per fitness), BN, STEPS (fine-tune
-# steps), CANDIDATES, POOL, JOBS (parallel runs, default 2), BUDGETS, METHODS.
+# the host device, uniform vs naive global ranking vs LcP, one fine-tuning recipe for all (≈1 hour on 2 cores).
+#   bash benchmarks/lcp_acceptance.sh        # needs runs/r56/base.safetensors (README, "Train and prune")
+# Searches and fine-tuning run two at a time (1 torch thread each) WITHOUT the device; the latencies are then
+# measured one network at a time on the otherwise idle machine (pass 2 resumes each job, which finds its search
+# and fine-tuning done, and only measures). Resumable at every step.
+# Environment: DEVICE (host:litert), TABLE, CKPT, OUT, STORE, FITNESS (training images per fitness, 512), BN (256),
+# STEPS (fine-tuning steps, 300), CANDIDATES (400), POOL (64), JOBS (2), BUDGETS, METHODS.
 set -euo pipefail
 device=${DEVICE:-host:litert}
 table=${TABLE:-tables/host-litert-resnet56-32-dense.parquet}
@@ -12,19 +14,35 @@ ckpt=${CKPT:-runs/r56/base.safetensors}
 out=${OUT:-runs/lcp-acceptance}
 store=${STORE:-runs/r56/litert.db}
 mkdir -p "$out"
-run() {  # method budget
-  local dir="$out/$1-$2"
-  [ -f "$dir/report.json" ] && return 0
-  LEADRUN=1 latbench prune lcp --method "$1" --budget-ratio "$2" --checkpoint "$ckpt" --table "$table" \
-    --device "$device" --store "$store" --out "$dir" --fitness-images "${FITNESS:-1000}" --bn-images "${BN:-256}" \
-    --candidates "${CANDIDATES:-400}" --pool "${POOL:-64}" --finetune-epochs 1 --finetune-steps "${STEPS:-300}" \
-    --threads 1 --no-progress > "$dir.log" 2>&1
+# 1. The full network's latency, measured once on the quiet machine: the budgets are fractions of it.
+full_ms=$(LEADRUN=1 python - "$table" "$device" "$store" <<'PY'
+import sys
+from latbench.models import Architecture, get_model
+from latbench.pruning import measure_architectures
+from latbench.tables.table import LatencyTable
+table, device, store = sys.argv[1:]
+spec = get_model("resnet56")
+print(float(measure_architectures(spec, [Architecture.full(spec, 32)], LatencyTable.load(table), device, store,
+                                  progress=False)[0]))
+PY
+)
+echo "full ResNet-56 on $device: $full_ms ms" | tee "$out/full.txt"
+run() {  # method ratio [extra args]
+  local m=$1 r=$2; shift 2
+  local dir="$out/$m-$r"
+  local budget; budget=$(python -c "print($r * $full_ms)")
+  LEADRUN=1 latbench prune lcp --method "$m" --budget-ms "$budget" --checkpoint "$ckpt" --table "$table" \
+    --out "$dir" --fitness-images "${FITNESS:-512}" --bn-images "${BN:-256}" --candidates "${CANDIDATES:-400}" \
+    --pool "${POOL:-64}" --finetune-epochs 1 --finetune-steps "${STEPS:-300}" --threads 1 --no-progress "$@" \
+    >> "$dir.log" 2>&1
 }
-export -f run; export out ckpt table device store
-# The full network's latency is measured once, before parallel runs could share the store.
-LEADRUN=1 latbench validate resnet56 --device "$device" --table "$table" --resolution 32 --n 1 --store "$store" \
-  --no-progress > /dev/null 2>&1 || true
-for b in ${BUDGETS:-0.7 0.5 0.3}; do for m in ${METHODS:-lcp naive uniform}; do echo "$m $b"; done; done |
-  xargs -P "${JOBS:-2}" -L 1 bash -c 'mkdir -p "$out/$0-$1"; run "$0" "$1"'
+export -f run; export out ckpt table device store full_ms
+# 2. Searches + fine-tuning, the long LcP searches first so that the parallel slots finish together.
+for m in ${METHODS:-lcp naive uniform}; do for b in ${BUDGETS:-0.7 0.5 0.3}; do echo "$m $b"; done; done |
+  xargs -P "${JOBS:-2}" -L 1 bash -c '[ -f "$out/$0-$1/pruned.safetensors" ] || run "$0" "$1"'
+# 3. Measurement, one network at a time.
+for m in ${METHODS:-lcp naive uniform}; do for b in ${BUDGETS:-0.7 0.5 0.3}; do
+  grep -q '"measured_ms": null' "$out/$m-$b/report.json" && run "$m" "$b" --device "$device" --store "$store"
+done; done
 python benchmarks/summarize_pruning.py "$out" > "$out/summary.md"
 cat "$out/summary.md"
