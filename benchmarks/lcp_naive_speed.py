@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def metrics_for(spec, seed=0):
     rng = np.random.default_rng(seed)
     return {ly.name: rng.random(spec.groups[ly.out_group]) for ly in spec.layers
-            if ly.out_group and ly.has_weights and ly.kind != "depthwise"}
+            if ly.out_group and ly.has_weights}
 
 
 def median_seconds(fn, repeats=5):

@@ -18,7 +18,7 @@ TABLES = Path(__file__).resolve().parents[1] / "tables"
 def random_metrics(spec, seed=0):
     rng = np.random.default_rng(seed)
     return {ly.name: rng.random(spec.groups[ly.out_group]) * (1 + i % 3)
-            for i, ly in enumerate(spec.layers) if ly.out_group and ly.has_weights and ly.kind != "depthwise"}
+            for i, ly in enumerate(spec.layers) if ly.out_group and ly.has_weights}
 
 
 @pytest.fixture(scope="module")

@@ -69,8 +69,7 @@ class FilterRanking:
         if unit < 1:
             raise BudgetError(f"the pruning unit must be a positive number of channels, got {unit}")
         groups = list(spec.groups)
-        layers = tuple(ly.name for ly in spec.layers if ly.out_group is not None and ly.has_weights
-                       and ly.kind != "depthwise")
+        layers = tuple(ly.name for ly in spec.layers if ly.out_group is not None and ly.has_weights)
         missing = [name for name in layers if name not in metrics]
         if missing:
             raise ValueError(f"no filter metric for layer(s) {missing[:3]} of {spec.name}; compute metrics for every "
