@@ -5,13 +5,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from latbench.cli import app
 from latbench.data import FASHION_MNIST_DIR
-from latbench.models import Architecture, build, get_model
-from latbench.train import save_checkpoint
+from latbench.models import get_model
 
 TABLE = Path(__file__).resolve().parents[1] / "tables" / "host-litert-resnet56-32-dense.parquet"
 pytestmark = pytest.mark.skipif(not (Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz").exists(),
@@ -20,13 +18,9 @@ QUICK = ["--pool", "4", "--candidates", "8", "--fitness-images", "128", "--bn-im
          "--test-images", "200", "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    net = build(get_model("resnet56"), in_channels=1)
-    path = tmp_path_factory.mktemp("ckpt") / "r56.safetensors"
-    save_checkpoint(path, net, arch=Architecture.full(net.spec, 32))
-    return path
+@pytest.fixture
+def checkpoint(untrained_resnet56_checkpoint):
+    return untrained_resnet56_checkpoint
 
 
 def prune(*args):

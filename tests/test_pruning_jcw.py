@@ -14,10 +14,9 @@ from typer.testing import CliRunner
 
 from latbench.cli import app
 from latbench.data import FASHION_MNIST_DIR
-from latbench.models import Architecture, build, get_model
+from latbench.models import Architecture, get_model
 from latbench.pruning_jcw import JCWJob, admm_config_for, best_within, choose, spread_picks
 from latbench.search.budget import BudgetError
-from latbench.train import save_checkpoint
 from latbench.train.admm import ADMMConfig
 
 TABLE = Path(__file__).resolve().parents[1] / "tables" / "host-litert-resnet56-32-dense.parquet"
@@ -30,14 +29,10 @@ TINY = ["--population", "4", "--generations", "2", "--supernet-steps", "2", "--s
         "--threads", "1", "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+@pytest.fixture
+def checkpoint(untrained_resnet56_checkpoint):
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    net = build(get_model("resnet56"), in_channels=1)
-    path = tmp_path_factory.mktemp("ckpt") / "r56.safetensors"
-    save_checkpoint(path, net, arch=Architecture.full(net.spec, 32))
-    return path
+    return untrained_resnet56_checkpoint
 
 
 def prune(*args):
