@@ -13,8 +13,15 @@ R56 = get_model("resnet56")
 
 
 def net_of(spec, seed=0, in_channels=1, widths=None) -> GraphNet:
+    """A network with BN scales as after training (the init zeroes the last BN of residual branches, which
+    makes their Taylor scores exactly 0)."""
     torch.manual_seed(seed)
-    return GraphNet(spec, widths or spec.groups, in_channels)
+    net = GraphNet(spec, widths or spec.groups, in_channels)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+    return net
 
 
 def toy_data(n=64, hw=8, seed=0) -> ImageDataset:
