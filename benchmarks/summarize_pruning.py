@@ -18,8 +18,12 @@ import pandas as pd
 
 def main(folder: str) -> None:
     rows = []
+    full = Path(folder, "full.txt")     # written by lcp_acceptance.sh: budgets are fractions of it
+    full_ms = float(full.read_text().rsplit(":", 1)[1].split()[0]) if full.exists() else None
     for path in sorted(Path(folder).rglob("report.json")):
         r = json.loads(path.read_text())
+        if r["budget"].get("ratio") is None and full_ms and r["budget"].get("kind") == "latency":
+            r["budget"]["ratio"] = round(r["budget"]["value"] / full_ms, 3)
         if "method" not in r:          # a JCW architecture whose device measurement has not run yet
             continue
         search = r.get("search") or {}

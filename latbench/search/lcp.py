@@ -255,16 +255,18 @@ def learn_compensation(ranking: FilterRanking, grid: CostGrid, budget: Budget, f
     rng = np.random.default_rng(config.seed)
     history: list[Candidate] = []
     path = Path(state) if state else None
+    spent: dict = {}   # time already spent by an interrupted run: the report gives the search's whole cost
     if path and path.exists():
         saved = json.loads(path.read_text())
         if saved.get("config") != config.to_dict() or saved.get("budget") != [budget.kind, budget.value]:
             raise ValueError(f"{path} holds a search with other settings; delete it or choose another --out")
         history = [Candidate.from_dict(c) for c in saved["history"]]
         rng.bit_generator.state = saved["rng"]
+        spent = saved.get("timers", {})
     cache: dict[tuple, float] = {tuple(sorted(c.widths.items())): c.fitness for c in history}
     sigma = ranking.sigma
-    timers = {"prune": 0.0, "fitness": 0.0}
-    start = time.perf_counter()
+    timers = {"prune": spent.get("prune", 0.0), "fitness": spent.get("fitness", 0.0)}
+    start = time.perf_counter() - spent.get("total", 0.0)
 
     def evaluate(beta: np.ndarray) -> Candidate:
         t0 = time.perf_counter()
@@ -299,7 +301,8 @@ def learn_compensation(ranking: FilterRanking, grid: CostGrid, budget: Budget, f
             if path:
                 _write_json_atomic(path, {"config": config.to_dict(), "budget": [budget.kind, budget.value],
                                           "history": [c.to_dict() for c in history],
-                                          "rng": rng.bit_generator.state})
+                                          "rng": rng.bit_generator.state,
+                                          "timers": {**timers, "total": time.perf_counter() - start}})
             bar.update(task, completed=len(history), best=f"{min(c.fitness for c in history):.4f}")
     best = min(history, key=lambda c: c.fitness)
     return EvolutionResult(best, history, time.perf_counter() - start, timers["prune"], timers["fitness"],
