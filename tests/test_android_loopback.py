@@ -47,14 +47,16 @@ def phone():
     p.stop()
 
 
-def install_benchmark_model(phone, tmp_path, log_calls: bool = False) -> str:
+def install_benchmark_model(phone, tmp_path, log_calls: bool = False, delay_s: float = 0.0) -> str:
     """Set the phone up as a user would (`latbench android setup`); optionally behind a wrapper that
-    logs every call, so that tests can count the tool runs."""
+    logs every call, so that tests can count the tool runs, and starts each run ``delay_s`` late (silent,
+    so that a short step timeout fires however fast this machine happens to be)."""
     tool = phone_tools.write_tool("benchmark_model", tmp_path / "tools")
     if log_calls:
         real = phone.install_tool("benchmark_model", "/data/local/tmp/real_benchmark_model")
         tool = tmp_path / "tools" / "logging_benchmark_model"
-        tool.write_text(f'#!/bin/sh\necho "$*" >> /data/local/tmp/calls.log\nexec {real} "$@"\n')
+        pause = f"sleep {delay_s}\n" if delay_s else ""
+        tool.write_text(f'#!/bin/sh\necho "$*" >> /data/local/tmp/calls.log\n{pause}exec {real} "$@"\n')
         tool.chmod(0o755)
     spec = f"tcp:{phone.serial}"
     res = runner.invoke(app, ["android", "setup", "--device", spec, "--benchmark-model", str(tool)])
@@ -166,7 +168,7 @@ def test_cool_down_before_a_batch_and_remeasure_after_throttling(phone, tmp_path
 
 
 def test_a_timeout_stops_the_leftover_run_and_the_next_attempt_waits_longer(phone, tmp_path):
-    spec = install_benchmark_model(phone, tmp_path, log_calls=True)
+    spec = install_benchmark_model(phone, tmp_path, log_calls=True, delay_s=1)
     messages: list[str] = []
     from latbench.devices.android import open_android
 
