@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .base import Artifact, DeviceError, MeasureSettings, Measurement
-from .reference import REFERENCE_NAME, reference_model
+from .reference import ReferenceTimed, reference_model
 from .timing import RoundSamples, measure_interleaved
 
 
@@ -63,7 +63,7 @@ def wall_clock(run_once: Callable[[], object]) -> Callable[[int], np.ndarray]:
     return run
 
 
-class HostDevice:
+class HostDevice(ReferenceTimed):
     """Base of the host backends. A subclass sets ``name``, ``model_format`` and ``fingerprint_prefix``
     and implements ``runtime_settings()`` (what the latency depends on besides the CPU) and
     ``load(model)`` (a ready model → a callable that runs it once)."""
@@ -82,21 +82,8 @@ class HostDevice:
         # so that all measurements of one environment share a unit.
         self.reference_ms: float | None = None
 
-    def runtime_settings(self) -> dict:
-        raise NotImplementedError
-
     def load(self, model: bytes) -> Callable[[], object]:
         raise NotImplementedError
-
-    def backend_settings(self) -> dict:
-        out = self.runtime_settings()
-        if self.settings.reference:
-            out["reference"] = REFERENCE_NAME
-        return out
-
-    @property
-    def uses_reference(self) -> bool:
-        return self.settings.reference
 
     def _reference_runner(self) -> Callable[[int], np.ndarray]:
         if self._reference is None:

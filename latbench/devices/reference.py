@@ -13,6 +13,24 @@ from functools import lru_cache
 REFERENCE_NAME = "mobilenet_v2-w0.5-r128"
 
 
+class ReferenceTimed:
+    """For devices that time the reference side by side (``self.settings.reference``): the settings that
+    identify a measurement environment are the runtime's own plus the reference's name."""
+
+    def runtime_settings(self) -> dict:
+        raise NotImplementedError
+
+    def backend_settings(self) -> dict:
+        out = self.runtime_settings()
+        if self.settings.reference:
+            out["reference"] = REFERENCE_NAME
+        return out
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.settings.reference
+
+
 @lru_cache(maxsize=None)
 def reference_model(fmt: str) -> bytes:
     """The reference network serialised in ``fmt`` (``"onnx"`` or ``"tflite"``)."""

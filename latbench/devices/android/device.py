@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from ..base import Artifact, DeviceError, MeasureSettings, Measurement
-from ..reference import REFERENCE_NAME, reference_model
+from ..reference import ReferenceTimed, reference_model
 from ..timing import robust_stats
 from .connection import AdbConnection, AdbLinkError, AdbTarget, UnauthorizedError
 from .parsers import ParseError, parse_benchmark_model, parse_perf_test
@@ -174,7 +174,7 @@ def parse_runner_line(line: str) -> dict | None:
     return fields
 
 
-class AndroidDevice:
+class AndroidDevice(ReferenceTimed):
     """A phone reached over ADB (``tcp:HOST:PORT`` or ``usb[:SERIAL]``), timing models with TFLite's
     ``benchmark_model`` or ``onnxruntime_perf_test`` pushed once by ``latbench android setup``.
 
@@ -269,16 +269,9 @@ class AndroidDevice:
             self._tool_hash = text.split()[0][:16]
         return self._tool_hash
 
-    def backend_settings(self) -> dict:
-        out = {"runtime": self.options.tool, "tool_hash": self.tool_hash(), "threads": self.threads,
-               "cores": self.mask, "layer_timing": self.options.effective_layer_timing}
-        if self.settings.reference:
-            out["reference"] = REFERENCE_NAME
-        return out
-
-    @property
-    def uses_reference(self) -> bool:
-        return self.settings.reference
+    def runtime_settings(self) -> dict:
+        return {"runtime": self.options.tool, "tool_hash": self.tool_hash(), "threads": self.threads,
+                "cores": self.mask, "layer_timing": self.options.effective_layer_timing}
 
     def fingerprint(self) -> str:
         f = self.facts
