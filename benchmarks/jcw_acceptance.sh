@@ -29,7 +29,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 device=${DEVICE:-host:litert}
-table=${TABLE:-tables/host-litert-resnet56-32-dense.parquet}
+source_table=${TABLE:-tables/host-litert-resnet56-32-dense.parquet}
 ckpt=${CKPT:-runs/r56/base.safetensors}
 store=${STORE:-runs/r56/litert.db}
 out=${OUT:-runs/jcw-acceptance}
@@ -44,6 +44,17 @@ export OMP_NUM_THREADS=$threads
 [ -f "$ckpt" ] || { echo "missing $ckpt: train the base network first, e.g. latbench train --model resnet56" \
   "--epochs 30 --out $ckpt" >&2; exit 2; }
 mkdir -p "$out"
+
+# The device drifts by a few % over hours (the shipped table's calibration was 4.5 % off three hours later), so
+# the run works on a copy of the table whose whole-network calibration is refitted now on 24 networks no other
+# step measures (seed CALIBRATION_SEED).
+table="$out/table.parquet"
+if [ ! -f "$table" ]; then
+  cp "$source_table" "$out/table.tmp.parquet"
+  latbench table calibrate "$out/table.tmp.parquet" resnet56 --device "$device" --store "$store" -n 24 \
+    --seed "${CALIBRATION_SEED:-20261121}" > "$out/calibration.json"
+  mv "$out/table.tmp.parquet" "$table"
+fi
 
 budget_args=()
 for b in $budgets; do budget_args+=(--budget-ratio "$b"); done

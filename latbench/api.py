@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import pandas as pd
+
 from .devices import DEFAULT_DEVICE, MeasureSettings, open_device
 from .models import Architecture, ModelSpec, get_model, random_architectures
 from .models.onnx_graph import spec_from_onnx
@@ -78,6 +80,28 @@ def build_table(specs: Sequence[ModelSpec], device: str = DEFAULT_DEVICE, store:
     if out:
         table.save(out, frame)
     return table
+
+
+def recalibrate(table: str | Path, spec: ModelSpec, device: str = DEFAULT_DEVICE, store: str | Path = DEFAULT_STORE,
+                n: int = 24, seed: int = 1_000_003, out: str | Path | None = None, threads: int = 1,
+                progress: bool = True) -> dict:
+    """Measure ``n`` whole networks of ``spec`` now and refit the calibration of ``table`` (written to ``out``,
+    default in place); the previous entry is kept under ``calibration_history``."""
+    path = Path(table)
+    loaded = LatencyTable.load(path)
+    previous = loaded.meta.get("calibration", {}).get(spec.name)
+    dev = open_device(device, threads=threads)
+    try:
+        loaded.check_device(dev.fingerprint(), device)
+        with MeasurementStore(store) as st:
+            entry = calibrate_table(spec, loaded, dev, st, n=n, seed=seed, progress=progress,
+                                    divisor=int(loaded.meta.get("channel_multiple", 1)))
+    finally:
+        dev.close()
+    if previous:
+        loaded.meta.setdefault("calibration_history", {}).setdefault(spec.name, []).append(previous)
+    loaded.save(out or path, pd.read_parquet(path))
+    return entry
 
 
 def predict(spec: ModelSpec, archs: Sequence[Architecture], table: LatencyTable | str | Path, clamp: bool = False):

@@ -140,6 +140,54 @@ def table_info(path: Path) -> None:
     console.print(t.summary().to_string())
 
 
+@table_app.command("sparsity")
+def table_sparsity(path: Path = typer.Argument(..., help="table file (.parquet)"),
+                   out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the table with the test applied")) -> None:
+    """Test where weight sparsity makes layers significantly faster; elsewhere use the dense latency.
+
+    Tables built by `latbench table build` have this applied already; use it on older or imported tables.
+
+    Example: latbench table sparsity tables/host-litert-resnet18-224-adaptive.parquet
+    """
+    from .tables.sparsity import credit_table_file, summarize
+
+    try:
+        report = credit_table_file(path, out)
+    except _ERRORS as err:
+        _fail(err)
+    t = Table("signature", "sparsity", "points", "median sparse/dense", "p (one-sided)", "credited")
+    for sig, levels in report.items():
+        for level, r in levels.items():
+            t.add_row(sig, level, str(r["points"]), f"{r['median_ratio']:.3f}",
+                      "-" if r["p_value"] is None else f"{r['p_value']:.2g}", "yes" if r["credited"] else "no")
+    console.print(t)
+    console.print(summarize(report))
+    if out:
+        console.print(f"table written to [bold]{out}[/]")
+
+
+@table_app.command("calibrate")
+def table_calibrate(path: Path = typer.Argument(..., help="table file (.parquet)"),
+                    model: str = typer.Argument(..., help="zoo model whose whole networks calibrate the table"),
+                    device: str = typer.Option(DEFAULT_DEVICE, help=DEVICE_HELP),
+                    store: Path = typer.Option(Path(api.DEFAULT_STORE)),
+                    networks: int = typer.Option(24, "-n", help="whole networks to measure (the full one + random)"),
+                    seed: int = typer.Option(..., help="seed of the random networks: a new one measures new networks "
+                                                       "(a used one reuses the stored measurements)"),
+                    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write here (default: in place)"),
+                    threads: int = typer.Option(1)) -> None:
+    """Refit a table's whole-network calibration on networks measured now (the device drifts; see docs/measurement.md).
+
+    Example: latbench table calibrate tables/host-litert-resnet56-32-dense.parquet resnet56 --device host:litert --seed 7
+    """
+    try:
+        entry = api.recalibrate(path, api.load_model(model), device, store, n=networks, seed=seed,
+                                out=out or path, threads=threads)
+    except _ERRORS as err:
+        _fail(err)
+    console.print_json(json.dumps(entry))
+
+
 @table_app.command("import-jcw")
 def table_import_jcw(directory: Path = typer.Argument(..., help="folder with runtime.npy and conv_info.log"),
                      out: Path = typer.Option(..., "--out", "-o")) -> None:

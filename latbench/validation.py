@@ -1,6 +1,7 @@
 """Validation: predicted vs measured latency of random whole networks, on the device itself."""
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 from dataclasses import dataclass
@@ -139,6 +140,7 @@ def calibrate(spec: ModelSpec, table, device: Device, store: MeasurementStore, n
     measured = measure_networks(spec, archs, device, store, progress=progress, reference_ms=table_reference_ms(table))
     ratios = measured / raw
     entry = {"scale": float(np.median(ratios)), "offset_ms": 0.0, "networks": int(n), "resolutions": list(res),
-             "seed": seed, "ratio_spread": [float(ratios.min()), float(ratios.max())]}
+             "seed": seed, "ratio_spread": [float(ratios.min()), float(ratios.max())],
+             "measured": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     table.meta.setdefault("calibration", {})[spec.name] = entry
     return entry

@@ -151,7 +151,7 @@ def test_search_improves_the_front_and_covers_the_latency_range(spec):
     assert final.latency_ms.min() <= floor * 1.1
     assert (final.latency_ms.max() - final.latency_ms.min()) >= 0.5 * (full - floor)
     front_latency = final.latency_ms[final.front()]
-    assert np.diff(front_latency).max() <= 0.15 * full     # no big hole in the front
+    assert np.diff(front_latency).max() <= 0.2 * full      # no big hole in the front
     # Selection keeps distinct architectures.
     assert len(np.unique(np.hstack([final.widths, final.sparsity]), axis=0)) == n
 

@@ -257,9 +257,12 @@ def _slice_from_rows(sig: LayerSignature, hw: int, rows: pd.DataFrame) -> TableS
 
 def table_from_store(store, env_id: int, signatures: Iterable[tuple[str, int]] | None = None,
                      extra_meta: dict | None = None, lattice: Mapping[tuple[str, int], Mapping[str, tuple]] | None = None,
-                     ) -> tuple[LatencyTable, pd.DataFrame]:
+                     sparsity_credit: bool = True) -> tuple[LatencyTable, pd.DataFrame]:
     """Build a table from the measurements of one device environment (optionally only some slices, and
-    only points whose values lie on ``lattice[slice][axis]``, e.g. channel multiples of 8)."""
+    only points whose values lie on ``lattice[slice][axis]``, e.g. channel multiples of 8).
+
+    With ``sparsity_credit`` (the default) sparse latencies that are not significantly below the dense ones
+    are replaced by them (:func:`latbench.tables.sparsity.credit_significant_sparsity`)."""
     wanted = set(signatures) if signatures is not None else None
     records = []
     for r in store.rows(env_id):
@@ -276,13 +279,19 @@ def table_from_store(store, env_id: int, signatures: Iterable[tuple[str, int]] |
     if not records:
         raise TableError("the store has no layer measurements for this device; run `latbench profile` first")
     frame = pd.DataFrame.from_records(records, columns=_COLUMNS)
+    sparsity_meta = {}
+    if sparsity_credit:
+        from .sparsity import RULE, credit_significant_sparsity
+
+        frame, report = credit_significant_sparsity(frame)
+        sparsity_meta = {"sparsity_axis": {"rule": RULE, "levels": report}}
     env = store.environment(env_id)
     from .. import __version__
 
     meta = {"fingerprint": env["fingerprint"], "device": env["environment"].get("device", ""),
             "backend": env["settings"], "environment": env["environment"], "latbench_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "source": "measured", "statistic": "median", **(extra_meta or {})}
+            "source": "measured", "statistic": "median", **sparsity_meta, **(extra_meta or {})}
     table = LatencyTable.from_frame(frame, meta)
     return table, frame
 
