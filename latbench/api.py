@@ -84,17 +84,19 @@ def build_table(specs: Sequence[ModelSpec], device: str = DEFAULT_DEVICE, store:
 
 def recalibrate(table: str | Path, spec: ModelSpec, device: str = DEFAULT_DEVICE, store: str | Path = DEFAULT_STORE,
                 n: int = 24, seed: int = 1_000_003, out: str | Path | None = None, threads: int = 1,
-                progress: bool = True) -> dict:
+                resolutions: Sequence[int] | None = None, progress: bool = True) -> dict:
     """Measure ``n`` whole networks of ``spec`` now and refit the calibration of ``table`` (written to ``out``,
-    default in place); the previous entry is kept under ``calibration_history``."""
+    default in place); the previous entry is kept under ``calibration_history``. The resolutions default to
+    those of the previous calibration."""
     path = Path(table)
     loaded = LatencyTable.load(path)
     previous = loaded.meta.get("calibration", {}).get(spec.name)
+    resolutions = resolutions or (previous or {}).get("resolutions")
     dev = open_device(device, threads=threads)
     try:
         loaded.check_device(dev.fingerprint(), device)
         with MeasurementStore(store) as st:
-            entry = calibrate_table(spec, loaded, dev, st, n=n, seed=seed, progress=progress,
+            entry = calibrate_table(spec, loaded, dev, st, n=n, seed=seed, progress=progress, resolutions=resolutions,
                                     divisor=int(loaded.meta.get("channel_multiple", 1)))
     finally:
         dev.close()

@@ -175,6 +175,7 @@ def table_calibrate(path: Path = typer.Argument(..., help="table file (.parquet)
                     seed: int = typer.Option(..., help="seed of the random networks: a new one measures new networks "
                                                        "(a used one reuses the stored measurements)"),
                     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write here (default: in place)"),
+                    resolution: Optional[List[int]] = typer.Option(None, help="default: those of the last calibration"),
                     threads: int = typer.Option(1)) -> None:
     """Refit a table's whole-network calibration on networks measured now (the device drifts; see docs/measurement.md).
 
@@ -182,7 +183,7 @@ def table_calibrate(path: Path = typer.Argument(..., help="table file (.parquet)
     """
     try:
         entry = api.recalibrate(path, api.load_model(model), device, store, n=networks, seed=seed,
-                                out=out or path, threads=threads)
+                                out=out or path, threads=threads, resolutions=resolution)
     except _ERRORS as err:
         _fail(err)
     console.print_json(json.dumps(entry))

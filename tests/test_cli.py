@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from latbench.cli import app
 from latbench.models import Architecture, get_model
+from latbench.tables import LatencyTable
 
 runner = CliRunner()
 
@@ -74,6 +75,15 @@ def test_profile_table_validate_end_to_end_on_the_host(tmp_path, device, provena
     assert len((tmp_path / "r.csv").read_text().splitlines()) == 5
     info = runner.invoke(app, ["table", "info", table])
     assert "calibration" in info.output and provenance in info.output
+    # Refitting the calibration on new networks keeps the previous fit in the history.
+    before = LatencyTable.load(table).meta["calibration"]["resnet56"]
+    res = runner.invoke(app, ["table", "calibrate", table, "resnet56", "--device", device, "--store", store,
+                              "-n", "3", "--seed", "5", "-o", str(tmp_path / "t2.parquet")])
+    assert res.exit_code == 0, res.output
+    after = LatencyTable.load(tmp_path / "t2.parquet").meta
+    assert after["calibration"]["resnet56"]["seed"] == 5 and after["calibration"]["resnet56"]["resolutions"] == [32]
+    assert after["calibration_history"]["resnet56"] == [before]
+    assert LatencyTable.load(table).meta["calibration"]["resnet56"] == before      # the source is untouched
 
 
 def test_profile_accepts_any_onnx_cnn_file(tmp_path):
