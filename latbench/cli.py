@@ -378,6 +378,10 @@ def prune_jcw(model: str = typer.Option("resnet56", help="zoo model of the check
               pick: Optional[int] = typer.Option(None, help="retrain N front members spread over its latency "
                                                             "range (0: search only)"),
               channel_only: bool = typer.Option(False, help="search widths only, sparsity fixed at 0 (baseline)"),
+              sparsity_where: str = typer.Option(
+                  "credited", help="credited: search a conv's sparsity only where the table credits it with a "
+                                   "significant speed-up (see `latbench table sparsity`); measured: the table's "
+                                   "whole sparsity range"),
               data: str = typer.Option("fashion-mnist"), data_dir: Optional[Path] = typer.Option(None),
               device: Optional[str] = typer.Option(None, help="measure the full network and every retrained one"),
               store: Path = typer.Option(Path(api.DEFAULT_STORE), help="measurement store for --device"),
@@ -429,6 +433,7 @@ def prune_jcw(model: str = typer.Option("resnet56", help="zoo model of the check
         model=model, checkpoint=str(checkpoint), table=str(table), out=str(out), budgets_ms=tuple(budget_ms or ()),
         budget_ratios=tuple(budget_ratio or ()), pick=pick,
         search=SearchConfig(population=population, generations=generations, seed=seed, channel_only=channel_only,
+                            sparsity_where=sparsity_where,
                             min_width_ratio=min_width_ratio, coupled_min_width_ratio=coupled_min_width_ratio,
                             max_sparsity=max_sparsity, sparsity_step=sparsity_step),
         supernet=SupernetConfig(steps_per_generation=supernet_steps, lr=supernet_lr, batch_size=supernet_batch_size,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from pymoo.indicators.hv import HV
 
+from latbench.layers import signature_of
 from latbench.models import Architecture, get_model, random_architectures
 from latbench.predictor import Population, Predictor
 from latbench.search.jcw import (ArchitectureEncoding, JCWSearch, SearchConfig, SearchError, SyntheticEvaluator,
@@ -13,7 +14,8 @@ from latbench.search.jcw import (ArchitectureEncoding, JCWSearch, SearchConfig, 
 from latbench.tables import LatencyTable
 from latbench.tables.jcw import import_jcw_table
 
-HOST_TABLE = Path(__file__).resolve().parents[1] / "tables" / "host-ort-resnet18-224-adaptive.parquet"
+ROOT = Path(__file__).resolve().parents[1]
+HOST_TABLE = ROOT / "tables" / "host-ort-resnet18-224-adaptive.parquet"
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,7 @@ def _relative_hypervolume(record, full_ms):
 # ---- encoding -----------------------------------------------------------------------------------------
 
 def test_encoding_bounds_follow_config_table_and_coupling(spec, host):
-    enc = ArchitectureEncoding.for_search(spec, host, SearchConfig())
+    enc = ArchitectureEncoding.for_search(spec, host, SearchConfig(sparsity_where="measured"))
     assert enc.channel_multiple == host.table.meta["channel_multiple"] == 8
     assert enc.dim == len(spec.groups) + len(spec.sparsifiable_layers)     # the host table spans sparsity everywhere
     coupled = coupled_groups(spec)
@@ -78,7 +80,7 @@ def test_encoding_bounds_follow_config_table_and_coupling(spec, host):
 
 def test_decoding_rounds_clips_and_snaps(spec, host):
     enc = ArchitectureEncoding.for_search(spec, host, SearchConfig(channel_multiple=16, sparsity_step=0.25,
-                                                                   max_sparsity=0.8))
+                                                                   max_sparsity=0.8, sparsity_where="measured"))
     genomes = np.random.default_rng(0).random((500, enc.dim))
     genomes[:5] = 0.0
     genomes[5:10] = 1.0
@@ -229,3 +231,26 @@ def test_sparsity_pays_on_the_phone_table_only(spec, jcw_dir):
     assert phone_bins.n.sum() == len(phone_result.final.front())
     assert phone_result.front_frame().weight_density.mean() < host_result.front_frame().weight_density.mean() - 0.05
     assert phone_bins.mean_weight_density[0] < host_bins.mean_weight_density[0] - 0.1
+
+
+def test_sparsity_is_searched_only_where_the_table_credits_it(spec, jcw_dir):
+    """On a table whose sparsity axis is flat the default search has no sparsity genes; the whole measured
+    range is searched on request; published tables without a sparsity record are credited everywhere."""
+    litert = Predictor(spec, LatencyTable.load(ROOT / "tables" / "host-litert-resnet18-224-adaptive.parquet"))
+    credited = ArchitectureEncoding.for_search(spec, litert, SearchConfig())
+    measured = ArchitectureEncoding.for_search(spec, litert, SearchConfig(sparsity_where="measured"))
+    assert credited.sparse_layers == () and credited.dim == len(spec.groups)
+    assert measured.sparse_layers == spec.sparsifiable_layers
+    # A table that credits one signature up to 0.5: only that signature's convs get genes, capped at 0.5.
+    table = LatencyTable.load(ROOT / "tables" / "host-litert-resnet18-224-adaptive.parquet")
+    levels = table.meta["sparsity_axis"]["levels"]
+    levels["conv_k3_s1_p1_relu"]["0.45"]["credited"] = True
+    partial = ArchitectureEncoding.for_search(spec, Predictor(spec, table), SearchConfig())
+    chosen = {layer.name for layer in spec.layers if layer.sparsifiable
+              and signature_of(layer).key == "conv_k3_s1_p1_relu"}
+    assert set(partial.sparse_layers) == chosen and np.allclose(partial.max_sparsity, 0.45)
+    phone, _ = import_jcw_table(jcw_dir)
+    phone_enc = ArchitectureEncoding.for_search(spec, Predictor(spec, phone), SearchConfig())
+    assert len(phone_enc.sparse_layers) == len(spec.sparsifiable_layers)
+    with pytest.raises(SearchError, match="sparsity_where"):
+        SearchConfig(sparsity_where="everywhere")

@@ -62,6 +62,11 @@ class SearchConfig:
     rounded to ``channel_multiple`` (``None``: the table's ``meta["channel_multiple"]``, else 1).
     Sparsity: clipped to [0, min(max_sparsity, the table's sparsity range)], snapped to multiples of
     ``sparsity_step`` if given; ``channel_only`` fixes it at 0 (the channel-pruning baseline).
+    ``sparsity_where="credited"`` searches a conv's sparsity only up to the highest level at which the table
+    credits its signature with a significant speed-up (``meta["sparsity_axis"]``, see
+    :mod:`latbench.tables.sparsity`; tables without that record count as credited everywhere): on a device
+    where sparse kernels are no faster the search does not spend its budget on sparsity. ``"measured"``
+    searches the table's whole sparsity range (the paper's setting).
     ``latency_limits`` (ms, either end ``None``): architectures outside are kept only when too few are
     inside. Operators: JCW's values (SBX eta 0.5, polynomial mutation eta 15 with per-gene probability 0.1).
     """
@@ -71,6 +76,7 @@ class SearchConfig:
     seed: int = 0
     resolution: int | None = None            # None: the model's base resolution
     channel_only: bool = False
+    sparsity_where: str = "credited"         # "credited" | "measured"
     min_width_ratio: float = 0.25
     coupled_min_width_ratio: float = 0.5
     group_min_width_ratio: Mapping[str, float] = field(default_factory=dict)
@@ -94,6 +100,8 @@ class SearchConfig:
         for name in ("min_width_ratio", "coupled_min_width_ratio"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 problems.append(f"{name}={getattr(self, name)} (need a ratio in (0, 1])")
+        if self.sparsity_where not in ("credited", "measured"):
+            problems.append(f"sparsity_where={self.sparsity_where!r} (need 'credited' or 'measured')")
         bad = {g: r for g, r in self.group_min_width_ratio.items() if not 0.0 < r <= 1.0}
         if bad:
             problems.append(f"group_min_width_ratio {bad} (need ratios in (0, 1])")
@@ -147,6 +155,16 @@ def conv_weight_counts(spec: ModelSpec, widths: np.ndarray) -> np.ndarray:
 
 # ---- encoding ---------------------------------------------------------------------------------------
 
+def credited_sparsity(table, signature: str) -> float:
+    """The highest sparsity at which ``table`` credits ``signature`` with a significant speed-up (0: none;
+    ``inf`` when the table carries no such record, e.g. published tables)."""
+    levels = (table.meta.get("sparsity_axis") or {}).get("levels")
+    if levels is None:
+        return math.inf
+    credited = [float(level) for level, r in levels.get(signature, {}).items() if r.get("credited")]
+    return max(credited, default=0.0)
+
+
 @dataclass(frozen=True, eq=False)
 class ArchitectureEncoding:
     """Genome f(C, S) = (C / C_max, S) ∈ [0, 1]^d and back.
@@ -192,6 +210,8 @@ class ArchitectureEncoding:
             if layer.sparsifiable:
                 _, hi = knot_range(table, sig.key, hw[layer.name], "sparsity")
                 table_sparsity[layer.name] = float(hi) if np.isfinite(hi) else 0.0
+                if config.sparsity_where == "credited":
+                    table_sparsity[layer.name] = min(table_sparsity[layer.name], credited_sparsity(table, sig.key))
         multiple = int(config.channel_multiple or table.meta.get("channel_multiple") or 1)
         coupled = coupled_groups(spec)
         full = np.array([spec.groups[g] for g in groups], dtype=np.int64)
@@ -627,9 +647,10 @@ class JCWSearch:
         except json.JSONDecodeError as err:
             raise SearchError(f"{path} is not valid JSON ({err}); delete {out} or run with resume=False") from err
         identity = self._identity()
+        # Runs saved before ``sparsity_where`` existed searched the table's whole sparsity range.
+        saved_config = {"sparsity_where": "measured", **state.get("config", {})}
         differ = sorted(k for k in identity if k != "config" and state.get(k) != identity[k])
-        differ += sorted(f"config.{k}" for k in identity["config"]
-                         if state.get("config", {}).get(k) != identity["config"][k])
+        differ += sorted(f"config.{k}" for k in identity["config"] if saved_config.get(k) != identity["config"][k])
         if differ:
             raise SearchError(f"{out} holds a different search (differs in {', '.join(differ)}); "
                               "use another directory or resume=False to start over")
