@@ -1,3 +1,5 @@
+import zlib
+
 import numpy as np
 
 from latbench.devices.base import MeasureSettings
@@ -112,3 +114,42 @@ def test_side_by_side_reference_cancels_a_machine_that_changes_speed():
     # Without the reference, the spread shows the two speeds.
     raw, _ = measure_interleaved(["a", "b", "c"], settings, run)
     assert all(m.p90_ms / m.p10_ms > 1.3 for m in raw)
+
+
+class SparseFormulaDevice(FormulaDevice):
+    """Latency ∝ kept weights for 1×1 convs (a sparse kernel) and independent of sparsity for the others,
+    times ±10 % noise drawn per variant: the sparsity test must tell the two apart."""
+
+    def measure(self, artifacts):
+        import onnx
+        from onnx import numpy_helper
+        out = []
+        for a in artifacts:
+            g = onnx.load_from_string(a.model).graph
+            weights = [numpy_helper.to_array(i) for i in g.initializer if len(i.dims) == 4]
+            cin = [d.dim_value for d in g.input[0].type.tensor_type.shape.dim][1]
+            w = weights[0] if weights else np.ones((cin, cin, 1, 1))
+            density = float(np.count_nonzero(w)) / w.size
+            ms = 0.001 * w.size * (density if w.shape[-1] == 1 else 1.0)
+            noise = np.random.default_rng(zlib.crc32(a.key.encode())).lognormal(0, 0.1)
+            out.append(robust_stats(a.key, np.full(5, ms * noise), 1))
+        return out
+
+
+def test_built_tables_credit_sparsity_only_where_the_device_shows_it(tmp_path):
+    spec = get_model("resnet56")
+    grid = design_grid([spec], {"resnet56": (32,)}, channel_points=4, sparsities=(0.0, 0.5, 0.9))
+    with MeasurementStore(tmp_path / "s.db") as st:
+        Profiler(SparseFormulaDevice(), st, progress=False).run(grid)
+        table, frame = table_from_store(st, 1)
+        raw, _ = table_from_store(st, 1, sparsity_credit=False)
+    levels = table.meta["sparsity_axis"]["levels"]
+    assert levels["pointwise_k1_s2_p0_none"]["0.9"]["credited"] and levels["pointwise_k1_s2_p0_none"]["0.5"]["credited"]
+    assert not any(r["credited"] for r in levels["conv_k3_s1_p1_relu"].values())
+    assert "sparsity_axis" not in raw.meta
+    from latbench.layers import LayerPoint
+    dense, sparse = LayerPoint(16, 16, 0.0, 32), LayerPoint(16, 16, 0.9, 32)
+    assert table.lookup("conv_k3_s1_p1_relu", sparse) == table.lookup("conv_k3_s1_p1_relu", dense)
+    assert raw.lookup("conv_k3_s1_p1_relu", sparse) != raw.lookup("conv_k3_s1_p1_relu", dense)   # noise, removed
+    p_dense, p_sparse = LayerPoint(16, 32, 0.0, 32), LayerPoint(16, 32, 0.9, 32)
+    assert table.lookup("pointwise_k1_s2_p0_none", p_sparse) < 0.3 * table.lookup("pointwise_k1_s2_p0_none", p_dense)
