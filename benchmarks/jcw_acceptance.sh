@@ -89,7 +89,7 @@ jcw jcw --sparsity-where measured
 jcw jcw-channel-only --channel-only
 for b in $budgets; do uniform "$b"; done
 
-python benchmarks/summarize_pruning.py "$out" > "$out/summary.md"
+python benchmarks/summarize_pruning.py "$out" --plot "$out/accuracy.png" > "$out/summary.md"
 python - "$out" > "$out/front-check.md" <<'EOF'
 import json, sys
 from pathlib import Path

@@ -1,7 +1,7 @@
 """Summarise pruning reports (every report.json below a folder: LcP/naive/uniform jobs and the architectures
 of JCW jobs) as a Markdown table.
 
-    python benchmarks/summarize_pruning.py runs/lcp-acceptance
+    python benchmarks/summarize_pruning.py runs/lcp-acceptance [--plot accuracy.png]
 
 "acc before FT" is the pruned network before fine-tuning (for JCW: the supernet's slice before ADMM
 retraining); "density" is 1 − mean conv sparsity (1 for channel pruning); "meas./pred." is the measured
@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 
-def main(folder: str) -> None:
+def main(folder: str, plot: str | None = None) -> None:
     rows = []
     full = Path(folder, "full.txt")     # written by lcp_acceptance.sh: budgets are fractions of it
     full_ms = float(full.read_text().rsplit(":", 1)[1].split()[0]) if full.exists() else None
@@ -49,6 +49,29 @@ def main(folder: str) -> None:
         raise SystemExit(f"no report.json under {folder}")
     frame = pd.DataFrame(rows).sort_values(["budget", "method"], ascending=[False, True])
     print(markdown(frame))
+    if plot:
+        plot_accuracy(frame, plot)
+
+
+def plot_accuracy(frame: pd.DataFrame, path: str) -> None:
+    """Test accuracy after fine-tuning against measured latency, one line per method: methods compare at equal
+    measured latency by reading across, not row by row (each lands at its own latency under a budget)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for method, rows in frame.dropna(subset=["measured ms"]).groupby("method"):
+        rows = rows.sort_values("measured ms")
+        ax.plot(rows["measured ms"], rows["acc after FT %"], marker="o", label=method)
+    ax.set_xlabel("latency measured on the device (ms)")
+    ax.set_ylabel("test accuracy after retraining (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def markdown(frame: pd.DataFrame) -> str:
@@ -61,4 +84,4 @@ def markdown(frame: pd.DataFrame) -> str:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[3] if len(sys.argv) > 3 and sys.argv[2] == "--plot" else None)
