@@ -55,12 +55,14 @@ def profile(spec: ModelSpec, device: str = DEFAULT_DEVICE, store: str | Path = D
 def build_table(specs: Sequence[ModelSpec], device: str = DEFAULT_DEVICE, store: str | Path = DEFAULT_STORE,
                 out: str | Path | None = None, resolutions: Sequence[int] | None = None, threads: int = 1,
                 extra_meta: dict | None = None, calibrate: int = 12, progress: bool = True,
-                channel_multiple: int | None = None) -> LatencyTable:
+                channel_multiple: int | None = None, calibration_fit: str = "line") -> LatencyTable:
     """Build a table of the slices ``specs`` need from the measurements of ``device`` in ``store``.
 
     With ``calibrate`` > 0, that many whole networks per model are measured end to end and a
-    scale is fitted (see :func:`latbench.validation.calibrate`); 0 keeps the bare layer sum.
+    scale and offset are fitted (``calibration_fit``, see :func:`latbench.validation.fit_calibration`); 0 keeps
+    the bare layer sum.
     """
+    _check_fit(calibration_fit)
     dev = open_device(device, threads=threads)
     channel_multiple = channel_multiple or getattr(dev, "channel_multiple", 1)
     try:
@@ -74,7 +76,7 @@ def build_table(specs: Sequence[ModelSpec], device: str = DEFAULT_DEVICE, store:
             if calibrate:
                 for spec in specs:
                     calibrate_table(spec, table, dev, st, n=calibrate, resolutions=resolutions, progress=progress,
-                                    divisor=channel_multiple)
+                                    divisor=channel_multiple, fit=calibration_fit)
     finally:
         dev.close()
     if out:
@@ -82,12 +84,20 @@ def build_table(specs: Sequence[ModelSpec], device: str = DEFAULT_DEVICE, store:
     return table
 
 
+def _check_fit(fit: str) -> None:
+    from .validation import CALIBRATION_FITS
+
+    if fit not in CALIBRATION_FITS:
+        raise TableError(f"unknown calibration fit {fit!r}; use one of {', '.join(CALIBRATION_FITS)}")
+
+
 def recalibrate(table: str | Path, spec: ModelSpec, device: str = DEFAULT_DEVICE, store: str | Path = DEFAULT_STORE,
                 n: int = 24, seed: int = 1_000_003, out: str | Path | None = None, threads: int = 1,
-                resolutions: Sequence[int] | None = None, progress: bool = True) -> dict:
+                resolutions: Sequence[int] | None = None, progress: bool = True, fit: str = "line") -> dict:
     """Measure ``n`` whole networks of ``spec`` now and refit the calibration of ``table`` (written to ``out``,
     default in place); the previous entry is kept under ``calibration_history``. The resolutions default to
     those of the previous calibration."""
+    _check_fit(fit)
     path = Path(table)
     loaded = LatencyTable.load(path)
     previous = loaded.meta.get("calibration", {}).get(spec.name)
@@ -97,6 +107,7 @@ def recalibrate(table: str | Path, spec: ModelSpec, device: str = DEFAULT_DEVICE
         loaded.check_device(dev.fingerprint(), device)
         with MeasurementStore(store) as st:
             entry = calibrate_table(spec, loaded, dev, st, n=n, seed=seed, progress=progress, resolutions=resolutions,
+                                    fit=fit,
                                     divisor=int(loaded.meta.get("channel_multiple", 1)))
     finally:
         dev.close()

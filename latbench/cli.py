@@ -109,7 +109,9 @@ def table_build(model: List[str] = typer.Argument(..., help="zoo model name(s) o
                 device: str = typer.Option(DEFAULT_DEVICE, help=DEVICE_HELP),
                 store: Path = typer.Option(Path(api.DEFAULT_STORE)),
                 resolution: Optional[List[int]] = typer.Option(None), threads: int = typer.Option(1),
-                calibrate: int = typer.Option(12, help="whole networks measured per model to fit the calibration scale (0: none)"),
+                calibrate: int = typer.Option(12, help="whole networks measured per model to fit the calibration (0: none)"),
+                calibration_fit: str = typer.Option("line", help="line: scale + offset (relative least squares); "
+                                                                 "ratio: the median ratio alone"),
                 channel_multiple: Optional[int] = typer.Option(
                     None, help="channel knots used when profiling (default: the device's channel block)"),
                 ) -> None:
@@ -119,7 +121,7 @@ def table_build(model: List[str] = typer.Argument(..., help="zoo model name(s) o
     """
     try:
         t = api.build_table([api.load_model(m) for m in model], device, store, out, resolution, threads,
-                            calibrate=calibrate, channel_multiple=channel_multiple)
+                            calibrate=calibrate, channel_multiple=channel_multiple, calibration_fit=calibration_fit)
         console.print(t.summary().to_string())
         console.print(f"table written to [bold]{out}[/]")
     except _ERRORS as err:
@@ -176,6 +178,8 @@ def table_calibrate(path: Path = typer.Argument(..., help="table file (.parquet)
                                                        "(a used one reuses the stored measurements)"),
                     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write here (default: in place)"),
                     resolution: Optional[List[int]] = typer.Option(None, help="default: those of the last calibration"),
+                    fit: str = typer.Option("line", help="line: scale + offset (relative least squares); ratio: the "
+                                                         "median ratio alone"),
                     threads: int = typer.Option(1)) -> None:
     """Refit a table's whole-network calibration on networks measured now (the device drifts; see docs/measurement.md).
 
@@ -183,7 +187,7 @@ def table_calibrate(path: Path = typer.Argument(..., help="table file (.parquet)
     """
     try:
         entry = api.recalibrate(path, api.load_model(model), device, store, n=networks, seed=seed,
-                                out=out or path, threads=threads, resolutions=resolution)
+                                out=out or path, threads=threads, resolutions=resolution, fit=fit)
     except _ERRORS as err:
         _fail(err)
     console.print_json(json.dumps(entry))

@@ -53,3 +53,19 @@ def test_a_table_missing_the_models_layers_is_refused(jcw_dir):
     table, _ = import_jcw_table(jcw_dir)
     with pytest.raises(TableError, match="mobilenet_v2"):
         Predictor(get_model("mobilenet_v2"), table)
+
+
+def test_calibration_line_recovers_scale_and_offset_and_falls_back_to_the_ratio():
+    from latbench.validation import fit_calibration
+
+    raw = np.array([1.0, 1.2, 1.5, 1.9, 2.4, 2.85])
+    measured = 0.87 * raw - 0.11
+    scale, offset = fit_calibration(raw, measured, "line")
+    assert scale == pytest.approx(0.87) and offset == pytest.approx(-0.11)
+    # The median ratio alone over-predicts the narrowest network, the line does not.
+    ratio, zero = fit_calibration(raw, measured, "ratio")
+    assert zero == 0.0 and ratio * raw[0] > 1.04 * measured[0]
+    # Too narrow a span of sums to fit a slope: the ratio.
+    assert fit_calibration(np.array([1.0, 1.1, 1.2, 1.3]), np.array([0.8, 0.9, 1.0, 1.0]), "line")[1] == 0.0
+    with pytest.raises(ValueError, match="unknown calibration fit"):
+        fit_calibration(raw, measured, "spline")

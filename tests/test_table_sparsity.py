@@ -67,3 +67,4 @@ def test_shipped_host_tables_record_the_decision(tmp_path):
                                       "-o", str(tmp_path / "t.parquet")])
     assert result.exit_code == 0, result.output
     assert "sparsity axis flat" in result.output and (tmp_path / "t.parquet").exists()
+

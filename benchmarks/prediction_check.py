@@ -1,0 +1,70 @@
+"""Measured vs predicted latency of every network a pruning run measured, as predicted during the run and as
+predicted by another table (e.g. the same table with another calibration fit).
+
+    python benchmarks/prediction_check.py runs/jcw-acceptance --table tables/host-litert-resnet56-32-dense.parquet
+
+Reads the JCW fronts (``*/front.jsonl`` with ``measured_ms``) and every ``report.json`` (final JCW architectures,
+LcP/naive/uniform networks) below the folder; measures nothing. Prints a Markdown table per group: networks, share
+within ±5 % and mean error, for the predictions made during the run and for ``--table``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def collect(folder: Path) -> pd.DataFrame:
+    from latbench.models import Architecture
+
+    rows = []
+    for front in sorted(folder.glob("*/front.jsonl")):
+        for line in front.read_text().splitlines():
+            d = json.loads(line)
+            if d.get("measured_ms") is not None:
+                arch = Architecture.from_dict({k: d[k] for k in ("model", "resolution", "widths", "sparsity")})
+                rows.append((f"{front.parent.name} front", arch, d["latency_ms"], d["measured_ms"]))
+    for path in sorted(folder.rglob("report.json")):
+        r = json.loads(path.read_text())
+        if r.get("measured_ms") is not None and "method" in r:
+            rows.append((f"{r['method']} final", Architecture.from_dict(r["architecture"]), r["predicted_ms"],
+                         r["measured_ms"]))
+    return pd.DataFrame(rows, columns=["group", "architecture", "predicted_ms", "measured_ms"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    from latbench.models import get_model
+    from latbench.predictor import Predictor
+    from latbench.tables import LatencyTable
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", type=Path)
+    p.add_argument("--table", required=True, help="table whose predictions are compared as well")
+    a = p.parse_args(argv)
+    frame = collect(a.folder)
+    if frame.empty:
+        raise SystemExit(f"no measured networks under {a.folder}")
+    table = LatencyTable.load(a.table)
+    models = {arch.model for arch in frame.architecture}
+    again = np.empty(len(frame))
+    for model in models:
+        mask = np.array([arch.model == model for arch in frame.architecture])
+        again[mask] = Predictor(get_model(model), table).predict(list(frame.architecture[mask]))
+    frame["repredicted_ms"] = again
+    calibration = table.meta.get("calibration", {})
+    print(f"--table {a.table}: calibration {json.dumps({m: calibration.get(m) for m in models})}\n")
+    print("| networks | n | during the run: within ±5 % | mean error | with --table: within ±5 % | mean error |")
+    print("|---|---|---|---|---|---|")
+    groups = [(g, frame[frame.group == g]) for g in sorted(frame.group.unique())] + [("all", frame)]
+    for name, rows in groups:
+        run = rows.measured_ms / rows.predicted_ms - 1
+        new = rows.measured_ms / rows.repredicted_ms - 1
+        print(f"| {name} | {len(rows)} | {np.mean(run.abs() <= 0.05):.0%} | {run.mean():+.1%} | "
+              f"{np.mean(new.abs() <= 0.05):.0%} | {new.mean():+.1%} |")
+
+
+if __name__ == "__main__":
+    main()
