@@ -151,17 +151,31 @@ def fit_calibration(raw: np.ndarray, measured: np.ndarray, fit: str = "line") ->
     return float(scale), float(offset)
 
 
+def calibration_architectures(spec: ModelSpec, n: int, seed: int, resolutions: Sequence[int],
+                              divisor: int = 8) -> list[Architecture]:
+    """The full network, then half of the rest with every group's width uniform in [0.25, 1]·c (what validation
+    draws), then narrow ones: widths uniform in [0.25, r]·c with r from 0.25 (the narrowest network) to 0.75.
+    Pruned networks are narrower than random ones; measured on ResNet-56 / LiteRT, networks below the random
+    ones' range ran 5–11 % faster than a calibration fitted on random networks alone predicted."""
+    from .models.arch import random_architectures
+
+    res = tuple(resolutions)
+    n_random = n // 2
+    archs = [Architecture.full(spec, max(res))] + random_architectures(spec, n_random, seed=seed, resolutions=res,
+                                                                             divisor=divisor)
+    for k, r in enumerate(np.linspace(0.25, 0.75, n - 1 - n_random)):
+        archs += random_architectures(spec, 1, seed=seed + 1 + k, resolutions=res, divisor=divisor, max_ratio=r)
+    return archs
+
+
 def calibrate(spec: ModelSpec, table, device: Device, store: MeasurementStore, n: int = 12, seed: int = 1_000_003,
               resolutions: Sequence[int] | None = None, progress: bool = True, divisor: int = 8,
               fit: str = "line") -> dict:
-    """Measure ``n`` whole networks (the full one and random ones, drawn with a seed no validation uses)
+    """Measure ``n`` whole networks (:func:`calibration_architectures`, drawn with a seed no validation uses)
     and record in ``table.meta['calibration']`` the map from the sum of lookups to them
     (:func:`fit_calibration`; the entry keeps the median ratio too)."""
-    from .models.arch import random_architectures
-
     res = tuple(resolutions or spec.resolutions)
-    archs = [Architecture.full(spec, max(res))] + random_architectures(spec, n - 1, seed=seed, resolutions=res,
-                                                                             divisor=divisor)
+    archs = calibration_architectures(spec, n, seed, res, divisor)
     raw = Predictor(spec, table).predict(archs, calibrated=False)
     measured = measure_networks(spec, archs, device, store, progress=progress, reference_ms=table_reference_ms(table))
     ratios = measured / raw

@@ -69,3 +69,16 @@ def test_calibration_line_recovers_scale_and_offset_and_falls_back_to_the_ratio(
     assert fit_calibration(np.array([1.0, 1.1, 1.2, 1.3]), np.array([0.8, 0.9, 1.0, 1.0]), "line")[1] == 0.0
     with pytest.raises(ValueError, match="unknown calibration fit"):
         fit_calibration(raw, measured, "spline")
+
+
+def test_calibration_networks_reach_down_to_the_narrowest_network():
+    from latbench.validation import calibration_architectures
+
+    spec = get_model("resnet56")
+    archs = calibration_architectures(spec, 24, seed=3, resolutions=(32,), divisor=8)
+    assert len(archs) == 24 and len(set(archs)) == 24 and archs[0] == Architecture.full(spec, 32)
+    ratios = [np.mean([a.widths[g] / c for g, c in spec.groups.items()]) for a in archs]
+    assert min(ratios) <= 0.3 and max(ratios[1:13]) > 0.6          # random half, then the narrow ones
+    assert all(r <= 0.8 for r in ratios[13:])
+    with pytest.raises(ArchitectureError, match="max_ratio"):
+        random_architectures(spec, 1, min_ratio=0.5, max_ratio=0.4)

@@ -96,9 +96,11 @@ class Architecture:
 
 def random_architectures(spec: ModelSpec, n: int, seed: int = 0, min_ratio: float = 0.25,
                          sparsities: tuple[float, ...] = (0.0,), resolutions: tuple[int, ...] | None = None,
-                         divisor: int = 1) -> list[Architecture]:
-    """Sample ``n`` architectures: each group's width uniform in [min_ratio·c, c] (rounded to ``divisor``),
-    each conv's sparsity uniform over ``sparsities``, the resolution uniform over ``resolutions``."""
+                         divisor: int = 1, max_ratio: float = 1.0) -> list[Architecture]:
+    """Sample ``n`` architectures: each group's width uniform in [min_ratio·c, max_ratio·c] (rounded to
+    ``divisor``), each conv's sparsity uniform over ``sparsities``, the resolution uniform over ``resolutions``."""
+    if not 0 < min_ratio <= max_ratio <= 1:
+        raise ArchitectureError(f"need 0 < min_ratio ≤ max_ratio ≤ 1, got {min_ratio}, {max_ratio}")
     rng = np.random.default_rng(seed)
     resolutions = tuple(resolutions or spec.resolutions)
     archs = []
@@ -106,7 +108,7 @@ def random_architectures(spec: ModelSpec, n: int, seed: int = 0, min_ratio: floa
         widths = {}
         for group, full in spec.groups.items():
             lo = max(1, int(np.ceil(min_ratio * full)))
-            w = int(rng.integers(lo, full + 1))
+            w = int(rng.integers(lo, max(lo, int(max_ratio * full)) + 1))
             if divisor > 1:
                 w = int(min(full, max(divisor, divisor * round(w / divisor))))
             widths[group] = w
