@@ -163,8 +163,16 @@ def calibration_architectures(spec: ModelSpec, n: int, seed: int, resolutions: S
     n_random = n // 2
     archs = [Architecture.full(spec, max(res))] + random_architectures(spec, n_random, seed=seed, resolutions=res,
                                                                              divisor=divisor)
+    seen = set(archs)
     for k, r in enumerate(np.linspace(0.25, 0.75, n - 1 - n_random)):
-        archs += random_architectures(spec, 1, seed=seed + 1 + k, resolutions=res, divisor=divisor, max_ratio=r)
+        # Near 0.25 every draw rounds to the narrowest network: try a few seeds for a new one, else skip.
+        for attempt in range(8):
+            arch = random_architectures(spec, 1, seed=seed + 1 + 8 * k + attempt, resolutions=res, divisor=divisor,
+                                        max_ratio=float(r))[0]
+            if arch not in seen:
+                seen.add(arch)
+                archs.append(arch)
+                break
     return archs
 
 
