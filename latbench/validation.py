@@ -189,7 +189,7 @@ def calibrate(spec: ModelSpec, table, device: Device, store: MeasurementStore, n
     ratios = measured / raw
     scale, offset = fit_calibration(raw, measured, fit)
     entry = {"fit": fit if offset else "ratio", "scale": scale, "offset_ms": offset, "median_ratio": float(np.median(ratios)),
-             "networks": int(n), "resolutions": list(res), "seed": seed,
+             "networks": len(archs), "resolutions": list(res), "seed": seed,
              "ratio_spread": [float(ratios.min()), float(ratios.max())],
              "fitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     table.meta.setdefault("calibration", {})[spec.name] = entry
