@@ -70,7 +70,9 @@ def tool_calls(phone) -> list[str]:
 
 
 def test_a_dropped_link_resumes_with_nothing_lost_or_measured_twice(phone, tmp_path):
-    spec = install_benchmark_model(phone, tmp_path, log_calls=True)
+    # Each run starts 0.5 s late, so the first batch of 8 outlasts the fault's 3 s on any machine: the link
+    # breaks mid-batch (on an idle machine the undelayed batch could finish first and nothing would reconnect).
+    spec = install_benchmark_model(phone, tmp_path, log_calls=True, delay_s=0.5)
     messages: list[str] = []
     from latbench.devices.android import open_android
 
