@@ -57,19 +57,16 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"no measured networks under {a.folder}")
     table = LatencyTable.load(a.table)
     models = {arch.model for arch in frame.architecture}
-    again = np.empty(len(frame))
+    frame["repredicted_ms"] = np.nan
+    frame["remeasured_ms"] = frame.measured_ms
     for model in models:
         mask = np.array([arch.model == model for arch in frame.architecture])
-        again[mask] = Predictor(get_model(model), table).predict(list(frame.architecture[mask]))
-    frame["repredicted_ms"] = again
-    frame["remeasured_ms"] = frame.measured_ms
-    if a.device:
-        from latbench.pruning import measure_architectures
+        archs = list(frame.architecture[mask])
+        frame.loc[mask, "repredicted_ms"] = Predictor(get_model(model), table).predict(archs)
+        if a.device:
+            from latbench.pruning import measure_architectures
 
-        for model in models:
-            mask = np.array([arch.model == model for arch in frame.architecture])
-            frame.loc[mask, "remeasured_ms"] = measure_architectures(
-                get_model(model), list(frame.architecture[mask]), table, a.device, a.store)
+            frame.loc[mask, "remeasured_ms"] = measure_architectures(get_model(model), archs, table, a.device, a.store)
     calibration = table.meta.get("calibration", {})
     print(f"--table {a.table}: calibration {json.dumps({m: calibration.get(m) for m in models})}\n")
     measured = f"measured again on {a.device}" if a.device else "run's measurements"

@@ -3,11 +3,11 @@ extraction, the search's evaluator protocol (with a real JCW search), training l
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from latbench.data import FASHION_MNIST_DIR, NO_AUGMENT, DataSplits, ImageDataset, channel_stats, load_fashion_mnist
 from latbench.models import Architecture, ArchitectureError, GraphNet, apply_sparsity, get_model, materialize
 from latbench.models import random_architectures
+from latbench.models.torch_net import randomize_bn
 from latbench.train.importance import channel_importance, recalibrate_bn
 from latbench.train.supernet import (Supernet, SupernetConfig, SupernetEvaluator, magnitude_mask,
                                      reorder_channels)
@@ -24,15 +24,7 @@ def small_widths() -> dict[str, int]:
 def parent_net(spec=R20, widths=None, seed=0, in_channels=1) -> GraphNet:
     """A randomly initialised network with non-trivial BN statistics (so that BN handling is exercised)."""
     torch.manual_seed(seed)
-    net = GraphNet(spec, widths or spec.groups, in_channels)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return net.eval()
+    return randomize_bn(GraphNet(spec, widths or spec.groups, in_channels), shift=0.2).eval()
 
 
 def separable_data(n_train=384, n_val=128, hw=8, classes=10, seed=0, noise=90) -> DataSplits:

@@ -103,6 +103,19 @@ def _keep(order: Sequence[int] | torch.Tensor | None, width: int) -> torch.Tenso
 
 
 @torch.no_grad()
+def randomize_bn(net: nn.Module, shift: float = 0.1) -> nn.Module:
+    """Draw every BatchNorm's running mean and bias from U(−shift, shift) and its running variance and weight
+    from U(0.5, 1.5) (from torch's global RNG): statistics that make BN handling visible in tests and exports."""
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-shift, shift)
+            module.running_var.uniform_(0.5, 1.5)
+            module.weight.uniform_(0.5, 1.5)
+            module.bias.uniform_(-shift, shift)
+    return net
+
+
+@torch.no_grad()
 def materialize(arch: Architecture, spec: ModelSpec, parent: GraphNet | None = None,
                 importance: Mapping[str, Sequence[int]] | None = None, seed: int = 0) -> GraphNet:
     """Return a plain static network with the smaller shapes of ``arch``.
@@ -119,13 +132,7 @@ def materialize(arch: Architecture, spec: ModelSpec, parent: GraphNet | None = N
         in_channels = parent.block(stem.name).conv.in_channels
     net = GraphNet(spec, arch.widths, in_channels)
     if parent is None:
-        # Non-trivial BN statistics, so that exported graphs exercise the BN folding for real.
-        for module in net.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.1, 0.1)
+        randomize_bn(net)   # non-trivial BN statistics, so that exported graphs exercise BN folding for real
     else:
         keep = {g: _keep((importance or {}).get(g), w) for g, w in arch.widths.items()}
         for layer in spec.layers:
