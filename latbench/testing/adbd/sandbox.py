@@ -133,15 +133,20 @@ class Layout:
                 links.append((f"/{name}", os.readlink(host)))
             elif host.is_dir():
                 binds.append(Bind(host, f"/{name}", read_only=True))
-        binds += [Bind(path, str(path), read_only=True) for path in python_dirs()]
         binds += [Bind(device_dir / name, f"/{name}", recursive=False) for name in DEVICE_MOUNTS]
         binds += [Bind(Path("/dev"), "/dev"), Bind(Path("/sys"), "/sys")]
         binds += [Bind(device_dir / sub, f"/{sub}", recursive=False) for sub in SYS_OVERLAYS]
+        # Last, so that a Python installed under a path the phone also has (a venv under /tmp) is laid
+        # over the phone's directory instead of being hidden by it.
+        binds += [Bind(path, str(path), read_only=True) for path in python_dirs()]
         return cls(tuple(binds), tuple(links))
 
     def needs_dir(self, bind: Bind) -> bool:
-        """Whether the new root needs an empty directory for ``bind`` (not when it lies inside another bind)."""
-        return not any(bind.target.startswith(other.target + "/") for other in self.binds if other is not bind)
+        """Whether the new root needs an empty directory for ``bind``: not inside a read-only host
+        directory (it exists there already and cannot be created); inside a phone directory it is made
+        in the phone's own work directory."""
+        return not any(bind.target.startswith(other.target + "/") for other in self.binds
+                       if other is not bind and other.read_only and other.source == Path(other.target))
 
 
 def _holder_script(root: Path, layout: Layout, lifeline_fd: int) -> str:
