@@ -136,7 +136,9 @@ def validate_model(spec: ModelSpec, table: LatencyTable | str | Path, device: st
         table.check_device(dev.fingerprint(), device)
         divisor = divisor or int(table.meta.get("channel_multiple", 1))
         predictor = Predictor(spec, table)
-        res = tuple(resolutions) if resolutions else tuple(spec.resolutions)
+        # By default the model's resolutions that the table holds: a table profiled at one resolution
+        # validates at that one.
+        res = tuple(resolutions) if resolutions else predictor.covered_resolutions()
         archs = [Architecture.full(spec, max(res))] + random_architectures(
             spec, n - 1, seed=seed, min_ratio=min_ratio, sparsities=tuple(sparsities), resolutions=res,
             divisor=divisor)

@@ -94,6 +94,26 @@ class Predictor:
             raise TableError(f"the table has no measurements for {len(missing)} layer signature(s) of {spec.name!r} "
                              f"(e.g. {sorted(missing)[0]}); profile {spec.name} on this device and rebuild the table")
 
+    def covers(self, resolution: int) -> bool:
+        """Whether every layer's input size at ``resolution`` lies within the table's measured sizes."""
+        hw = self.spec.input_hw(resolution)
+        for layer in self.layers:
+            sizes = self.table.input_sizes(signature_of(layer).key)
+            if not sizes or not sizes[0] <= hw[layer.name] <= sizes[-1]:
+                return False
+        return True
+
+    def covered_resolutions(self, candidates: Sequence[int] | None = None) -> tuple[int, ...]:
+        """The resolutions (of ``candidates``, default the model's own) that the table predicts without
+        extrapolating; raises :class:`TableError` naming the table's sizes when there are none."""
+        candidates = tuple(candidates or self.spec.resolutions)
+        covered = tuple(r for r in candidates if self.covers(r))
+        if not covered:
+            sizes = sorted({s for layer in self.layers for s in self.table.input_sizes(signature_of(layer).key)})
+            raise TableError(f"the table covers none of {self.spec.name}'s resolutions {list(candidates)} (its layer "
+                             f"input sizes are {sizes}); profile one of them or pass --resolution")
+        return covered
+
     def calibration(self) -> tuple[float, float]:
         """(scale, offset_ms) fitted on whole networks measured on the device (identity when absent).
 

@@ -26,3 +26,22 @@ def untrained_resnet56_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "r56.safetensors"
     save_checkpoint(path, net, arch=Architecture.full(net.spec, 32))
     return path
+
+
+@pytest.fixture(scope="session")
+def resnet56_litert_table(tmp_path_factory) -> Path:
+    """A small ResNet-56 (32×32) table measured on this machine's host:litert, as tests need a table that
+    matches the device they measure on: the shipped tables match only the machine that measured them.
+    Coarse on purpose (2 channel knots, 3 runs): the jobs need the device to match, not good figures.
+    Sparsity knots as the shipped table has them, so JCW can search measured sparsities."""
+    from latbench.cli import app
+    from typer.testing import CliRunner
+
+    folder = tmp_path_factory.mktemp("litert-table")
+    table, store = folder / "resnet56-32.parquet", folder / "store.db"
+    result = CliRunner().invoke(app, ["profile", "resnet56", "--resolution", "32", "--dense", "--channel-points", "2",
+                                      "--sparsity", "0", "--sparsity", "0.5", "--sparsity", "0.9", "--rounds", "1", "--runs", "3", "--warmup", "1",
+                                      "--channel-multiple", "8", "--device", "host:litert", "--store", str(store),
+                                      "--table", str(table), "--calibrate", "3", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return table

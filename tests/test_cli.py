@@ -64,8 +64,9 @@ def test_profile_table_validate_end_to_end_on_the_host(tmp_path, device, provena
                               "--calibrate", "3"])
     assert res.exit_code == 0, res.output
     out = tmp_path / "r"
+    # The README's order: profile at one resolution, then validate without naming it (the table's own).
     res = runner.invoke(app, ["validate", "resnet56", "--device", device, "--table", table, "--n", "4",
-                              "--resolution", "32", "--store", store, "--json", str(out) + ".json",
+                              "--store", store, "--json", str(out) + ".json",
                               "--csv", str(out) + ".csv", "--plot", str(out) + ".png", "--no-progress"])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "r.json").read_text())

@@ -1,6 +1,7 @@
 """JCW end to end through the CLI (search → front → ADMM retraining → exports → device measurement) on real
 Fashion-MNIST with the shipped ResNet-56 LiteRT table, kept tiny; plus the choice of front members."""
 import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from latbench.data import FASHION_MNIST_DIR
 from latbench.models import Architecture, get_model
 from latbench.pruning_jcw import JCWJob, admm_config_for, best_within, choose, spread_picks
 from latbench.search.budget import BudgetError
+from latbench.validation import file_key
 from latbench.train.admm import ADMMConfig
 
 TABLE = Path(__file__).resolve().parents[1] / "tables" / "host-litert-resnet56-32-dense.parquet"
@@ -47,12 +49,12 @@ def conv_kernels_in_onnx(path: Path) -> list[np.ndarray]:
 
 
 @needs_data
-def test_jcw_end_to_end_with_device_and_resume(checkpoint, tmp_path):
+def test_jcw_end_to_end_with_device_and_resume(checkpoint, resnet56_litert_table, tmp_path):
     out = tmp_path / "jcw"
     # Without the dense anchors every genome of the first population has sparsity genes in (0, 1), so the
     # front is sparse and the exported sparsity is a real check (the host table credits no sparsity, so the
     # whole measured range is searched on request).
-    args = ["--checkpoint", checkpoint, "--table", TABLE, "--pick", "2", "--no-anchor", "--device", "host:litert",
+    args = ["--checkpoint", checkpoint, "--table", resnet56_litert_table, "--pick", "2", "--no-anchor", "--device", "host:litert",
             "--sparsity-where", "measured",
             "--store", tmp_path / "store.db", "--out", out, *TINY]
     result = prune(*args)
@@ -89,6 +91,10 @@ def test_jcw_end_to_end_with_device_and_resume(checkpoint, tmp_path):
         session = ort.InferenceSession(str(folder / "pruned.onnx"))
         logits = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 1, 32, 32), np.float32)})[0]
         assert logits.shape == (1, 10) and (folder / "pruned.tflite").stat().st_size > 0
+        # The measured network is the shipped file (its trained weights and zero pattern).
+        signature = file_key((folder / "pruned.tflite").read_bytes())
+        with sqlite3.connect(tmp_path / "store.db") as db:
+            assert db.execute("SELECT COUNT(*) FROM measurements WHERE signature=?", (signature,)).fetchone()[0] == 1
         convs = [layer for layer in spec.layers if layer.kind in ("conv", "pointwise", "depthwise")]
         kernels = conv_kernels_in_onnx(folder / "pruned.onnx")
         assert len(kernels) == len(convs)
