@@ -3,6 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytest_plugins = ["no_hidden_skips", "pytester"]
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 JCW_DIR = SHARED / "fixtures" / "jcw_resnet18"
 
