@@ -12,6 +12,7 @@ from rich.table import Table
 
 from . import api
 from .devices import DEFAULT_DEVICE, DeviceError, MeasureSettings
+from .files import DamagedFileError, atomic_write_json, atomic_write_text
 from .models import Architecture, ArchitectureError
 from .models.onnx_graph import OnnxModelError
 from .store import StoreError
@@ -30,7 +31,8 @@ err_console = Console(stderr=True)
 DEVICE_HELP = ("host:onnxruntime, host:litert (LiteRT with XNNPACK), host:litert:builtin (LiteRT's built-in "
                "kernels), or a phone: tcp:HOST:PORT or usb[:SERIAL], options as ?runtime=onnxruntime&cores=f0 "
                "(docs/android.md); see `latbench devices`")
-_ERRORS = (DeviceError, ArchitectureError, OnnxModelError, StoreError, TableError, KeyError, FileNotFoundError)
+_ERRORS = (DeviceError, ArchitectureError, DamagedFileError, OnnxModelError, StoreError, TableError, KeyError,
+           FileNotFoundError)
 
 
 def _fail(err: Exception) -> None:
@@ -284,7 +286,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the store,
         console.print(f"{len(table.slices)} slices → {table_path}")
         console.rule("3/4 predict")
         full = Architecture.full(spec, res[0])
-        (out / "full_arch.json").write_text(full.to_json())
+        atomic_write_text(out / "full_arch.json", full.to_json())
         console.print(f"full {spec.name}: predicted {float(api.predict(spec, [full], table)[0]):.3f} ms")
         console.rule(f"4/4 validate on {n} networks")
         rep = api.validate_model(spec, table, DEFAULT_DEVICE, store, n, resolutions=res, progress=progress)
@@ -497,7 +499,7 @@ def train_cmd(model: str = typer.Option("resnet56", help="zoo model (resnet20, r
         if history.complete:
             result["test_loss"], result["test_acc"] = evaluate(net, splits.test)
         history_path = out.with_suffix(".json")
-        history_path.write_text(json.dumps(result, indent=2))
+        atomic_write_json(history_path, result, indent=2)
     except (DataError, CheckpointError, ValueError, *_ERRORS) as err:
         _fail(err)
     last = history.epochs[-1] if history.epochs else None

@@ -11,7 +11,6 @@ device measurement and the report — is shared, so methods are compared on equa
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
+from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .models.arch import Architecture
 from .models.spec import ModelSpec
 from .models.torch_net import GraphNet, materialize
@@ -205,10 +205,10 @@ def run_prune(job: PruneJob) -> dict:
                                     progress=job.progress)
         plan = naive_prune(ranking, grid, budget, result.best.beta)
         search = {k: v for k, v in result.to_dict().items() if k != "history"}
-        (out / "lcp-history.json").write_text(json.dumps(result.to_dict()))
+        atomic_write_json(out / "lcp-history.json", result.to_dict())
     search_seconds = time.perf_counter() - t0
     arch = plan.architecture(resolution)
-    (out / "arch.json").write_text(arch.to_json())
+    atomic_write_text(out / "arch.json", arch.to_json())
     predicted = float(predictor.predict(arch)[0]) if predictor is not None else None
     console.print(f"[bold]{job.method}[/]: {budget.kind} {budget.describe(plan.cost)} for a budget of "
                   f"{budget.describe()}; widths {arch.widths}")
@@ -224,7 +224,7 @@ def run_prune(job: PruneJob) -> dict:
                        meta={"method": job.method, "parent": str(job.checkpoint)}, progress=job.progress)
     after = evaluate(net, test)
     for fmt in ("onnx", "tflite"):
-        (out / f"pruned.{fmt}").write_bytes(export_network_for(fmt, net, arch))
+        atomic_write_bytes(out / f"pruned.{fmt}", export_network_for(fmt, net, arch))
 
     measured = None
     if job.device and table is not None:
@@ -244,5 +244,5 @@ def run_prune(job: PruneJob) -> dict:
         "flops": CostGrid.analytic(spec, "flops", resolution).total(arch.widths),
         "params": CostGrid.analytic(spec, "params", resolution).total(arch.widths),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    atomic_write_json(out / "report.json", report, indent=2)
     return report

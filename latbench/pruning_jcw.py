@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, read_jsonl
 from .models.arch import Architecture
 from .pruning import _batches, console, measure_architectures
 from .search.budget import BudgetError, CostGrid
@@ -181,8 +182,7 @@ def _previous_scores(path: Path) -> dict[Architecture, tuple[int, float, float]]
     if not path.exists():
         return {}
     scores = {}
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
+    for row in read_jsonl(path, recover="delete it to score the front again"):
         if "val_accuracy" in row:
             scores[Architecture.from_dict(row)] = (int(row["generation"]), float(row["val_loss"]),
                                                    float(row["val_accuracy"]))
@@ -218,10 +218,7 @@ def write_front(path: Path, front: pd.DataFrame, generation: int) -> Path:
         if "measured_ms" in front.columns:
             line["measured_ms"] = float(row.measured_ms)
         lines.append(json.dumps(line) + "\n")
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(lines))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, "".join(lines))
 
 
 # ---- retraining one architecture ----------------------------------------------------------------------
@@ -241,7 +238,7 @@ def _finished_training(folder: Path, arch: Architecture, admm: ADMMConfig, test_
     path = folder / "report.json"
     if not path.exists() or not all((folder / f"pruned.{fmt}").exists() for fmt in ("onnx", "tflite")):
         return None
-    report = json.loads(path.read_text())
+    report = read_json(path, recover="delete it to redo that architecture's retraining")
     if (report.get("architecture") != arch.to_dict() or report.get("admm") != admm.identity()
             or report.get("test_images") != test_images):
         return None
@@ -252,10 +249,10 @@ def _claim_folder(folder: Path, arch: Architecture) -> None:
     """Create ``folder`` for ``arch``; refuse a folder that holds another architecture (the front changed)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "arch.json"
-    if path.exists() and Architecture.load(path) != arch:
+    if path.exists() and Architecture.load(path, recover="delete that folder or use another --out") != arch:
         raise ValueError(f"{folder} holds another architecture (the front changed since it was retrained, e.g. "
                          "more generations); delete that folder or use another --out")
-    path.write_text(arch.to_json())
+    atomic_write_text(path, arch.to_json())
 
 
 def retrain(choice: Choice, folder: Path, supernet, data, test, job: JCWJob,
@@ -280,7 +277,7 @@ def retrain(choice: Choice, folder: Path, supernet, data, test, job: JCWJob,
     done[arch] = checkpoint
     after = evaluate(net, test)
     for fmt in ("onnx", "tflite"):
-        (folder / f"pruned.{fmt}").write_bytes(export_network_for(fmt, net, arch))
+        atomic_write_bytes(folder / f"pruned.{fmt}", export_network_for(fmt, net, arch))
     requested = {name: float(arch.sparsity.get(name, 0.0)) for name in history.sparsity}
     training = {"test_accuracy": {"pruned": before[1], "finetuned": after[1]},
             "test_loss": {"pruned": before[0], "finetuned": after[0]}, "test_images": len(test),
@@ -288,7 +285,7 @@ def retrain(choice: Choice, folder: Path, supernet, data, test, job: JCWJob,
             "achieved_sparsity_max_error": max((abs(history.sparsity[n] - s) for n, s in requested.items()),
                                                default=0.0)}
     # Written at once, so a run stopped before the device measurement keeps the retraining.
-    (folder / "report.json").write_text(json.dumps({"architecture": arch.to_dict(), **training}, indent=2))
+    atomic_write_json(folder / "report.json", {"architecture": arch.to_dict(), **training}, indent=2)
     return training
 
 
@@ -402,10 +399,10 @@ def run_jcw(job: JCWJob) -> dict:
             "flops": CostGrid.analytic(parent.spec, "flops", data.resolution).total(arch.widths),
             "params": CostGrid.analytic(parent.spec, "params", data.resolution).total(arch.widths),
         }
-        (out / choice.label / "report.json").write_text(json.dumps(report, indent=2))
+        atomic_write_json(out / choice.label / "report.json", report, indent=2)
 
     summary = _summary(job, config, result, front, reports, measured_full, evaluator)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / "summary.json", summary, indent=2)
     return summary
 
 

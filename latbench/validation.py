@@ -14,6 +14,7 @@ from rich.console import Console
 
 from .devices.base import Artifact, Device
 from .export import export_network_for
+from .files import atomic_save_figure, atomic_write_json, atomic_write_text
 from .layers import LayerPoint
 from .models.arch import Architecture
 from .models.spec import ModelSpec
@@ -82,10 +83,9 @@ class ValidationReport:
               plot_path: str | Path | None = None, title: str = "") -> dict:
         summary = self.summary()
         if json_path:
-            Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-            Path(json_path).write_text(json.dumps(summary, indent=2))
+            atomic_write_json(json_path, summary, indent=2)
         if csv_path:
-            self.frame.to_csv(csv_path, index=False)
+            atomic_write_text(csv_path, self.frame.to_csv(index=False))
         if plot_path:
             self.plot(plot_path, title, summary)
         return summary
@@ -110,7 +110,7 @@ class ValidationReport:
                      f"{summary['within_10pct']:.0%}  RMSE {summary['rmse_ms']:.3f} ms", fontsize=9)
         ax.legend(loc="upper left", fontsize=8)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        atomic_save_figure(path, fig, dpi=120)
         plt.close(fig)
 
 

@@ -9,6 +9,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ..files import read_json
 from .spec import ModelSpec
 
 
@@ -66,8 +67,15 @@ class Architecture:
             raise ArchitectureError(f"architecture is not valid JSON: {err}") from err
 
     @classmethod
-    def load(cls, path: str | Path) -> "Architecture":
-        return cls.from_json(Path(path).read_text())
+    def load(cls, path: str | Path,
+             recover: str = "write it again, e.g. with Architecture.to_json()") -> "Architecture":
+        """The architecture in the JSON file ``path``; one that does not parse raises an error naming the
+        file and ``recover`` (what to do about it)."""
+        data = read_json(path, recover)
+        try:
+            return cls.from_dict(data)
+        except ArchitectureError as err:
+            raise ArchitectureError(f"{path}: {err}") from err
 
     def validate(self, spec: ModelSpec) -> "Architecture":
         """Check that this architecture fits ``spec``; raise :class:`ArchitectureError` naming the problem."""

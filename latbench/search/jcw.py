@@ -32,6 +32,7 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 import pandas as pd
 
+from ..files import atomic_save_figure, atomic_write_json, atomic_write_text, parse_json, read_json
 from ..layers import signature_of
 from ..models.arch import Architecture
 from ..models.spec import CONV_KINDS, ModelSpec
@@ -331,8 +332,7 @@ class GenerationRecord:
                            "loss": self.loss.tolist()})
 
     @classmethod
-    def from_json(cls, text: str) -> GenerationRecord:
-        d = json.loads(text)
+    def from_dict(cls, d: Mapping) -> GenerationRecord:
         return cls(int(d["generation"]), np.array(d["widths"], dtype=np.int64), np.array(d["sparsity"], dtype=float),
                    np.array(d["latency_ms"], dtype=float), np.array(d["loss"], dtype=float))
 
@@ -398,13 +398,11 @@ class SearchResult:
     def write_front(self, path: str | Path) -> Path:
         """The final Pareto set as JSON lines: the architecture's fields plus latency, loss and density."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         rows = self.front_frame()
         lines = [json.dumps({**row.architecture.to_dict(), "latency_ms": float(row.latency_ms), "loss": float(row.loss),
                              "density": float(row.density), "weight_density": float(row.weight_density)}) + "\n"
                  for row in rows.itertuples(index=False)]
-        path.write_text("".join(lines))
-        return path
+        return atomic_write_text(path, "".join(lines))
 
     def density_by_latency(self, bins: int | Sequence[float] = 5, relative: bool = True) -> pd.DataFrame:
         """Mean density (1 − mean sparsity) of the final front in latency bins.
@@ -454,11 +452,9 @@ class SearchResult:
         ax.set_title(title or f"{self.encoding.spec.name}: population and front by generation", fontsize=10)
         ax.legend(fontsize=7, loc="upper right")
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        atomic_save_figure(path, fig, dpi=120)
         plt.close(fig)
-        return path
+        return Path(path)
 
 
 # ---- the search -------------------------------------------------------------------------------------
@@ -633,19 +629,15 @@ class JCWSearch:
                 clock.tick()
                 state = {**self._identity(), "generation": history[-1].generation, "genomes": genomes.tolist(),
                          "rng": rng.bit_generator.state, "timing": asdict(clock.timing)}
-                tmp = out / "state.json.tmp"
-                tmp.write_text(json.dumps(state))
-                tmp.replace(out / "state.json")
+                atomic_write_json(out / "state.json", state)
         clock.tick()
 
     def _load_state(self, out: Path) -> _SavedState | None:
         path = out / "state.json"
         if not path.exists():
             return None
-        try:
-            state = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise SearchError(f"{path} is not valid JSON ({err}); delete {out} or run with resume=False") from err
+        recover = f"delete {out} or run with resume=False to start over"
+        state = read_json(path, recover)
         identity = self._identity()
         # Runs saved before ``sparsity_where`` existed searched the table's whole sparsity range.
         saved_config = {"sparsity_where": "measured", **state.get("config", {})}
@@ -657,12 +649,13 @@ class JCWSearch:
         generation = int(state["generation"])
         history_path = out / "history.jsonl"
         lines = history_path.read_text().splitlines() if history_path.exists() else []
-        history = [GenerationRecord.from_json(line) for line in lines[: generation + 1]]
+        history = [GenerationRecord.from_dict(parse_json(line, f"{history_path}, line {n}", recover))
+                   for n, line in enumerate(lines[: generation + 1], start=1)]
         if [r.generation for r in history] != list(range(generation + 1)):
             raise SearchError(f"{history_path} does not hold generations 0..{generation} of {path}; "
                               "delete the directory or run with resume=False")
         if len(lines) > generation + 1:    # appended after the last state was written: that generation is redone
-            history_path.write_text("".join(line + "\n" for line in lines[: generation + 1]))
+            atomic_write_text(history_path, "".join(line + "\n" for line in lines[: generation + 1]))
         genomes = np.array(state["genomes"], dtype=float)
         if genomes.shape != (self.config.population, self.encoding.dim):
             raise SearchError(f"{path}: genomes of shape {genomes.shape}, expected "

@@ -19,9 +19,7 @@
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Callable, Mapping
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..files import atomic_write_json, read_json
 from ..models.arch import Architecture
 from ..models.spec import ModelSpec
 from .budget import Budget, BudgetError, CostGrid, IncrementalCost
@@ -238,12 +237,6 @@ class EvolutionResult:
 Fitness = Callable[[PrunePlan], float]
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
 def learn_compensation(ranking: FilterRanking, grid: CostGrid, budget: Budget, fitness: Fitness,
                        config: EvolutionConfig = EvolutionConfig(), state: str | Path | None = None,
                        progress: bool = True) -> EvolutionResult:
@@ -257,7 +250,7 @@ def learn_compensation(ranking: FilterRanking, grid: CostGrid, budget: Budget, f
     path = Path(state) if state else None
     spent: dict = {}   # time already spent by an interrupted run: the report gives the search's whole cost
     if path and path.exists():
-        saved = json.loads(path.read_text())
+        saved = read_json(path, recover="delete it to restart the search (or choose another --out)")
         if saved.get("config") != config.to_dict() or saved.get("budget") != [budget.kind, budget.value]:
             raise ValueError(f"{path} holds a search with other settings; delete it or choose another --out")
         history = [Candidate.from_dict(c) for c in saved["history"]]
@@ -299,10 +292,10 @@ def learn_compensation(ranking: FilterRanking, grid: CostGrid, budget: Budget, f
                 beta[layers] += rng.normal(0.0, alpha * sigma[layers])
             history.append(evaluate(beta))
             if path:
-                _write_json_atomic(path, {"config": config.to_dict(), "budget": [budget.kind, budget.value],
-                                          "history": [c.to_dict() for c in history],
-                                          "rng": rng.bit_generator.state,
-                                          "timers": {**timers, "total": time.perf_counter() - start}})
+                atomic_write_json(path, {"config": config.to_dict(), "budget": [budget.kind, budget.value],
+                                         "history": [c.to_dict() for c in history],
+                                         "rng": rng.bit_generator.state,
+                                         "timers": {**timers, "total": time.perf_counter() - start}})
             bar.update(task, completed=len(history), best=f"{min(c.fitness for c in history):.4f}")
     best = min(history, key=lambda c: c.fitness)
     return EvolutionResult(best, history, time.perf_counter() - start, timers["prune"], timers["fitness"],

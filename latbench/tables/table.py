@@ -19,6 +19,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from ..files import atomic_output
 from ..layers import AXES, LayerPoint, LayerSignature
 
 FORMAT = "latbench-table/1"
@@ -139,13 +140,11 @@ class LatencyTable:
         import pyarrow.parquet as pq
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         table = pa.Table.from_pandas(frame if frame is not None else self.frame(), preserve_index=False)
         meta = {**self.meta, "format": FORMAT}
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META_KEY: json.dumps(meta).encode()})
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        pq.write_table(table, tmp)
-        tmp.replace(path)  # atomic: a crash never leaves half a table under the real name
+        with atomic_output(path) as tmp:   # a crash never leaves half a table under the real name
+            pq.write_table(table, tmp)
         return path
 
     @classmethod

@@ -9,7 +9,6 @@ history.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,6 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..files import atomic_output
 from ..models import Architecture, ArchitectureError, GraphNet, get_model
 
 FORMAT = "latbench-checkpoint/1"
@@ -54,10 +54,8 @@ def save_checkpoint(path: str | Path, net: GraphNet, *, arch: Architecture | Non
                     tensors[f"optim.{names[id(p)]}.momentum_buffer"] = buf.detach().contiguous()
     header = {**dict(meta or {}), "format": FORMAT, "model": net.spec.name, "num_classes": net.spec.num_classes,
               "in_channels": stem_in_channels(net), "arch": arch.to_dict()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(header)})
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(header)})
     return path
 
 

@@ -25,6 +25,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...files import atomic_write_text
 from . import shims
 
 
@@ -92,11 +93,9 @@ class PhoneProfile:
 
 
 def _write(path: Path, text: str) -> None:
-    """Replace ``path`` atomically (readers never see a half-written value)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Replace ``path`` atomically (readers never see a half-written value). Not fsynced: these files are
+    regenerated on every start, only atomicity matters."""
+    atomic_write_text(path, text, durable=False)
 
 
 WRITABLE = ("/data/local/tmp", "/sdcard", "/tmp")
