@@ -1,6 +1,6 @@
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, external_data_helper, helper
 
 from latbench.export.onnx import export_network
 from latbench.layers import signature_of
@@ -33,3 +33,30 @@ def test_corrupt_and_non_cnn_onnx_files_get_a_clear_error(tmp_path):
         spec_from_onnx(tmp_path / "mlp.onnx")
     with pytest.raises(OnnxModelError, match="does not exist"):
         spec_from_onnx(tmp_path / "missing.onnx")
+
+
+@pytest.mark.parametrize("location", ["missing-weights.bin", "../../etc/passwd", "../outside/weights.bin",
+                                      "/nonexistent/weights.bin"])
+def test_external_data_paths_are_not_followed(tmp_path, location):
+    """Only shapes are read: initializers whose data lives in an external file (here a file that does not exist,
+    in or outside the model's folder, so any attempt to read it fails) import with their shapes alone."""
+    spec = get_model("resnet56")
+    arch = random_architectures(spec, 1, seed=2)[0]
+    model = onnx.load_from_string(export_network(materialize(arch, spec), arch.resolution))
+    external = 0
+    for t in model.graph.initializer:
+        if t.raw_data or t.float_data:
+            external_data_helper.set_external_data(t, location, offset=0, length=max(len(t.raw_data), 4))
+            t.ClearField("raw_data")
+            t.ClearField("float_data")
+            t.data_location = TensorProto.EXTERNAL
+            external += 1
+    assert external > 0
+    (tmp_path / "models").mkdir()
+    path = tmp_path / "models" / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    imported = spec_from_onnx(path)
+    hw_a, hw_b = spec.input_hw(arch.resolution), imported.input_hw(arch.resolution)
+    ours = sorted((signature_of(l).key, hw_a[l.name], spec.channels(arch.widths, l)) for l in spec.layers)
+    theirs = sorted((signature_of(l).key, hw_b[l.name], imported.channels(imported.groups, l)) for l in imported.layers)
+    assert ours == theirs

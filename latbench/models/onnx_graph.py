@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import shape_inference
 
 from .spec import LayerDef, ModelSpec
 
@@ -29,12 +29,13 @@ def spec_from_onnx(path: str | Path) -> ModelSpec:
     if not path.exists():
         raise OnnxModelError(f"{path} does not exist")
     try:
-        model = onnx.load(str(path))
+        # Only shapes are read: a model's external-data paths could point at any file, so they are not followed.
+        model = onnx.load(str(path), load_external_data=False)
         model = shape_inference.infer_shapes(model)
     except Exception as err:  # onnx raises DecodeError / InferenceError / ValidationError variants
         raise OnnxModelError(f"{path} is not a readable ONNX model ({type(err).__name__}: {err})") from err
     graph = model.graph
-    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    inits = {t.name: tuple(int(d) for d in t.dims) for t in graph.initializer}    # constant tensors' shapes
     shapes = {}
     for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
         dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
@@ -64,15 +65,15 @@ def spec_from_onnx(path: str | Path) -> ModelSpec:
             if x not in producer:
                 raise OnnxModelError(f"{path}: conv {node.name!r} reads {x!r}, which no supported op produced")
             w = inits.get(ins[1])
-            if w is None or w.ndim != 4:
+            if w is None or len(w) != 4:
                 raise OnnxModelError(f"{path}: conv {node.name!r} has no constant 4-D weight; not supported")
             a = _attrs(node)
             pads = list(a.get("pads", [0, 0, 0, 0]))
             strides = list(a.get("strides", [1, 1]))
-            if len(set(pads)) > 1 or len(set(strides)) > 1 or w.shape[2] != w.shape[3]:
-                raise OnnxModelError(f"{path}: conv {node.name!r} has asymmetric kernel/stride/padding {w.shape[2:]}, "
+            if len(set(pads)) > 1 or len(set(strides)) > 1 or w[2] != w[3]:
+                raise OnnxModelError(f"{path}: conv {node.name!r} has asymmetric kernel/stride/padding {w[2:]}, "
                                      f"{strides}, {pads}; only square, symmetric convs are supported")
-            cout, cin_g, k = int(w.shape[0]), int(w.shape[1]), int(w.shape[2])
+            cout, cin_g, k = w[0], w[1], w[2]
             g = int(a.get("group", 1))
             cin = cin_g * g
             if g == 1:
@@ -126,7 +127,7 @@ def spec_from_onnx(path: str | Path) -> ModelSpec:
         elif node.op_type in ("Gemm", "MatMul") and x in producer and ins[1] in inits:
             w = inits[ins[1]]
             trans_b = _attrs(node).get("transB", 0) if node.op_type == "Gemm" else 0
-            cout = int(w.shape[0] if trans_b else w.shape[1])
+            cout = w[0] if trans_b else w[1]
             name = node.name or f"fc{len(layers)}"
             layers.append(LayerDef(name, "linear", producer[x], group[x], None, fixed_out=cout))
             producer[node.output[0]], group[node.output[0]] = name, None
