@@ -45,6 +45,31 @@ def test_materialize_builds_real_smaller_convs_and_slices_by_importance():
     assert child(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_materialize_leaves_the_global_rng_alone_and_repeats_for_a_seed():
+    spec = get_model("resnet56")
+    arch = random_architectures(spec, 1, seed=3, sparsities=(0.0, 0.5))[0]
+    parent = build(spec).eval()
+    torch.manual_seed(123)
+    expected = torch.rand(5)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    nets = [materialize(arch, spec, seed=5), materialize(arch, spec, parent=parent), materialize(arch, spec, seed=5)]
+    assert torch.equal(torch.get_rng_state(), state) and torch.equal(torch.rand(5), expected)
+    first, _, again = (n.state_dict() for n in nets)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    other = materialize(arch, spec, seed=6).state_dict()
+    assert not torch.equal(first["blocks.stem.conv.weight"], other["blocks.stem.conv.weight"])
+    # every tensor initialised: He-normal convs, random BN statistics, torch's default linear init
+    w = first["blocks.layer3_0_conv1.conv.weight"]
+    assert w.std().item() == pytest.approx((2 / (w.shape[0] * 9)) ** 0.5, rel=0.1)
+    assert all(torch.isfinite(v.float()).all() for v in first.values())
+    var = [v for k, v in first.items() if k.endswith("running_var")]
+    assert all(((0.5 <= v) & (v <= 1.5)).all() for v in var)
+    assert all(v.item() == 0 for k, v in first.items() if k.endswith("num_batches_tracked"))
+    fc = first["blocks.fc.weight"]
+    assert fc.abs().max().item() <= 1 / fc.shape[1] ** 0.5 and fc.std().item() > 0
+
+
 def test_sparsity_is_real_zeros_in_the_weights():
     spec = get_model("mobilenet_v2_cifar")
     arch = Architecture(spec.name, 32, spec.groups, {"block5.expand": 0.75})

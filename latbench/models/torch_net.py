@@ -4,6 +4,8 @@ Pruned networks have real, smaller convolutions (no masks), so what is exported 
 """
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import Mapping, Sequence
 
 import torch
@@ -45,34 +47,54 @@ def _make_module(layer: LayerDef, cin: int, cout: int) -> nn.Module:
 
 
 class GraphNet(nn.Module):
-    """Executes the layers of a spec in order; each layer's output is kept under its name."""
+    """Executes the layers of a spec in order; each layer's output is kept under its name.
 
-    def __init__(self, spec: ModelSpec, widths: Mapping[str, int], in_channels: int | None = None) -> None:
+    Weights are drawn from ``generator`` when one is given, and then torch's global RNG is left untouched;
+    else from the global RNG (``torch.manual_seed`` before building makes a training run reproducible)."""
+
+    def __init__(self, spec: ModelSpec, widths: Mapping[str, int], in_channels: int | None = None,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.widths = dict(widths)
         self._order = [layer for layer in spec.layers]
         self.blocks = nn.ModuleDict()
-        for layer in spec.layers:
-            cin, cout = spec.channels(self.widths, layer)
-            if layer.fixed_in is not None and in_channels is not None:
-                cin = in_channels
-            self.blocks[layer.name.replace(".", "_")] = _make_module(layer, cin, cout)
-        self.reset_parameters()
+        # torch's modules initialise themselves from the global RNG; built without storage, they draw nothing.
+        with torch.device("meta") if generator is not None else contextlib.nullcontext():
+            for layer in spec.layers:
+                cin, cout = spec.channels(self.widths, layer)
+                if layer.fixed_in is not None and in_channels is not None:
+                    cin = in_channels
+                self.blocks[layer.name.replace(".", "_")] = _make_module(layer, cin, cout)
+        if generator is not None:
+            self.to_empty(device="cpu")
+        self.reset_parameters(generator)
 
     @torch.no_grad()
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """He-normal convs (fan-out), and the BN scale of every block that ends in a residual add set to 0, so
         each residual branch starts as the identity (Goyal et al. 2017). Deep CIFAR ResNets need it: ResNet-56
-        with PyTorch's default init reached only 64 % on Fashion-MNIST after an epoch (measured)."""
+        with PyTorch's default init reached only 64 % on Fashion-MNIST after an epoch (measured).
+
+        With ``generator`` every tensor is set here (BN statistics, and linear layers as torch's default
+        init does), as :meth:`__init__` then builds the modules without initialising them."""
         for layer in self._order:
             module = self.block(layer.name)
             if isinstance(module, ConvBlock):
-                nn.init.kaiming_normal_(module.conv.weight, mode="fan_out", nonlinearity="relu")
+                w = module.conv.weight
+                fan_out = w.shape[0] * w[0, 0].numel()
+                # kaiming_normal_(mode="fan_out", nonlinearity="relu"), the same arithmetic, with a generator
+                w.normal_(0, math.sqrt(2.0) / math.sqrt(fan_out), generator=generator)
+                if generator is not None:
+                    module.bn.reset_running_stats()
                 nn.init.ones_(module.bn.weight)
                 nn.init.zeros_(module.bn.bias)
                 if layer.residual is not None:
                     nn.init.zeros_(module.bn.weight)
+            elif isinstance(module, nn.Linear) and generator is not None:
+                bound = 1.0 / math.sqrt(module.in_features)   # torch's default Linear init, U(±1/√fan_in)
+                module.weight.uniform_(-bound, bound, generator=generator)
+                module.bias.uniform_(-bound, bound, generator=generator)
 
     def block(self, name: str) -> nn.Module:
         return self.blocks[name.replace(".", "_")]
@@ -103,15 +125,16 @@ def _keep(order: Sequence[int] | torch.Tensor | None, width: int) -> torch.Tenso
 
 
 @torch.no_grad()
-def randomize_bn(net: nn.Module, shift: float = 0.1) -> nn.Module:
+def randomize_bn(net: nn.Module, shift: float = 0.1, generator: torch.Generator | None = None) -> nn.Module:
     """Draw every BatchNorm's running mean and bias from U(−shift, shift) and its running variance and weight
-    from U(0.5, 1.5) (from torch's global RNG): statistics that make BN handling visible in tests and exports."""
+    from U(0.5, 1.5) (from ``generator``, default torch's global RNG): statistics that make BN handling visible
+    in tests and exports."""
     for module in net.modules():
         if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-shift, shift)
-            module.running_var.uniform_(0.5, 1.5)
-            module.weight.uniform_(0.5, 1.5)
-            module.bias.uniform_(-shift, shift)
+            module.running_mean.uniform_(-shift, shift, generator=generator)
+            module.running_var.uniform_(0.5, 1.5, generator=generator)
+            module.weight.uniform_(0.5, 1.5, generator=generator)
+            module.bias.uniform_(-shift, shift, generator=generator)
     return net
 
 
@@ -122,17 +145,19 @@ def materialize(arch: Architecture, spec: ModelSpec, parent: GraphNet | None = N
 
     With ``parent``, weights are sliced from it: in each group the channels kept are the first
     ``width`` of ``importance[group]`` (most important first; identity order when absent).
-    Weight sparsity is applied as real zeros: the smallest-magnitude weights of each conv.
+    Weight sparsity is applied as real zeros: the smallest-magnitude weights of each conv. Random weights come
+    from a generator seeded with ``seed``: the same seed gives the same network, and torch's global RNG is
+    left alone (LcP materializes hundreds of candidates inside a seeded run).
     """
     arch.validate(spec)
-    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     in_channels = None
     if parent is not None:
         stem = next(layer for layer in spec.layers if layer.fixed_in is not None)
         in_channels = parent.block(stem.name).conv.in_channels
-    net = GraphNet(spec, arch.widths, in_channels)
+    net = GraphNet(spec, arch.widths, in_channels, generator=generator)
     if parent is None:
-        randomize_bn(net)   # non-trivial BN statistics, so that exported graphs exercise BN folding for real
+        randomize_bn(net, generator=generator)   # non-trivial BN statistics, so that exported graphs exercise BN folding for real
     else:
         keep = {g: _keep((importance or {}).get(g), w) for g, w in arch.widths.items()}
         for layer in spec.layers:
