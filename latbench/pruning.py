@@ -156,6 +156,26 @@ def measure_architectures(spec: ModelSpec, archs: Sequence[Architecture], table:
         dev.close()
 
 
+def measure_shipped(folders: Sequence[Path], table: LatencyTable, device: str, store: str,
+                    progress: bool = True) -> np.ndarray:
+    """End-to-end latency of the model each of ``folders`` ships (``pruned.onnx`` or ``pruned.tflite``, the
+    device's format) in the table's unit: the file itself, with its trained weights and zero pattern, not a
+    re-export of its architecture."""
+    from .devices import open_device
+    from .store import MeasurementStore
+    from .validation import measure_models, table_reference_ms
+
+    dev = open_device(device)
+    try:
+        table.check_device(dev.fingerprint(), device)
+        models = [(Path(f) / f"pruned.{dev.model_format}").read_bytes() for f in folders]
+        dev.prepare()
+        with MeasurementStore(store) as st:
+            return measure_models(models, dev, st, progress=progress, reference_ms=table_reference_ms(table))
+    finally:
+        dev.close()
+
+
 def run_prune(job: PruneJob) -> dict:
     """Run ``job`` end to end; writes everything to ``job.out`` and returns the report (also report.json)."""
     from .data import load_dataset
@@ -228,7 +248,7 @@ def run_prune(job: PruneJob) -> dict:
 
     measured = None
     if job.device and table is not None:
-        measured = float(measure_architectures(spec, [arch], table, job.device, job.store, job.progress)[0])
+        measured = float(measure_shipped([out], table, job.device, job.store, job.progress)[0])
     report = {
         "model": spec.name, "method": job.method, "checkpoint": str(job.checkpoint), "table": job.table,
         "device": job.device, "budget": {"kind": budget.kind, "value": budget.value, "ratio": job.budget_ratio},

@@ -33,7 +33,7 @@ import pandas as pd
 
 from .files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, read_jsonl
 from .models.arch import Architecture
-from .pruning import _batches, console, measure_architectures
+from .pruning import _batches, console, measure_architectures, measure_shipped
 from .search.budget import BudgetError, CostGrid
 from .search.jcw import SearchConfig, SearchResult
 from .train.admm import ADMMConfig
@@ -371,9 +371,9 @@ def run_jcw(job: JCWJob) -> dict:
 
     measured = {}
     if job.device and choices:
-        archs = [c.architecture for c in choices]
+        folders = [out / c.label for c in choices]
         measured = dict(zip([c.label for c in choices],
-                            measure_architectures(spec, archs, table, job.device, job.store, job.progress).tolist()))
+                            measure_shipped(folders, table, job.device, job.store, job.progress).tolist()))
     predicted_full = result.full_latency_ms
     for choice in choices:
         arch, row = choice.architecture, front.iloc[choice.front_index]

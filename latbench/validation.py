@@ -32,6 +32,11 @@ def table_reference_ms(table) -> float | None:
     return (table.meta.get("environment") or {}).get("reference_ms")
 
 
+def file_key(model: bytes) -> str:
+    """Store key of an exported model file: its content, so the same bytes are measured once."""
+    return "file:" + hashlib.sha256(model).hexdigest()[:24]
+
+
 def measure_networks(spec: ModelSpec, archs: Sequence[Architecture], device: Device, store: MeasurementStore,
                      batch_size: int = 8, progress: bool = True, console: Console | None = None,
                      reference_ms: float | None = None) -> np.ndarray:
@@ -40,23 +45,42 @@ def measure_networks(spec: ModelSpec, archs: Sequence[Architecture], device: Dev
     With ``reference_ms`` (a table's reference unit) the results are expressed in that unit even when
     the store's environment fixed another one.
     """
+    fmt = device.model_format
+    todo = {network_key(a): (a.resolution, lambda a=a: export_network_for(fmt, materialize(a, spec), a))
+            for a in archs}
+    measured = _measure_keyed(todo, device, store, batch_size, progress, console, reference_ms)
+    return np.array([measured[network_key(a)] for a in archs])
+
+
+def measure_models(models: Sequence[bytes], device: Device, store: MeasurementStore, progress: bool = True,
+                   console: Console | None = None, reference_ms: float | None = None) -> np.ndarray:
+    """End-to-end latency (median ms) of exported model files in the device's format, keyed by content:
+    what is measured is exactly the file that is shipped (its weights, its zero pattern)."""
+    todo = {file_key(m): (0, lambda m=m: m) for m in models}
+    measured = _measure_keyed(todo, device, store, 8, progress, console, reference_ms)
+    return np.array([measured[file_key(m)] for m in models])
+
+
+def _measure_keyed(todo: dict, device: Device, store: MeasurementStore, batch_size: int, progress: bool,
+                   console: Console | None, reference_ms: float | None) -> dict[str, float]:
+    """Measure ``{key: (input size, make model bytes)}`` end to end, skipping what the store holds;
+    returns every key's median in the unit of ``reference_ms`` (default the device's own)."""
     console = console or Console(stderr=True)
     env_id = environment_of(device, store, reference_ms)
     scale = reference_ms / device.reference_ms if reference_ms and getattr(device, "reference_ms", None) else 1.0
-    point = lambda a: LayerPoint(0, 0, 0.0, a.resolution)  # noqa: E731 - networks have no layer point
-    todo = [a for a in dict.fromkeys(archs) if not store.has(env_id, network_key(a), point(a))]
+    point = lambda hw: LayerPoint(0, 0, 0.0, hw)  # noqa: E731 - networks have no layer point
+    missing = [k for k, (hw, _) in todo.items() if not store.has(env_id, k, point(hw))]
+    fmt = device.model_format
     with _progress(console, progress) as bar:
-        task = bar.add_task("networks", total=len(todo))
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            fmt = device.model_format
-            artifacts = [Artifact(network_key(a), export_network_for(fmt, materialize(a, spec), a), kind="network",
-                                  format=fmt) for a in batch]
-            for a, m in zip(batch, device.measure(artifacts)):
-                store.put(env_id, network_key(a), point(a), m)
+        task = bar.add_task("networks", total=len(missing))
+        for start in range(0, len(missing), batch_size):
+            batch = missing[start:start + batch_size]
+            artifacts = [Artifact(k, todo[k][1](), kind="network", format=fmt) for k in batch]
+            for k, m in zip(batch, device.measure(artifacts)):
+                store.put(env_id, k, point(todo[k][0]), m)
             bar.advance(task, len(batch))
-    measured = {r.signature: r.measurement.median_ms for r in store.rows(env_id) if r.signature.startswith("net:")}
-    return np.array([measured[network_key(a)] for a in archs]) * scale
+    medians = {r.signature: r.measurement.median_ms for r in store.rows(env_id, todo)}
+    return {k: medians[k] * scale for k in todo}
 
 
 @dataclass
