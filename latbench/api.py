@@ -117,6 +117,36 @@ def recalibrate(table: str | Path, spec: ModelSpec, device: str = DEFAULT_DEVICE
     return entry
 
 
+MODEL_SUFFIXES = {".onnx": "onnx", ".tflite": "tflite"}
+
+
+def measure_file(path: str | Path, device: str = DEFAULT_DEVICE, store: str | Path = DEFAULT_STORE,
+                 threads: int = 1, settings: MeasureSettings | None = None, progress: bool = True):
+    """Measure one exported model file end to end on ``device`` with latbench's protocol (reference
+    network side by side, interleaved rounds); stored by content, so measuring the same bytes again
+    reads the store. Returns the stored :class:`~latbench.devices.base.Measurement`."""
+    from .devices import DeviceError
+    from .validation import file_key, measure_models
+
+    path = Path(path)
+    fmt = MODEL_SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise DeviceError(f"{path}: not a model file latbench can measure (.onnx or .tflite)")
+    model = path.read_bytes()
+    dev = open_device(device, threads=threads, settings=settings)
+    try:
+        if dev.model_format != fmt:
+            raise DeviceError(f"{device} runs {dev.model_format} models, and {path} is {fmt}; export the network "
+                              f"as .{dev.model_format} or pick a device that runs {fmt}")
+        dev.prepare()
+        with MeasurementStore(store) as st:
+            measure_models([model], dev, st, progress=progress)
+            env_id = environment_of(dev, st)
+            return st.rows(env_id, [file_key(model)])[0].measurement
+    finally:
+        dev.close()
+
+
 def predict(spec: ModelSpec, archs: Sequence[Architecture], table: LatencyTable | str | Path, clamp: bool = False):
     if not isinstance(table, LatencyTable):
         table = LatencyTable.load(table)
@@ -148,4 +178,4 @@ def validate_model(spec: ModelSpec, table: LatencyTable | str | Path, device: st
         dev.close()
 
 
-__all__ = ["load_model", "profile", "build_table", "predict", "validate_model", "DEFAULT_STORE", "TableError"]
+__all__ = ["load_model", "profile", "build_table", "measure_file", "predict", "validate_model", "DEFAULT_STORE", "TableError"]

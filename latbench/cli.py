@@ -236,11 +236,32 @@ def predict(model: str, arch: Optional[Path] = typer.Option(None, help="architec
 
 
 @app.command()
+def measure(model: Path = typer.Argument(..., help="an exported model: .onnx or .tflite"),
+            device: str = typer.Option(DEFAULT_DEVICE, help=DEVICE_HELP),
+            store: Path = typer.Option(Path(api.DEFAULT_STORE), help="SQLite measurement store"),
+            threads: int = typer.Option(1, help="runtime threads"),
+            progress: bool = typer.Option(True)) -> None:
+    """Measure one model file end to end with latbench's protocol; the result is stored by the file's content.
+
+    Example: latbench measure runs/lcp/pruned.tflite --device host:litert
+    """
+    from dataclasses import asdict
+
+    try:
+        m = api.measure_file(model, device, store, threads, progress=progress)
+    except _ERRORS as err:
+        _fail(err)
+    console.print_json(json.dumps({"file": str(model), "device": device, **asdict(m)}))
+
+
+@app.command()
 def validate(model: str, table: Path = typer.Option(..., help="latency table to check"),
              device: str = typer.Option(DEFAULT_DEVICE, help=DEVICE_HELP),
              store: Path = typer.Option(Path(api.DEFAULT_STORE)),
              n: int = typer.Option(100, help="networks to measure (the full network + n-1 random ones)"),
-             seed: int = typer.Option(0), resolution: Optional[List[int]] = typer.Option(None),
+             seed: int = typer.Option(0),
+             resolution: Optional[List[int]] = typer.Option(None, help="default: the model's resolutions the table "
+                                                                       "holds"),
              sparsity: Optional[List[float]] = typer.Option(None, help="sparsities to sample from (default 0)"),
              divisor: Optional[int] = typer.Option(None, help="round sampled widths to multiples of this "
                                                                "(default: the table's channel multiple)"),

@@ -12,7 +12,7 @@ runner = CliRunner()
 
 
 def test_every_command_has_help_with_an_example():
-    for cmd in (["demo"], ["devices"], ["profile"], ["predict"], ["validate"], ["table", "build"], ["table", "info"],
+    for cmd in (["demo"], ["devices"], ["profile"], ["predict"], ["measure"], ["validate"], ["table", "build"], ["table", "info"],
                 ["table", "import-jcw"]):
         res = runner.invoke(app, cmd + ["--help"])
         assert res.exit_code == 0 and "Example" in res.output, cmd
@@ -102,3 +102,27 @@ def test_profile_accepts_any_onnx_cnn_file(tmp_path):
     report = json.loads(res.output[res.output.index("{"):])
     # 29 layers, of which identical (signature, input size) pairs are measured once.
     assert 0 < report["slices"] < 29 and report["measured"] == report["grid_points"]
+
+
+def test_measure_one_exported_file_with_the_protocol_and_the_store(tmp_path):
+    from latbench.export import export_network_for
+    from latbench.models import materialize
+
+    spec = get_model("resnet20")
+    arch = Architecture.full(spec, 32)
+    model = tmp_path / "r20.tflite"
+    model.write_bytes(export_network_for("tflite", materialize(arch, spec), arch))
+    args = ["measure", str(model), "--device", "host:litert", "--store", str(tmp_path / "s.db"), "--no-progress"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    first = json.loads(res.stdout)
+    assert first["p10_ms"] <= first["median_ms"] <= first["p90_ms"] and first["runs"] > 0
+    again = json.loads(runner.invoke(app, args).stdout)          # the same bytes: read from the store
+    assert again == first
+    wrong = runner.invoke(app, ["measure", str(model), "--device", "host:onnxruntime", "--store",
+                                str(tmp_path / "s.db")])
+    assert wrong.exit_code == 2 and "runs onnx models" in wrong.output and "Traceback" not in wrong.output
+    text = tmp_path / "notes.txt"
+    text.write_text("x")
+    bad = runner.invoke(app, ["measure", str(text), "--store", str(tmp_path / "s.db")])
+    assert bad.exit_code == 2 and ".onnx or .tflite" in bad.output
