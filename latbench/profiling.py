@@ -29,6 +29,7 @@ class ProfileReport:
     knots_added: int = 0
     seconds: float = 0.0
     env_id: int = 0
+    by_another: int = 0   # points another process sharing the store measured meanwhile (theirs kept)
     details: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -45,8 +46,10 @@ def environment_of(device: Device, store: MeasurementStore, reference_ms: float 
         if stored:
             device.reference_ms = float(stored)
         else:
-            device.reference_ms = float(reference_ms) if reference_ms else device.measure_reference_nominal()
-            store.update_environment(env_id, {"reference_ms": device.reference_ms})
+            ours = float(reference_ms) if reference_ms else device.measure_reference_nominal()
+            # Another process may have fixed the unit meanwhile: its measurements are in its unit, so adopt it.
+            env = store.update_environment(env_id, {"reference_ms": ours}, replace=False)
+            device.reference_ms = float(env["reference_ms"])
     return env_id
 
 
@@ -78,6 +81,7 @@ class Profiler:
         self.batch_size = batch_size
         self.progress = progress
         self.console = console or Console(stderr=True)
+        self.by_another = 0
         self.env_id = environment_of(device, store)
 
     def _artifacts(self, sig: str, point: LayerPoint) -> list[Artifact]:
@@ -90,19 +94,33 @@ class Profiler:
         return [Artifact(f"{key}|{part}", model, format=fmt) for part, model in zip(("wrapped", "baseline"), wrapper)]
 
     def measure_points(self, items: Sequence[tuple[str, LayerPoint]], bar=None, task=None) -> int:
-        """Measure the (signature, point) items the store lacks; returns how many were measured. A wrapped
-        item is stored as the difference of its two measurements (taken in the same batch)."""
+        """Measure the (signature, point) items the store lacks; returns how many this process stored. A
+        wrapped item is stored as the difference of its two measurements (taken in the same batch). Items
+        another process stores meanwhile are skipped, or, when both measured one, its value is kept."""
         todo = self.store.missing(self.env_id, list(dict.fromkeys(items)))
+        stored = 0
         for start in range(0, len(todo), self.batch_size):
-            batch = todo[start:start + self.batch_size]
+            planned = todo[start:start + self.batch_size]
+            batch = self.store.missing(self.env_id, planned)
             per_item = [self._artifacts(sig, p) for sig, p in batch]
-            results = iter(self.device.measure([a for artifacts in per_item for a in artifacts]))
+            artifacts = [a for item in per_item for a in item]
+            results = iter(self.device.measure(artifacts) if artifacts else [])
+            kept = 0
             for (sig, point), artifacts in zip(batch, per_item):
                 ms = [next(results) for _ in artifacts]
-                self.store.put(self.env_id, sig, point, ms[0] if len(ms) == 1 else difference(*ms, f"{sig}|{point}"))
+                kept += self.store.put(self.env_id, sig, point,
+                                       ms[0] if len(ms) == 1 else difference(*ms, f"{sig}|{point}"))
+            stored += kept
+            self._note_by_another(len(planned) - kept)
             if bar is not None:
-                bar.advance(task, len(batch))
-        return len(todo)
+                bar.advance(task, len(planned))
+        return stored
+
+    def _note_by_another(self, n: int) -> None:
+        if n and not self.by_another:
+            self.console.print(f"[yellow]another process is profiling into {self.store.path} too: it measured "
+                               f"points this run planned; theirs are kept, not measured again nor overwritten[/]")
+        self.by_another += n
 
     def _slice_rows(self, s: GridSlice) -> pd.DataFrame:
         recs = [(r.signature, r.point.input_hw, r.point.in_channels, r.point.out_channels, r.point.sparsity,
@@ -128,6 +146,7 @@ class Profiler:
                 for s in slices:
                     self._refine(s, threshold, max_steps, report, bar, task, min_miss_ms)
         report.grid_points = sum(s.size() for s in slices)
+        report.by_another = self.by_another
         report.seconds = time.perf_counter() - t0
         return report
 

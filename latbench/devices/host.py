@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .base import Artifact, DeviceError, MeasureSettings, Measurement
+from .lock import measurement_lock
 from .reference import ReferenceTimed, reference_model
 from .timing import RoundSamples, measure_interleaved
 
@@ -93,8 +94,9 @@ class HostDevice(ReferenceTimed):
     def measure_reference_nominal(self, runs: int = 400) -> float:
         """The reference network's median latency now (ms); becomes the unit of this environment."""
         run = self._reference_runner()
-        run(20)
-        self.reference_ms = float(np.median(run(runs)))
+        with measurement_lock().held():   # alone on the CPU (lock.py)
+            run(20)
+            self.reference_ms = float(np.median(run(runs)))
         return self.reference_ms
 
     def environment(self) -> dict:
@@ -122,11 +124,12 @@ class HostDevice(ReferenceTimed):
         reference = None
         if self.settings.reference:
             reference = self._reference_runner()
-            if self.reference_ms is None:
-                self.measure_reference_nominal()
         timers = [wall_clock(f) for f in run_once]
-        return measure_interleaved([a.key for a in artifacts], self.settings, lambda i, runs: timers[i](runs),
-                                   reference, self.reference_ms)
+        with measurement_lock().held():   # alone on the CPU (lock.py); re-entrant: the nominal takes it too
+            if reference is not None and self.reference_ms is None:
+                self.measure_reference_nominal()
+            return measure_interleaved([a.key for a in artifacts], self.settings, lambda i, runs: timers[i](runs),
+                                       reference, self.reference_ms)
 
     def measure(self, artifacts: Sequence[Artifact]) -> list[Measurement]:
         """Time a batch of artifacts end to end; one Measurement per artifact."""

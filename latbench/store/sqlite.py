@@ -4,6 +4,10 @@ A measurement is keyed by (device fingerprint, backend settings, signature, grid
 committed in its own transaction as soon as it is taken, so a profiling run killed at any moment —
 even with ``kill -9`` — loses at most the measurement in flight, and a restart skips everything stored.
 
+Two processes may share one store (two profilers, a profile and a validation): environments are
+created atomically, and a point already stored is never overwritten nor duplicated — the first
+measurement stored wins, and ``put`` tells the second writer that its value was not kept.
+
 Schema versions: 1 — the measurements; 2 — plus ``telemetry`` (JSON, nullable): the conditions a
 device reported while measuring (``Measurement.conditions``; phones: temperatures, frequencies,
 cool-downs). A version-1 store is upgraded in place when opened (one ``ALTER TABLE ADD COLUMN``; its
@@ -115,14 +119,18 @@ class MeasurementStore:
         self.close()
 
     def environment_id(self, fingerprint: str, settings: dict, environment: dict) -> int:
+        """The id of (fingerprint, settings), created with ``environment`` when absent. Safe when two
+        processes ask at once: both get the same id (the UNIQUE key makes the second insert a no-op)."""
         s = _settings_json(settings)
-        row = self._db.execute("SELECT id FROM environments WHERE fingerprint=? AND settings=?",
-                               (fingerprint, s)).fetchone()
+        select = "SELECT id FROM environments WHERE fingerprint=? AND settings=?"
+        row = self._db.execute(select, (fingerprint, s)).fetchone()
         if row:
             return int(row[0])
-        cur = self._db.execute("INSERT INTO environments (fingerprint, settings, environment) VALUES (?, ?, ?)",
-                               (fingerprint, s, json.dumps(environment, sort_keys=True)))
-        return int(cur.lastrowid)
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("INSERT OR IGNORE INTO environments (fingerprint, settings, environment) VALUES (?, ?, ?)",
+                             (fingerprint, s, json.dumps(environment, sort_keys=True)))
+            return int(self._db.execute(select, (fingerprint, s)).fetchone()[0])
 
     def environment(self, env_id: int) -> dict:
         row = self._db.execute("SELECT fingerprint, settings, environment FROM environments WHERE id=?",
@@ -131,13 +139,16 @@ class MeasurementStore:
             raise StoreError(f"no environment {env_id} in {self.path}")
         return {"fingerprint": row[0], "settings": json.loads(row[1]), "environment": json.loads(row[2])}
 
-    def update_environment(self, env_id: int, values: dict) -> None:
-        """Add ``values`` to the stored environment record (e.g. the reference's nominal latency)."""
-        env = self.environment(env_id)["environment"]
-        env.update(values)
+    def update_environment(self, env_id: int, values: dict, replace: bool = True) -> dict:
+        """Add ``values`` to the stored environment record (e.g. the reference's nominal latency) and return
+        the record. ``replace=False`` keeps keys already there: a second process that measured the same
+        unit must adopt the first one's, in which the stored measurements are expressed."""
         with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("BEGIN IMMEDIATE")   # read and write in one transaction: no lost update
+            env = self.environment(env_id)["environment"]
+            env.update(values if replace else {k: v for k, v in values.items() if k not in env})
             self._db.execute("UPDATE environments SET environment=? WHERE id=?", (json.dumps(env, sort_keys=True), env_id))
+        return env
 
     def environments(self) -> list[tuple[int, str, int]]:
         """(id, fingerprint, number of measurements) for every environment in the store."""
@@ -145,15 +156,18 @@ class MeasurementStore:
             "SELECT e.id, e.fingerprint, COUNT(m.env_id) FROM environments e "
             "LEFT JOIN measurements m ON m.env_id = e.id GROUP BY e.id ORDER BY e.id")]
 
-    def put(self, env_id: int, signature: str, point: LayerPoint, m: Measurement) -> None:
-        """Store one measurement in its own transaction (replaces an earlier one at the same key)."""
+    def put(self, env_id: int, signature: str, point: LayerPoint, m: Measurement) -> bool:
+        """Store one measurement in its own transaction. A measurement already stored at the same key is
+        kept (first writer wins: another process may have measured the point meanwhile) and ``False`` is
+        returned; ``True`` when this one was stored."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                f"INSERT OR REPLACE INTO measurements ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            cur = self._db.execute(
+                f"INSERT OR IGNORE INTO measurements ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (env_id, signature, point.in_channels, point.out_channels, float(point.sparsity), point.input_hw,
                  m.median_ms, m.p10_ms, m.p90_ms, m.iqr_ms, m.runs, m.rounds, m.outliers, time.time(),
                  json.dumps(m.conditions, sort_keys=True) if m.conditions is not None else None))
+            return cur.rowcount == 1
 
     def has(self, env_id: int, signature: str, point: LayerPoint) -> bool:
         return self._db.execute(

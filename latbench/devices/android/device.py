@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import shlex
@@ -34,6 +35,7 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from ..base import Artifact, DeviceError, MeasureSettings, Measurement
+from ..lock import measurement_lock, phone_lock_name
 from ..reference import ReferenceTimed, reference_model
 from ..timing import robust_stats
 from .connection import AdbConnection, AdbLinkError, AdbTarget, UnauthorizedError
@@ -47,6 +49,18 @@ RUNTIMES = {"tflite": ("tflite", "benchmark_model"), "onnxruntime": ("onnx", "on
 TOOL_PATHS = {"tflite": "bin/benchmark_model", "onnxruntime": "ort/onnxruntime_perf_test"}
 LAYER_TIMINGS = ("ops", "run")
 EXT = {"tflite": ".tflite", "onnx": ".onnx"}
+
+
+def _phone_exclusive(method):
+    """Run ``method`` holding this phone's measurement lock (lock.py): another latbench process on this
+    host would otherwise stop our runner (``stop_leftovers``) or heat the phone between our batches."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self.measurement_lock().held():
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 def agent_script() -> bytes:
@@ -290,7 +304,13 @@ class AndroidDevice(ReferenceTimed):
                 "thermal_policy": dataclasses.asdict(self.options.thermal),
                 **self.backend_settings(), "protocol": self.settings.to_dict()}
 
+    def measurement_lock(self):
+        """This phone's lock, named by its serial number: the same phone over USB and over TCP takes one."""
+        serial = self.facts.props.get("ro.serialno") or str(self.target)
+        return measurement_lock(phone_lock_name(serial), f"on phone {serial}")
+
     # ------------------------------------------------------------------------------ preparing
+    @_phone_exclusive
     def prepare(self) -> None:
         """Install the runner script (when it changed), create the folders, stop leftovers of an earlier
         connection and check that the tool is there."""
@@ -352,6 +372,7 @@ class AndroidDevice(ReferenceTimed):
             out[RUNTIMES[runtime][1]] = res.rc == 0
         return out
 
+    @_phone_exclusive
     def clean(self, everything: bool = False) -> None:
         """Delete pushed models and batch folders (``everything``: the whole latbench folder, tools too)."""
         q = shlex.quote
@@ -516,6 +537,7 @@ class AndroidDevice(ReferenceTimed):
         return self._reference_name, model
 
     # ------------------------------------------------------------------------------ the protocol
+    @_phone_exclusive
     def measure_reference_nominal(self, invocations: int = 5, runs: int = 40) -> float:
         """The reference network's median latency now (ms): the unit of this device environment."""
         name, model = self._reference()
@@ -548,6 +570,7 @@ class AndroidDevice(ReferenceTimed):
             next_id += 1
         return steps
 
+    @_phone_exclusive
     def measure(self, artifacts: Sequence[Artifact]) -> list[Measurement]:
         """Time a batch on the phone with the interleaved reference protocol; one Measurement each."""
         self.check_formats(artifacts)
