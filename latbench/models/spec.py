@@ -121,3 +121,12 @@ class ModelSpec:
         cin = layer.fixed_in if layer.in_group is None else widths[layer.in_group]
         cout = layer.fixed_out if layer.out_group is None else widths[layer.out_group]
         return int(cin), int(cout)
+
+    @property
+    def stages(self):
+        """The stages of this network by resolution (:func:`latbench.supernet.stages.stages_of`): each a
+        :class:`latbench.supernet.stages.Stage` with its layers, input tensor, output layer and owned
+        channel groups. Raises ``StageError`` for a model without stage boundaries."""
+        from ..supernet.stages import stages_of   # imported here: models must not depend on the supernet
+
+        return stages_of(self)
