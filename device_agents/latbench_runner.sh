@@ -16,11 +16,16 @@
 #       PROF (true/false) turns on benchmark_model's op profiling for that run.
 # stop  ends a runner (and its tool) left from an earlier connection, e.g. after a host timeout.
 #
+# A refusal (bad argument or plan line, model not on the phone) is the line @LB<TAB>error=MESSAGE<TAB>@END
+# and exit status 2; while another runner holds ROOT/runner.pid, @LB<TAB>busy=PID<TAB>@END and status 3.
+#
 # Nothing is written or deleted outside ROOT, which must be a directory named "latbench". Every
 # argument is validated here as well as quoted by the host.
 set -u
 
-die() { printf '@LB\terror=%s\n' "$*"; exit 2; }
+# The host reads only whole lines that end in @END, so an error must too; tabs and newlines in it would
+# split the message or fake fields.
+die() { printf '@LB\terror=%s\t@END\n' "$(printf '%s' "$*" | tr '\t\n' '  ')"; exit 2; }
 is_uint() { case $1 in ''|*[!0-9]*) return 1 ;; esac; return 0; }
 is_list() { case $1 in -) return 0 ;; ''|*[!0-9,]*) return 1 ;; esac; return 0; }
 is_name() { case $1 in ''|.*|*[!A-Za-z0-9._-]*) return 1 ;; esac; return 0; }
@@ -44,10 +49,25 @@ stop_all() {
     root=$1
     # The runner first (its trap takes its tool along), then any tool whose runner is already gone.
     for f in "$root"/runner.pid "$root"/batches/*/child.pid; do
-        p=$(ours "$f" "$root") && kill "$p" 2>/dev/null && printf '@LB\tstopped=%s\n' "$p"
+        p=$(ours "$f" "$root") && kill "$p" 2>/dev/null && printf '@LB\tstopped=%s\t@END\n' "$p"
         rm -f "$f"
     done
+    rmdir "$root/runner.break" 2>/dev/null   # left by a runner killed while breaking a stale lock
     printf '@LB\tstop\t@END\n'
+}
+
+# Removes a runner.pid whose runner is gone (killed with -9, so its EXIT trap never ran). One breaker at
+# a time (mkdir is atomic), and only if the file still names the dead pid when read again: a lock that
+# a live runner took meanwhile is never removed. An empty file is a lock being written: left alone.
+break_stale() {
+    mkdir "$root/runner.break" 2>/dev/null || return 1
+    broke=1
+    if read -r was < "$root/runner.pid" 2>/dev/null && ! ours "$root/runner.pid" "$root" > /dev/null &&
+        read -r now < "$root/runner.pid" 2>/dev/null && [ "$now" = "$was" ]; then
+        rm -f "$root/runner.pid" && broke=0
+    fi
+    rmdir "$root/runner.break"
+    return $broke
 }
 
 read_sys() { v=-; [ -r "$1" ] && read -r v < "$1" 2>/dev/null; [ -n "$v" ] || v=-; printf '%s' "$v"; }
@@ -126,12 +146,23 @@ if [ "$tool" = onnxruntime ]; then
     export LD_LIBRARY_PATH
 fi
 
-# One runner at a time: a second one would share the cores and falsify both.
-if other=$(ours "$root/runner.pid" "$root"); then
-    printf '@LB\tbusy=%s\t@END\n' "$other"
-    exit 3
-fi
-echo $$ > "$root/runner.pid"
+# One runner at a time: a second one would share the cores and falsify both. noclobber creates the
+# lock with O_EXCL, so of runners started together exactly one gets it (a check-then-write would let
+# several in).
+tries=0
+until ( set -C; echo "$$" > "$root/runner.pid" ) 2>/dev/null; do
+    if other=$(ours "$root/runner.pid" "$root"); then
+        printf '@LB\tbusy=%s\t@END\n' "$other"
+        exit 3
+    fi
+    tries=$((tries + 1))
+    if [ "$tries" -gt 5 ]; then
+        [ -e "$root/runner.pid" ] || die "cannot create the lock $root/runner.pid"
+        die "the lock $root/runner.pid names no running runner; \`latbench android stop\` removes it"
+    fi
+    # Gone: its runner just ended, try again. Stale: break it. Being written: wait for the pid.
+    [ ! -e "$root/runner.pid" ] || break_stale || sleep 1
+done
 child=
 # Ended (host's `stop`, or the link's hang-up): take the running tool along, never leave it orphaned.
 on_signal() { [ -n "$child" ] && kill "$child" 2>/dev/null; rm -f "$root/runner.pid" "$dir/child.pid"; exit 143; }

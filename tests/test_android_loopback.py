@@ -230,3 +230,56 @@ def test_a_model_the_tool_cannot_run_is_a_clear_error_and_stops_the_batch(phone,
     finally:
         dev.close()
     assert not phone.host_path(f"{PHONE_ROOT}/runner.pid").exists()
+
+
+def _count_runner_starts(dev) -> list[str]:
+    """Every runner invocation of ``dev`` is recorded in the returned list."""
+    calls: list[str] = []
+    stream = dev.conn.stream_lines
+
+    def counted(command, timeout_s):
+        calls.append(command)
+        return stream(command, timeout_s)
+
+    dev.conn.stream_lines = counted
+    return calls
+
+
+def test_a_model_missing_on_the_phone_is_the_runners_message_at_once(phone, tmp_path):
+    spec = install_benchmark_model(phone, tmp_path)
+    messages: list[str] = []
+    from latbench.devices.android import open_android
+
+    dev = open_android(spec, settings=TINY, log=messages.append)
+    try:
+        dev.prepare()
+        dev.measure(_layer_artifacts(1))                # leaves the reference model on the phone …
+        phone.run(f"rm -f {PHONE_ROOT}/models/*")       # … until someone cleans the phone meanwhile
+        runs = _count_runner_starts(dev)
+        messages.clear()
+        with pytest.raises(DeviceError, match=r"runner on .* refused the plan: model \w+\.tflite is not on the phone"):
+            dev.measure(_layer_artifacts(1))
+        assert len(runs) == 1 and not messages      # no reconnects, no retries of a plan that cannot run
+        (m,) = dev.measure(_layer_artifacts(1))     # the next batch pushes what is missing
+        assert m.median_ms > 0
+    finally:
+        dev.close()
+    assert not phone.host_path(f"{PHONE_ROOT}/runner.pid").exists()
+
+
+def test_a_refused_plan_shows_the_runners_reason(phone, tmp_path):
+    from latbench.devices.android.device import Step
+
+    spec = install_benchmark_model(phone, tmp_path)
+    dev = open_device(spec, settings=TINY)
+    try:
+        dev.prepare()
+        runs = _count_runner_starts(dev)
+        model = _layer_artifacts(1)[0].model
+        name = dev._model_name(model)
+        # A role this runner does not know, as from a newer latbench talking to an older runner.
+        with pytest.raises(DeviceError, match="refused the plan: bad role boss"):
+            dev.run_plan("b-refused", [Step(0, "boss", 0, 0, name, 2, False)], {name: model})
+    finally:
+        dev.close()
+    assert len(runs) == 1

@@ -179,14 +179,17 @@ def test_runner_refuses_bad_input_and_writes_nothing_outside_its_root(shell, pho
                           ("0 ref a.tflite 10 false; rm -rf /", "bad plan line")]:
         plan.write_text(line + "\n")
         res = run_agent(shell, phone_root, *args)
-        assert res.returncode == 2 and message in res.stdout, (line, res.stdout)
+        # The host must be able to read the refusal: one whole runner line with the message.
+        (error,) = [f["error"] for f in runner_lines(res.stdout) if "error" in f]
+        assert res.returncode == 2 and message in error, (line, res.stdout)
     for bad_args, message in [(["run", tmp_path / "elsewhere", "b1", "tflite", "-", 1, 2, "-", "-"], "must be an absolute path ending in /latbench"),
                               (["run", phone_root, "../b1", "tflite", "-", 1, 2, "-", "-"], "bad batch name"),
                               (["run", phone_root, "b1", "tflite", "f0;reboot", 1, 2, "-", "-"], "bad cpu mask"),
                               (["run", phone_root, "b1", "tflite", "-", "1 2", 2, "-", "-"], "must be integers"),
                               (["stop", "/"], "must be an absolute path ending in /latbench")]:
         res = run_agent(shell, phone_root, *bad_args)
-        assert res.returncode == 2 and message in res.stdout, (bad_args, res.stdout)
+        (error,) = [f["error"] for f in runner_lines(res.stdout) if "error" in f]
+        assert res.returncode == 2 and message in error, (bad_args, res.stdout)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
@@ -222,6 +225,68 @@ def test_one_runner_at_a_time_and_stop_ends_runner_and_tool(shell, phone_root):
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
+
+
+def race_for_the_lock(shell, phone_root, barrier: Path, n: int) -> list[tuple[int, int, str]]:
+    """``n`` runners held at a barrier (a FIFO) and released at once; (pid, exit status, output) of each."""
+    args = ["run", phone_root, "b1", "tflite", "-", 1, 2, "-", "-"]
+    for old in barrier.parent.glob(barrier.name + ".*"):
+        old.unlink()
+    gate = os.open(barrier, os.O_RDWR)   # read-write: opening it blocks nobody, and the runners' reads wait
+    # Each racer waits for its line, then becomes the runner (exec keeps the pid that runner.pid names).
+    wait_then_run = 'touch "$1.$$"; read -r _ < "$1"; shift; exec "$@"'
+    racers = [subprocess.Popen([shell, "-c", wait_then_run, "racer", str(barrier), shell,
+                                str(phone_root / "agent/latbench_runner.sh"), *map(str, args)],
+                               stdout=subprocess.PIPE, text=True, start_new_session=True) for _ in range(n)]
+    try:
+        deadline = time.time() + 20
+        while len(list(barrier.parent.glob(barrier.name + ".*"))) < n and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)                  # from `touch` to the blocking read
+        os.write(gate, b"\n" * n)
+        deadline = time.time() + 20      # the losers exit at once; the winner runs a 30 s step
+        while sum(r.poll() is not None for r in racers) < n - 1 and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        run_agent(shell, phone_root, "stop", phone_root)
+        deadline = time.time() + 10
+        while any(r.poll() is None for r in racers) and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        os.close(gate)
+        for r in racers:
+            if r.poll() is None:         # a second winner, which `stop` does not know about
+                os.killpg(r.pid, signal.SIGKILL)
+                r.wait()
+    outputs = [(r.pid, r.returncode, r.stdout.read()) for r in racers]
+    for r in racers:
+        r.stdout.close()
+    return outputs
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_runners_started_together_exactly_one_takes_the_lock(shell, phone_root, tmp_path):
+    (phone_root / "models" / "slow.tflite").write_bytes(b"x")
+    (phone_root / "batches/b1/plan").write_text("0 item slow.tflite 10 false\n")
+    barrier = tmp_path / "barrier"
+    os.mkfifo(barrier)
+    for _ in range(5):                   # a check-then-write lock lets two in within a few rounds
+        outputs = race_for_the_lock(shell, phone_root, barrier, 10)
+        started = [pid for pid, _, out in outputs if any("start" in f for f in runner_lines(out))]
+        assert len(started) == 1, outputs
+        busy = [(rc, [f.get("busy") for f in runner_lines(out)]) for pid, rc, out in outputs if pid != started[0]]
+        assert busy == [(3, [str(started[0])])] * (len(outputs) - 1), outputs
+        assert not (phone_root / "runner.pid").exists()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_lock_left_by_a_dead_runner_is_taken_over(shell, phone_root):
+    """runner.pid naming a process that is not a runner (killed with -9, pid reused): the next run goes ahead."""
+    (phone_root / "runner.pid").write_text(f"{os.getpid()}\n")
+    (phone_root / "batches/b1/plan").write_text("0 ref a.tflite 10 false\n")
+    res = run_agent(shell, phone_root, "run", phone_root, "b1", "tflite", "-", 1, 2, "-", "-")
+    assert res.returncode == 0 and [f["step"] for f in runner_lines(res.stdout) if "step" in f] == ["0"], res.stdout
+    assert not (phone_root / "runner.pid").exists() and not (phone_root / "runner.break").exists()
 
 
 @pytest.mark.parametrize("shell", SHELLS)

@@ -507,7 +507,9 @@ class AndroidDevice(ReferenceTimed):
                 self._read_finished(batch, by_id, results)
                 continue
             except DeviceError:
-                # A tool that failed or printed nothing usable: the rest of the plan is pointless.
+                # A tool that failed or printed nothing usable, or a plan the runner refused: the rest of the
+                # plan is pointless. The models are listed afresh next time: one may have gone from the phone.
+                self._on_phone.clear()
                 with contextlib.suppress(DeviceError):
                     self.stop_leftovers()
                 raise
