@@ -17,7 +17,7 @@ import pytest
 from latbench.devices import DeviceError, open_device
 from latbench.devices.android.connection import (AdbLinkError, AdbTarget, UnauthorizedError, adb_errors,
                                                  load_or_create_key, _tcp_transport_class)
-from latbench.devices.android.device import AGENT_FILE, AndroidOptions, parse_runner_line
+from latbench.devices.android.device import AndroidOptions, agent_script, parse_runner_line
 from latbench.devices.android.telemetry import (StepTelemetry, ThermalPolicy, cpu_mask, latency_jumps, mask_cpus,
                                                 parse_facts, parse_snapshot)
 from latbench.devices.base import Measurement
@@ -136,7 +136,7 @@ def phone_root(tmp_path):
     root = tmp_path / "data" / "latbench"
     for d in ("agent", "bin", "models", "batches/b1"):
         (root / d).mkdir(parents=True)
-    shutil.copy(AGENT_FILE, root / "agent" / "latbench_runner.sh")
+    (root / "agent" / "latbench_runner.sh").write_bytes(agent_script())   # what prepare() pushes
     tool = root / "bin" / "benchmark_model"
     tool.write_text(FAKE_TOOL)
     tool.chmod(0o755)

@@ -2,7 +2,7 @@
 
 A batch of artifacts becomes one *plan* — every (round, artifact) step in the same interleaved random
 order as on the host, each artifact run preceded by a run of the reference network — executed by the
-phone-side runner (``device_agents/latbench_runner.sh``) in one shell invocation that prints one line
+phone-side runner (``latbench/device_agents/latbench_runner.sh``) in one shell invocation that prints one line
 per tool run. The host pays a few round trips per batch (push the new models, push the plan, run),
 not per run. See docs/android.md for the protocol and the choices behind it.
 
@@ -28,6 +28,7 @@ import json
 import shlex
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Callable, Sequence
 from urllib.parse import parse_qsl
@@ -44,7 +45,7 @@ from .telemetry import (FACTS_SCRIPT, SNAPSHOT_SCRIPT, BatchConditions, PhoneFac
                         ThermalPolicy, cpu_mask, latency_jumps, mask_cpus, parse_facts, parse_snapshot)
 
 PHONE_ROOT = "/data/local/tmp/latbench"
-AGENT_FILE = Path(__file__).resolve().parents[3] / "device_agents" / "latbench_runner.sh"
+AGENT_RESOURCE = ("device_agents", "latbench_runner.sh")   # package data of latbench (pyproject.toml)
 RUNTIMES = {"tflite": ("tflite", "benchmark_model"), "onnxruntime": ("onnx", "onnxruntime_perf_test")}
 TOOL_PATHS = {"tflite": "bin/benchmark_model", "onnxruntime": "ort/onnxruntime_perf_test"}
 LAYER_TIMINGS = ("ops", "run")
@@ -64,11 +65,16 @@ def _phone_exclusive(method):
 
 
 def agent_script() -> bytes:
-    """The phone-side runner, read from the checkout (``device_agents/``) or the installed package data."""
-    for candidate in (AGENT_FILE, Path(__file__).with_name("latbench_runner.sh")):
-        if candidate.exists():
-            return candidate.read_bytes()
-    raise DeviceError(f"the phone-side runner {AGENT_FILE} is missing from this installation")
+    """The phone-side runner, from the installed package (``latbench/device_agents/``): found the same way
+    in a checkout, an editable install and a wheel."""
+    resource = resources.files("latbench")
+    for part in AGENT_RESOURCE:
+        resource = resource / part
+    try:
+        return resource.read_bytes()
+    except OSError as err:
+        raise DeviceError(f"the phone-side runner latbench/{'/'.join(AGENT_RESOURCE)} is missing from this "
+                          f"installation ({err}); reinstall latbench") from None
 
 
 @dataclass(frozen=True)
