@@ -1,12 +1,16 @@
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from typer.testing import CliRunner
 
 from latbench.cli import app
 from latbench.models import Architecture, get_model
+from latbench.store import MeasurementStore
 from latbench.tables import LatencyTable
+from latbench.validation import network_key
 
 runner = CliRunner()
 
@@ -71,9 +75,17 @@ def test_profile_table_validate_end_to_end_on_the_host(tmp_path, device, provena
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["n"] == 4 and 0 <= report["within_5pct"] <= report["within_10pct"] <= 1
-    assert report["rmse_ms"] >= 0 and len(report["worst"]) == 4
+    assert len(report["worst"]) == 4
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
-    assert len((tmp_path / "r.csv").read_text().splitlines()) == 5
+    # The summary is computed from the pairs written to the CSV, and the measurements are the stored ones.
+    pairs = pd.read_csv(tmp_path / "r.csv")
+    assert len(pairs) == 4 and (pairs.measured_ms > 0).all() and (pairs.predicted_ms > 0).all()
+    error = pairs.predicted_ms - pairs.measured_ms
+    assert report["rmse_ms"] == pytest.approx(float(np.sqrt(np.mean(error ** 2))))
+    assert report["within_10pct"] == pytest.approx(float(((error / pairs.measured_ms).abs() <= 0.10).mean()))
+    with MeasurementStore(store) as st:
+        stored = {r.signature: r.measurement.median_ms for env, _, _ in st.environments() for r in st.rows(env)}
+    assert [stored[network_key(Architecture.from_json(a))] for a in pairs.arch] == pytest.approx(list(pairs.measured_ms))
     info = runner.invoke(app, ["table", "info", table])
     assert "calibration" in info.output and provenance in info.output
     # Refitting the calibration on new networks keeps the previous fit in the history.

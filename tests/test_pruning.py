@@ -35,7 +35,13 @@ def prune(*args):
     return CliRunner().invoke(app, ["prune", "lcp", *map(str, args)])
 
 
-def test_lcp_job_end_to_end_with_device_measurement_and_resume(checkpoint, resnet56_litert_table, tmp_path):
+def test_lcp_job_end_to_end_with_device_measurement_and_resume(checkpoint, resnet56_litert_table, tmp_path,
+                                                               monkeypatch):
+    from latbench.pruning import PrunedLoss
+
+    fitness_calls = []
+    evaluate = PrunedLoss.__call__
+    monkeypatch.setattr(PrunedLoss, "__call__", lambda self, plan: fitness_calls.append(plan) or evaluate(self, plan))
     out = tmp_path / "lcp"
     args = ["--checkpoint", checkpoint, "--table", resnet56_litert_table, "--budget-ratio", "0.5", "--device", "host:litert",
             "--store", tmp_path / "store.db", "--out", out, *QUICK]
@@ -56,11 +62,22 @@ def test_lcp_job_end_to_end_with_device_measurement_and_resume(checkpoint, resne
     # What was measured is the file the job ships, not a re-export of its architecture.
     assert stored_medians(tmp_path / "store.db", file_key((out / "pruned.tflite").read_bytes()))
     state = json.loads((out / "lcp-state.json").read_text())
-    assert len(state["history"]) == 8
-    # A rerun finds everything done (evolution state, fine-tuning checkpoint, stored measurements).
+    assert len(state["history"]) == 8   # candidates pruned to the same network share one evaluation:
+    assert len(fitness_calls) == len({json.dumps(c["widths"], sort_keys=True) for c in state["history"]})
+    # A rerun finds everything done (evolution state, fine-tuning checkpoint, stored measurements) and
+    # recomputes none of it: no candidate evaluated, no fine-tuning step, nothing measured.
+    fitness_calls.clear()
+    kept = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "lcp-state.json", out / "pruned.safetensors")}
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        measured_before = db.execute("SELECT signature, measured_at FROM measurements ORDER BY 1").fetchall()
     again = prune(*args)
     assert again.exit_code == 0, again.output
-    assert json.loads((out / "report.json").read_text())["architecture"] == report["architecture"]
+    assert fitness_calls == []
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in kept} == kept
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        assert db.execute("SELECT signature, measured_at FROM measurements ORDER BY 1").fetchall() == measured_before
+    rerun = json.loads((out / "report.json").read_text())
+    assert rerun["architecture"] == report["architecture"] and rerun["measured_ms"] == report["measured_ms"]
 
 
 def test_baselines_share_the_job_and_meet_a_flops_budget(checkpoint, tmp_path):

@@ -83,7 +83,7 @@ def test_jcw_end_to_end_with_device_and_resume(checkpoint, resnet56_litert_table
         assert report["method"] == "jcw" and report["budget"]["kind"] == "pick"
         assert report["measured_ms"] > 0 and report["predicted_ms"] > 0
         assert report["measured_over_predicted"] == pytest.approx(report["measured_ms"] / report["predicted_ms"] - 1)
-        assert isinstance(report["within_5pct"], bool)
+        assert report["within_5pct"] is (abs(report["measured_over_predicted"]) <= 0.05)
         assert 0 <= report["test_accuracy"]["finetuned"] <= 1 and report["test_images"] == 64
         assert [p["phase"] for p in report["admm_history"]["phases"]] == ["dense", "admm", "finetune"]
         assert report["achieved_sparsity_max_error"] < 0.01      # round(s·n) zeros of n (72 in the stem)

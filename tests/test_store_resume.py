@@ -37,7 +37,7 @@ def test_a_profile_killed_with_sigkill_resumes_losing_and_repeating_nothing(tmp_
                 break
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, "the profile ended before the kill: nothing to resume"
     before = _rows(store)
     assert len(before) >= 40, "the profile did not get far enough to test a kill"
 
@@ -45,6 +45,8 @@ def test_a_profile_killed_with_sigkill_resumes_losing_and_repeating_nothing(tmp_
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout[done.stdout.index("{"):])
     after = _rows(store)
+    assert set(before) < set(after)                               # killed mid-run: some points, not all
+    assert report["measured"] > 0
     assert report["skipped"] == len(before)                       # nothing measured twice ...
     assert report["measured"] == len(after) - len(before)         # ... and only the rest measured
     assert all(after[k] == v for k, v in before.items())          # nothing measured before was lost or redone
