@@ -72,7 +72,7 @@ def _phone(**kwargs) -> LoopbackPhone:
 
 @pytest.fixture(scope="module")
 def phone(adb):
-    ph = _phone(auto_accept=False, authorized_keys=[adb.key])
+    ph = _phone(authorized_keys=[adb.key])   # adb's own key, authorised up front as on a paired phone
     result = adb("connect", ph.serial, check=True)
     assert f"connected to {ph.serial}" in result.stdout  # known key: signed in at the first attempt
     assert adb.wait_state(ph.serial, "device") == "device"
@@ -117,7 +117,7 @@ def test_missing_remote_file_is_a_clean_error(adb, phone, tmp_path):
 
 
 def test_unknown_key_is_unauthorized_until_accepted(adb):
-    stranger = _phone(auto_accept=False)
+    stranger = _phone()   # by default: a phone adb has never been allowed on
     try:
         adb("connect", stranger.serial)
         assert adb.wait_state(stranger.serial, "unauthorized") == "unauthorized"

@@ -36,8 +36,8 @@ def _start(**kwargs) -> LoopbackPhone:
 
 
 @pytest.fixture(scope="module")
-def phone():
-    ph = _start()
+def phone(signer):
+    ph = _start(authorized_keys=[signer[1]])   # the tests' host key, allowed beforehand
     yield ph
     ph.stop()
 
@@ -63,15 +63,32 @@ def adb(phone, signer):
 
 
 # ------------------------------------------------------------------------------ adb-shell client
-def test_auth_then_known_key_signs_in(phone, signer):
-    """First connection: signature unknown → public key offered → auto-accepted. Second: signature."""
-    for _ in range(2):
-        dev = _client(phone, signer[0])
-        assert dev.available
-        assert dev.shell("echo ready") == "ready\n"
-        dev.close()
-    offered = AndroidPublicKey.parse(signer[1].read_text())
-    assert any(offered.same_key(k) for k in phone.auth.authorized)
+def test_auth_then_known_key_signs_in(signer):
+    """With auto_accept (opt-in), first connection: signature unknown → public key offered → accepted.
+    Second: signature."""
+    phone = _start(auto_accept=True)
+    try:
+        for _ in range(2):
+            dev = _client(phone, signer[0])
+            assert dev.available
+            assert dev.shell("echo ready") == "ready\n"
+            dev.close()
+            assert len(phone.offered_keys) == 1          # offered once, then known
+        offered = AndroidPublicKey.parse(signer[1].read_text())
+        assert any(offered.same_key(k) for k in phone.auth.authorized)
+    finally:
+        phone.stop()
+
+
+def test_an_unknown_key_is_not_authorised_by_default(signer):
+    """No key gets in unasked: in the namespace sandbox as root, a shell on this phone is a root shell."""
+    phone = _start()
+    try:
+        with pytest.raises(LINK_ERRORS):
+            _client(phone, signer[0], auth_timeout_s=1)
+        assert len(phone.offered_keys) == 1 and not phone.auth.authorized
+    finally:
+        phone.stop()
 
 
 def test_unknown_key_stays_pending_until_accepted(signer):
@@ -100,6 +117,46 @@ def test_authorized_key_list_admits_without_dialog(signer, tmp_path):
             _client(phone, stranger, auth_timeout_s=1)
     finally:
         phone.stop()
+
+
+def _standalone(*args: str) -> tuple[subprocess.Popen, str, int]:
+    """``python -m latbench.testing.adbd ARGS`` with this test's latbench; the process and its address."""
+    import latbench
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(latbench.__file__).resolve().parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    proc = subprocess.Popen([sys.executable, "-m", "latbench.testing.adbd", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        _, err = proc.communicate()
+        if "sandbox" in err.lower():
+            pytest.skip(f"no sandbox for the loopback phone on this machine: {err.strip()}")
+        raise AssertionError(f"the standalone phone did not start: {line}{err}")
+    host, _, port = line.split("listening on ")[1].split()[0].rpartition(":")
+    return proc, host, int(port)
+
+
+def test_standalone_phone_lets_in_the_given_keys_and_others_only_with_auto_accept(signer, tmp_path):
+    other = tmp_path / "other"
+    keygen(str(other))
+    stranger = PythonRSASigner(other.with_suffix(".pub").read_text(), other.read_text())
+    for flags, stranger_gets_in in (([], False), (["--auto-accept"], True)):
+        proc, host, port = _standalone("--authorized-key", str(signer[1]), *flags)
+        try:
+            for key, admitted in ((signer[0], True), (stranger, stranger_gets_in)):
+                dev = AdbDeviceTcp(host, port, default_transport_timeout_s=10)
+                if admitted:
+                    dev.connect(rsa_keys=[key], auth_timeout_s=5)
+                    assert dev.shell("echo in") == "in\n"
+                else:
+                    with pytest.raises(LINK_ERRORS):
+                        dev.connect(rsa_keys=[key], auth_timeout_s=1)
+                dev.close()
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=30)
 
 
 def test_shell_and_exec(adb):
@@ -187,7 +244,7 @@ def test_drop_connections_now(phone, signer):
 
 
 def test_stop_ends_every_process_the_phone_started():
-    phone = _start(require_auth=False)
+    phone = _start()   # no client needed: phone.run
     marker = "987.654321"
     phone.run(f"sleep {marker} > /dev/null 2>&1 &")
     assert _host_processes_with(marker)
@@ -203,7 +260,7 @@ def test_killed_test_process_leaves_nothing_running(tmp_path):
     marker = "876.54321"
     script = ("import sys, time\n"
               "from latbench.testing.adbd import LoopbackPhone, SandboxError\n"
-              "try:\n    phone = LoopbackPhone(require_auth=False).start()\n"
+              "try:\n    phone = LoopbackPhone().start()\n"
               "except SandboxError:\n    print('no-sandbox', flush=True); sys.exit(0)\n"
               f"phone.run('sleep {marker} > /dev/null 2>&1 &')\n"
               "print('up', phone.work_dir, flush=True)\ntime.sleep(60)\n")
@@ -227,7 +284,7 @@ def test_killed_test_process_leaves_nothing_running(tmp_path):
 
 @pytest.mark.parametrize("mechanism", ["namespace", "userns"])
 def test_each_sandbox_mechanism(mechanism):
-    phone = _start(require_auth=False, sandbox=mechanism)
+    phone = _start(sandbox=mechanism)
     try:
         assert phone.sandbox_mechanism == mechanism
         result = phone.run("cat /sys/devices/system/cpu/cpu0/cpufreq/scaling_governor && getprop ro.product.cpu.abi "

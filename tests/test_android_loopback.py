@@ -27,9 +27,13 @@ TINY = MeasureSettings(warmup=1, rounds=2, runs_per_round=2)
 
 @pytest.fixture(autouse=True)
 def adb_key(tmp_path_factory, monkeypatch):
-    """One host key for the whole session (2048-bit keygen is not free), never the user's own."""
+    """One host key for the whole session (2048-bit keygen is not free), never the user's own; created
+    here so that the phone can be told to trust it."""
+    from latbench.devices.android.connection import load_or_create_key
+
     key = tmp_path_factory.getbasetemp() / "adbkey" / "adbkey"
     monkeypatch.setenv("LATBENCH_ADB_KEY", str(key))
+    load_or_create_key(key)
     return key
 
 
@@ -41,8 +45,8 @@ def start_phone(**kwargs):
 
 
 @pytest.fixture
-def phone():
-    p = start_phone()
+def phone(adb_key):
+    p = start_phone(authorized_keys=[f"{adb_key}.pub"])   # this computer was allowed once, as with a real phone
     yield p
     p.stop()
 
@@ -107,7 +111,7 @@ def test_a_dropped_link_resumes_with_nothing_lost_or_measured_twice(phone, tmp_p
 
 
 def test_an_unauthorized_key_gives_the_clear_message(tmp_path):
-    p = start_phone(auto_accept=False)
+    p = start_phone()   # a phone that has never seen this computer's key
     try:
         spec = f"tcp:{p.serial}?auth_timeout=1"
         with pytest.raises(UnauthorizedError, match="Allow USB debugging"):

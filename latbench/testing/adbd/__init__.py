@@ -14,7 +14,7 @@ Typical test::
     from latbench.testing.adbd import LoopbackPhone
     from latbench.testing.phone_tools import write_tool
 
-    with LoopbackPhone() as phone:                       # auto_accept=True: any host key is allowed
+    with LoopbackPhone(authorized_keys=[adbkey_pub]) as phone:   # the test's host key (path or text)
         serial = phone.serial                            # "127.0.0.1:PORT" (adb connect / AdbDeviceTcp)
         # adb-shell: AdbDeviceTcp(phone.host, phone.port).connect(rsa_keys=[PythonRSASigner(pub, priv)])
         tool = write_tool("benchmark_model", tmp_path)   # executable stand-in (really runs the model)
@@ -29,9 +29,11 @@ Typical test::
         phone.host_path("/data/local/tmp/out.csv")       # the host file behind a device path
         phone.run("ls /data/local/tmp")                  # run a command on the phone without adb
 
-Authorisation: ``LoopbackPhone(auto_accept=False, authorized_keys=[path_or_text_of_adbkey_pub])``;
-unknown keys then stay pending (Google's adb lists the phone as ``unauthorized``) until
-``phone.accept_pending()``. ``require_auth=False`` skips AUTH.
+Authorisation: only ``authorized_keys`` (``adbkey.pub`` paths or texts, or ``phone.authorize_key``) get
+in; unknown keys stay pending (Google's adb lists the phone as ``unauthorized``) until
+``phone.accept_pending()``. ``auto_accept=True`` lets any host key in and ``require_auth=False`` skips
+AUTH: opt-ins only, since any local process could then run commands as the phone's owner (root in the
+namespace sandbox).
 
 Stand-in tools slow down with the simulated clock: they stretch each timed run by
 ``cpuinfo_max_freq / scaling_cur_freq`` of the CPUs they are pinned to (``taskset``), so

@@ -38,15 +38,16 @@ def _as_key(key: str | Path | p.AndroidPublicKey) -> p.AndroidPublicKey:
 class LoopbackPhone:
     """An ADB-reachable stand-in phone on ``127.0.0.1:<port>``; see the package docstring for a tour.
 
-    ``profile``: what it claims to be (model, CPU clusters, thermal zones). ``auto_accept``: accept any
-    host key offered with AUTH RSAPUBLICKEY (the user pressing "Allow"); otherwise only
-    ``authorized_keys`` (``adbkey.pub`` paths or texts) get in and others stay ``unauthorized`` until
-    :meth:`accept_pending`. ``require_auth=False`` skips AUTH entirely (``ro.adb.secure=0``).
+    ``profile``: what it claims to be (model, CPU clusters, thermal zones). Only ``authorized_keys``
+    (``adbkey.pub`` paths or texts) get in; other hosts stay ``unauthorized`` until :meth:`accept_pending`.
+    ``auto_accept=True`` accepts any host key offered with AUTH RSAPUBLICKEY (the user pressing "Allow")
+    and ``require_auth=False`` skips AUTH entirely (``ro.adb.secure=0``): both let every local process in,
+    and commands run as the user who started the phone (root, in the namespace sandbox).
     ``port=0`` picks a free port outside the adb server's probe range 5555–5585.
     ``sandbox``: ``auto``, ``namespace`` or ``userns`` (see :mod:`.sandbox`).
     """
 
-    def __init__(self, profile: PhoneProfile | None = None, *, auto_accept: bool = True, require_auth: bool = True,
+    def __init__(self, profile: PhoneProfile | None = None, *, auto_accept: bool = False, require_auth: bool = True,
                  authorized_keys: Iterable[str | Path | p.AndroidPublicKey] = (), port: int = 0,
                  sandbox: str = "auto", work_dir: str | Path | None = None):
         if port in ADB_SERVER_PROBE_PORTS:

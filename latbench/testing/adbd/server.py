@@ -56,10 +56,11 @@ class Fault:
 
 @dataclass
 class AuthPolicy:
-    """Who may connect. ``auto_accept`` stands in for the user pressing "Allow" on the phone."""
+    """Who may connect. ``auto_accept`` stands in for the user pressing "Allow" on the phone: opt-in, since
+    a shell on this phone can be a root shell on the host (namespace sandbox as root)."""
 
     required: bool = True
-    auto_accept: bool = True
+    auto_accept: bool = False
     authorized: list[p.AndroidPublicKey] = field(default_factory=list)
     offered: list[p.AndroidPublicKey] = field(default_factory=list)  # keys seen in RSAPUBLICKEY, newest last
 
