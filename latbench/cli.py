@@ -479,6 +479,86 @@ def prune_jcw(model: str = typer.Option("resnet56", help="zoo model of the check
                                           "full_latency_ms": s["full_latency_ms"], "architectures": s["architectures"]})
 
 
+@prune_app.command("sp")
+def prune_sp(model: str = typer.Option("resnet56", help="zoo model of the checkpoint"),
+             checkpoint: Path = typer.Option(..., help="trained full network (.safetensors from `latbench train`)"),
+             out: Path = typer.Option(..., help="folder for the supernet, the search, the pruned network, its exports "
+                                                "and report.json"),
+             table: Optional[Path] = typer.Option(None, help="the device's latency table (needed for latency budgets)"),
+             budget_ms: Optional[float] = typer.Option(None, help="latency budget in ms"),
+             budget_ratio: Optional[float] = typer.Option(
+                 None, help="latency budget as a fraction of the full network (measured with --device, else predicted)"),
+             budget_flops: Optional[float] = typer.Option(None, help="budget in multiply-accumulates"),
+             budget_params: Optional[float] = typer.Option(None, help="budget in parameters"),
+             data: str = typer.Option("fashion-mnist"), data_dir: Optional[Path] = typer.Option(None),
+             device: Optional[str] = typer.Option(None, help="measure the full and the pruned network here"),
+             store: Path = typer.Option(Path(api.DEFAULT_STORE), help="measurement store for --device"),
+             torch_device: str = typer.Option("cpu", help="torch device for supernet training and the search "
+                                                          "(cpu, cuda, mps)"),
+             unit: Optional[int] = typer.Option(None, help="channel step of the search space (default: the table's "
+                                                           "channel multiple, else 1)"),
+             order: str = typer.Option("l1", help="channel importance (l1 or l2 filter norms): sub-networks keep the "
+                                                  "first, most important channels"),
+             train_images: Optional[int] = typer.Option(None, help="train the supernet on the first N training "
+                                                                   "images only (quick runs)"),
+             supernet_epochs: int = typer.Option(1), supernet_lr: float = typer.Option(0.05),
+             supernet_batch_size: int = typer.Option(128),
+             supernet_steps: Optional[int] = typer.Option(None, help="cap supernet steps per epoch (quick runs)"),
+             supernet_random: int = typer.Option(1, help="random stage sub-networks per stage and step (besides "
+                                                         "the smallest)"),
+             manager_population: int = typer.Option(128), manager_generations: int = typer.Option(10),
+             stage_population: int = typer.Option(128), stage_generations: int = typer.Option(10),
+             top: float = typer.Option(0.25, help="fraction of each population kept as parents"),
+             mutation_prob: float = typer.Option(0.1),
+             eval_images: int = typer.Option(1024, help="held-out images the stage losses are measured on"),
+             calib_images: int = typer.Option(256, help="training images to recalibrate BN of each stage candidate"),
+             retrain_from: str = typer.Option("inherited", help="inherited (supernet weights) or scratch"),
+             finetune_epochs: int = typer.Option(1), finetune_lr: float = typer.Option(0.02),
+             finetune_steps: Optional[int] = typer.Option(None, help="cap retraining steps (quick runs)"),
+             bn_images: int = typer.Option(1024, help="images to recalibrate BN of the chosen network"),
+             test_images: Optional[int] = typer.Option(None, help="report accuracy on the first N test images "
+                                                                  "(default: all)"),
+             ray: Optional[bool] = typer.Option(None, "--ray/--no-ray",
+                                                help="run the stage EAs on Ray actors (default: when Ray is installed; "
+                                                     "--no-ray runs them in this process with the same result)"),
+             ray_address: Optional[str] = typer.Option(None, help="Ray cluster (HOST:PORT, ray://HOST:PORT or auto; "
+                                                                  "default: a local instance on 127.0.0.1)"),
+             actors_per_stage: int = typer.Option(1, help="Ray actors per stage (more on a cluster)"),
+             seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None, help="torch threads (default: "
+                                                                                          "torch's)"),
+             progress: bool = typer.Option(True)) -> None:
+    """SP: stage-wise channel pruning. Trains a stage-wise supernet (Algorithm 1), searches per-stage widths with
+    a distributed evolutionary search within a latency (or FLOPs/params) budget (Algorithms 2–3; stage EAs on
+    Ray or in process), retrains the chosen network, exports ONNX and TFLite and, with --device, measures it.
+    Interrupted runs resume (supernet, search state and retraining checkpoint live in --out).
+
+    Example: latbench prune sp --model resnet56 --checkpoint runs/r56.safetensors
+    --table tables/host-litert-resnet56-32-dense.parquet --budget-ratio 0.5 --device host:litert --out runs/sp-50
+    """
+    from .methods.sp.job import SPJob, run_sp
+    from .methods.sp.search import SPSearchConfig
+    from .methods.sp.training import StageTrainConfig
+    from .pruning import FinetuneRecipe
+
+    _run_prune(lambda: SPJob(
+        model=model, checkpoint=str(checkpoint), out=str(out), table=str(table) if table else None,
+        budget_ms=budget_ms, budget_ratio=budget_ratio, budget_flops=budget_flops, budget_params=budget_params,
+        data=data, data_dir=str(data_dir) if data_dir else None, device=device, store=str(store),
+        torch_device=torch_device, unit=unit, order=order, train_images=train_images,
+        supernet=StageTrainConfig(epochs=supernet_epochs, lr=supernet_lr, batch_size=supernet_batch_size,
+                                  steps_per_epoch=supernet_steps, n_random=supernet_random, seed=seed),
+        search=SPSearchConfig(manager_population=manager_population, manager_generations=manager_generations,
+                              stage_population=stage_population, stage_generations=stage_generations, top=top,
+                              mutation_prob=mutation_prob, eval_images=eval_images, calib_images=calib_images,
+                              seed=seed),
+        retrain=FinetuneRecipe(finetune_epochs, finetune_lr, max_steps=finetune_steps, seed=seed),
+        retrain_from=retrain_from, bn_images=bn_images, test_images=test_images, ray=ray, ray_address=ray_address,
+        actors_per_stage=actors_per_stage, threads=threads, progress=progress),
+        run=run_sp, summarize=lambda s: {k: s[k] for k in ("method", "budget", "predicted_ms", "measured_ms",
+                                                           "measured_over_budget", "test_accuracy", "retrain_from",
+                                                           "seconds")})
+
+
 @app.command("train")
 def train_cmd(model: str = typer.Option("resnet56", help="zoo model (resnet20, resnet56, mobilenet_v2_cifar, …)"),
               data: str = typer.Option("fashion-mnist",

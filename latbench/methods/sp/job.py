@@ -1,0 +1,326 @@
+"""``latbench prune sp``: SP end to end, run the way LcP runs (:mod:`latbench.pruning`).
+
+checkpoint (the trained full network) + budget (latency from a device table — ms, or a ratio of the full
+network's latency measured on ``device`` or predicted — or FLOPs / parameters)
+→ stage-wise supernet training (:mod:`.training`) → distributed search (:mod:`.search`)
+→ retraining of the chosen sub-network with the project's one SGD loop (:func:`latbench.train.finetune`),
+from the supernet's weights (``retrain_from="inherited"``, BN recalibrated) or from scratch
+→ ONNX + TFLite export → measurement of the shipped file on ``device`` → ``report.json``.
+
+Every phase leaves a file in ``out`` that marks it done, and a rerun recomputes nothing that finished:
+
+=================  ==========================================================================
+phase              file
+=================  ==========================================================================
+supernet training  ``supernet.safetensors`` (weights, adaptors, momentum, step; ``complete``)
+search             ``sp-state.json`` (manager state, written as members finish; ``complete``)
+retraining         ``pruned.safetensors`` (the SGD loop's resumable checkpoint), ``arch.json``
+export             ``pruned.onnx``, ``pruned.tflite`` (and ``sp-phases.json``: which checkpoint they hold)
+measurement        the measurement store (keyed by the file's content)
+=================  ==========================================================================
+
+Bad input fails before any training, with a message that names the problem: a model without stage
+boundaries, a table for another model or resolution (or device), a budget below what the narrowest widths
+reach (naming that cost), Ray asked for but missing or unreachable.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from ...files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from ...models import Architecture, GraphNet
+from ...predictor import Predictor
+from ...pruning import FinetuneRecipe, measure_architectures, measure_shipped
+from ...search.budget import Budget, BudgetError, CostGrid
+from ...supernet import DynamicNet, SearchSpace, StageAdaptors, recalibrate, stages_of
+from ...tables.table import LatencyTable, TableError
+from .costs import StageCosts
+from .parallel import RayUnavailableError, check_ray
+from .search import SPSearchConfig, search
+from .training import StageTrainConfig, train_stagewise
+
+console = Console(stderr=True)
+RETRAIN_FROM = ("inherited", "scratch")
+
+
+@dataclass(frozen=True)
+class SPJob:
+    """One SP run. Give exactly one budget: ``budget_ms`` (latency), ``budget_ratio`` (of the full network's
+    latency: measured on ``device`` when one is given, else predicted from ``table``), ``budget_flops`` or
+    ``budget_params``.
+
+    ``torch_device``: where the supernet trains and the search scores (cpu, cuda, mps); ``device``: the
+    measurement device of the table. ``unit``: channel step of the search space (default: the table's
+    channel multiple, else 1). ``order``: channel importance that makes "the first k channels" the k most
+    important (``l1``/``l2`` filter norms of the checkpoint). ``train_images``: train on the first N training
+    images only (quick runs). ``ray``: ``True`` requires Ray, ``False`` runs the stage EAs in this process,
+    ``None`` uses Ray when it is installed (both give the same result); ``ray_address`` joins a cluster.
+    """
+
+    model: str
+    checkpoint: str
+    out: str
+    table: str | None = None
+    budget_ms: float | None = None
+    budget_ratio: float | None = None
+    budget_flops: float | None = None
+    budget_params: float | None = None
+    data: str = "fashion-mnist"
+    data_dir: str | None = None
+    device: str | None = None
+    store: str = "runs/measurements.db"
+    torch_device: str = "cpu"
+    unit: int | None = None
+    order: str = "l1"
+    train_images: int | None = None
+    supernet: StageTrainConfig = field(default_factory=StageTrainConfig)
+    search: SPSearchConfig = field(default_factory=SPSearchConfig)
+    retrain: FinetuneRecipe = field(default_factory=FinetuneRecipe)
+    retrain_from: str = "inherited"
+    bn_images: int = 1024
+    test_images: int | None = None
+    ray: bool | None = None
+    ray_address: str | None = None
+    actors_per_stage: int = 1
+    threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        given = [v for v in (self.budget_ms, self.budget_ratio, self.budget_flops, self.budget_params) if v is not None]
+        if len(given) != 1:
+            raise BudgetError("give exactly one budget: --budget-ms, --budget-ratio, --budget-flops or --budget-params")
+        if self.budget_ratio is not None and not 0 < self.budget_ratio <= 1:
+            raise BudgetError(f"--budget-ratio must be in (0, 1], got {self.budget_ratio}")
+        if (self.budget_ms is not None or self.budget_ratio is not None) and not self.table:
+            raise BudgetError("a latency budget needs the device's latency table: give --table")
+        if self.retrain_from not in RETRAIN_FROM:
+            raise ValueError(f"--retrain-from must be one of {', '.join(RETRAIN_FROM)}, got {self.retrain_from!r}")
+        if self.ray is False and self.ray_address:
+            raise ValueError("--ray-address needs Ray: drop --no-ray")
+        if self.actors_per_stage < 1:
+            raise ValueError(f"--actors-per-stage must be ≥ 1, got {self.actors_per_stage}")
+        if self.device and not self.table:
+            raise BudgetError("measuring on --device compares with the device's table: give --table")
+
+    @property
+    def budget_kind(self) -> str:
+        if self.budget_flops is not None:
+            return "flops"
+        if self.budget_params is not None:
+            return "params"
+        return "latency"
+
+
+def _sample(dataset, n: int, batch: int, seed: int) -> list[torch.Tensor]:
+    """A fixed random sample of ``n`` images of ``dataset``, normalised, in batches."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(dataset), generator=g)[:n]
+    return [dataset.normalize(dataset.images[idx[i:i + batch]]) for i in range(0, len(idx), batch)]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_json_if_changed(path: Path, obj, indent: int | None = 2) -> None:
+    """Write ``obj`` atomically unless the file already holds exactly that (a rerun leaves it untouched)."""
+    text = json.dumps(obj, indent=indent)
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        atomic_write_text(path, text)
+
+
+def _use_ray(job: SPJob) -> bool:
+    if job.ray is None and not job.ray_address:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            return False
+        return True
+    return True if job.ray or job.ray_address else False
+
+
+def _check_device(table: LatencyTable, device: str) -> None:
+    from ...devices import open_device
+
+    dev = open_device(device)
+    try:
+        table.check_device(dev.fingerprint(), device)
+    finally:
+        dev.close()
+
+
+def run_sp(job: SPJob) -> dict:
+    """Run ``job`` end to end (resuming whatever a previous run finished); writes everything to ``job.out``
+    and returns the report (also ``report.json``)."""
+    from ...data import DataSplits, load_dataset
+    from ...export import export_network_for
+    from ...models.zoo import get_model
+    from ...train import evaluate, finetune, load_checkpoint, read_checkpoint_meta
+
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    out = Path(job.out)
+
+    # ---- everything that can be wrong with the input, before any training ----------------------------
+    parent, parent_arch, _ = load_checkpoint(job.checkpoint)
+    spec = parent.spec
+    if spec.name != job.model:
+        raise ValueError(f"{job.checkpoint} holds a {spec.name}, not a {job.model}")
+    if parent_arch.widths != dict(get_model(spec.name).groups):
+        raise ValueError(f"{job.checkpoint} is already pruned ({parent_arch.widths}); start from the full network")
+    stages = stages_of(spec)                                      # StageError: no stage boundaries
+    use_ray = _use_ray(job)
+    if use_ray:
+        check_ray(job.ray_address)                                # RayUnavailableError
+    data = load_dataset(job.data, job.data_dir)
+    resolution = data.resolution
+    table = LatencyTable.load(job.table) if job.table else None
+    predictor = None
+    if table is not None:
+        predictor = Predictor(spec, table)                        # TableError: another model's layers
+        predictor.covered_resolutions([resolution])               # TableError: another resolution
+    unit = job.unit or (int(table.meta.get("channel_multiple", 1)) if table is not None else 1)
+    space = SearchSpace.from_spec(spec, multiple=unit, resolutions=(resolution,))
+    step = int(np.gcd.reduce([w for c in space.choices.values() for w in c]))
+    kind = job.budget_kind
+    grid = CostGrid.for_budget(spec, Budget(kind, 1.0), resolution, predictor, step)   # OutOfGridError
+    smallest, full = space.smallest(resolution), Architecture.full(spec, resolution)
+    grid.check_range(np.array([smallest.widths[g] for g in spec.groups]))           # the table's channel range
+    costs = StageCosts.from_grid(grid, stages)
+    if job.device:
+        _check_device(table, job.device)                          # TableError: measured on another device
+
+    measured_full = None
+    if job.device and job.budget_ratio is not None:
+        measured_full = float(measure_architectures(spec, [full], table, job.device, job.store, job.progress)[0])
+    predicted_full = float(predictor.predict(full)[0]) if predictor is not None else None
+    if job.budget_ms is not None:
+        budget = Budget("latency", job.budget_ms)
+    elif job.budget_ratio is not None:
+        budget = Budget("latency", job.budget_ratio * (measured_full if measured_full is not None else predicted_full))
+    else:
+        budget = Budget(kind, job.budget_flops if kind == "flops" else job.budget_params)
+    floor = float(costs.total(smallest.widths))
+    if budget.value < floor:
+        raise BudgetError(
+            f"a {budget.kind} budget of {budget.describe()} is below what pruning {spec.name} can reach: with every "
+            f"group at its narrowest width ({min(space.ratios):g} of full, in steps of {unit} channels) the network "
+            f"needs {budget.describe(floor)}; raise the budget to at least that")
+
+    out.mkdir(parents=True, exist_ok=True)
+    phases_path = out / "sp-phases.json"
+    phases = read_json(phases_path, recover="delete it to redo the export") if phases_path.exists() else {}
+
+    def save_phases() -> None:
+        _write_json_if_changed(phases_path, phases)
+
+    # ---- 1. stage-wise supernet training -------------------------------------------------------------
+    device = torch.device(job.torch_device)
+    net = DynamicNet.from_parent(parent, job.order, device=device)
+    adaptors = StageAdaptors.for_net(net)
+    train_data = data if job.train_images is None else DataSplits(
+        data.name, data.train.head(job.train_images), data.val, data.test)
+    history = train_stagewise(net, adaptors, train_data, space, job.supernet, checkpoint=out / "supernet.safetensors",
+                              meta={"parent": str(job.checkpoint), "order": job.order}, progress=job.progress)
+
+    # ---- 2. search -------------------------------------------------------------------------------------
+    cfg = job.search
+    held_out = data.val if data.val is not None else data.train
+    images = held_out.normalize(held_out.images[:cfg.eval_images])
+    calibration = torch.cat(_sample(data.train, cfg.calib_images, cfg.batch_size, cfg.seed + 1))
+    result = search(net, adaptors, space, costs, budget, images, calibration, cfg, resolution=resolution,
+                    use_ray=use_ray, ray_address=job.ray_address, actors_per_stage=job.actors_per_stage,
+                    state=out / "sp-state.json", worker_device=str(device), progress=job.progress)
+    arch = result.arch
+    _write_json_if_changed(out / "search.json", {k: v for k, v in result.to_dict().items() if k != "history"})
+    if not (out / "arch.json").exists() or (out / "arch.json").read_text() != arch.to_json():
+        atomic_write_text(out / "arch.json", arch.to_json())
+    predicted = float(predictor.predict(arch)[0]) if predictor is not None else None
+    console.print(f"[bold]sp[/]: {budget.kind} {budget.describe(result.cost)} for a budget of {budget.describe()}; "
+                  f"widths {arch.widths}")
+
+    # ---- 3. retraining with the one SGD loop -----------------------------------------------------------
+    test = data.test if job.test_images is None else data.test.head(job.test_images)
+    ckpt = out / "pruned.safetensors"
+    r = job.retrain
+    done = ckpt.exists() and read_checkpoint_meta(ckpt).get("history", {}).get("complete", False)
+    key = {"arch": arch.to_dict(), "retrain_from": job.retrain_from, "test_images": len(test)}
+    if phases.get("start", {}).get("key") != key:
+        phases.pop("start", None)
+    if not done:
+        stats = recalibrate(net, arch, _sample(data.train, job.bn_images or 1024, 128, r.seed + 1))
+        inherited = net.extract(arch, stats, device="cpu")
+        if "start" not in phases:
+            loss, acc = evaluate(inherited, test)
+            phases["start"] = {"key": key, "inherited": {"loss": loss, "accuracy": acc}}
+            save_phases()
+        if job.retrain_from == "inherited":
+            small = inherited
+        else:
+            small = GraphNet(spec, arch.widths, net.in_channels, generator=torch.Generator().manual_seed(r.seed))
+    else:
+        small = GraphNet(spec, arch.widths, net.in_channels)
+    finetune(small, data, r.epochs, r.lr, schedule=r.schedule, batch_size=r.batch_size, seed=r.seed,
+             max_steps=r.max_steps, checkpoint=ckpt, resume=True, arch=arch, threads=job.threads,
+             meta={"method": "sp", "parent": str(job.checkpoint), "retrain_from": job.retrain_from},
+             progress=job.progress)
+    saved = read_checkpoint_meta(ckpt)
+    retrain_seconds = (sum(e["seconds"] for e in saved["history"].get("epochs", []))
+                       + float(saved.get("running", {}).get("seconds", 0.0)))
+    digest = _sha256(ckpt)
+    if phases.get("final", {}).get("sha256") != digest:
+        loss, acc = evaluate(small, test)
+        phases["final"] = {"sha256": digest, "loss": loss, "accuracy": acc}
+        save_phases()
+
+    # ---- 4. export -------------------------------------------------------------------------------------
+    exported = phases.get("export", {}).get("sha256") == digest and all(
+        (out / f"pruned.{fmt}").exists() for fmt in ("onnx", "tflite"))
+    if not exported:
+        for fmt in ("onnx", "tflite"):
+            atomic_write_bytes(out / f"pruned.{fmt}", export_network_for(fmt, small, arch))
+        phases["export"] = {"sha256": digest}
+        save_phases()
+
+    # ---- 5. measurement of the shipped file ------------------------------------------------------------
+    measured = None
+    if job.device and table is not None:
+        measured = float(measure_shipped([out], table, job.device, job.store, job.progress)[0])
+
+    start = phases.get("start", {})
+    report = {
+        "model": spec.name, "method": "sp", "checkpoint": str(job.checkpoint), "table": job.table,
+        "device": job.device, "budget": {"kind": budget.kind, "value": budget.value, "ratio": job.budget_ratio},
+        "full_latency_ms": {"measured": measured_full, "predicted": predicted_full},
+        "architecture": arch.to_dict(), "unit": unit, "order": job.order,
+        "cost": result.cost, "predicted_ms": predicted, "measured_ms": measured,
+        "measured_over_budget": (measured / budget.value - 1) if measured is not None and budget.kind == "latency"
+        else None,
+        "test_accuracy": {"pruned": start.get("inherited", {}).get("accuracy"), "finetuned": phases["final"]["accuracy"]},
+        "test_loss": {"pruned": start.get("inherited", {}).get("loss"), "finetuned": phases["final"]["loss"]},
+        "test_images": len(test),
+        "retrain_from": job.retrain_from, "finetune": asdict(r),
+        "search_seconds": result.seconds,
+        "seconds": {"supernet": history.seconds, "search": result.seconds, "retrain": retrain_seconds},
+        "search": {"fitness": result.fitness, "stage_losses": result.stage_losses, "stage_costs": result.stage_costs,
+                   "stage_budgets": result.stage_budgets, "fixed_cost": result.fixed_cost,
+                   "evaluations": result.evaluations, "generations": len(result.history),
+                   "parallel": result.parallel, "config": cfg.to_dict()},
+        "supernet": {"config": job.supernet.to_dict(), "steps": history.step,
+                     "last": history.records[-1] if history.records else None},
+        "flops": CostGrid.analytic(spec, "flops", resolution).total(arch.widths),
+        "params": CostGrid.analytic(spec, "params", resolution).total(arch.widths),
+    }
+    _write_json_if_changed(out / "report.json", report)
+    return report
+
+
+__all__ = ["RETRAIN_FROM", "SPJob", "run_sp", "RayUnavailableError", "TableError"]
