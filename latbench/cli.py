@@ -391,6 +391,85 @@ def prune_lcp(model: str = typer.Option("resnet56", help="zoo model of the check
         threads=threads, progress=progress))
 
 
+@prune_app.command("ofar")
+def prune_ofar(model: str = typer.Option("resnet20", help="zoo model of the checkpoint"),
+               checkpoint: Path = typer.Option(..., help="trained full network (.safetensors from `latbench train`)"),
+               out: Path = typer.Option(..., help="folder for every phase, the cohort's exports and report.json"),
+               table: Optional[List[Path]] = typer.Option(None, help="a device's latency table (repeatable: one "
+                                                                     "per device of the cohort)"),
+               budget_ratio: Optional[List[float]] = typer.Option(
+                   None, help="budget as a fraction of each device's full-network cost at the largest resolution "
+                              "(repeatable)"),
+               budget_ms: Optional[List[float]] = typer.Option(None, help="latency budget in ms for every table's "
+                                                                          "device (repeatable)"),
+               budget_flops: Optional[List[float]] = typer.Option(None, help="FLOPs budget in MACs (repeatable; "
+                                                                             "implies --flops)"),
+               flops: bool = typer.Option(False, "--flops", help="FLOPs as one more 'device' (ratios apply to it)"),
+               resolutions: Optional[List[int]] = typer.Option(
+                   None, help="input resolutions (repeatable; default 32 28 24 20 for 32×32 data, 224 192 160 128 "
+                              "for 224)"),
+               tau: float = typer.Option(0.95, help="mask similarity threshold τ in (0, 1]"),
+               similarity: str = typer.Option("cosine", help="cosine, dice, or eq3 (the paper's Eq. 3 as printed)"),
+               patience: int = typer.Option(1, help="epochs in a row a rate's similarity must reach τ"),
+               sparsity: float = typer.Option(1e-4, help="Network Slimming's s: L1 weight on the BN γ"),
+               search_epochs: int = typer.Option(20, help="most epochs of the search stage (stops earlier when "
+                                                          "every rate has its structure)"),
+               search_lr: float = typer.Option(0.5, help="search-stage learning rate (constant)"),
+               joint_epochs: int = typer.Option(10), joint_lr: float = typer.Option(0.05),
+               steps_per_epoch: Optional[int] = typer.Option(None, help="cap the steps of every epoch of both "
+                                                                        "stages (quick runs)"),
+               batch_size: int = typer.Option(128),
+               bn_mode: str = typer.Option("recalibrated", help="recalibrated (US-Net: statistics per structure "
+                                                                "and resolution after training) or private "
+                                                                "(S-Net: a BN per structure)"),
+               assistants: bool = typer.Option(True, help="--no-assistants: distil every network from the "
+                                                          "teacher directly (the ablation)"),
+               temperature: float = typer.Option(1.0, help="distillation temperature"),
+               min_width_ratio: float = typer.Option(0.1, help="no group narrower than this fraction"),
+               multiple: Optional[int] = typer.Option(None, help="round widths to this multiple (default: the "
+                                                                 "tables' channel multiple)"),
+               data: str = typer.Option("fashion-mnist"), data_dir: Optional[Path] = typer.Option(None),
+               train_images: Optional[int] = typer.Option(None, help="train on the first N training images"),
+               val_images: Optional[int] = typer.Option(None, help="select on the first N validation images"),
+               test_images: Optional[int] = typer.Option(None, help="report accuracy on the first N test images"),
+               bn_images: int = typer.Option(1024, help="images to recalibrate BN per (structure, resolution)"),
+               store: Path = typer.Option(Path(api.DEFAULT_STORE), help="measurement store"),
+               measure: bool = typer.Option(True, help="measure each choice on its device when that is a host "
+                                                       "runtime here (--no-measure: predict all)"),
+               torch_device: str = typer.Option("cpu", help="torch device for training (cpu, cuda, mps)"),
+               seed: int = typer.Option(0),
+               threads: Optional[int] = typer.Option(None, help="torch threads (default: all cores)"),
+               progress: bool = typer.Option(True)) -> None:
+    """OFARPruning: one training for a cohort of devices and budgets — rates per device and resolution,
+    Network-Slimming search with the Pruned Network Pool, joint teacher→assistants→student training over
+    resolutions, then per (device, budget) the most accurate (structure, resolution) that fits, exported
+    (ONNX + TFLite), measured where the device is here and predicted elsewhere. Interrupted runs resume.
+
+    Example: latbench prune ofar --checkpoint runs/r20.safetensors --table tables/litert.parquet --table
+    tables/ort.parquet --budget-ratio 0.7 --budget-ratio 0.5 --resolutions 32 --resolutions 28 --out runs/ofar
+    """
+    from .methods.ofar import JointConfig, SearchConfig
+    from .methods.ofar.job import OFARJob, run_ofar
+
+    _run_prune(lambda: OFARJob(
+        model=model, checkpoint=str(checkpoint), out=str(out), tables=tuple(str(t) for t in table or ()),
+        budget_ratios=tuple(budget_ratio or ()), budgets_ms=tuple(budget_ms or ()),
+        budgets_flops=tuple(budget_flops or ()), flops=flops, resolutions=tuple(resolutions) if resolutions else None,
+        search=SearchConfig(epochs=search_epochs, lr=search_lr, sparsity=sparsity, tau=tau, similarity=similarity,
+                            patience=patience, batch_size=batch_size, steps_per_epoch=steps_per_epoch, seed=seed),
+        joint=JointConfig(epochs=joint_epochs, lr=joint_lr, batch_size=batch_size, temperature=temperature,
+                          assistants=assistants, bn_mode=bn_mode, steps_per_epoch=steps_per_epoch, seed=seed),
+        min_width_ratio=min_width_ratio, multiple=multiple, data=data, data_dir=str(data_dir) if data_dir else None,
+        train_images=train_images, val_images=val_images, test_images=test_images, bn_images=bn_images,
+        store=str(store), measure=measure, torch_device=torch_device, threads=threads, progress=progress),
+        run=run_ofar, summarize=lambda r: {"method": r["method"], "pnp": len(r["search"]["pnp"]),
+                                           "unstable_rates": len(r["search"]["unstable"]),
+                                           "cohort": [{k: c.get(k) for k in ("device", "budget_label", "resolution",
+                                                                             "val_acc", "test_acc", "predicted_ms",
+                                                                             "measured_ms")} for c in r["cohort"]],
+                                           "unmet": len(r["unmet"])})
+
+
 @prune_app.command("jcw")
 def prune_jcw(model: str = typer.Option("resnet56", help="zoo model of the checkpoint"),
               checkpoint: Path = typer.Option(..., help="trained full network (.safetensors from `latbench train`)"),

@@ -1,5 +1,7 @@
 """Image classification data kept in memory as uint8: Fashion-MNIST/MNIST (IDX), CIFAR-10/100 and
-ImageFolder trees, with a deterministic validation split and plain-torch batch augmentation."""
+ImageFolder trees, with a deterministic validation split and plain-torch batch augmentation; and a
+``torch.utils.data`` path (:mod:`.stream`) that streams ImageFolder trees from disk with resumable,
+per-resolution random-resized-crop batches."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +11,8 @@ from .dataset import (NO_AUGMENT, Augment, BatchLoader, DataError, DataSplits, I
                       pad_to, random_crop, random_flip)
 from .idx import FASHION_MNIST_DIR, load_fashion_mnist, load_mnist, read_idx
 from .imagefolder import load_image_folder
+from .stream import (InMemoryImages, RandomResizedCrop, ResumableSampler, StreamingImageFolder, StreamLoader,
+                     StreamSplits, open_image_folder)
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder")
 
@@ -36,4 +40,5 @@ def load_dataset(name: str, data_dir: str | Path | None = None, val_size: int = 
 __all__ = ["Augment", "BatchLoader", "DataError", "DataSplits", "ImageDataset", "NO_AUGMENT", "DATASETS",
            "FASHION_MNIST_DIR", "NumpyOnlyUnpickler", "channel_stats", "holdout", "load_cifar", "load_dataset",
            "load_fashion_mnist", "load_image_folder", "load_mnist", "pad_to", "random_crop", "random_flip",
-           "read_idx", "safe_unpickle"]
+           "read_idx", "safe_unpickle", "InMemoryImages", "RandomResizedCrop", "ResumableSampler",
+           "StreamingImageFolder", "StreamLoader", "StreamSplits", "open_image_folder"]

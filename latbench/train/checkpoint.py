@@ -122,6 +122,6 @@ def load_optimizer_state(path: str | Path, net: GraphNet, optimizer: torch.optim
         name = key.removesuffix(".momentum_buffer")
         if name not in params:
             raise CheckpointError(f"{path}: momentum for unknown parameter {name!r}")
-        optimizer.state[params[name]]["momentum_buffer"] = value.clone()
+        optimizer.state[params[name]]["momentum_buffer"] = value.to(params[name].device, copy=True)
         restored += 1
     return restored

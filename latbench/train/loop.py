@@ -142,14 +142,17 @@ def _batches(data: ImageDataset | Iterable, batch_size: int) -> Iterable[tuple[t
 
 @torch.no_grad()
 def evaluate(net: nn.Module, data: ImageDataset | Iterable[tuple[torch.Tensor, torch.Tensor]],
-             batch_size: int = 500) -> tuple[float, float]:
+             batch_size: int = 500, device: torch.device | str | None = None) -> tuple[float, float]:
     """Mean cross-entropy and top-1 accuracy (0..1) of ``net`` in eval mode on ``data`` (a data set or
-    any iterable of ``(images, labels)`` batches). The network's train/eval mode is restored."""
+    any iterable of ``(images, labels)`` batches), batches moved to ``device`` when given. The network's
+    train/eval mode is restored."""
     was_training = net.training
     net.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     try:
         for x, y in _batches(data, batch_size):
+            if device is not None:
+                x, y = x.to(device), y.to(device)
             logits = net(x)
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
@@ -174,7 +177,11 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
           eval_data: ImageDataset | None = None, checkpoint: str | Path | None = None, checkpoint_every: int = 0,
           resume: bool = False, max_steps: int | None = None, arch: Architecture | None = None,
           meta: Mapping[str, Any] | None = None, threads: int | None = None, progress: bool = True,
-          log: Callable[[str], None] | None = None) -> TrainHistory:
+          log: Callable[[str], None] | None = None, loader: Any = None,
+          step_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]] | None = None,
+          after_backward: Callable[[nn.Module, int], None] | None = None,
+          on_epoch: Callable[[int, nn.Module], bool] | None = None,
+          device: torch.device | str | None = None) -> TrainHistory:
     """Train ``net`` in place on ``data`` (a :class:`DataSplits` — its ``train`` set, evaluated on ``val`` after
     every epoch — or a bare training set) for ``epochs`` epochs with peak learning rate ``lr``.
 
@@ -186,6 +193,15 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
     pruned architecture with its sparsity, the data set name). Torch uses ``threads`` threads
     (default: all cores). ``log`` receives one line per checkpoint and per epoch (for log files, where a
     progress bar is useless).
+
+    Hooks for methods that train differently on the same loop (all optional):
+    ``loader`` replaces the in-memory :class:`BatchLoader` (anything with ``len()`` and
+    ``epoch(e, start)`` yielding ``(images, labels)``, e.g. :class:`latbench.data.StreamLoader`);
+    ``step_loss(net, x, y, step) -> (loss, logits)`` replaces the cross-entropy of ``net(x)`` (``logits``
+    feed the running accuracy); ``after_backward(net, step)`` runs between ``backward`` and the optimizer
+    step (e.g. to add a sparsity subgradient); ``on_epoch(epoch, net)`` runs after every finished epoch
+    (1-based, after validation, before the checkpoint) and returning True ends the run there, marked
+    complete; ``device`` is where batches go (the network must already be there).
     """
     config = TrainConfig(epochs, lr, batch_size, schedule, warmup, momentum, nesterov, weight_decay, label_smoothing,
                          seed, augment if augment is not None else Augment(), steps_per_epoch)
@@ -193,8 +209,9 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
     train_set = data.train if isinstance(data, DataSplits) else data
     if eval_data is None and isinstance(data, DataSplits):
         eval_data = data.val
-    loader = BatchLoader(train_set, batch_size, shuffle=True, augment=config.augment, seed=seed,
-                         drop_last=len(train_set) >= batch_size)
+    if loader is None:
+        loader = BatchLoader(train_set, batch_size, shuffle=True, augment=config.augment, seed=seed,
+                             drop_last=len(train_set) >= batch_size)
     per_epoch = min(len(loader), steps_per_epoch) if steps_per_epoch else len(loader)
     total = per_epoch * epochs
     optimizer = make_optimizer(net, config)
@@ -252,10 +269,17 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
                 rate = config.lr_at(step, total)
                 for group in optimizer.param_groups:
                     group["lr"] = rate
-                logits = net(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+                if device is not None:
+                    x, y = x.to(device), y.to(device)
+                if step_loss is None:
+                    logits = net(x)
+                    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+                else:
+                    loss, logits = step_loss(net, x, y, step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if after_backward is not None:
+                    after_backward(net, step)
                 optimizer.step()
                 step += 1
                 running["loss_sum"] += float(loss.detach()) * int(y.numel())
@@ -271,17 +295,23 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
                     t0, running["seconds"] = time.perf_counter(), elapsed
             running["seconds"] += time.perf_counter() - t0
             history.step = step
+            stopped = False
             if step % per_epoch == 0:  # the epoch is finished
                 record = EpochRecord(epoch + 1, step, config.lr_at(step - 1, total),
                                      running["loss_sum"] / running["seen"], running["correct"] / running["seen"],
                                      running["seen"] / max(1e-9, running["seconds"]), running["seconds"])
                 if eval_data is not None:
-                    record.val_loss, record.val_acc = evaluate(net, eval_data)
+                    record.val_loss, record.val_acc = evaluate(net, eval_data, device=device)
                     net.train()
                 history.epochs.append(record)
                 running = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
-            history.complete = step >= total
+                if on_epoch is not None:
+                    stopped = bool(on_epoch(epoch + 1, net))
+                    net.train()
+            history.complete = step >= total or stopped
             save(step)
+            if stopped:
+                break
     net.eval()
     return history
 

@@ -1,0 +1,479 @@
+"""OFARPruning end to end: a trained checkpoint + several devices' tables + budgets → one cohort of pruned
+networks, one per (device, budget), each at its own input resolution.
+
+Phases, each resumable (everything lives in ``job.out``)::
+
+    rates.json                  step 1: rates ρ per (device, budget, resolution)   (recomputed: cheap)
+    search.safetensors          the Network-Slimming training (the loop's checkpoint)
+    search-state.json           per-epoch masks and similarities; the PNP replays from it
+    joint.safetensors           the joint training (weights, private BN, momentum, step)
+    bn-stats.safetensors        recalibrated BN statistics per (structure, resolution)   (recalibrated mode)
+    scores.json                 held-out (validation split) accuracy per (structure, resolution)
+    networks/s<J>-r<R>/         each chosen (structure, resolution): arch.json, pruned.onnx, pruned.tflite,
+                                network.json (test accuracy)
+    measurements.json           measured latency of each shipped file per device
+    report.json                 the whole cohort
+
+Selection: for each device and budget, among the (structure, resolution) pairs whose predicted cost on that
+device fits, the most accurate on the validation split (ties: the cheaper). The choice is exported at its
+resolution and measured on its device where that device is a host runtime of this machine (the table's
+``device`` is ``host:…`` and its fingerprint matches this machine's), else predicted (phone tables, tables
+from another machine).
+
+>>> report = run_ofar(OFARJob(model="resnet20", checkpoint="runs/r20.safetensors", out="runs/ofar",
+...                           tables=("a.parquet", "b.parquet"), budget_ratios=(0.7, 0.5)))   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ...files import atomic_output, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from ...models import Architecture
+from ...search.budget import BudgetError
+from .joint import BNMode, JointConfig, Structures, attach_private_bn, structure_forward, train_joint
+from .rates import (BudgetSpec, CostModel, GlobalRanking, RatePlan, bn_gamma_scores, check_resolutions, find_rates,
+                    load_cost_models, structure_floors)
+from .search import SearchConfig, SearchOutcome, run_search
+
+REPORT_FORMAT = "latbench-ofar-job/1"
+__all__ = ["OFARJob", "default_resolutions", "run_ofar"]
+
+
+def default_resolutions(resolution: int) -> tuple[int, ...]:
+    """The paper's resolution sets: {32, 28, 24, 20} for 32×32 data, {224, 192, 160, 128} for 224×224."""
+    if resolution == 32:
+        return (32, 28, 24, 20)
+    if resolution == 224:
+        return (224, 192, 160, 128)
+    raise ValueError(f"no default resolutions for {resolution}×{resolution} data; give --resolutions")
+
+
+@dataclass(frozen=True)
+class OFARJob:
+    """One OFARPruning run for a cohort of devices (``tables``) and budgets.
+
+    Budgets apply to every device: ``budget_ratios`` of each device's full-network cost at the largest
+    resolution, ``budgets_ms`` absolute latency, ``budgets_flops`` absolute MACs (with ``flops``, FLOPs are
+    one more "device"). ``resolutions`` default to the paper's set for the data's size. ``train_images``,
+    ``val_images`` and ``test_images`` cap the splits (quick runs). ``torch_device`` is where training runs;
+    ``threads`` the torch threads of this process (the job is the application: the library never sets them).
+    ``measure=False`` predicts every choice instead of measuring the ones whose device is here."""
+
+    model: str
+    checkpoint: str
+    out: str
+    tables: tuple[str, ...] = ()
+    budget_ratios: tuple[float, ...] = ()
+    budgets_ms: tuple[float, ...] = ()
+    budgets_flops: tuple[float, ...] = ()
+    flops: bool = False
+    resolutions: tuple[int, ...] | None = None
+    search: SearchConfig = field(default_factory=SearchConfig)
+    joint: JointConfig = field(default_factory=JointConfig)
+    min_width_ratio: float = 0.1
+    multiple: int | None = None
+    data: str = "fashion-mnist"
+    data_dir: str | None = None
+    train_images: int | None = None
+    val_images: int | None = None
+    test_images: int | None = None
+    bn_images: int = 1024
+    store: str = "runs/measurements.db"
+    measure: bool = True
+    torch_device: str = "cpu"
+    threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tables", tuple(str(t) for t in self.tables))
+        object.__setattr__(self, "flops", bool(self.flops or self.budgets_flops))
+        if self.resolutions is not None:
+            res = tuple(sorted({int(r) for r in self.resolutions}, reverse=True))
+            if not res or min(res) < 1:
+                raise ValueError(f"--resolutions must be positive, got {list(self.resolutions)}")
+            object.__setattr__(self, "resolutions", res)
+        self.budget_spec()                                  # validates the budgets
+        if not self.tables and not self.flops:
+            raise BudgetError("give the devices' latency tables (--table, repeatable) or FLOPs budgets (--flops)")
+        if self.budgets_ms and not self.tables:
+            raise BudgetError("--budget-ms needs latency tables (--table)")
+        if not 0 <= self.min_width_ratio < 1:
+            raise ValueError(f"--min-width-ratio must be in [0, 1), got {self.min_width_ratio}")
+        for name in ("train_images", "val_images", "test_images"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {v}")
+        if self.bn_images < 1:
+            raise ValueError(f"bn_images must be ≥ 1, got {self.bn_images}")
+
+    def budget_spec(self) -> BudgetSpec:
+        return BudgetSpec(self.budget_ratios, self.budgets_ms, self.budgets_flops)
+
+
+# ---- helpers ----------------------------------------------------------------------------------------------
+
+def _log(job: OFARJob) -> Callable[[str], None]:
+    from ...pruning import console
+
+    return lambda line: console.print(line, highlight=False)
+
+
+def _multiple(job: OFARJob, costs: Sequence[CostModel]) -> int:
+    if job.multiple:
+        return int(job.multiple)
+    ms = [int(c.table.meta.get("channel_multiple", 1)) for c in costs if c.table is not None]
+    return int(math.lcm(*ms)) if ms else 1
+
+
+def _resized_batches(data, resolution: int, batch: int = 500):
+    from ...data import BatchLoader
+    from ...supernet import resize
+
+    return [(resize(x, resolution), y) for x, y in BatchLoader(data, batch)]
+
+
+def _digest(obj) -> str:
+    import json
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def _score(net, j: int, arch: Architecture, batches, bn, device) -> tuple[float, float]:
+    net.eval()
+    loss, correct, seen = 0.0, 0, 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        logits = structure_forward(net, j, arch, x, bn=bn)
+        loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        seen += int(y.numel())
+    return loss / seen, correct / seen
+
+
+def _save_stats(path: Path, stats: dict[str, dict]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"{key}|{layer}|{i}": t.detach().cpu().contiguous()
+               for key, per_layer in stats.items() for layer, pair in per_layer.items() for i, t in enumerate(pair)}
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def _load_stats(path: Path, device) -> dict[str, dict]:
+    from safetensors import safe_open
+
+    out: dict[str, dict] = {}
+    with safe_open(str(path), framework="pt") as f:
+        for k in f.keys():
+            key, layer, i = k.split("|")
+            pair = out.setdefault(key, {}).setdefault(layer, [None, None])
+            pair[int(i)] = f.get_tensor(k).to(device)
+    return {key: {layer: tuple(pair) for layer, pair in per.items()} for key, per in out.items()}
+
+
+def _here(cost: CostModel) -> tuple[bool, str]:
+    """Whether ``cost``'s device is a host runtime of this machine (and why not)."""
+    from ...devices import HOST_DEVICES, open_device
+
+    if cost.kind != "latency":
+        return False, "FLOPs (nothing to measure)"
+    name = cost.device or ""
+    if name not in HOST_DEVICES:
+        return False, f"{name or 'the device'} is not a host runtime here (predicted from its table)"
+    try:
+        dev = open_device(name)
+        try:
+            fingerprint = dev.fingerprint()
+        finally:
+            dev.close()
+    except Exception as err:  # a runtime that does not load here: predict
+        return False, f"{name} is not usable here ({err}); predicted from its table"
+    if fingerprint != cost.table.fingerprint:
+        return False, (f"the table was measured on another machine ({cost.table.fingerprint}, this {name} is "
+                       f"{fingerprint}); predicted from its table")
+    return True, "measured"
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:24]
+
+
+# ---- the job ------------------------------------------------------------------------------------------------
+
+def plan_rates(job: OFARJob, parent, resolutions: Sequence[int]) -> tuple[list[CostModel], RatePlan]:
+    """Step 1 with every input check that must fail before training: tables (model, resolutions) and budgets."""
+    costs = load_cost_models(parent.spec, job.tables, job.flops)
+    check_resolutions(costs, resolutions)
+    multiple = _multiple(job, costs)
+    floors = structure_floors(parent.spec, costs, resolutions, multiple, job.min_width_ratio)
+    ranking = GlobalRanking.of(parent, floors, multiple)
+    return costs, find_rates(ranking, costs, job.budget_spec(), resolutions)
+
+
+def structures_of(outcome: SearchOutcome, spec) -> tuple[Structures, dict[int, int]]:
+    """The PNP's distinct structures by ascending rate, and rate index → structure index."""
+    widths, index = [], {}
+    for entry in sorted(outcome.pool, key=lambda e: e.rate_index):
+        w = dict(entry.widths)
+        if w not in widths:
+            widths.append(w)
+        index[entry.rate_index] = widths.index(w)
+    return Structures(spec, tuple(widths)), index
+
+
+def run_ofar(job: OFARJob) -> dict:
+    """Run ``job`` end to end (or continue it); returns the report (also ``report.json``)."""
+    from ...data import DataError, load_dataset
+    from ...export import export_network_for
+    from ...models.zoo import get_model
+    from ...pruning import _batches, measure_shipped
+    from ...supernet import DynamicNet, recalibrate, resize
+    from ...train import evaluate, load_checkpoint, read_checkpoint_meta
+    from ...train.checkpoint import CheckpointError, load_weights
+    from ...train.importance import importance_order
+    from ...train.loop import TrainHistory, cpu_cores
+
+    torch.set_num_threads(job.threads or cpu_cores())      # the application's choice, as `prune lcp` makes it
+    log = _log(job)
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    parent, parent_arch, _ = load_checkpoint(job.checkpoint)
+    spec = parent.spec
+    if spec.name != job.model:
+        raise ValueError(f"{job.checkpoint} holds a {spec.name}, not a {job.model}")
+    if parent_arch.widths != dict(get_model(spec.name).groups) or parent_arch.sparsity:
+        raise ValueError(f"{job.checkpoint} is already pruned ({parent_arch.widths}); start from the full network")
+    data = load_dataset(job.data, job.data_dir)
+    if data.val is None:
+        raise DataError(f"{data.name} has no validation split; OFARPruning selects on held-out data")
+    resolutions = job.resolutions or default_resolutions(data.resolution)
+    device = torch.device(job.torch_device)
+    seconds_path = out / "seconds.json"
+    seconds: dict[str, float] = dict(read_json(seconds_path, recover="delete it (only timings are lost)")
+                                     if seconds_path.exists() else {})
+
+    def timed(phase: str, t0: float, worked: bool) -> None:
+        """Keep the time of a phase that did its work; a rerun that skipped it keeps the earlier time."""
+        if worked or phase not in seconds:
+            seconds[phase] = time.perf_counter() - t0
+            atomic_write_json(seconds_path, seconds, indent=2)
+
+    # -- step 1: rates (every bad input fails here, before any training) -----------------------------------
+    costs, plan = plan_rates(job, parent, resolutions)
+    rates_path = out / "rates.json"
+    if not rates_path.exists() or read_json(rates_path, recover="delete it") != plan.to_dict():
+        atomic_write_json(rates_path, plan.to_dict(), indent=2)
+    by_label = {c.label: c for c in costs}
+    log(f"[bold]ofar[/]: {len(plan.rates)} rates for {len(plan.targets)} (device, budget, resolution) constraints "
+        f"on {', '.join(plan.full)}; resolutions {list(resolutions)}")
+
+    train_set = data.train if job.train_images is None else data.train.head(job.train_images)
+    val = data.val if job.val_images is None else data.val.head(job.val_images)
+    test = data.test if job.test_images is None else data.test.head(job.test_images)
+
+    # -- search stage --------------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    search_cfg = replace(job.search)
+    outcome = run_search(parent, train_set, plan, costs, search_cfg, out, device=device, progress=job.progress,
+                         log=log)
+    timed("search", t0, outcome.trained)
+    warning = outcome.message(plan)
+    if warning:
+        log(f"[yellow]warning:[/] {warning}")
+    structures, rate_to_structure = structures_of(outcome, spec)
+    log(f"PNP: {len(outcome.pool)} of {len(plan.rates)} rates, {len(structures)} distinct structures "
+        f"(search stage: {outcome.epochs_run} epochs{', stopped early' if outcome.stopped_early else ''})")
+
+    # -- joint training ------------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    joint_cfg = replace(job.joint, resolutions=tuple(resolutions))
+    order = importance_order(bn_gamma_scores(outcome.net))
+    net = DynamicNet.from_parent(outcome.net, order, device=device)
+    if joint_cfg.bn_mode is BNMode.PRIVATE:
+        attach_private_bn(net, len(structures))
+    identity = {"config": joint_cfg.to_dict(), "structures": [dict(w) for w in structures.widths],
+                "search": _digest(outcome.history.get("config", {})), "search_step": outcome.history.get("step"),
+                "train_size": len(train_set)}
+    joint_ckpt = out / "joint.safetensors"
+    complete = False
+    if joint_ckpt.exists():
+        meta = read_checkpoint_meta(joint_ckpt)
+        if meta.get("ofar_joint") != identity:
+            raise CheckpointError(f"{joint_ckpt} holds a joint training with other settings or another PNP; delete "
+                                  "it (and bn-stats.safetensors, scores.json, networks/) or use another --out")
+        complete = TrainHistory.from_dict(meta["history"]).complete
+    if complete:
+        load_weights(joint_ckpt, net)
+        joint_history = read_checkpoint_meta(joint_ckpt)["history"]
+    else:
+        joint_history = train_joint(net, structures, train_set, joint_cfg, joint_ckpt, identity=identity,
+                                    device=device, progress=job.progress,
+                                    log=None if job.progress else log).to_dict()
+    net.eval()
+    timed("joint_training", t0, not complete)
+
+    # -- BN statistics and held-out scores per (structure, resolution) -----------------------------------------
+    t0 = time.perf_counter()
+    pairs = [(j, r) for j in range(len(structures)) for r in resolutions]
+    score_id = {"joint": _digest(identity), "step": joint_history.get("step"), "bn_images": job.bn_images,
+                "val": len(val), "bn_mode": joint_cfg.bn_mode.value}
+    stats: dict[str, dict] = {}
+    missing: list = []
+    if joint_cfg.bn_mode is BNMode.RECALIBRATED:
+        stats_path = out / "bn-stats.safetensors"
+        saved = _load_stats(stats_path, device) if stats_path.exists() else {}
+        stats = {k: v for k, v in saved.items() if k.startswith(f"{score_id['joint']}:")}
+        missing = [(j, r) for j, r in pairs if f"{score_id['joint']}:s{j}-r{r}" not in stats]
+        if missing:
+            calib = _batches(train_set, job.bn_images, batch=128, seed=search_cfg.seed + 1)
+            for j, r in missing:
+                batches = [(resize(x, r).to(device), y) for x, y in calib]
+                stats[f"{score_id['joint']}:s{j}-r{r}"] = recalibrate(net, structures.arch(j, r), batches)
+            _save_stats(stats_path, stats)
+    scores_path = out / "scores.json"
+    scores = {}
+    if scores_path.exists():
+        saved = read_json(scores_path, recover="delete it to score the cohort again")
+        if saved.get("identity") == score_id:
+            scores = saved["scores"]
+    n_scored = len(scores)
+    for j, r in pairs:
+        key = f"s{j}-r{r}"
+        if key not in scores:
+            bn = stats.get(f"{score_id['joint']}:{key}")
+            loss, acc = _score(net, j, structures.arch(j, r), _resized_batches(val, r), bn, device)
+            scores[key] = {"structure": j, "resolution": r, "val_loss": loss, "val_acc": acc}
+    worked = len(scores) > n_scored or bool(missing)
+    if worked or not scores_path.exists():
+        atomic_write_json(scores_path, {"identity": score_id, "scores": scores}, indent=1)
+    timed("bn_and_scoring", t0, worked)
+
+    # -- selection per (device, budget) -------------------------------------------------------------------------
+    choices, unmet = [], []
+    width_rows = {r: np.array([[structures.widths[j][g] for g in spec.groups] for j in range(len(structures))])
+                  for r in resolutions}
+    for label in plan.full:
+        c = by_label[label]
+        predicted = {(j, r): float(v) for r in resolutions for j, v in enumerate(c.costs(width_rows[r], r))}
+        for b in plan.budgets[label]:
+            fits = [p for p in pairs if predicted[p] <= b["value"] * (1 + 1e-9)]
+            if not fits:
+                best = min(pairs, key=lambda p: predicted[p])
+                unmet.append({"device": label, "budget": b, "smallest": predicted[best],
+                              "reason": "no PNP structure at any resolution fits (a rate that never stabilised?)"})
+                continue
+            j, r = max(fits, key=lambda p: (scores[f"s{p[0]}-r{p[1]}"]["val_acc"], -predicted[p]))
+            choices.append({"device": label, "budget": b, "structure": j, "resolution": r,
+                            "predicted": predicted[(j, r)]})
+    if unmet:
+        log(f"[yellow]warning:[/] {len(unmet)} budget(s) have no fitting (structure, resolution): "
+            + "; ".join(f"{u['device']} {u['budget']['label']}" for u in unmet))
+
+    # -- export each chosen (structure, resolution) --------------------------------------------------------------
+    t0 = time.perf_counter()
+    networks: dict[tuple[int, int], dict] = {}
+    exported = False
+    for ch in choices:
+        key = (ch["structure"], ch["resolution"])
+        if key in networks:
+            continue
+        j, r = key
+        arch = structures.arch(j, r)
+        folder = out / "networks" / f"s{j}-r{r}"
+        folder.mkdir(parents=True, exist_ok=True)
+        info_path = folder / "network.json"
+        net_id = {**score_id, "arch": arch.to_dict(), "test": len(test)}
+        info = read_json(info_path, recover="delete it to export that network again") if info_path.exists() else {}
+        done = info.get("identity") == net_id and all((folder / f"pruned.{f}").exists() for f in ("onnx", "tflite"))
+        if not done:
+            bn = stats.get(f"{score_id['joint']}:s{j}-r{r}")
+            if joint_cfg.bn_mode is BNMode.PRIVATE:
+                with net.ofar_bn.swapped_in(net, j):
+                    small = net.extract(arch, device="cpu")
+            else:
+                small = net.extract(arch, bn, device="cpu")
+            test_loss, test_acc = evaluate(small, _resized_batches(test, r))
+            atomic_write_text(folder / "arch.json", arch.to_json())
+            for fmt in ("onnx", "tflite"):
+                atomic_write_bytes(folder / f"pruned.{fmt}", export_network_for(fmt, small, arch))
+            info = {"identity": net_id, "architecture": arch.to_dict(), "test_acc": test_acc,
+                    "test_loss": test_loss, "test_images": len(test),
+                    "files": {f: _file_sha(folder / f"pruned.{f}") for f in ("onnx", "tflite")}}
+            atomic_write_json(info_path, info, indent=2)
+            exported = True
+        networks[key] = {**info, "folder": str(folder)}
+    timed("export", t0, exported)
+
+    # -- measurement on the devices that are here ---------------------------------------------------------------
+    meas_path = out / "measurements.json"
+    measured: dict = read_json(meas_path, recover="delete it to measure again") if meas_path.exists() else {}
+    how: dict[str, str] = {}
+    for label in plan.full:
+        c = by_label[label]
+        here, why = _here(c) if job.measure else (False, "not measured (--no-measure)")
+        how[label] = why
+        if not here:
+            continue
+        fmt = "onnx" if c.device == "host:onnxruntime" else "tflite"
+        mine = sorted({(ch["structure"], ch["resolution"]) for ch in choices if ch["device"] == label})
+        known = measured.setdefault(label, {})
+        todo = [k for k in mine if known.get(f"s{k[0]}-r{k[1]}", {}).get("sha") != networks[k]["files"][fmt]
+                or known.get(f"s{k[0]}-r{k[1]}", {}).get("fingerprint") != c.table.fingerprint]
+        if todo:
+            values = measure_shipped([Path(networks[k]["folder"]) for k in todo], c.table, c.device, job.store,
+                                     job.progress)
+            for k, v in zip(todo, values):
+                known[f"s{k[0]}-r{k[1]}"] = {"sha": networks[k]["files"][fmt], "ms": float(v),
+                                             "fingerprint": c.table.fingerprint}
+            atomic_write_json(meas_path, measured, indent=2)
+
+    # -- report ---------------------------------------------------------------------------------------------------
+    cohort = []
+    for ch in choices:
+        c, j, r = by_label[ch["device"]], ch["structure"], ch["resolution"]
+        net_info, key = networks[(j, r)], f"s{j}-r{r}"
+        m = measured.get(ch["device"], {}).get(key, {}).get("ms") if how[ch["device"]] == "measured" else None
+        b = ch["budget"]
+        entry = {"device": ch["device"], "table": c.table_path, "budget_label": b["label"],
+                 "budget_ratio": b["ratio"], "resolution": r, "structure": j,
+                 "arch": net_info["architecture"], "val_acc": scores[key]["val_acc"], "test_acc": net_info["test_acc"],
+                 "folder": net_info["folder"], "measurement": how[ch["device"]]}
+        if c.kind == "latency":
+            entry.update({"budget_ms": b["value"], "predicted_ms": ch["predicted"], "measured_ms": m,
+                          "measured_over_budget": None if m is None else m / b["value"] - 1,
+                          "measured_over_predicted": None if m is None else m / ch["predicted"] - 1})
+        else:
+            entry.update({"budget_flops": b["value"], "predicted_flops": ch["predicted"]})
+        cohort.append(entry)
+    pnp = []
+    for entry in outcome.pool:
+        pnp.append({**entry.to_dict(), "structure": rate_to_structure[entry.rate_index]})
+    report = {
+        "format": REPORT_FORMAT, "model": spec.name, "method": "ofar", "checkpoint": str(job.checkpoint),
+        "tables": list(job.tables), "data": data.name, "resolutions": list(resolutions),
+        "devices": {label: {"kind": by_label[label].kind, "device": by_label[label].device,
+                            "table": by_label[label].table_path, "full": plan.full[label],
+                            "smallest": plan.smallest[label], "measurement": how[label]} for label in plan.full},
+        "rates": plan.to_dict(),
+        "search": {"config": job.search.to_dict(), "epochs_run": outcome.epochs_run,
+                   "stopped_early": outcome.stopped_early, "pnp": pnp, "unstable": outcome.unstable,
+                   "warning": warning},
+        "structures": [{"index": j, "widths": dict(w)} for j, w in enumerate(structures.widths)],
+        "joint": {"config": joint_cfg.to_dict(), "steps": joint_history.get("step"),
+                  "epochs": joint_history.get("epochs", [])},
+        "scores": list(scores.values()),
+        "cohort": cohort, "unmet": unmet,
+        "seconds": seconds,
+        "images": {"train": len(train_set), "val": len(val), "test": len(test), "bn": job.bn_images},
+    }
+    atomic_write_json(out / "report.json", report, indent=2)
+    return report
