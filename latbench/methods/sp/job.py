@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ...files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from ...files import atomic_write_bytes, atomic_write_text, read_json
 from ...models import Architecture, GraphNet
 from ...predictor import Predictor
 from ...pruning import FinetuneRecipe, measure_architectures, measure_shipped
@@ -304,7 +303,8 @@ def run_sp(job: SPJob) -> dict:
         "cost": result.cost, "predicted_ms": predicted, "measured_ms": measured,
         "measured_over_budget": (measured / budget.value - 1) if measured is not None and budget.kind == "latency"
         else None,
-        "test_accuracy": {"pruned": start.get("inherited", {}).get("accuracy"), "finetuned": phases["final"]["accuracy"]},
+        "test_accuracy": {"pruned": start.get("inherited", {}).get("accuracy"),
+                          "finetuned": phases["final"]["accuracy"]},
         "test_loss": {"pruned": start.get("inherited", {}).get("loss"), "finetuned": phases["final"]["loss"]},
         "test_images": len(test),
         "retrain_from": job.retrain_from, "finetune": asdict(r),

@@ -90,8 +90,8 @@ def ray_session(address: str | None = None, timeout: float = DEFAULT_TIMEOUT) ->
         else:
             ray.init(_node_ip_address="127.0.0.1", **kwargs)
     except Exception as err:     # Ray raises ConnectionError, RuntimeError, ValueError … depending on the cause
-        raise RayUnavailableError(f"could not start or join Ray ({'address ' + address if address else 'a local instance'}): "
-                                  f"{err}") from err
+        where = f"address {address}" if address else "a local instance"
+        raise RayUnavailableError(f"could not start or join Ray ({where}): {err}") from err
     try:
         yield ray
     finally:

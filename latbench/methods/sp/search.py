@@ -561,7 +561,7 @@ def search(net: DynamicNet, adaptors: StageAdaptors, space: SearchSpace, costs: 
     data = stage_data(net, images, calibration, config.batch_size)
 
     def run(pool) -> dict:
-        nonlocal pop, generation, evaluations
+        nonlocal pop, generation
         columns = (TextColumn("[bold]SP search[/] gen {task.fields[gen]}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TextColumn("best Σ stage loss {task.fields[best]}"))
         with Progress(*columns, disable=not progress, transient=True) as bar:

@@ -29,7 +29,8 @@ seed and the step), and a resumed run ends exactly where an uninterrupted one wo
 
 >>> net = DynamicNet.from_parent(parent, "l1")                                        # doctest: +SKIP
 >>> adaptors = StageAdaptors.for_net(net)                                             # doctest: +SKIP
->>> train_stagewise(net, adaptors, data, space, StageTrainConfig(epochs=1), checkpoint="sn.safetensors")  # doctest: +SKIP
+>>> train_stagewise(net, adaptors, data, space, StageTrainConfig(epochs=1),
+...                 checkpoint="sn.safetensors")                                     # doctest: +SKIP
 """
 from __future__ import annotations
 
