@@ -236,9 +236,11 @@ def test_search_resumes_after_a_kill_and_a_finished_search_is_not_redone(tmp_pat
     monkeypatch.setattr(StageWorker, "__init__", forbidden)
     assert search(net, adaptors, SPACE, costs, budget, images, calibration, config, resolution=32, state=state,
                   progress=False).arch == whole.arch
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="other settings.*budget"):
         search(net, adaptors, SPACE, costs, Budget("params", 0.5 * grid.total(R20.groups)), images,
                calibration, config, state=state, progress=False)
+    with pytest.raises(ValueError, match="other settings.*supernet"):     # e.g. the supernet was retrained
+        search(*supernet(seed=1), SPACE, costs, budget, images, calibration, config, state=state, progress=False)
 
 
 # ---- bad input: a clear error before any training -----------------------------------------------------

@@ -36,6 +36,7 @@ generation; a rerun continues where it stopped.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -503,6 +504,16 @@ def stage_data(net: DynamicNet, images: torch.Tensor, calibration: torch.Tensor,
     return [StageData(i, scored[i], scored[i + 1], cal[i]) for i in range(len(net.stages))]
 
 
+def fingerprint(tensors: Sequence[torch.Tensor]) -> str:
+    """SHA-256 of tensors' shapes and bytes: a saved search is resumed only for the same supernet and images."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _setup(net: DynamicNet, adaptors: StageAdaptors, costs: StageCosts, space: SearchSpace, resolution: int,
            config: SPSearchConfig, device: str) -> StageSetup:
     return StageSetup(net.spec, dict(net.widths), net.in_channels,
@@ -529,13 +540,16 @@ def search(net: DynamicNet, adaptors: StageAdaptors, space: SearchSpace, costs: 
     manager = Manager(splitter, config)
     path = Path(state) if state else None
     settings = {"config": config.to_dict(), "budget": [budget.kind, budget.value], "model": net.spec.name,
-                "choices": {g: list(c) for g, c in space.choices.items()}, "images": int(len(images)),
-                "calibration": int(len(calibration))}
+                "choices": {g: list(c) for g, c in space.choices.items()},
+                "supernet": fingerprint(list(net.state_dict().values()) + list(adaptors.state_dict().values())),
+                "images": fingerprint([images]), "calibration": fingerprint([calibration])}
     generation, pop, history, spent, evaluations = 0, None, [], 0.0, 0
     if path and path.exists():
         saved = read_json(path, recover="delete it to restart the search (or choose another --out)")
         if saved.get("settings") != settings:
-            raise ValueError(f"{path} holds a search with other settings; delete it or choose another --out")
+            what = [k for k in settings if saved.get("settings", {}).get(k) != settings[k]]
+            raise ValueError(f"{path} holds a search with other settings ({', '.join(what)}: e.g. another budget, "
+                             "or a retrained supernet); delete it to search again, or choose another --out")
         generation, history = int(saved["generation"]), list(saved["history"])
         pop = [Gene.from_dict(g) for g in saved["population"]]
         spent, evaluations = float(saved["seconds"]), int(saved["evaluations"])
