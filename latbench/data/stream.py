@@ -147,7 +147,7 @@ class StreamingImageFolder(Dataset):
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise DataError(f"{path}: cannot decode image ({err}); remove or replace the file") from err
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-        return torch.from_numpy(np.ascontiguousarray(arr))
+        return torch.from_numpy(np.array(arr, copy=True, order="C"))
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.decode(i), self.labels[i]
@@ -268,11 +268,13 @@ def _list_split(folder: Path, classes: Sequence[str]) -> tuple[list[Path], list[
 
 
 def open_image_folder(root: str | Path, val_size: int = 5000, grayscale: bool = False, stats_images: int = 1000,
-                      stats_size: int = 64) -> StreamSplits:
+                      stats_size: int = 64, mean: Sequence[float] | None = None,
+                      std: Sequence[float] | None = None) -> StreamSplits:
     """``root/train/<class>/…`` and ``root/test/<class>/…`` (or ``val/``) as streaming data sets: files are
     listed, not decoded. The training files are put in a fixed pseudo-random order (seed 0) and the last
     ``val_size`` held out, as :func:`~latbench.data.load_image_folder` does; the normalisation comes from
-    ``stats_images`` training images (seeded sample) centre-resized to ``stats_size``."""
+    ``stats_images`` training images (seeded sample) centre-resized to ``stats_size``, unless ``mean`` and
+    ``std`` are given (then nothing is decoded here)."""
     root = Path(root)
     train_dir = root / "train"
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
@@ -295,8 +297,12 @@ def open_image_folder(root: str | Path, val_size: int = 5000, grayscale: bool = 
     train = StreamingImageFolder(files[:cut], labels[:cut], classes, grayscale, name)
     val = StreamingImageFolder(files[cut:], labels[cut:], classes, grayscale, f"{name}:val") if val_size > 0 else None
     test = StreamingImageFolder(*_list_split(test_dir, classes), classes, grayscale, f"{name}:test")
-    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[:stats_images].tolist()
-    sample = torch.stack([center_resize(train.decode(i), stats_size) for i in pick]) / 255.0
-    mean = tuple(float(v) for v in sample.mean(dim=(0, 2, 3)))
-    std = tuple(float(v) for v in sample.std(dim=(0, 2, 3)).clamp_min(1e-6))
-    return StreamSplits(name, train, val, test, classes, mean, std)
+    if mean is None or std is None:
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[:max(1, stats_images)].tolist()
+        sample = torch.stack([center_resize(train.decode(i), stats_size) for i in pick]) / 255.0
+        mean = sample.mean(dim=(0, 2, 3)).tolist()
+        std = sample.std(dim=(0, 2, 3), unbiased=False).clamp_min(1e-6).tolist()
+    channels = 1 if grayscale else 3
+    if len(mean) != channels or len(std) != channels:
+        raise DataError(f"mean/std need one value per channel ({channels})")
+    return StreamSplits(name, train, val, test, classes, tuple(float(v) for v in mean), tuple(float(v) for v in std))
