@@ -18,7 +18,8 @@ import pytest
 from latbench.testing.adbd import LoopbackPhone, SandboxError
 
 ADB = shutil.which("adb")
-pytestmark = pytest.mark.skipif(ADB is None, reason="Google's adb client is not installed (apt-get install adb)")
+pytestmark = [pytest.mark.phone,
+              pytest.mark.skipif(ADB is None, reason="Google's adb client is not installed (apt-get install adb)")]
 
 
 def _free_port() -> int:

@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 from latbench.testing.adbd import AndroidPublicKey, LoopbackPhone, SandboxError
 from latbench.testing.adbd import protocol as p
 
+pytestmark = pytest.mark.phone
+
 LINK_ERRORS = (OSError, AdbConnectionError, TcpTimeoutException)
 
 

@@ -11,10 +11,13 @@ from latbench.store import MeasurementStore
 
 import test_android_loopback as loopback
 
+pytestmark = pytest.mark.phone
+
 adb_key, phone = loopback.adb_key, loopback.phone   # fixtures shared with the loopback tests
 install_benchmark_model, runner = loopback.install_benchmark_model, loopback.runner
 
 
+@pytest.mark.slow
 def test_profile_table_validate_end_to_end(phone, tmp_path):
     spec = install_benchmark_model(phone, tmp_path)
     res = runner.invoke(app, ["devices", "--tcp", phone.serial])

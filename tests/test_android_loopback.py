@@ -19,6 +19,8 @@ from latbench.profiling import Profiler
 from latbench.store import MeasurementStore
 from latbench.tables.grid import design_grid
 
+pytestmark = pytest.mark.phone
+
 adbd = pytest.importorskip("latbench.testing.adbd")
 phone_tools = pytest.importorskip("latbench.testing.phone_tools")
 runner = CliRunner()
@@ -73,6 +75,7 @@ def tool_calls(phone) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+@pytest.mark.slow
 def test_a_dropped_link_resumes_with_nothing_lost_or_measured_twice(phone, tmp_path):
     # Each run starts 0.5 s late, so the first batch of 8 outlasts the fault's 3 s on any machine: the link
     # breaks mid-batch (on an idle machine the undelayed batch could finish first and nothing would reconnect).
@@ -141,6 +144,7 @@ def _layer_artifacts(n: int, fmt: str = "tflite", channels=(8, 16, 24)) -> list[
                      format=fmt) for c in channels[:n]]
 
 
+@pytest.mark.slow
 def test_cool_down_before_a_batch_and_remeasure_after_throttling(phone, tmp_path):
     spec = install_benchmark_model(phone, tmp_path)
     dev = open_device(f"{spec}?max_cpu_c=40&max_battery_c=40&poll_s=0.2&max_wait_s=30", settings=TINY)
@@ -173,6 +177,7 @@ def test_cool_down_before_a_batch_and_remeasure_after_throttling(phone, tmp_path
     assert all(m.median_ms > 0 for m in ms)
 
 
+@pytest.mark.slow
 def test_a_timeout_stops_the_leftover_run_and_the_next_attempt_waits_longer(phone, tmp_path):
     spec = install_benchmark_model(phone, tmp_path, log_calls=True, delay_s=1)
     messages: list[str] = []
@@ -203,6 +208,7 @@ def test_a_phone_without_the_tool_says_how_to_set_it_up(phone):
             dev.close()
 
 
+@pytest.mark.slow
 def test_onnxruntime_perf_test_runtime(phone, tmp_path):
     folder = tmp_path / "ort-android"
     phone_tools.write_tool("onnxruntime_perf_test", folder)

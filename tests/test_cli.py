@@ -61,6 +61,7 @@ TINY_GRID = ["resnet56", "--resolution", "32", "--dense", "--channel-points", "2
              "--rounds", "1", "--runs", "3", "--warmup", "1", "--no-progress"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device,provenance", [("host:onnxruntime", "host-ort-"), ("host:litert", "ai-edge-litert")])
 def test_profile_table_validate_end_to_end_on_the_host(tmp_path, device, provenance):
     store, table = str(tmp_path / "s.db"), str(tmp_path / "t.parquet")

@@ -35,6 +35,7 @@ def prune(*args):
     return CliRunner().invoke(app, ["prune", "lcp", *map(str, args)])
 
 
+@pytest.mark.slow
 def test_lcp_job_end_to_end_with_device_measurement_and_resume(checkpoint, resnet56_litert_table, tmp_path,
                                                                monkeypatch):
     from latbench.pruning import PrunedLoss
@@ -80,6 +81,7 @@ def test_lcp_job_end_to_end_with_device_measurement_and_resume(checkpoint, resne
     assert rerun["architecture"] == report["architecture"] and rerun["measured_ms"] == report["measured_ms"]
 
 
+@pytest.mark.slow
 def test_baselines_share_the_job_and_meet_a_flops_budget(checkpoint, tmp_path):
     full_flops = 125.75e6
     reports = {}

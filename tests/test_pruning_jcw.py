@@ -48,6 +48,7 @@ def conv_kernels_in_onnx(path: Path) -> list[np.ndarray]:
     return [weights[node.input[1]] for node in model.graph.node if node.op_type == "Conv"]
 
 
+@pytest.mark.slow
 @needs_data
 def test_jcw_end_to_end_with_device_and_resume(checkpoint, resnet56_litert_table, tmp_path):
     out = tmp_path / "jcw"
@@ -112,6 +113,7 @@ def test_jcw_end_to_end_with_device_and_resume(checkpoint, resnet56_litert_table
     assert json.loads((out / "summary.json").read_text())["architectures"] == picked
 
 
+@pytest.mark.slow
 @needs_data
 def test_channel_only_budget_gives_dense_networks(checkpoint, tmp_path):
     out = tmp_path / "channel"

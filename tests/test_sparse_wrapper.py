@@ -122,6 +122,8 @@ def test_profiler_wraps_sparse_items_only(tmp_path):
 
 @pytest.mark.skipif(QEMU is None, reason="qemu-x86_64 not installed: XNNPACK's sparse path only runs under "
                                          "'qemu-x86_64 -cpu Nehalem' on this AVX host")
+@pytest.mark.slow
+@pytest.mark.qemu
 def test_wrapped_sparse_layer_is_faster_than_dense_under_qemu(qemu_python, tmp_path):
     """Under qemu -cpu Nehalem (XNNPACK's sparse kernels on) a 90 %-sparse 128→128 1×1 at 56×56, as
     wrapped minus baseline, costs a fraction of the dense layer (measured ~94 ms against ~520 ms)."""

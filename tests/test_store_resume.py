@@ -22,6 +22,7 @@ def _rows(path):
             "SELECT signature, in_channels, out_channels, sparsity, input_hw, env_id, measured_at FROM measurements")}
 
 
+@pytest.mark.slow
 def test_a_profile_killed_with_sigkill_resumes_losing_and_repeating_nothing(tmp_path):
     store = tmp_path / "m.db"
     proc = subprocess.Popen(CMD + ["--store", str(store)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -96,6 +97,7 @@ print(json.dumps({"envs": envs, "stored": stored}))
 """
 
 
+@pytest.mark.slow
 def test_two_processes_writing_the_same_points_neither_fail_nor_duplicate_nor_overwrite(tmp_path):
     path, go = tmp_path / "shared.db", tmp_path / "go"
     MeasurementStore(path).close()

@@ -313,6 +313,7 @@ def fashion():
     return DataSplits(full.name, full.train.head(4000), full.val.head(400), full.test.head(10))
 
 
+@pytest.mark.slow
 def test_update_lowers_the_validation_loss_on_fashion_mnist(fashion):
     widths = {g: max(4, w // 4) for g, w in R20.groups.items()}     # 4/8/16 channels: quick
     archs = some_archs(R20, 3, seed=0, widths=widths, sparsities=(0.0, 0.5))

@@ -139,6 +139,7 @@ def fashion():
     return load_fashion_mnist()
 
 
+@pytest.mark.slow
 def test_learning_happens_on_real_fashion_mnist(fashion):
     torch.manual_seed(0)
     net = GraphNet(SPEC, {g: w // 4 for g, w in SPEC.groups.items()}, in_channels=1)  # 4/8/16 channels: fast

@@ -34,9 +34,9 @@ CPU = "Nehalem"  # an x86-64 model without AVX: XNNPACK keeps its CHW/sparse ker
 RESOLUTION = 112
 PROBE_TIMEOUT = 300
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.qemu, pytest.mark.skipif(
     QEMU is None, reason="qemu-x86_64 not installed (Debian package qemu-user): XNNPACK's sparse path is "
-                         "disabled on this AVX host and only runs under 'qemu-x86_64 -cpu Nehalem'")
+                         "disabled on this AVX host and only runs under 'qemu-x86_64 -cpu Nehalem'")]
 
 
 def _spec() -> ModelSpec:
