@@ -437,6 +437,9 @@ def prune_ofar(model: str = typer.Option("resnet20", help="zoo model of the chec
                measure: bool = typer.Option(True, help="measure each choice on its device when that is a host "
                                                        "runtime here (--no-measure: predict all)"),
                torch_device: str = typer.Option("cpu", help="torch device for training (cpu, cuda, mps)"),
+               pool: str = typer.Option("search", help="search (OFARPruning's PNP) or uniform (the US-Net/MutualNet "
+                                                       "baseline: uniform width multipliers, no search stage; use "
+                                                       "with --no-assistants)"),
                seed: int = typer.Option(0),
                threads: Optional[int] = typer.Option(None, help="torch threads (default: all cores)"),
                progress: bool = typer.Option(True)) -> None:
@@ -461,7 +464,7 @@ def prune_ofar(model: str = typer.Option("resnet20", help="zoo model of the chec
                           assistants=assistants, bn_mode=bn_mode, steps_per_epoch=steps_per_epoch, seed=seed),
         min_width_ratio=min_width_ratio, multiple=multiple, data=data, data_dir=str(data_dir) if data_dir else None,
         train_images=train_images, val_images=val_images, test_images=test_images, bn_images=bn_images,
-        store=str(store), measure=measure, torch_device=torch_device, threads=threads, progress=progress),
+        store=str(store), measure=measure, torch_device=torch_device, threads=threads, progress=progress, pool=pool),
         run=run_ofar, summarize=lambda r: {"method": r["method"], "pnp": len(r["search"]["pnp"]),
                                            "unstable_rates": len(r["search"]["unstable"]),
                                            "cohort": [{k: c.get(k) for k in ("device", "budget_label", "resolution",

@@ -495,3 +495,24 @@ def test_prune_ofar_end_to_end_and_a_rerun_recomputes_nothing(tmp_path, checkpoi
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     rerun = json.loads((out / "report.json").read_text())
     assert rerun["cohort"] == cohort and rerun["seconds"] == report["seconds"]
+
+
+@needs_data
+@pytest.mark.slow
+def test_uniform_pool_baseline_on_flops_budgets(tmp_path, checkpoint):
+    """The US-Net/MutualNet baseline through the same pipeline: uniform width multipliers, no search stage,
+    every network distilled from the largest; FLOPs budgets (nothing to measure)."""
+    from latbench.methods.ofar.job import OFARJob, run_ofar
+
+    job = OFARJob(model="resnet20", checkpoint=str(checkpoint), out=str(tmp_path / "usnet"), budgets_flops=(20e6,),
+                  budget_ratios=(0.5,), resolutions=(32, 24), pool="uniform", uniform_ratios=(1.0, 0.75, 0.5),
+                  joint=JointConfig(epochs=1, batch_size=32, steps_per_epoch=2, assistants=False),
+                  train_images=64, val_images=64, test_images=64, bn_images=32, progress=False)
+    report = run_ofar(job)
+    assert report["pool"] == "uniform" and not (tmp_path / "usnet" / "search.safetensors").exists()
+    widths = [s["widths"] for s in report["structures"]]
+    assert widths[0] == dict(R20.groups) and all(w["stage3"] in (64, 48, 32) for w in widths)
+    assert {c["budget_label"] for c in report["cohort"]} == {"0.5", "2e+07macs"}
+    for c in report["cohort"]:
+        assert c["device"] == "flops" and c["predicted_flops"] <= c["budget_flops"]
+        assert c["measurement"] == "FLOPs (nothing to measure)"

@@ -91,6 +91,8 @@ class OFARJob:
     torch_device: str = "cpu"
     threads: int | None = None
     progress: bool = True
+    pool: str = "search"          # "uniform": the US-Net/MutualNet baseline (uniform width multipliers, no search)
+    uniform_ratios: tuple[float, ...] = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tables", tuple(str(t) for t in self.tables))
@@ -113,6 +115,10 @@ class OFARJob:
                 raise ValueError(f"{name} must be ≥ 1, got {v}")
         if self.bn_images < 1:
             raise ValueError(f"bn_images must be ≥ 1, got {self.bn_images}")
+        if self.pool not in ("search", "uniform"):
+            raise ValueError(f"pool must be 'search' (OFARPruning) or 'uniform' (the US-Net baseline), got {self.pool!r}")
+        if self.pool == "uniform" and not all(0 < r <= 1 for r in self.uniform_ratios):
+            raise ValueError(f"uniform ratios must be in (0, 1], got {list(self.uniform_ratios)}")
 
     def budget_spec(self) -> BudgetSpec:
         return BudgetSpec(self.budget_ratios, self.budgets_ms, self.budgets_flops)
@@ -219,6 +225,23 @@ def plan_rates(job: OFARJob, parent, resolutions: Sequence[int]) -> tuple[list[C
     return costs, find_rates(ranking, costs, job.budget_spec(), resolutions)
 
 
+def uniform_outcome(parent, plan: RatePlan, ratios: Sequence[float]) -> SearchOutcome:
+    """The US-Net/MutualNet baseline's "pool": one width multiplier for every group (rounded to the channel
+    multiple, within the floors), largest first, on the checkpoint's weights — no search stage."""
+    from .rates import round_to_multiple
+    from .search import PoolEntry
+
+    pool, seen = [], []
+    for i, ratio in enumerate(sorted(set(ratios), reverse=True)):
+        widths = {g: round_to_multiple(ratio * full, full, plan.multiple, plan.floors[g])
+                  for g, full in parent.spec.groups.items()}
+        if widths not in seen:
+            seen.append(widths)
+            pool.append(PoolEntry(len(pool), 0, 0, 1.0 - ratio, 0, 1.0, widths, True, [f"uniform x{ratio:g}"]))
+    return SearchOutcome(parent, pool, [], 0, False, 0.0, {"config": {"pool": "uniform",
+                                                                      "ratios": sorted(set(ratios))}}, False)
+
+
 def structures_of(outcome: SearchOutcome, spec) -> tuple[Structures, dict[int, int]]:
     """The PNP's distinct structures by ascending rate, and rate index → structure index."""
     widths, index = [], {}
@@ -283,15 +306,21 @@ def run_ofar(job: OFARJob) -> dict:
     # -- search stage --------------------------------------------------------------------------------------------
     t0 = time.perf_counter()
     search_cfg = replace(job.search)
-    outcome = run_search(parent, train_set, plan, costs, search_cfg, out, device=device, progress=job.progress,
-                         log=log)
+    if job.pool == "uniform":
+        outcome = uniform_outcome(parent, plan, job.uniform_ratios)
+    else:
+        outcome = run_search(parent, train_set, plan, costs, search_cfg, out, device=device, progress=job.progress,
+                             log=log)
     timed("search", t0, outcome.trained)
     warning = outcome.message(plan)
     if warning:
         log(f"[yellow]warning:[/] {warning}")
     structures, rate_to_structure = structures_of(outcome, spec)
-    log(f"PNP: {len(outcome.pool)} of {len(plan.rates)} rates, {len(structures)} distinct structures "
-        f"(search stage: {outcome.epochs_run} epochs{', stopped early' if outcome.stopped_early else ''})")
+    if job.pool == "uniform":
+        log(f"uniform pool (US-Net baseline): {len(structures)} width multipliers, no search stage")
+    else:
+        log(f"PNP: {len(outcome.pool)} of {len(plan.rates)} rates, {len(structures)} distinct structures "
+            f"(search stage: {outcome.epochs_run} epochs{', stopped early' if outcome.stopped_early else ''})")
 
     # -- joint training ------------------------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -464,6 +493,7 @@ def run_ofar(job: OFARJob) -> dict:
                             "table": by_label[label].table_path, "full": plan.full[label],
                             "smallest": plan.smallest[label], "measurement": how[label]} for label in plan.full},
         "rates": plan.to_dict(),
+        "pool": job.pool,
         "search": {"config": job.search.to_dict(), "epochs_run": outcome.epochs_run,
                    "stopped_early": outcome.stopped_early, "pnp": pnp, "unstable": outcome.unstable,
                    "warning": warning},
