@@ -1,0 +1,51 @@
+"""benchmarks/results/ofar/summary.json from the folders benchmarks/ofar_acceptance.sh wrote (issue 12's format).
+
+    python benchmarks/ofar_summary.py runs/ofar-acceptance > benchmarks/results/ofar/summary.json
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _entries(report: dict | None) -> list[dict]:
+    return [] if report is None else report["cohort"]
+
+
+def main(root: str) -> dict:
+    root = Path(root)
+    ofar, no_ta, usnet = (_load(root / name / "report.json") for name in ("ofar", "ofar-no-ta", "usnet"))
+    cohort = [{"device": c["device"], "budget_ms": c.get("budget_ms"), "resolution": c["resolution"],
+               "arch": c["arch"], "test_acc": c["test_acc"], "predicted_ms": c.get("predicted_ms"),
+               "measured_ms": c.get("measured_ms")} for c in _entries(ofar)]
+    ablation = {name: [{"device": c["device"], "budget_ratio": c["budget_ratio"], "test_acc": c["test_acc"],
+                        "measured_ms": c.get("measured_ms")} for c in _entries(report)]
+                for name, report in (("with", ofar), ("without", no_ta))}
+    baselines = {"usnet": [{"device": c["device"], "budget_ratio": c["budget_ratio"], "test_acc": c["test_acc"],
+                            "measured_ms": c.get("measured_ms")} for c in _entries(usnet)], "lcp": []}
+    lcp_seconds = 0.0
+    for folder in sorted((root / "lcp").glob("*")):
+        report = _load(folder / "report.json")
+        if report is None:
+            continue
+        seconds = float((folder / "seconds.txt").read_text()) if (folder / "seconds.txt").exists() else None
+        lcp_seconds += seconds or 0.0
+        baselines["lcp"].append({"device": report["device"], "budget_ms": report["budget"]["value"],
+                                 "test_acc": report["test_accuracy"]["finetuned"],
+                                 "measured_ms": report["measured_ms"], "seconds": seconds})
+    seconds = (ofar or {}).get("seconds", {})
+    return {"cohort": cohort, "ablation_ta": ablation, "baselines": baselines,
+            "seconds": {"search": seconds.get("search"), "joint_training": seconds.get("joint_training"),
+                        "ofar_total": sum(v for v in seconds.values() if v) if seconds else None,
+                        "lcp_total": lcp_seconds},
+            "unmet": (ofar or {}).get("unmet", []),
+            "unstable_rates": (ofar or {}).get("search", {}).get("unstable", [])}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1]), indent=2))
