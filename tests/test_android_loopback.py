@@ -255,6 +255,7 @@ def _count_runner_starts(dev) -> list[str]:
     return calls
 
 
+@pytest.mark.slow
 def test_a_model_missing_on_the_phone_is_the_runners_message_at_once(phone, tmp_path):
     spec = install_benchmark_model(phone, tmp_path)
     messages: list[str] = []

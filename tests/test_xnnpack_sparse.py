@@ -98,6 +98,7 @@ def _probe(model: Path, runs: int) -> dict:
     return result
 
 
+@pytest.mark.slow
 def test_sparse_path_taken_at_90_percent(qemu_python, tmp_path):
     sparse_model, dense_model = _twins(tmp_path, 0.9)
     dense = _probe(dense_model, runs=3)
@@ -111,6 +112,7 @@ def test_sparse_path_taken_at_90_percent(qemu_python, tmp_path):
         f"({sparse['median_ms']:.0f} ms vs {dense['median_ms']:.0f} ms): XNNPACK did not take its sparse path")
 
 
+@pytest.mark.slow
 def test_below_two_thirds_zeros_stays_dense(qemu_python, tmp_path):
     sparse_model, dense_model = _twins(tmp_path, 0.5)
     dense = _probe(dense_model, runs=3)
