@@ -170,6 +170,26 @@ def _search_inputs():
     return torch.randn(32, 1, 16, 16, generator=g), torch.randn(16, 1, 16, 16, generator=g)
 
 
+def test_candidates_are_scored_against_the_recalibrated_full_network():
+    """A fresh supernet's running statistics are the initial ones (mean 0, var 1), nothing like its real
+    statistics: the full network still scores ≈ 0 and far below the narrowest, and the search's workers
+    measure what stage_losses measures."""
+    from latbench.methods.sp.search import _setup, stage_data
+
+    net, adaptors = supernet()
+    images, calibration = _search_inputs()
+    full = stage_losses(net, adaptors, images, SPACE.largest(32), calibration)
+    small = stage_losses(net, adaptors, images, SPACE.smallest(32), calibration)
+    assert sum(full) < 0.05 * sum(small)
+    costs = StageCosts.from_grid(CostGrid.analytic(R20, "flops", 32, 8), net.stages)
+    config = SPSearchConfig(batch_size=64)
+    setup = _setup(net, adaptors, costs, SPACE, 32, config, "cpu")
+    for i, data in enumerate(stage_data(net, images, calibration, 64)):
+        worker = StageWorker(setup, data)
+        assert worker.loss(SPACE.smallest(32).widths) == pytest.approx(small[i], rel=1e-4)
+        assert worker.loss(dict(R20.groups)) == pytest.approx(full[i], rel=1e-3, abs=1e-6)
+
+
 @pytest.mark.slow
 def test_search_respects_the_budget_and_ray_equals_in_process(ray_instance, tmp_path):
     net, adaptors = supernet()

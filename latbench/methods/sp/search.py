@@ -24,7 +24,8 @@ budget, an EA searches the stage's **interior** groups (the groups it owns besid
 the smallest stage distillation loss within the budget: initial population drawn uniformly among the
 candidates within budget, then per iteration top-k selection, mutation (each gene redrawn with
 probability 0.1) and uniform crossover. The loss of a candidate is ``(1/C)·‖A_i(Y_i) − Ŷ_i‖²`` on a fixed
-held-out image set: the full network (eval mode, its own BN statistics) gives the stage input X̂_{i−1} —
+held-out image set: the full network (eval mode, BN recalibrated on the calibration images) gives the stage
+input X̂_{i−1} —
 cut to the candidate's input width — and the target Ŷ_i; the candidate's stage BN is **recalibrated** on
 a fixed calibration set of stage inputs first (:func:`recalibrate_stage`), since supernet training never
 let sub-networks touch the shared statistics (see :mod:`~latbench.methods.sp.training`).
@@ -483,17 +484,26 @@ class Manager:
 # ------------------------------------------------------------------------------------------------ driver
 @torch.no_grad()
 def stage_data(net: DynamicNet, images: torch.Tensor, calibration: torch.Tensor, batch_size: int) -> list[StageData]:
-    """Per stage: the full network's (eval mode) stage inputs and outputs on ``images``, and its stage inputs
-    on ``calibration`` images, in batches, on the CPU (they travel to workers)."""
+    """Per stage: the full network's stage inputs and outputs on ``images``, and its stage inputs on
+    ``calibration`` images, in batches, on the CPU (they travel to workers).
+
+    The full network runs in eval mode with its BN **recalibrated on the calibration images**, the images every
+    candidate is recalibrated on: targets and candidates then normalise with statistics of the same images.
+    (With the shared running statistics instead, a short or lagging supernet run made the full network's own
+    stage loss larger than the narrowest one's.)"""
+    from ...supernet import recalibrate
+
     was = net.training
-    net.eval()
     device = net.device
+    batches = [calibration[s:s + batch_size] for s in range(0, len(calibration), batch_size)]
+    full_bn = recalibrate(net, None, batches)
+    net.eval()
     try:
         def run(x: torch.Tensor) -> list[list[torch.Tensor]]:
             per_stage: list[list[torch.Tensor]] = [[] for _ in range(len(net.stages) + 1)]
             for start in range(0, len(x), batch_size):
                 xb = x[start:start + batch_size].to(device)
-                _, outs = net(xb, return_stages=True)
+                _, outs = net(xb, bn=full_bn, return_stages=True)
                 for i, t in enumerate([xb] + outs):
                     per_stage[i].append(t.detach().cpu())
             return per_stage

@@ -16,10 +16,10 @@ Per mini-batch:
 **BatchNorm.** The shared running statistics belong to the full network only: the full network's forward
 updates them, and the sub-network forwards normalise with their batch statistics without touching them
 (``track_running_stats`` is switched off around them). The shared statistics therefore stay those of the
-full network, which computes the targets Ŷ in the search (eval mode), and no sub-network's statistics are
-ever trusted: the search recalibrates every stage sub-network before scoring it
-(:func:`~latbench.methods.sp.search.recalibrate_stage`), and the chosen network is recalibrated before it
-is evaluated or retrained.
+full network, and no statistics are trusted in the search: it recalibrates every stage sub-network before
+scoring it (:func:`~latbench.methods.sp.search.recalibrate_stage`), and the full network that gives the
+targets on the same calibration images; the chosen network is recalibrated before it is evaluated or
+retrained.
 
 Optimizer, learning-rate schedule and weight decay are the project's (:func:`~latbench.train.loop.make_optimizer`,
 :class:`~latbench.train.loop.TrainConfig`); the optimizer holds the network's and the adaptors' parameters.
@@ -380,16 +380,20 @@ def _space_key(space: SearchSpace) -> dict:
 @torch.no_grad()
 def stage_losses(net: DynamicNet, adaptors: StageAdaptors, x: torch.Tensor, arch: Architecture,
                  calibration: torch.Tensor | None = None) -> list[float]:
-    """Stage distillation losses of ``arch`` on images ``x`` (the full network in eval mode gives the stage
-    inputs and targets); each stage's BN recalibrated on ``calibration`` images (default ``x``)."""
+    """Stage distillation losses of ``arch`` on images ``x``, as the search measures them: the full network
+    (eval mode, BN recalibrated on ``calibration`` images, default ``x``) gives the stage inputs and targets;
+    each stage of ``arch`` is recalibrated on the calibration images' stage inputs."""
+    from ...supernet import recalibrate
     from .search import recalibrate_stage
 
+    calibration = calibration if calibration is not None else x
     was = net.training
+    full_bn = recalibrate(net, None, [calibration])
     net.eval()
     try:
-        _, full = net(x, return_stages=True)
-        _, cal = net(calibration if calibration is not None else x, return_stages=True)
-        inputs, cal_inputs = [x] + full[:-1], [calibration if calibration is not None else x] + cal[:-1]
+        _, full = net(x, bn=full_bn, return_stages=True)
+        _, cal = net(calibration, bn=full_bn, return_stages=True)
+        inputs, cal_inputs = [x] + full[:-1], [calibration] + cal[:-1]
         losses = []
         for i in range(len(net.stages)):
             stats = recalibrate_stage(net, i, arch, [cal_inputs[i]])

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# SP acceptance on Fashion-MNIST-32: ResNet-56 on host:litert, budgets at 70/50/30 % of the full network's latency
+# measured on the device, SP against uniform width and LcP with one retraining recipe (the same fine-tuning
+# steps and learning rate), and 3 seeds at 50 %. Reports test accuracy at measured latency and each SP phase's
+# cost: writes benchmarks/results/sp/summary.json ("budgets", "seconds", "at_50") and $OUT/summary.md.
+#   bash benchmarks/sp_acceptance.sh        # needs runs/r56/base.safetensors (README, "Train and prune"); hours
+# As lcp_acceptance.sh does: the jobs run JOBS at a time (1 torch thread each) WITHOUT the device, then every
+# network is measured one at a time on the otherwise idle machine (pass 2 reruns each job, which finds all its
+# phases done and only measures). Resumable at every step. SP's seed-0 supernet is trained once (by the 50 % run)
+# and copied to the other seed-0 budgets: same settings, so their training phase finds it done.
+# Environment: DEVICE (host:litert), TABLE, CKPT, OUT, STORE, STEPS (retraining steps, 300), LR (0.02),
+# SUPERNET_STEPS (steps of the one supernet epoch, 1000), MPOP (16), MGEN (5), SPOP (32), SGEN (5), EVAL (512),
+# CALIB (128), RAY (--no-ray: parallel jobs already fill both cores; --ray for Ray actors), SEEDS ("0 1 2"),
+# BUDGETS ("0.7 0.5 0.3"), JOBS (2), and for LcP FITNESS (512), BN (256), CANDIDATES (400), POOL (64).
+set -euo pipefail
+device=${DEVICE:-host:litert}
+table=${TABLE:-tables/host-litert-resnet56-32-dense.parquet}
+ckpt=${CKPT:-runs/r56/base.safetensors}
+out=${OUT:-runs/sp-acceptance}
+store=${STORE:-runs/r56/litert.db}
+results=${RESULTS:-benchmarks/results/sp}
+mkdir -p "$out" "$results"
+# 1. The full network's latency, measured once on the quiet machine: the budgets are fractions of it.
+if [ ! -f "$out/full.txt" ]; then
+  full_ms=$(python - "$table" "$device" "$store" <<'PY'
+import sys
+from latbench.models import Architecture, get_model
+from latbench.pruning import measure_architectures
+from latbench.tables.table import LatencyTable
+table, device, store = sys.argv[1:]
+spec = get_model("resnet56")
+print(float(measure_architectures(spec, [Architecture.full(spec, 32)], LatencyTable.load(table), device, store,
+                                  progress=False)[0]))
+PY
+)
+  echo "full ResNet-56 on $device: $full_ms ms" > "$out/full.txt"
+fi
+full_ms=$(awk '{print $(NF-1)}' "$out/full.txt")
+echo "full ResNet-56: $full_ms ms"
+
+run() {  # method ratio seed [extra args]
+  local m=$1 r=$2 s=$3; shift 3
+  local dir="$out/$m-$r-s$s"
+  local budget; budget=$(python -c "print($r * $full_ms)")
+  mkdir -p "$dir"
+  if [ "$m" = sp ]; then
+    latbench prune sp --model resnet56 --budget-ms "$budget" --checkpoint "$ckpt" --table "$table" --out "$dir" \
+      --seed "$s" --supernet-epochs 1 --supernet-steps "${SUPERNET_STEPS:-1000}" \
+      --manager-population "${MPOP:-16}" --manager-generations "${MGEN:-5}" --stage-population "${SPOP:-32}" \
+      --stage-generations "${SGEN:-5}" --eval-images "${EVAL:-512}" --calib-images "${CALIB:-128}" \
+      --finetune-epochs 1 --finetune-lr "${LR:-0.02}" --finetune-steps "${STEPS:-300}" ${RAY:---no-ray} \
+      --threads 1 --no-progress "$@" >> "$dir.log" 2>&1
+  else
+    latbench prune lcp --method "$m" --budget-ms "$budget" --checkpoint "$ckpt" --table "$table" --out "$dir" \
+      --seed "$s" --fitness-images "${FITNESS:-512}" --bn-images "${BN:-256}" --candidates "${CANDIDATES:-400}" \
+      --pool "${POOL:-64}" --finetune-epochs 1 --finetune-lr "${LR:-0.02}" --finetune-steps "${STEPS:-300}" \
+      --threads 1 --no-progress "$@" >> "$dir.log" 2>&1
+  fi
+}
+export -f run; export out ckpt table device store full_ms
+
+jobs_list() {
+  for b in ${BUDGETS:-0.7 0.5 0.3}; do
+    for m in lcp uniform sp; do
+      for s in ${SEEDS:-0 1 2}; do
+        if [ "$b" = 0.5 ] || [ "$s" = 0 ]; then echo "$m $b $s"; fi
+      done
+    done
+  done
+}
+# 2. SP's seed-0 supernet first (at 50 %), copied to the other seed-0 budgets.
+[ -f "$out/sp-0.5-s0/report.json" ] || run sp 0.5 0
+for b in ${BUDGETS:-0.7 0.5 0.3}; do
+  mkdir -p "$out/sp-$b-s0"
+  [ -f "$out/sp-$b-s0/supernet.safetensors" ] || cp "$out/sp-0.5-s0/supernet.safetensors" "$out/sp-$b-s0/"
+done
+# 3. Every job without the device, JOBS at a time (the long LcP searches are listed first per budget).
+jobs_list | xargs -P "${JOBS:-2}" -L 1 bash -c '[ -f "$out/$0-$1-s$2/report.json" ] || run "$0" "$1" "$2"'
+# 4. Measurement of the shipped files, one at a time.
+jobs_list | while read -r m b s; do
+  grep -q '"measured_ms": null' "$out/$m-$b-s$s/report.json" && run "$m" "$b" "$s" --device "$device" --store "$store"
+done
+# 5. Summary.
+python - "$out" "$results" "$full_ms" <<'PY'
+import json, sys
+from pathlib import Path
+import numpy as np
+from latbench.files import atomic_write_json, read_json
+out, results, full_ms = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+rows, seconds = [], {"supernet": [], "search": [], "retrain": []}
+for path in sorted(out.glob("*/report.json")):
+    r = json.loads(path.read_text())
+    method, ratio, seed = path.parent.name.rsplit("-", 2)
+    rows.append({"ratio": float(ratio), "method": method, "seed": int(seed[1:]),
+                 "test_acc": r["test_accuracy"]["finetuned"], "measured_ms": r["measured_ms"],
+                 "budget_ms": r["budget"]["value"], "predicted_ms": r["predicted_ms"]})
+    if method == "sp":
+        for k in seconds:
+            seconds[k].append(r["seconds"][k])
+at_50 = {}
+for m in sorted({r["method"] for r in rows}):
+    sel = [r for r in rows if r["method"] == m and r["ratio"] == 0.5]
+    if sel:
+        acc = np.array([r["test_acc"] for r in sel])
+        ms = np.array([r["measured_ms"] or np.nan for r in sel])
+        at_50[m] = {"seeds": len(sel), "test_acc_mean": float(acc.mean()), "test_acc_std": float(acc.std(ddof=1)) if len(sel) > 1 else 0.0,
+                    "measured_ms_mean": float(np.nanmean(ms)), "measured_ms_std": float(np.nanstd(ms, ddof=1)) if len(sel) > 1 else 0.0}
+summary_path = results / "summary.json"
+summary = read_json(summary_path, recover="delete it") if summary_path.exists() else {}
+summary.update({"budgets": rows, "full_ms": full_ms, "at_50": at_50,
+                "seconds": {k: float(np.mean(v)) if v else None for k, v in seconds.items()}})
+atomic_write_json(summary_path, summary, indent=1)
+print(json.dumps({"at_50": at_50, "seconds": summary["seconds"]}, indent=1))
+PY
+python benchmarks/summarize_pruning.py "$out" > "$out/summary.md"
+cat "$out/summary.md"
