@@ -137,7 +137,7 @@ def search(name: str, s: Settings) -> dict:
     from latbench.models import get_model
     from latbench.search.jcw import SearchConfig, density_experiment
     from latbench.train import load_checkpoint
-    from latbench.train.supernet import Supernet, SupernetConfig, SupernetEvaluator
+    from latbench.search.jcw_evaluator import SupernetConfig, SupernetEvaluator
 
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -145,9 +145,9 @@ def search(name: str, s: Settings) -> dict:
     data = load_dataset("fashion-mnist")
     out = Path(s.out) / name
     evaluator = SupernetEvaluator(
-        Supernet(parent), data,
+        parent, data,
         SupernetConfig(steps_per_generation=s.supernet_steps, batch_size=s.batch, eval_size=s.eval_images,
-                       bn_batches=1, bn_batch_size=s.bn_batch, seed=s.seed, threads=1, progress=s.progress),
+                       bn_batches=1, bn_batch_size=s.bn_batch, seed=s.seed, progress=s.progress),
         checkpoint=out / "supernet.safetensors")
     spec = get_model("resnet18")          # the tables' network: 224×224, 1000 classes
     config = SearchConfig(population=s.population, generations=s.generations, seed=s.seed, resolution=224,

@@ -523,6 +523,8 @@ def prune_jcw(model: str = typer.Option("resnet56", help="zoo model of the check
               bn_images: int = typer.Option(512, help="images to recalibrate BN of a slice before retraining"),
               test_images: Optional[int] = typer.Option(None, help="report accuracy on the first N test images "
                                                                    "(default: all)"),
+              torch_device: str = typer.Option("cpu", help="torch device for the supernet and the retraining "
+                                                           "(cpu, cuda, mps)"),
               threads: Optional[int] = typer.Option(None, help="torch threads (default: all cores)"),
               seed: int = typer.Option(0), progress: bool = typer.Option(True)) -> None:
     """JCW: evolutionary search of channel widths and weight sparsity for the accuracy × latency front
@@ -535,8 +537,8 @@ def prune_jcw(model: str = typer.Option("resnet56", help="zoo model of the check
     """
     from .pruning_jcw import JCWJob, run_jcw
     from .search.jcw import SearchConfig
+    from .search.jcw_evaluator import SupernetConfig
     from .train.admm import ADMMConfig
-    from .train.supernet import SupernetConfig
 
     _run_prune(lambda: JCWJob(
         model=model, checkpoint=str(checkpoint), table=str(table), out=str(out), budgets_ms=tuple(budget_ms or ()),
@@ -547,15 +549,14 @@ def prune_jcw(model: str = typer.Option("resnet56", help="zoo model of the check
                             max_sparsity=max_sparsity, sparsity_step=sparsity_step),
         supernet=SupernetConfig(steps_per_generation=supernet_steps, lr=supernet_lr, batch_size=supernet_batch_size,
                                 warm_start=warm_start, objective=objective, eval_size=eval_images,
-                                bn_batches=bn_batches, bn_batch_size=min(128, supernet_batch_size), seed=seed,
-                                threads=threads),
+                                bn_batches=bn_batches, bn_batch_size=min(128, supernet_batch_size), seed=seed),
         admm=ADMMConfig(dense_epochs=admm_dense_epochs, admm_epochs=admm_epochs, finetune_epochs=admm_finetune_epochs,
                         steps_per_epoch=admm_steps_per_epoch, lr=admm_lr, finetune_lr=admm_finetune_lr,
                         batch_size=admm_batch_size, rho=admm_rho, rho_growth=admm_rho_growth, rho_max=admm_rho_max,
-                        update_every=admm_update_every, eval_size=eval_images, seed=seed, threads=threads,
-                        progress=progress),
+                        update_every=admm_update_every, eval_size=eval_images, seed=seed, progress=progress),
         data=data, data_dir=str(data_dir) if data_dir else None, device=device, store=str(store),
-        measure_front=measure_front, anchor=anchor, bn_images=bn_images, test_images=test_images, progress=progress),
+        measure_front=measure_front, anchor=anchor, bn_images=bn_images, test_images=test_images,
+        torch_device=torch_device, threads=threads, progress=progress),
         run=run_jcw, summarize=lambda s: {"method": s["method"], "front": s["front"]["size"],
                                           "front_latency_ms": s["front"]["latency_ms"],
                                           "full_latency_ms": s["full_latency_ms"], "architectures": s["architectures"]})

@@ -1,8 +1,9 @@
 """JCW end to end: a trained checkpoint + a device table → a searched (widths, sparsity) Pareto front →
 chosen architectures retrained with ADMM, exported (ONNX, sparse TFLite) and measured on the device.
 
-The pieces are :mod:`latbench.search.jcw` (the evolutionary search), :mod:`latbench.train.supernet` (the
-weight-sharing supernet that scores candidates on held-out training data) and :mod:`latbench.train.admm`
+The pieces are :mod:`latbench.search.jcw` (the evolutionary search), :mod:`latbench.search.jcw_evaluator`
+(the weight-sharing supernet, on the core :mod:`latbench.supernet`, that scores candidates on held-out
+training data) and :mod:`latbench.train.admm`
 (dense → ADMM → masked fine-tune). Loading, budgets, export and device measurement are shared with the
 other pruning methods (:mod:`latbench.pruning`), so reports have the same fields and compare directly.
 
@@ -30,14 +31,15 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, read_jsonl
 from .models.arch import Architecture
 from .pruning import _batches, console, measure_architectures, measure_shipped
 from .search.budget import BudgetError, CostGrid
 from .search.jcw import SearchConfig, SearchResult
+from .search.jcw_evaluator import SupernetConfig
 from .train.admm import ADMMConfig
-from .train.supernet import SupernetConfig
 
 SUMMARY_FORMAT = "latbench-jcw-job/1"
 #: Report fields produced by the retraining (kept from an earlier run when the retraining is skipped).
@@ -58,6 +60,8 @@ class JCWJob:
     to the data's. ``anchor`` seeds the first population with the full network and the narrowest dense
     one, so the front spans the whole reachable latency range from the start. ``measure_front`` also
     measures every front member on ``device`` (prediction error over the front, not just the picks).
+    ``torch_device`` is where the supernet and the retraining run (cpu, cuda, mps); ``threads`` the torch
+    threads of this process (the job is the application: the library never sets them).
     """
 
     model: str
@@ -78,6 +82,8 @@ class JCWJob:
     anchor: bool = True
     bn_images: int = 512                 # images to recalibrate BN of a supernet slice before retraining
     test_images: int | None = None       # evaluate on the first N test images (None: the whole test set)
+    torch_device: str = "cpu"
+    threads: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -255,9 +261,9 @@ def _claim_folder(folder: Path, arch: Architecture) -> None:
     atomic_write_text(path, arch.to_json())
 
 
-def retrain(choice: Choice, folder: Path, supernet, data, test, job: JCWJob,
+def retrain(choice: Choice, folder: Path, evaluator, data, test, job: JCWJob,
             done: dict[Architecture, Path]) -> dict:
-    """Retrain ``choice`` in ``folder``: the supernet slice (BN recalibrated) at its widths, dense → ADMM to
+    """Retrain ``choice`` in ``folder``: the supernet slice of ``evaluator`` (BN recalibrated) at its widths, dense → ADMM to
     its sparsities → masked fine-tune (resumable from ``admm.safetensors``), then exports. ``done`` maps
     architectures already retrained in this run to their checkpoints (a shared checkpoint is copied, not
     retrained). Returns the report's training fields."""
@@ -270,12 +276,14 @@ def retrain(choice: Choice, folder: Path, supernet, data, test, job: JCWJob,
     checkpoint = folder / "admm.safetensors"
     if arch in done and not checkpoint.exists():
         shutil.copyfile(done[arch], checkpoint)
-    bn = supernet.calibrate(arch, _batches(data.train, job.bn_images, batch=128, seed=job.search.seed + 1))
-    before = evaluate(supernet.extract(arch, bn, sparse=True), test)     # the supernet's slice, as scored
-    net = supernet.extract(arch, bn, sparse=False)                       # dense start for the retraining
-    net, history = admm_retrain(net, arch, data, config, checkpoint=checkpoint)
+    device = evaluator.device
+    bn = evaluator.calibrate(arch, _batches(data.train, job.bn_images, batch=128, seed=job.search.seed + 1))
+    before = evaluate(evaluator.extract(arch, bn, sparse=True), test, device=device)   # the slice, as scored
+    net = evaluator.extract(arch, bn, sparse=False)                      # dense start for the retraining
+    net, history = admm_retrain(net, arch, data, config, checkpoint=checkpoint, device=device)
     done[arch] = checkpoint
-    after = evaluate(net, test)
+    after = evaluate(net, test, device=device)
+    net.cpu()                                                            # exports read CPU tensors
     for fmt in ("onnx", "tflite"):
         atomic_write_bytes(folder / f"pruned.{fmt}", export_network_for(fmt, net, arch))
     requested = {name: float(arch.sparsity.get(name, 0.0)) for name in history.sparsity}
@@ -306,9 +314,11 @@ def run_jcw(job: JCWJob) -> dict:
     from .predictor import Predictor
     from .search.jcw import JCWSearch
     from .tables.table import LatencyTable
+    from .search.jcw_evaluator import SupernetEvaluator
     from .train import load_checkpoint
-    from .train.supernet import Supernet, SupernetEvaluator
+    from .train.loop import cpu_cores
 
+    torch.set_num_threads(job.threads or cpu_cores())      # the application's choice, as `prune lcp` makes it
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
     parent, parent_arch, _ = load_checkpoint(job.checkpoint)
@@ -328,9 +338,8 @@ def run_jcw(job: JCWJob) -> dict:
     if job.anchor and not config.initial:
         config = replace(config, initial=_anchors(spec, predictor, config))
 
-    supernet = Supernet(parent)
-    evaluator = SupernetEvaluator(supernet, data, replace(job.supernet, progress=job.progress),
-                                  checkpoint=out / "supernet.safetensors")
+    evaluator = SupernetEvaluator(parent, data, replace(job.supernet, progress=job.progress),
+                                  checkpoint=out / "supernet.safetensors", device=job.torch_device)
     search = JCWSearch(spec, predictor, evaluator, config)
     full = Architecture.full(spec, data.resolution)
     measured_full = None
@@ -366,7 +375,7 @@ def run_jcw(job: JCWJob) -> dict:
             done.setdefault(choice.architecture, folder / "admm.safetensors")
         else:
             console.print(f"{choice.label}: retraining ({choice.architecture.widths})")
-            report = retrain(choice, folder, supernet, data, test, job, done)
+            report = retrain(choice, folder, evaluator, data, test, job, done)
         reports[choice.label] = report
 
     measured = {}

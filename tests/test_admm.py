@@ -13,7 +13,7 @@ from latbench.train import admm as admm_module
 from latbench.train import evaluate, load_checkpoint
 from latbench.train.admm import (ADMMConfig, ADMMState, admm_retrain, admm_update, finetune_with_masks,
                                  project_topk)
-from latbench.train.supernet import Supernet
+from latbench.supernet import DynamicNet
 from test_supernet import R20, parent_net, separable_data, small_widths
 
 torch.set_num_threads(1)
@@ -44,6 +44,13 @@ def test_state_starts_at_the_projection_and_its_penalty_has_the_admm_gradient():
     state.penalty(weights).backward()
     for name, w in weights.items():
         torch.testing.assert_close(w.grad, 0.3 * (w.detach() - state.u[name] + state.z[name]))
+    # The training loop adds the same gradient between backward and the optimizer step.
+    grads = {name: w.grad.clone() for name, w in weights.items()}
+    for w in weights.values():
+        w.grad = None
+    state.add_penalty_grad(weights)
+    for name, w in weights.items():
+        torch.testing.assert_close(w.grad, grads[name])
     masks = state.masks(weights)
     assert torch.equal(masks["a"], project_topk(weights["a"].detach() + state.z["a"], 0.5) != 0)
     # A new ρ keeps the unscaled dual ρ·Z.
@@ -74,17 +81,18 @@ def test_admm_on_a_quadratic_converges_to_the_sparse_projection():
 
 def tiny(**kw) -> ADMMConfig:
     base = dict(dense_epochs=4, admm_epochs=3, finetune_epochs=2, lr=0.05, rho=0.5, batch_size=32,
-                steps_per_epoch=6, augment=NO_AUGMENT, threads=1, progress=False)
+                steps_per_epoch=6, augment=NO_AUGMENT, progress=False)
     return ADMMConfig(**{**base, **kw})
 
 
 def sliced_network(sparsity=(0.5, 0.75), seed=0):
-    """A sub-network of the supernet at 3/4 of the parent's widths, dense, with a sparsity per conv."""
-    supernet = Supernet(parent_net(widths=small_widths()))
+    """A sub-network of the supernet (JCW's: the core's, channels by L1 norm) at 3/4 of the parent's widths,
+    dense, with a sparsity per conv."""
+    supernet = DynamicNet.from_parent(parent_net(widths=small_widths()), "l1")
     rng = np.random.default_rng(seed)
     arch = Architecture("resnet20", 8, {g: w * 3 // 4 for g, w in small_widths().items()},
                         {name: float(rng.choice(sparsity)) for name in R20.sparsifiable_layers})
-    return supernet.extract(arch, sparse=False), arch
+    return supernet.extract(Architecture(arch.model, arch.resolution, arch.widths)), arch
 
 
 def test_fine_tuning_keeps_any_given_masks():

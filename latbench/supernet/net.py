@@ -52,10 +52,11 @@ def _activation(name: str) -> nn.Module:
 class DynamicConvBlock(nn.Module):
     """conv → BN (→ + residual) → activation with dynamic widths; the attributes of :class:`ConvBlock`."""
 
-    def __init__(self, layer: LayerDef, max_in: int, max_out: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, layer: LayerDef, max_in: int, max_out: int, device: torch.device | str = "cpu",
+                 sparsity_block: int | None = None) -> None:
         super().__init__()
         self.conv = DynamicConv2d(max_in, max_out, layer.kernel, layer.stride, layer.padding,
-                                  depthwise=layer.kind == "depthwise", device=device)
+                                  depthwise=layer.kind == "depthwise", sparsity_block=sparsity_block, device=device)
         self.bn = DynamicBatchNorm2d(max_out, device=device)
         self.act = _activation(layer.act)
 
@@ -83,12 +84,14 @@ class DynamicNet(nn.Module):
     """All sub-networks of ``spec`` up to ``widths`` (default: the spec's full widths) in one module.
 
     ``in_channels`` is the image's channel count (default the spec's stem input, e.g. 3); ``device``
-    where the parameters live. Module names and state dicts are those of a :class:`GraphNet` at
-    ``widths``, so ``net.load_state_dict(graphnet.state_dict())`` works.
+    where the parameters live; ``sparsity_block`` makes every conv's magnitude masks block-wise (each
+    block of that many output filters gets the layer's sparsity, see :func:`~latbench.supernet.ops.magnitude_keep`).
+    Module names and state dicts are those of a :class:`GraphNet` at ``widths``, so
+    ``net.load_state_dict(graphnet.state_dict())`` works.
     """
 
     def __init__(self, spec: ModelSpec, widths: Mapping[str, int] | None = None, in_channels: int | None = None,
-                 *, device: torch.device | str = "cpu") -> None:
+                 *, device: torch.device | str = "cpu", sparsity_block: int | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.widths = {g: int(w) for g, w in (widths or spec.groups).items()}
@@ -99,12 +102,13 @@ class DynamicNet(nn.Module):
         self.stages: tuple[Stage, ...] = stages_of(spec)
         self.head_layers: tuple[str, ...] = head_of(spec)
         self._layers = {layer.name: layer for layer in spec.layers}
+        self.sparsity_block = sparsity_block
         self.blocks = nn.ModuleDict()
         for layer in spec.layers:
             cin, cout = spec.channels(self.widths, layer)
             if layer.fixed_in is not None:
                 cin = self.in_channels
-            self.blocks[layer.name.replace(".", "_")] = self._make(layer, cin, cout, device)
+            self.blocks[layer.name.replace(".", "_")] = self._make(layer, cin, cout, device, sparsity_block)
         #: position → channel of the network the weights came from (identity until reordered)
         self.order: dict[str, np.ndarray] = {g: np.arange(w) for g, w in self.widths.items()}
         self._active: Architecture | None = None
@@ -112,14 +116,15 @@ class DynamicNet(nn.Module):
             self.reset_parameters()
 
     @staticmethod
-    def _make(layer: LayerDef, cin: int, cout: int, device: torch.device | str) -> nn.Module:
+    def _make(layer: LayerDef, cin: int, cout: int, device: torch.device | str,
+              sparsity_block: int | None) -> nn.Module:
         if layer.kind == "maxpool":
             return nn.MaxPool2d(layer.kernel, layer.stride, layer.padding)
         if layer.kind == "avgpool":
             return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         if layer.kind == "linear":
             return DynamicLinear(cin, cout, device=device)
-        return DynamicConvBlock(layer, cin, cout, device)
+        return DynamicConvBlock(layer, cin, cout, device, sparsity_block)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -137,7 +142,7 @@ class DynamicNet(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_parent(cls, parent: GraphNet, order: Mapping[str, Sequence[int]] | str | None = None, *,
-                    device: torch.device | str = "cpu") -> "DynamicNet":
+                    device: torch.device | str = "cpu", sparsity_block: int | None = None) -> "DynamicNet":
         """A supernet holding ``parent``'s weights (a copy; ``parent`` is untouched), at ``parent``'s widths.
 
         ``order``: ``{group: channel indices, most important first}`` (e.g. from
@@ -149,7 +154,8 @@ class DynamicNet(nn.Module):
         stem = next(layer for layer in parent.spec.layers if layer.fixed_in is not None)
         # Built on the meta device and then allocated: no initialisation that would be overwritten at once,
         # and the global RNG is not consumed.
-        net = cls(parent.spec, parent.widths, parent.block(stem.name).conv.in_channels, device="meta")
+        net = cls(parent.spec, parent.widths, parent.block(stem.name).conv.in_channels, device="meta",
+                  sparsity_block=sparsity_block)
         net = net.to_empty(device=device)
         net.load_state_dict(parent.state_dict())
         if isinstance(order, str):
@@ -219,6 +225,12 @@ class DynamicNet(nn.Module):
         if too_wide:
             raise ArchitectureError(f"widths wider than the supernet (asked, available): {too_wide}")
         return _Plan(arch.widths, arch.sparsity)
+
+    def validate(self, arch: Architecture) -> Architecture:
+        """``arch`` if it is a sub-network of this supernet (valid for the spec, no group wider than the
+        supernet's); else :class:`ArchitectureError` naming the problem."""
+        self._plan(arch)
+        return arch
 
     def set_active(self, arch: Architecture | None) -> "DynamicNet":
         """Make ``arch`` the sub-network that ``forward`` runs when called without one (``None``: full width).

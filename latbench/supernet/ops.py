@@ -32,16 +32,53 @@ def _check_width(kind: str, width: int, maximum: int, what: str) -> None:
 
 
 @torch.no_grad()
-def magnitude_keep(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Keep-mask of ``weight`` without its ``round(sparsity·numel)`` smallest-magnitude entries, chosen by
-    the same sort as :func:`latbench.models.apply_sparsity`, so masked slices equal materialised weights."""
+def magnitude_keep(weight: torch.Tensor, sparsity: float, block: int | None = None) -> torch.Tensor:
+    """Keep-mask (``True`` = kept) of ``weight`` without its smallest-magnitude entries, on ``weight``'s device.
+
+    Unstructured (``block=None``): exactly ``round(sparsity·numel)`` entries are dropped, chosen as
+    :func:`latbench.models.apply_sparsity` chooses them (same sort), so a masked slice equals the weight
+    ``materialize`` produces. With ``block=N`` the output filters are taken in consecutive blocks of ``N``
+    (the last one may be smaller) and each block drops ``round(sparsity·block numel)`` of its own smallest
+    entries — a pattern that sparse kernels working on groups of output channels exploit evenly.
+    """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity {sparsity} outside [0, 1)")
-    keep = torch.ones(weight.numel(), dtype=torch.bool, device=weight.device)
-    k = int(round(sparsity * weight.numel()))
-    if k > 0:
-        keep[weight.detach().abs().flatten().argsort()[:k]] = False
+    if block is not None and block < 1:
+        raise ValueError(f"sparsity block {block} must be a positive number of output channels")
+    magnitude = weight.detach().abs()
+    if block is not None:
+        return _block_keep(magnitude, sparsity, block)
+    flat = magnitude.flatten()
+    k = int(round(sparsity * flat.numel()))
+    if k == 0:
+        return torch.ones(weight.shape, dtype=torch.bool, device=weight.device)
+    if not weight.is_meta:
+        # Fast path (a selection, several times quicker than a sort on large kernels): unless magnitudes tie
+        # at the threshold, the k smallest entries are unique and this is exactly the sort's choice.
+        keep = flat > flat.kthvalue(k).values
+        if flat.numel() - int(keep.sum()) == k:
+            return keep.view(weight.shape)
+    keep = torch.ones(flat.numel(), dtype=torch.bool, device=weight.device)
+    keep[flat.argsort()[:k]] = False
     return keep.view(weight.shape)
+
+
+def _block_keep(magnitude: torch.Tensor, sparsity: float, block: int) -> torch.Tensor:
+    rows = magnitude.reshape(magnitude.shape[0], -1)
+    cout, per_filter = rows.shape
+    n_blocks = -(-cout // block)
+    device = magnitude.device
+    # Pad to whole blocks with +inf, so that padding is never among a block's smallest entries.
+    padded = torch.full((n_blocks * block, per_filter), float("inf"), dtype=rows.dtype, device=device)
+    padded[:cout] = rows
+    blocks = padded.reshape(n_blocks, block * per_filter)
+    filters_in_block = torch.clamp(cout - torch.arange(n_blocks, device=device) * block, max=block)
+    k = torch.round(sparsity * filters_in_block * per_filter).long()
+    order = blocks.argsort(dim=1)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(blocks.shape[1], device=device).expand_as(order))
+    keep = rank >= k[:, None]
+    return keep.reshape(n_blocks * block, per_filter)[:cout].reshape(magnitude.shape)
 
 
 class DynamicConv2d(nn.Conv2d):
@@ -49,11 +86,13 @@ class DynamicConv2d(nn.Conv2d):
 
     ``depthwise=True``: one filter per channel; the output width equals the input's. ``active_sparsity``
     (or the ``sparsity`` argument) zeroes the smallest-magnitude weights of the *sliced* kernel, as a
-    materialised sub-network has them (gradients flow to the kept weights only).
+    materialised sub-network has them (gradients flow to the kept weights only); with ``sparsity_block``
+    each block of that many output filters gets the sparsity on its own (see :func:`magnitude_keep`).
     """
 
     def __init__(self, max_in: int, max_out: int, kernel_size: int, stride: int = 1, padding: int = 0, *,
-                 depthwise: bool = False, bias: bool = False, device: torch.device | str = "cpu") -> None:
+                 depthwise: bool = False, bias: bool = False, sparsity_block: int | None = None,
+                 device: torch.device | str = "cpu") -> None:
         if depthwise and max_in != max_out:
             raise ValueError(f"a depthwise conv keeps its width: max_in {max_in} != max_out {max_out}")
         super().__init__(max_in, max_out, kernel_size, stride, padding, groups=max_in if depthwise else 1,
@@ -61,6 +100,9 @@ class DynamicConv2d(nn.Conv2d):
         self.depthwise = depthwise
         self.active_out = max_out
         self.active_sparsity = 0.0
+        if sparsity_block is not None and sparsity_block < 1:
+            raise ValueError(f"sparsity block {sparsity_block} must be a positive number of output channels")
+        self.sparsity_block = sparsity_block
 
     def active_weight(self, cin: int, cout: int | None = None, sparsity: float | None = None) -> torch.Tensor:
         """The kernel of the sub-network with ``cin`` inputs and ``cout`` outputs (a view, masked when sparse)."""
@@ -69,7 +111,7 @@ class DynamicConv2d(nn.Conv2d):
         _check_width("DynamicConv2d", cout, self.out_channels, "output")
         w = self.weight[:cout] if self.depthwise else self.weight[:cout, :cin]
         sparsity = self.active_sparsity if sparsity is None else sparsity
-        return w * magnitude_keep(w, sparsity) if sparsity > 0 else w
+        return w * magnitude_keep(w, sparsity, self.sparsity_block) if sparsity > 0 else w
 
     def forward(self, x: torch.Tensor, out_channels: int | None = None,
                 sparsity: float | None = None) -> torch.Tensor:

@@ -144,11 +144,11 @@ class SandwichSampler:
 
 class PopulationSampler:
     """Per step: ``n`` distinct members of ``population`` drawn uniformly; with ``sandwich`` (needs
-    ``spec``) the population's largest and smallest by non-zero conv weights first (as today's JCW
-    supernet trains)."""
+    ``spec``) the population's largest and smallest by non-zero conv weights first (how JCW trains on
+    P ∪ Q). ``in_channels``: the data's channels, which size the stem (default the spec's)."""
 
     def __init__(self, population: Sequence[Architecture], n: int = 1, *, seed: int = 0, sandwich: bool = False,
-                 spec: ModelSpec | None = None) -> None:
+                 spec: ModelSpec | None = None, in_channels: int | None = None) -> None:
         self.population = list(dict.fromkeys(population))
         if not self.population:
             raise ValueError("PopulationSampler: empty population")
@@ -157,7 +157,7 @@ class PopulationSampler:
         if sandwich and spec is None:
             raise ValueError("PopulationSampler(sandwich=True) needs the spec to size the architectures")
         self.n, self.seed, self.sandwich = n, seed, sandwich
-        sizes = [weight_count(spec, a) for a in self.population] if sandwich else []
+        sizes = [weight_count(spec, a, in_channels) for a in self.population] if sandwich else []
         self._extremes = [int(np.argmax(sizes)), int(np.argmin(sizes))] if sandwich else []
 
     def sample(self, step: int) -> list[Architecture]:

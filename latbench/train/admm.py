@@ -16,7 +16,7 @@ Three phases, each an SGD run over the training set:
 The result has exactly ``round(s·numel)`` zero weights in each sparsified conv (``sparsity_block``: per
 block of output channels) and exports with ``export_network_for(fmt, net, arch)``.
 
->>> net = supernet.extract(arch, bn, sparse=False)                 # doctest: +SKIP
+>>> net = evaluator.extract(arch, bn, sparse=False)                # doctest: +SKIP
 >>> net, history = admm_retrain(net, arch, data, ADMMConfig(), checkpoint="runs/admm.safetensors")  # doctest: +SKIP
 """
 from __future__ import annotations
@@ -28,14 +28,16 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
-import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
 
-from ..data import Augment, BatchLoader, DataSplits, ImageDataset
+from ..data import Augment, DataSplits, ImageDataset
 from ..models import Architecture, GraphNet
+from ..supernet.ops import magnitude_keep
 from .checkpoint import CheckpointError, load_weights, read_checkpoint_meta, save_checkpoint
-from .loop import SCHEDULES, TrainConfig, cpu_cores, evaluate, make_optimizer
-from .supernet import Masks, magnitude_mask
+from .loop import SCHEDULES, evaluate, train
+
+#: Keep-masks (``True`` = weight kept) of sparsified convs, by layer name.
+Masks = dict[str, torch.Tensor]
 
 PHASES = ("dense", "admm", "finetune")
 
@@ -46,7 +48,7 @@ PHASES = ("dense", "admm", "finetune")
 def project_topk(t: torch.Tensor, sparsity: float, block: int | None = None) -> torch.Tensor:
     """Euclidean projection onto tensors with the given sparsity: ``t`` with its ``round(sparsity·numel)``
     smallest-magnitude entries set to zero (per block of output channels with ``block``)."""
-    return t * magnitude_mask(t, sparsity, block)
+    return t * magnitude_keep(t, sparsity, block)
 
 
 @torch.no_grad()
@@ -82,6 +84,18 @@ class ADMMState:
         return sum(0.5 * self.rho * (weights[n] - self.u[n] + self.z[n]).square().sum() for n in self.sparsity)
 
     @torch.no_grad()
+    def add_penalty_grad(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Add the penalty's gradient ``ρ(W − U + Z)`` to each weight's ``.grad`` (the W-step's extra term,
+        applied between ``backward`` and the optimizer step instead of differentiating :meth:`penalty`)."""
+        for n in self.sparsity:
+            w = weights[n]
+            g = self.rho * (w - self.u[n] + self.z[n])
+            if w.grad is None:
+                w.grad = g
+            else:
+                w.grad.add_(g)
+
+    @torch.no_grad()
     def update(self, weights: Mapping[str, torch.Tensor]) -> float:
         """U/Z update of every layer; returns the primal residual ‖W − U‖ / ‖W‖ over all layers (how far
         the weights still are from their sparse projection)."""
@@ -102,7 +116,7 @@ class ADMMState:
     @torch.no_grad()
     def masks(self, weights: Mapping[str, torch.Tensor]) -> Masks:
         """Keep-masks of the final projection Π_s(W + Z)."""
-        return {name: magnitude_mask(weights[name].detach() + self.z[name], s, self.block)
+        return {name: magnitude_keep(weights[name].detach() + self.z[name], s, self.block)
                 for name, s in self.sparsity.items()}
 
 
@@ -117,8 +131,10 @@ class ADMMConfig:
     every ``update_every`` steps, or at the end of every epoch when None; after each update ρ is
     multiplied by ``rho_growth`` (up to ``rho_max``). ADMM with a non-convex sparsity constraint settles
     only when ρ is large enough against the loss's curvature (a small ρ lets the dual drift and the
-    projection oscillate), so short runs need a larger ρ or a growing one — see docs/jcw-training.md. ``steps_per_epoch`` and
-    ``max_steps`` (per phase) cap the runs for quick experiments; the schedule spans the capped length.
+    projection oscillate), so short runs need a larger ρ or a growing one — see docs/jcw-training.md.
+    ``steps_per_epoch`` caps the batches of every epoch (quick experiments; the schedule spans the capped
+    length); ``max_steps`` stops each phase after that many steps (as :func:`~latbench.train.loop.train`'s
+    ``max_steps``: the schedule still spans the phase's epochs).
     ``eval_size``: images of ``DataSplits.val`` scored after each phase (all when None).
     """
 
@@ -142,7 +158,6 @@ class ADMMConfig:
     sparsity_block: int | None = None
     eval_size: int | None = None
     seed: int = 0
-    threads: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -168,7 +183,6 @@ class ADMMConfig:
     def identity(self) -> dict:
         """The settings that determine the result (a checkpoint must match them to be resumed)."""
         d = asdict(self)
-        d.pop("threads")
         d.pop("progress")
         return json.loads(json.dumps(d))
 
@@ -223,52 +237,21 @@ class ADMMHistory:
 
 # ---- the training phases ----------------------------------------------------------------------------
 
-StepHook = Callable[[int, bool], None]
+Hook = Callable[[nn.Module, int], None]
 
 
-def _train_phase(net: GraphNet, train_set: ImageDataset, name: str, epochs: int, lr: float, cfg: ADMMConfig,
-                 seed: int, *, penalty: Callable[[], torch.Tensor] | None = None,
-                 before_step: Callable[[], None] | None = None, after_step: StepHook | None = None) -> tuple[int, float]:
-    """SGD over ``train_set`` for ``epochs`` epochs (capped by ``cfg``); ``penalty()`` is added to the
-    loss, ``before_step()`` runs between backward and the optimizer step, ``after_step(step, epoch_end)``
-    after it. Returns the steps taken and the mean cross-entropy of the last epoch."""
-    tc = TrainConfig(epochs, lr, cfg.batch_size, cfg.schedule, None, cfg.momentum, cfg.nesterov, cfg.weight_decay,
-                     0.0, seed, cfg.augment, cfg.steps_per_epoch)
-    loader = BatchLoader(train_set, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=seed,
-                         drop_last=len(train_set) >= cfg.batch_size)
-    per_epoch = min(len(loader), cfg.steps_per_epoch or len(loader))
-    total = per_epoch * epochs if cfg.max_steps is None else min(per_epoch * epochs, cfg.max_steps)
-    optimizer = make_optimizer(net, tc)
-    step, last_loss = 0, float("nan")
-    net.train()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("loss {task.fields[loss]:.3f}"))
-    with Progress(*columns, disable=not cfg.progress) as bar:
-        task = bar.add_task(f"ADMM retrain: {name}", total=total, loss=float("nan"))
-        for epoch in range(epochs):
-            if step >= total:
-                break
-            loss_sum, seen = 0.0, 0
-            for _, (x, y) in zip(range(min(per_epoch, total - step)), loader.epoch(epoch)):
-                for group in optimizer.param_groups:
-                    group["lr"] = tc.lr_at(step, total)
-                loss = F.cross_entropy(net(x), y)
-                objective = loss + penalty() if penalty is not None else loss
-                optimizer.zero_grad(set_to_none=True)
-                objective.backward()
-                if before_step is not None:
-                    before_step()
-                optimizer.step()
-                step += 1
-                loss_sum, seen = loss_sum + float(loss.detach()) * len(y), seen + len(y)
-                if after_step is not None:
-                    after_step(step, False)
-                bar.update(task, advance=1, loss=loss_sum / seen)
-            last_loss = loss_sum / max(1, seen)
-            if after_step is not None:
-                after_step(step, True)
-    net.eval()
-    return step, last_loss
+def _train_phase(net: GraphNet, train_set: ImageDataset, epochs: int, lr: float, cfg: ADMMConfig, seed: int,
+                 device: torch.device | str, *, after_backward: Hook | None = None, after_step: Hook | None = None,
+                 on_epoch: Callable[[int, nn.Module], None] | None = None) -> tuple[int, float]:
+    """One phase: the SGD loop :func:`latbench.train.loop.train` over ``train_set`` for ``epochs`` epochs
+    with ``cfg``'s settings and the phase's hooks. Returns the steps taken and the mean cross-entropy of
+    the last finished epoch."""
+    history = train(net, train_set, epochs, lr, batch_size=cfg.batch_size, schedule=cfg.schedule,
+                    momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, seed=seed,
+                    augment=cfg.augment, steps_per_epoch=cfg.steps_per_epoch, max_steps=cfg.max_steps,
+                    threads=torch.get_num_threads(), progress=cfg.progress, after_backward=after_backward,
+                    after_step=after_step, on_epoch=on_epoch, device=device)
+    return history.step, history.epochs[-1].train_loss if history.epochs else float("nan")
 
 
 def _conv_weights(net: GraphNet, names) -> dict[str, torch.nn.Parameter]:
@@ -283,20 +266,24 @@ def apply_masks(net: GraphNet, masks: Masks) -> None:
 
 
 def finetune_with_masks(net: GraphNet, masks: Masks, train_set: ImageDataset, epochs: int, lr: float,
-                        cfg: ADMMConfig, seed: int = 0) -> tuple[int, float]:
+                        cfg: ADMMConfig, seed: int = 0, device: torch.device | str | None = None) -> tuple[int, float]:
     """Fine-tune ``net`` with fixed sparsity patterns: pruned weights are zeroed first, their gradients
     are zeroed before every optimizer step (momentum never builds up there) and the weights re-masked
-    after it (weight decay or numerical noise cannot revive them). Returns (steps, last-epoch loss)."""
+    after it (weight decay or numerical noise cannot revive them). ``device``: where to train (default:
+    where ``net`` is). Returns (steps, last-epoch loss)."""
     weights = _conv_weights(net, masks)
+    device = torch.device(device) if device is not None else next(net.parameters()).device
+    net.to(device)
+    masks = {name: mask.to(device) for name, mask in masks.items()}
     apply_masks(net, masks)
 
-    def mask_grads() -> None:
+    def mask_grads(_net: nn.Module, _step: int) -> None:
         for name, mask in masks.items():
             if weights[name].grad is not None:
                 weights[name].grad.mul_(mask)
 
-    return _train_phase(net, train_set, "finetune", epochs, lr, cfg, seed, before_step=mask_grads,
-                        after_step=lambda step, epoch_end: apply_masks(net, masks))
+    return _train_phase(net, train_set, epochs, lr, cfg, seed, device, after_backward=mask_grads,
+                        after_step=lambda _net, _step: apply_masks(net, masks))
 
 
 # ---- the whole retraining ---------------------------------------------------------------------------
@@ -305,7 +292,7 @@ def _check_inputs(net: GraphNet, arch: Architecture, train_set: ImageDataset) ->
     arch.validate(net.spec)
     if dict(net.widths) != dict(arch.widths):
         raise ValueError(f"the network has widths {net.widths}, the architecture {dict(arch.widths)}; retrain the "
-                         "sub-network itself: supernet.extract(arch, sparse=False) or materialize(arch, spec, parent)")
+                         "sub-network itself: evaluator.extract(arch, sparse=False) or materialize(arch, spec, parent)")
     stem = next(layer for layer in net.spec.layers if layer.fixed_in is not None)
     if net.block(stem.name).conv.in_channels != train_set.channels:
         raise ValueError(f"the network reads {net.block(stem.name).conv.in_channels} channels, {train_set.name} has "
@@ -317,15 +304,19 @@ def _achieved_sparsity(net: GraphNet, names) -> dict[str, float]:
 
 
 def admm_retrain(net: GraphNet, arch: Architecture, data: DataSplits | ImageDataset, config: ADMMConfig | None = None,
-                 checkpoint: str | Path | None = None, resume: bool = True) -> tuple[GraphNet, ADMMHistory]:
+                 checkpoint: str | Path | None = None, resume: bool = True, *,
+                 device: torch.device | str = "cpu") -> tuple[GraphNet, ADMMHistory]:
     """Retrain ``net`` (at ``arch``'s widths) dense, then prune it by ADMM to ``arch.sparsity`` and
     fine-tune with the masks fixed (see the module docstring). ``data``: a :class:`DataSplits` (trained on
     ``train``, scored on ``val`` after every phase) or a bare training set.
 
     With ``checkpoint`` the network is saved (a normal latbench checkpoint, loadable with
     ``load_checkpoint``) after every phase; with ``resume`` a checkpoint of the same architecture and
-    settings continues after its last finished phase. Returns the network (trained in place, eval mode)
-    and the :class:`ADMMHistory`.
+    settings continues after its last finished phase. ``device``: where to train (the network is moved
+    there). Every phase runs through the one SGD loop, :func:`latbench.train.loop.train`: the ADMM
+    penalty's gradient and the fine-tune's gradient masks are its ``after_backward`` hook, the U/Z
+    updates and the re-masking its ``after_step`` / ``on_epoch`` hooks. Returns the network (trained in
+    place, eval mode) and the :class:`ADMMHistory`.
     """
     cfg = config or ADMMConfig()
     train_set = data.train if isinstance(data, DataSplits) else data
@@ -333,7 +324,8 @@ def admm_retrain(net: GraphNet, arch: Architecture, data: DataSplits | ImageData
     if val is not None and cfg.eval_size is not None:
         val = val.head(min(cfg.eval_size, len(val)))
     _check_inputs(net, arch, train_set)
-    torch.set_num_threads(cfg.threads or cpu_cores())
+    device = torch.device(device)
+    net.to(device)
     sparse = {name: s for name, s in arch.sparsity.items() if s > 0}
     history = ADMMHistory(cfg.identity())
     done = 0                                      # phases finished (from a resumed checkpoint)
@@ -350,7 +342,7 @@ def admm_retrain(net: GraphNet, arch: Architecture, data: DataSplits | ImageData
         done = PHASES.index(saved["completed"]) + 1
 
     def finish(phase: str, steps: int, train_loss: float, started: float) -> None:
-        val_loss, val_acc = evaluate(net, val) if val is not None else (None, None)
+        val_loss, val_acc = evaluate(net, val, device=device) if val is not None else (None, None)
         history.phases.append(PhaseRecord(phase, steps, train_loss, val_loss, val_acc, time.perf_counter() - started))
         history.sparsity = _achieved_sparsity(net, sparse)
         if path is not None:
@@ -360,7 +352,7 @@ def admm_retrain(net: GraphNet, arch: Architecture, data: DataSplits | ImageData
 
     if done <= PHASES.index("dense") and cfg.dense_epochs > 0:
         started = time.perf_counter()
-        finish("dense", *_train_phase(net, train_set, "dense", cfg.dense_epochs, cfg.lr, cfg, cfg.seed), started)
+        finish("dense", *_train_phase(net, train_set, cfg.dense_epochs, cfg.lr, cfg, cfg.seed, device), started)
 
     if done <= PHASES.index("admm"):
         started = time.perf_counter()
@@ -368,25 +360,35 @@ def admm_retrain(net: GraphNet, arch: Architecture, data: DataSplits | ImageData
         state = ADMMState.start(weights, sparse, cfg.rho, cfg.sparsity_block)
         steps, loss = 0, float("nan")
         if sparse and cfg.admm_epochs > 0:
-            def admm_hook(step: int, epoch_end: bool) -> None:
-                due = epoch_end if cfg.update_every is None else (not epoch_end and step % cfg.update_every == 0)
-                if due:
-                    history.updates.append(UpdateRecord(step, state.update(weights), state.rho))
-                    grown = state.rho * cfg.rho_growth
-                    state.set_rho(grown if cfg.rho_max is None else min(grown, cfg.rho_max))
+            done_steps = [0]
 
-            steps, loss = _train_phase(net, train_set, "admm", cfg.admm_epochs, cfg.lr, cfg, cfg.seed + 1,
-                                       penalty=lambda: state.penalty(weights), after_step=admm_hook)
+            def update_uz(step: int) -> None:
+                history.updates.append(UpdateRecord(step, state.update(weights), state.rho))
+                grown = state.rho * cfg.rho_growth
+                state.set_rho(grown if cfg.rho_max is None else min(grown, cfg.rho_max))
+
+            def after_step(_net: nn.Module, step: int) -> None:
+                done_steps[0] = step
+                if cfg.update_every is not None and step % cfg.update_every == 0:
+                    update_uz(step)
+
+            def on_epoch(_epoch: int, _net: nn.Module) -> None:
+                if cfg.update_every is None:
+                    update_uz(done_steps[0])
+
+            steps, loss = _train_phase(net, train_set, cfg.admm_epochs, cfg.lr, cfg, cfg.seed + 1, device,
+                                       after_backward=lambda _net, _step: state.add_penalty_grad(weights),
+                                       after_step=after_step, on_epoch=on_epoch)
         apply_masks(net, state.masks(weights))    # hard prune: the masks of the final projection Π(W + Z)
         finish("admm", steps, loss, started)
 
     # Masks are recovered from the pruned weights: each sparsified conv holds at least round(s·n) zeros
     # (per block), so the magnitude mask selects exactly that many of them — the same zero pattern.
-    masks = {name: magnitude_mask(net.block(name).conv.weight, s, cfg.sparsity_block) for name, s in sparse.items()}
+    masks = {name: magnitude_keep(net.block(name).conv.weight, s, cfg.sparsity_block) for name, s in sparse.items()}
     if done <= PHASES.index("finetune") and cfg.finetune_epochs > 0:
         started = time.perf_counter()
         steps, loss = finetune_with_masks(net, masks, train_set, cfg.finetune_epochs, cfg.finetune_lr or cfg.lr,
-                                          cfg, cfg.seed + 2)
+                                          cfg, cfg.seed + 2, device)
         finish("finetune", steps, loss, started)
     return net.eval(), history
 

@@ -180,7 +180,9 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
           log: Callable[[str], None] | None = None, loader: Any = None,
           step_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]] | None = None,
           after_backward: Callable[[nn.Module, int], None] | None = None,
+          after_step: Callable[[nn.Module, int], None] | None = None,
           on_epoch: Callable[[int, nn.Module], bool] | None = None,
+          optimizer: torch.optim.Optimizer | None = None,
           device: torch.device | str | None = None) -> TrainHistory:
     """Train ``net`` in place on ``data`` (a :class:`DataSplits` — its ``train`` set, evaluated on ``val`` after
     every epoch — or a bare training set) for ``epochs`` epochs with peak learning rate ``lr``.
@@ -199,9 +201,12 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
     ``epoch(e, start)`` yielding ``(images, labels)``, e.g. :class:`latbench.data.StreamLoader`);
     ``step_loss(net, x, y, step) -> (loss, logits)`` replaces the cross-entropy of ``net(x)`` (``logits``
     feed the running accuracy); ``after_backward(net, step)`` runs between ``backward`` and the optimizer
-    step (e.g. to add a sparsity subgradient); ``on_epoch(epoch, net)`` runs after every finished epoch
-    (1-based, after validation, before the checkpoint) and returning True ends the run there, marked
-    complete; ``device`` is where batches go (the network must already be there).
+    step (e.g. to add a sparsity subgradient); ``after_step(net, steps_done)`` runs after every optimizer
+    step (e.g. to re-apply fixed masks, or a periodic update of auxiliary variables); ``on_epoch(epoch,
+    net)`` runs after every finished epoch (1-based, after validation, before the checkpoint) and
+    returning True ends the run there, marked complete; ``optimizer`` is stepped instead of a fresh
+    :func:`make_optimizer` (its state, e.g. momentum, carries over between calls; the learning rate is
+    still set every step); ``device`` is where batches go (the network must already be there).
     """
     config = TrainConfig(epochs, lr, batch_size, schedule, warmup, momentum, nesterov, weight_decay, label_smoothing,
                          seed, augment if augment is not None else Augment(), steps_per_epoch)
@@ -214,7 +219,7 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
                              drop_last=len(train_set) >= batch_size)
     per_epoch = min(len(loader), steps_per_epoch) if steps_per_epoch else len(loader)
     total = per_epoch * epochs
-    optimizer = make_optimizer(net, config)
+    optimizer = optimizer if optimizer is not None else make_optimizer(net, config)
     history = TrainHistory(config.to_dict(), total_steps=total)
     running = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
     checkpoint = Path(checkpoint) if checkpoint else None
@@ -282,6 +287,8 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
                     after_backward(net, step)
                 optimizer.step()
                 step += 1
+                if after_step is not None:
+                    after_step(net, step)
                 running["loss_sum"] += float(loss.detach()) * int(y.numel())
                 running["correct"] += int((logits.detach().argmax(1) == y).sum())
                 running["seen"] += int(y.numel())
