@@ -349,6 +349,13 @@ def test_ray_missing_or_unreachable(r20_checkpoint, tmp_path, monkeypatch):
                                          *QUICK).output
 
 
+def test_torch_device_that_is_not_there(r20_checkpoint, tmp_path):
+    wanted = "cuda" if not torch.cuda.is_available() else "mps"
+    out = tmp_path / "out"
+    _refused(prune("--model", "resnet20", "--checkpoint", r20_checkpoint, "--budget-flops", 2e7, "--out", out,
+                   "--torch-device", wanted, *QUICK), out, f"no {wanted} device")
+
+
 # ---- the job end to end -------------------------------------------------------------------------------
 
 def _stored_medians(store: Path, signature: str) -> list[float]:

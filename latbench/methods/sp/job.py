@@ -108,6 +108,14 @@ class SPJob:
             raise ValueError(f"--actors-per-stage must be ≥ 1, got {self.actors_per_stage}")
         if self.device and not self.table:
             raise BudgetError("measuring on --device compares with the device's table: give --table")
+        try:
+            kind = torch.device(self.torch_device).type
+        except RuntimeError as err:
+            raise ValueError(f"--torch-device {self.torch_device!r}: {err}") from err
+        missing = {"cuda": lambda: not torch.cuda.is_available(), "mps": lambda: not torch.backends.mps.is_available()}
+        if kind in missing and missing[kind]():
+            raise ValueError(f"--torch-device {self.torch_device}: this torch build or machine has no {kind} device; "
+                             "use cpu")
 
     @property
     def budget_kind(self) -> str:
