@@ -34,9 +34,10 @@ TINY_SEARCH = SPSearchConfig(manager_population=4, manager_generations=2, stage_
                              eval_images=32, calib_images=16, batch_size=32, seed=3)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_instance():
-    """One local Ray instance for the session, on loopback, with 2 CPUs; shut down at the end."""
+    """One local Ray instance for the session's Ray tests (all in this file), on loopback, with 2 CPUs; shut
+    down when they are done, so that its idle processes do not run beside the timing tests of later files."""
     ray = pytest.importorskip("ray", reason="Ray not installed (pip install 'latbench[ray]')")
     ray.init(_node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
