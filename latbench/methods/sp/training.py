@@ -269,9 +269,10 @@ def train_stagewise(net: DynamicNet, adaptors: StageAdaptors, data: DataSplits |
                     config: StageTrainConfig = StageTrainConfig(), *, checkpoint: str | Path | None = None,
                     resume: bool = True, max_steps: int | None = None, checkpoint_every: int = 200,
                     log_every: int = 50, meta: Mapping[str, Any] | None = None,
-                    progress: bool = True) -> StageTrainHistory:
-    """Train ``net`` and ``adaptors`` in place with Algorithm 1 on ``data``'s training images, on the net's
-    device. Sub-networks are drawn from ``space`` by a :class:`SandwichSampler` (its smallest and
+                    device: torch.device | str | None = None, progress: bool = True) -> StageTrainHistory:
+    """Train ``net`` and ``adaptors`` in place with Algorithm 1 on ``data``'s training images, on ``device``
+    (both are moved there; default: where the net is, e.g. ``DynamicNet.from_parent(…, device="cuda")``; the
+    CPU by default). Sub-networks are drawn from ``space`` by a :class:`SandwichSampler` (its smallest and
     ``config.n_random`` random ones, a pure function of ``(seed, step)``).
 
     With ``checkpoint`` the run is saved there every ``checkpoint_every`` steps, at every epoch's end and at
@@ -280,7 +281,11 @@ def train_stagewise(net: DynamicNet, adaptors: StageAdaptors, data: DataSplits |
     (time-boxed runs resume later). Losses are averaged and recorded every ``log_every`` steps.
     """
     tc = config.train_config()
+    if device is not None:
+        net.to(device)
+        adaptors.to(device)
     device = net.device
+    adaptors.to(device)
     train_set = data.train if isinstance(data, DataSplits) else data
     loader = BatchLoader(train_set, config.batch_size, shuffle=True, augment=tc.augment, seed=config.seed,
                          drop_last=len(train_set) >= config.batch_size)
