@@ -576,8 +576,8 @@ def prune_sp(model: str = typer.Option("resnet56", help="zoo model of the checkp
              data: str = typer.Option("fashion-mnist"), data_dir: Optional[Path] = typer.Option(None),
              device: Optional[str] = typer.Option(None, help="measure the full and the pruned network here"),
              store: Path = typer.Option(Path(api.DEFAULT_STORE), help="measurement store for --device"),
-             torch_device: str = typer.Option("cpu", help="torch device for supernet training and the search "
-                                                          "(cpu, cuda, mps)"),
+             torch_device: str = typer.Option("cpu", help="torch device for supernet training, the search and "
+                                                          "retraining (cpu, cuda, mps)"),
              unit: Optional[int] = typer.Option(None, help="channel step of the search space (default: the table's "
                                                            "channel multiple, else 1)"),
              order: str = typer.Option("l1", help="channel importance (l1 or l2 filter norms): sub-networks keep the "

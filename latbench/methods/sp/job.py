@@ -275,10 +275,13 @@ def run_sp(job: SPJob) -> dict:
             small = GraphNet(spec, arch.widths, net.in_channels, generator=torch.Generator().manual_seed(r.seed))
     else:
         small = GraphNet(spec, arch.widths, net.in_channels)
+    on_cpu = device.type == "cpu"
+    small = small.to(device)           # the one SGD loop trains where the network is (batches follow)
     finetune(small, data, r.epochs, r.lr, schedule=r.schedule, batch_size=r.batch_size, seed=r.seed,
              max_steps=r.max_steps, checkpoint=ckpt, resume=True, arch=arch, threads=job.threads,
              meta={"method": "sp", "parent": str(job.checkpoint), "retrain_from": job.retrain_from},
-             progress=job.progress)
+             progress=job.progress, device=None if on_cpu else device)
+    small = small.cpu().eval()
     saved = read_checkpoint_meta(ckpt)
     retrain_seconds = (sum(e["seconds"] for e in saved["history"].get("epochs", []))
                        + float(saved.get("running", {}).get("seconds", 0.0)))
