@@ -49,7 +49,7 @@ from latbench.supernet import (DynamicNet, SandwichSampler, SearchSpace, StageAd
 from latbench.tables.table import LatencyTable  # noqa: E402
 from latbench.train import evaluate, finetune, load_checkpoint  # noqa: E402
 from latbench.train.importance import recalibrate_bn  # noqa: E402
-from latbench.train.loop import TrainConfig, make_optimizer  # noqa: E402
+from latbench.train.loop import TrainConfig, cpu_cores, make_optimizer  # noqa: E402
 
 PROXIES = ("sp_loss", "usnet_acc", "oneshot_acc", "flops", "latency")
 
@@ -160,8 +160,7 @@ def main() -> None:
         args.results = args.out / "results"
         if args.checkpoint == ROOT / "runs/r20/base.safetensors":
             args.checkpoint = args.out / "parent.safetensors"
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or cpu_cores())     # the application's choice: all cores by default
     args.out.mkdir(parents=True, exist_ok=True)
     spec = get_model(args.model)
     data = load_dataset("fashion-mnist")
@@ -172,7 +171,7 @@ def main() -> None:
 
         net = build(spec, in_channels=1)
         train(net, data, args.parent_epochs, 0.1, steps_per_epoch=8 if args.quick else None,
-              checkpoint=args.checkpoint, resume=True, threads=args.threads)
+              checkpoint=args.checkpoint, resume=True)
     parent, _, _ = load_checkpoint(args.checkpoint)
     predictor = Predictor(spec, LatencyTable.load(args.table))
     space = SearchSpace.from_spec(spec, multiple=int(predictor.table.meta.get("channel_multiple", 1)),
@@ -216,7 +215,7 @@ def main() -> None:
         ckpt = args.out / f"retrained-{k:02d}.safetensors"
         finetune(small, data, 1, args.retrain_lr, batch_size=args.batch_size, max_steps=args.retrain_steps,
                  steps_per_epoch=args.retrain_steps, seed=args.seed, checkpoint=ckpt, resume=True, arch=arch,
-                 threads=args.threads, progress=False)
+                 progress=False)
         row["retrained_acc"] = evaluate(small, test)[1]
         rows.append(row)
         atomic_write_json(rows_path, rows, indent=1)

@@ -669,15 +669,17 @@ def train_cmd(model: str = typer.Option("resnet56", help="zoo model (resnet20, r
     from .data import DataError, load_dataset
     from .models import build, get_model
     from .train import CheckpointError, evaluate, train
+    from .train.loop import cpu_cores
 
     try:
         splits = load_dataset(data, data_dir, val_size)
+        torch.set_num_threads(threads or cpu_cores())      # the application's choice (the loop leaves it alone)
         torch.manual_seed(seed)
         net = build(get_model(model, num_classes=splits.num_classes), in_channels=splits.in_channels)
         history = train(net, splits, epochs, lr, batch_size=batch_size, schedule=schedule, weight_decay=weight_decay,
                         label_smoothing=label_smoothing, seed=seed, steps_per_epoch=steps_per_epoch, checkpoint=out,
                         checkpoint_every=checkpoint_every, resume=resume, max_steps=max_steps,
-                        meta={"dataset": splits.describe()}, threads=threads, progress=progress,
+                        meta={"dataset": splits.describe()}, progress=progress,
                         log=None if progress else lambda line: print(line, file=sys.stderr, flush=True))
         result = {"model": net.spec.name, "data": splits.name, "checkpoint": str(out), **history.to_dict()}
         if history.complete:

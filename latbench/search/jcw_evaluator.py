@@ -321,7 +321,7 @@ class SupernetEvaluator:
                         warmup=tc.warmup, momentum=tc.momentum, nesterov=tc.nesterov, weight_decay=tc.weight_decay,
                         seed=tc.seed, augment=tc.augment, loader=_Window(self._loader, offset, steps),
                         step_loss=step_loss, optimizer=self.optimizer, device=self.device,
-                        threads=torch.get_num_threads(), progress=cfg.progress)
+                        progress=cfg.progress)
         self.step += history.step
         return history.epochs[-1].train_loss
 

@@ -249,7 +249,7 @@ def _train_phase(net: GraphNet, train_set: ImageDataset, epochs: int, lr: float,
     history = train(net, train_set, epochs, lr, batch_size=cfg.batch_size, schedule=cfg.schedule,
                     momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, seed=seed,
                     augment=cfg.augment, steps_per_epoch=cfg.steps_per_epoch, max_steps=cfg.max_steps,
-                    threads=torch.get_num_threads(), progress=cfg.progress, after_backward=after_backward,
+                    progress=cfg.progress, after_backward=after_backward,
                     after_step=after_step, on_epoch=on_epoch, device=device)
     return history.step, history.epochs[-1].train_loss if history.epochs else float("nan")
 

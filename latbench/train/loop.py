@@ -192,8 +192,9 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
     ``resume=True`` an existing, unfinished checkpoint written with the same settings is continued
     (a finished one is returned as is). ``max_steps`` stops (and checkpoints) after that many global
     steps — time-boxed runs resume later. ``arch``/``meta`` are stored in the checkpoint (e.g. the
-    pruned architecture with its sparsity, the data set name). Torch uses ``threads`` threads
-    (default: all cores). ``log`` receives one line per checkpoint and per epoch (for log files, where a
+    pruned architecture with its sparsity, the data set name). ``threads`` sets torch's thread count for
+    the process when given; None leaves it as it is (the application — the CLI, a job — chooses it, see
+    :func:`cpu_cores`). ``log`` receives one line per checkpoint and per epoch (for log files, where a
     progress bar is useless).
 
     Hooks for methods that train differently on the same loop (all optional):
@@ -210,7 +211,8 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
     """
     config = TrainConfig(epochs, lr, batch_size, schedule, warmup, momentum, nesterov, weight_decay, label_smoothing,
                          seed, augment if augment is not None else Augment(), steps_per_epoch)
-    torch.set_num_threads(threads or cpu_cores())
+    if threads:
+        torch.set_num_threads(threads)
     train_set = data.train if isinstance(data, DataSplits) else data
     if eval_data is None and isinstance(data, DataSplits):
         eval_data = data.val

@@ -239,5 +239,5 @@ def train_joint(net: DynamicNet, structures: Structures, train_set, config: Join
                  momentum=config.momentum, weight_decay=config.weight_decay, seed=config.seed,
                  steps_per_epoch=config.steps_per_epoch, checkpoint=checkpoint, resume=True,
                  checkpoint_every=config.checkpoint_every, max_steps=max_steps,
-                 meta={"ofar_joint": dict(identity or {}), "phase": "ofar-joint"}, threads=torch.get_num_threads(),
+                 meta={"ofar_joint": dict(identity or {}), "phase": "ofar-joint"},
                  progress=progress, log=log, loader=loader, step_loss=step_loss, device=device)

@@ -290,7 +290,7 @@ def run_search(parent: GraphNet, train_set, plan: RatePlan, costs: Sequence[Cost
         hist = train(net, train_set, config.epochs, config.lr, batch_size=config.batch_size,
                      schedule=config.schedule, momentum=config.momentum, weight_decay=config.weight_decay,
                      seed=config.seed, steps_per_epoch=config.steps_per_epoch, checkpoint=checkpoint, resume=True,
-                     meta={"ofar_search": identity, "phase": "ofar-search"}, threads=torch.get_num_threads(),
+                     meta={"ofar_search": identity, "phase": "ofar-search"},
                      progress=progress, log=log, after_backward=slimming_hook(config.sparsity),
                      on_epoch=builder.observe, device=device)
         history = hist.to_dict()
