@@ -135,9 +135,9 @@ def search(name: str, s: Settings) -> dict:
 
     from latbench.data import load_dataset
     from latbench.models import get_model
-    from latbench.search.jcw import SearchConfig, density_experiment
+    from latbench.methods.jcw.search import SearchConfig, density_experiment
     from latbench.train import load_checkpoint
-    from latbench.search.jcw_evaluator import SupernetConfig, SupernetEvaluator
+    from latbench.methods.jcw.evaluator import SupernetConfig, SupernetEvaluator
 
     torch.set_num_threads(1)
     started = time.perf_counter()

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from latbench.models import build, get_model, materialize
 from latbench.predictor import Predictor
-from latbench.search.jcw import JCWSearch, SearchConfig, SyntheticEvaluator
+from latbench.methods.jcw.search import JCWSearch, SearchConfig, SyntheticEvaluator
 from latbench.tables.jcw import import_jcw_table
 from latbench.tables.table import LatencyTable
 

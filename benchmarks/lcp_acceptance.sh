@@ -18,7 +18,7 @@ mkdir -p "$out"
 full_ms=$(LEADRUN=1 python - "$table" "$device" "$store" <<'PY'
 import sys
 from latbench.models import Architecture, get_model
-from latbench.pruning import measure_architectures
+from latbench.methods.common import measure_architectures
 from latbench.tables.table import LatencyTable
 table, device, store = sys.argv[1:]
 spec = get_model("resnet56")

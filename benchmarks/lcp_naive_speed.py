@@ -15,7 +15,7 @@ import numpy as np
 from latbench.models import get_model
 from latbench.predictor import Population, Predictor
 from latbench.search.budget import Budget, CostGrid
-from latbench.search.lcp import FilterRanking, naive_prune
+from latbench.methods.lcp.search import FilterRanking, naive_prune
 from latbench.tables.table import LatencyTable
 
 ROOT = Path(__file__).resolve().parents[1]

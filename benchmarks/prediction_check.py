@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         archs = list(frame.architecture[mask])
         frame.loc[mask, "repredicted_ms"] = Predictor(get_model(model), table).predict(archs)
         if a.device:
-            from latbench.pruning import measure_architectures
+            from latbench.methods.common import measure_architectures
 
             frame.loc[mask, "remeasured_ms"] = measure_architectures(get_model(model), archs, table, a.device, a.store)
     calibration = table.meta.get("calibration", {})

@@ -324,16 +324,16 @@ app.add_typer(prune_app, name="prune")
 
 
 def _run_prune(make_job, run=None, summarize=None) -> None:
-    """Build the job (validating its options) and run it (``run``: default ``run_prune``), turning known
+    """Build the job (validating its options) and run it (``run``: default ``run_lcp``), turning known
     errors into clear messages; prints ``summarize(report)`` (default: the pruning report's key figures)."""
     from .data import DataError
-    from .pruning import run_prune
+    from .methods.lcp.job import run_lcp
     from .search.budget import BudgetError
     from .train import CheckpointError
 
     try:
         job = make_job()
-        report = (run or run_prune)(job)
+        report = (run or run_lcp)(job)
     except (BudgetError, DataError, CheckpointError, ValueError, *_ERRORS) as err:
         _fail(err)
     summary = summarize(report) if summarize else {
@@ -379,9 +379,10 @@ def prune_lcp(model: str = typer.Option("resnet56", help="zoo model of the check
     Example: latbench prune lcp --checkpoint runs/r56.safetensors --table tables/host-litert-resnet56-32-dense.parquet
     --budget-ratio 0.5 --device host:litert --out runs/lcp-50
     """
-    from .pruning import FinetuneRecipe, PruneJob
+    from .methods.common import FinetuneRecipe
+    from .methods.lcp.job import LcPJob
 
-    _run_prune(lambda: PruneJob(
+    _run_prune(lambda: LcPJob(
         model=model, checkpoint=str(checkpoint), out=str(out), table=str(table) if table else None, method=method,
         budget_ms=budget_ms, budget_ratio=budget_ratio, budget_flops=budget_flops, budget_params=budget_params,
         data=data, data_dir=str(data_dir) if data_dir else None, device=device, store=str(store), metric=metric,
@@ -535,9 +536,9 @@ def prune_jcw(model: str = typer.Option("resnet56", help="zoo model of the check
     Example: latbench prune jcw --checkpoint runs/r56.safetensors --table tables/host-litert-resnet56-32-dense.parquet
     --budget-ratio 0.7 --budget-ratio 0.5 --device host:litert --out runs/jcw
     """
-    from .pruning_jcw import JCWJob, run_jcw
-    from .search.jcw import SearchConfig
-    from .search.jcw_evaluator import SupernetConfig
+    from .methods.jcw.evaluator import SupernetConfig
+    from .methods.jcw.job import JCWJob, run_jcw
+    from .methods.jcw.search import SearchConfig
     from .train.admm import ADMMConfig
 
     _run_prune(lambda: JCWJob(
@@ -618,10 +619,10 @@ def prune_sp(model: str = typer.Option("resnet56", help="zoo model of the checkp
     Example: latbench prune sp --model resnet56 --checkpoint runs/r56.safetensors
     --table tables/host-litert-resnet56-32-dense.parquet --budget-ratio 0.5 --device host:litert --out runs/sp-50
     """
+    from .methods.common import FinetuneRecipe
     from .methods.sp.job import SPJob, run_sp
     from .methods.sp.search import SPSearchConfig
     from .methods.sp.training import StageTrainConfig
-    from .pruning import FinetuneRecipe
 
     _run_prune(lambda: SPJob(
         model=model, checkpoint=str(checkpoint), out=str(out), table=str(table) if table else None,

@@ -12,6 +12,7 @@ damaged file and say how to recover instead of failing with a bare "Expecting va
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -84,6 +85,20 @@ def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = None, 
     return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys))
 
 
+def write_json_if_changed(path: str | Path, obj: Any, *, indent: int | None = None) -> Path:
+    """Write ``obj`` as JSON atomically unless ``path`` already holds exactly that text: a rerun that
+    recomputes nothing leaves the file (and its modification time) untouched."""
+    path, text = Path(path), json.dumps(obj, indent=indent)
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        atomic_write_text(path, text)
+    return path
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, in hex (what a phase marker records of the file it saw)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def atomic_save_figure(path: str | Path, fig, **savefig_kwargs) -> Path:
     """Save the matplotlib figure ``fig`` to ``path`` atomically, in the format ``path``'s suffix names
     (PNG without one): the temporary file's own suffix must not choose it."""
@@ -126,4 +141,4 @@ def read_jsonl(path: str | Path, recover: str) -> list:
 
 
 __all__ = ["DamagedFileError", "atomic_output", "atomic_save_figure", "atomic_write_bytes", "atomic_write_json",
-           "atomic_write_text", "parse_json", "read_json", "read_jsonl"]
+           "atomic_write_text", "parse_json", "read_json", "read_jsonl", "sha256_file", "write_json_if_changed"]

@@ -14,10 +14,10 @@ from latbench.cli import app
 from latbench.files import DamagedFileError, atomic_output, atomic_write_json, read_json, read_jsonl
 from latbench.models import Architecture, build, get_model
 from latbench.predictor import Predictor
-from latbench.pruning_jcw import _claim_folder, _finished_training, _previous_scores, write_front
+from latbench.methods.jcw.job import _claim_folder, _finished_training, _previous_scores, write_front
 from latbench.search.budget import Budget, CostGrid
-from latbench.search.jcw import JCWSearch, SearchConfig, SyntheticEvaluator
-from latbench.search.lcp import EvolutionConfig, FilterRanking, learn_compensation
+from latbench.methods.jcw.search import JCWSearch, SearchConfig, SyntheticEvaluator
+from latbench.methods.lcp.search import EvolutionConfig, FilterRanking, learn_compensation
 from latbench.tables import LatencyTable
 from latbench.train import save_checkpoint
 from latbench.train.admm import ADMMConfig

@@ -9,7 +9,7 @@ from pymoo.indicators.hv import HV
 from latbench.layers import signature_of
 from latbench.models import Architecture, get_model, random_architectures
 from latbench.predictor import Population, Predictor
-from latbench.search.jcw import (ArchitectureEncoding, JCWSearch, SearchConfig, SearchError, SyntheticEvaluator,
+from latbench.methods.jcw.search import (ArchitectureEncoding, JCWSearch, SearchConfig, SearchError, SyntheticEvaluator,
                                  coupled_groups, density_experiment)
 from latbench.tables import LatencyTable
 from latbench.tables.jcw import import_jcw_table

@@ -8,7 +8,7 @@ from latbench.layers import layer_points
 from latbench.models import Architecture, get_model
 from latbench.predictor import Predictor
 from latbench.search.budget import Budget, BudgetError, CostGrid, IncrementalCost
-from latbench.search.lcp import (EvolutionConfig, FilterRanking, learn_compensation, naive_prune, reachable_minimum,
+from latbench.methods.lcp.search import (EvolutionConfig, FilterRanking, learn_compensation, naive_prune, reachable_minimum,
                                  uniform_prune)
 from latbench.tables.table import LatencyTable, OutOfGridError
 

@@ -481,13 +481,13 @@ def test_prune_ofar_end_to_end_and_a_rerun_recomputes_nothing(tmp_path, checkpoi
             assert c["measured_ms"] is None and "not a host runtime here" in c["measurement"]
     # A rerun recomputes nothing: no training, recalibration, scoring, export or measurement.
     import latbench.export as export
+    import latbench.methods.common as common
     import latbench.methods.ofar.job as job
-    import latbench.pruning as pruning
     import latbench.supernet as supernet
     import latbench.train.loop as loop
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name not in ("report.json",)}
-    for mod, name in ((loop, "train"), (supernet, "recalibrate"), (pruning, "measure_shipped"),
+    for mod, name in ((loop, "train"), (supernet, "recalibrate"), (common, "measure_shipped"),
                       (export, "export_network_for"), (job, "_score")):
         monkeypatch.setattr(mod, name, lambda *a, _n=name, **k: pytest.fail(f"the rerun called {_n}"))
     again = _ofar(args, out, tables)

@@ -38,7 +38,7 @@ def prune(*args):
 @pytest.mark.slow
 def test_lcp_job_end_to_end_with_device_measurement_and_resume(checkpoint, resnet56_litert_table, tmp_path,
                                                                monkeypatch):
-    from latbench.pruning import PrunedLoss
+    from latbench.methods.lcp.job import PrunedLoss
 
     fitness_calls = []
     evaluate = PrunedLoss.__call__

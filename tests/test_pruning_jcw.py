@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from latbench.cli import app
 from latbench.data import FASHION_MNIST_DIR
 from latbench.models import Architecture, get_model
-from latbench.pruning_jcw import JCWJob, admm_config_for, best_within, choose, spread_picks
+from latbench.methods.jcw.job import JCWJob, admm_config_for, best_within, choose, spread_picks
 from latbench.search.budget import BudgetError
 from latbench.validation import file_key
 from latbench.train.admm import ADMMConfig

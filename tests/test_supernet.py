@@ -1,4 +1,4 @@
-"""JCW's weight-sharing supernet (latbench.search.jcw_evaluator, built on the core latbench.supernet):
+"""JCW's weight-sharing supernet (latbench.methods.jcw.evaluator, built on the core latbench.supernet):
 magnitude masks, channel reordering, slicing == materialize, per-subnet BN, extraction, the search's
 evaluator protocol (with a real JCW search), training lowers the loss, resume, no thread settings."""
 import numpy as np
@@ -9,7 +9,7 @@ from latbench.data import FASHION_MNIST_DIR, NO_AUGMENT, DataSplits, ImageDatase
 from latbench.models import Architecture, ArchitectureError, GraphNet, apply_sparsity, get_model, materialize
 from latbench.models import random_architectures
 from latbench.models.torch_net import randomize_bn
-from latbench.search.jcw_evaluator import SupernetConfig, SupernetEvaluator
+from latbench.methods.jcw.evaluator import SupernetConfig, SupernetEvaluator
 from latbench.supernet import magnitude_keep
 from latbench.train import CheckpointError, save_checkpoint
 from latbench.train.importance import channel_importance, recalibrate_bn
@@ -216,7 +216,7 @@ def test_evaluator_protocol_inside_a_real_jcw_search():
     from pathlib import Path
 
     from latbench.predictor import Predictor
-    from latbench.search.jcw import Evaluator, JCWSearch, SearchConfig
+    from latbench.methods.jcw.search import Evaluator, JCWSearch, SearchConfig
     from latbench.tables import LatencyTable
 
     spec = get_model("resnet18")

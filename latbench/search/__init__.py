@@ -1,6 +1,6 @@
-"""Architecture search over latency tables (e.g. ``latbench.search.jcw``: JCW's multi-objective
-evolutionary search, built on the numpy NSGA-II operators of ``latbench.search.nsga``).
+"""Search building blocks shared by the pruning methods: resource budgets as per-layer cost grids
+(:mod:`latbench.search.budget`) and the generic NSGA-II operators (:mod:`latbench.search.nsga`). The methods'
+own searches live with each method, in :mod:`latbench.methods`.
 
-Submodules are imported on use so that importing the package stays cheap and independent searches
-can live side by side.
+Submodules are imported on use so that importing the package stays cheap.
 """

@@ -28,16 +28,19 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from ...files import atomic_output, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from ...files import atomic_output, atomic_write_json, atomic_write_text, read_json, sha256_file, write_json_if_changed
 from ...models import Architecture
 from ...search.budget import BudgetError
+from .. import common
+from ..common import (EXPORT_FORMATS, check_torch_device, console, export_pruned, exported, first, load_parent,
+                      sample_batches, set_threads)
 from .joint import BNMode, JointConfig, Structures, attach_private_bn, structure_forward, train_joint
 from .rates import (BudgetSpec, CostModel, GlobalRanking, RatePlan, bn_gamma_scores, check_resolutions, find_rates,
                     load_cost_models, structure_floors)
@@ -119,6 +122,7 @@ class OFARJob:
             raise ValueError(f"pool must be 'search' (OFARPruning) or 'uniform' (the US-Net baseline), got {self.pool!r}")
         if self.pool == "uniform" and not all(0 < r <= 1 for r in self.uniform_ratios):
             raise ValueError(f"uniform ratios must be in (0, 1], got {list(self.uniform_ratios)}")
+        check_torch_device(self.torch_device)
 
     def budget_spec(self) -> BudgetSpec:
         return BudgetSpec(self.budget_ratios, self.budgets_ms, self.budgets_flops)
@@ -127,8 +131,6 @@ class OFARJob:
 # ---- helpers ----------------------------------------------------------------------------------------------
 
 def _log(job: OFARJob) -> Callable[[str], None]:
-    from ...pruning import console
-
     return lambda line: console.print(line, highlight=False)
 
 
@@ -209,10 +211,6 @@ def _here(cost: CostModel) -> tuple[bool, str]:
     return True, "measured"
 
 
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:24]
-
-
 # ---- the job ------------------------------------------------------------------------------------------------
 
 def plan_rates(job: OFARJob, parent, resolutions: Sequence[int]) -> tuple[list[CostModel], RatePlan]:
@@ -256,25 +254,18 @@ def structures_of(outcome: SearchOutcome, spec) -> tuple[Structures, dict[int, i
 def run_ofar(job: OFARJob) -> dict:
     """Run ``job`` end to end (or continue it); returns the report (also ``report.json``)."""
     from ...data import DataError, load_dataset
-    from ...export import export_network_for
-    from ...models.zoo import get_model
-    from ...pruning import _batches, measure_shipped
     from ...supernet import DynamicNet, recalibrate, resize
-    from ...train import evaluate, load_checkpoint, read_checkpoint_meta
+    from ...train import evaluate, read_checkpoint_meta
     from ...train.checkpoint import CheckpointError, load_weights
     from ...train.importance import importance_order
-    from ...train.loop import TrainHistory, cpu_cores
+    from ...train.loop import TrainHistory
 
-    torch.set_num_threads(job.threads or cpu_cores())      # the application's choice, as `prune lcp` makes it
+    set_threads(job.threads)
     log = _log(job)
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
-    parent, parent_arch, _ = load_checkpoint(job.checkpoint)
+    parent = load_parent(job.checkpoint, job.model)
     spec = parent.spec
-    if spec.name != job.model:
-        raise ValueError(f"{job.checkpoint} holds a {spec.name}, not a {job.model}")
-    if parent_arch.widths != dict(get_model(spec.name).groups) or parent_arch.sparsity:
-        raise ValueError(f"{job.checkpoint} is already pruned ({parent_arch.widths}); start from the full network")
     data = load_dataset(job.data, job.data_dir)
     if data.val is None:
         raise DataError(f"{data.name} has no validation split; OFARPruning selects on held-out data")
@@ -292,16 +283,13 @@ def run_ofar(job: OFARJob) -> dict:
 
     # -- step 1: rates (every bad input fails here, before any training) -----------------------------------
     costs, plan = plan_rates(job, parent, resolutions)
-    rates_path = out / "rates.json"
-    if not rates_path.exists() or read_json(rates_path, recover="delete it") != plan.to_dict():
-        atomic_write_json(rates_path, plan.to_dict(), indent=2)
+    write_json_if_changed(out / "rates.json", plan.to_dict(), indent=2)
     by_label = {c.label: c for c in costs}
     log(f"[bold]ofar[/]: {len(plan.rates)} rates for {len(plan.targets)} (device, budget, resolution) constraints "
         f"on {', '.join(plan.full)}; resolutions {list(resolutions)}")
 
-    train_set = data.train if job.train_images is None else data.train.head(job.train_images)
-    val = data.val if job.val_images is None else data.val.head(job.val_images)
-    test = data.test if job.test_images is None else data.test.head(job.test_images)
+    train_set, val, test = (first(split, n) for split, n in ((data.train, job.train_images),
+                                                             (data.val, job.val_images), (data.test, job.test_images)))
 
     # -- search stage --------------------------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -363,7 +351,7 @@ def run_ofar(job: OFARJob) -> dict:
         stats = {k: v for k, v in saved.items() if k.startswith(f"{score_id['joint']}:")}
         missing = [(j, r) for j, r in pairs if f"{score_id['joint']}:s{j}-r{r}" not in stats]
         if missing:
-            calib = _batches(train_set, job.bn_images, batch=128, seed=search_cfg.seed + 1)
+            calib = sample_batches(train_set, job.bn_images, batch=128, seed=search_cfg.seed + 1)
             for j, r in missing:
                 batches = [(resize(x, r).to(device), y) for x, y in calib]
                 stats[f"{score_id['joint']}:s{j}-r{r}"] = recalibrate(net, structures.arch(j, r), batches)
@@ -410,7 +398,7 @@ def run_ofar(job: OFARJob) -> dict:
     # -- export each chosen (structure, resolution) --------------------------------------------------------------
     t0 = time.perf_counter()
     networks: dict[tuple[int, int], dict] = {}
-    exported = False
+    wrote = False
     for ch in choices:
         key = (ch["structure"], ch["resolution"])
         if key in networks:
@@ -422,7 +410,7 @@ def run_ofar(job: OFARJob) -> dict:
         info_path = folder / "network.json"
         net_id = {**score_id, "arch": arch.to_dict(), "test": len(test)}
         info = read_json(info_path, recover="delete it to export that network again") if info_path.exists() else {}
-        done = info.get("identity") == net_id and all((folder / f"pruned.{f}").exists() for f in ("onnx", "tflite"))
+        done = info.get("identity") == net_id and exported(folder)
         if not done:
             bn = stats.get(f"{score_id['joint']}:s{j}-r{r}")
             if joint_cfg.bn_mode is BNMode.PRIVATE:
@@ -432,15 +420,14 @@ def run_ofar(job: OFARJob) -> dict:
                 small = net.extract(arch, bn, device="cpu")
             test_loss, test_acc = evaluate(small, _resized_batches(test, r))
             atomic_write_text(folder / "arch.json", arch.to_json())
-            for fmt in ("onnx", "tflite"):
-                atomic_write_bytes(folder / f"pruned.{fmt}", export_network_for(fmt, small, arch))
+            export_pruned(folder, small, arch)
             info = {"identity": net_id, "architecture": arch.to_dict(), "test_acc": test_acc,
                     "test_loss": test_loss, "test_images": len(test),
-                    "files": {f: _file_sha(folder / f"pruned.{f}") for f in ("onnx", "tflite")}}
+                    "files": {f: sha256_file(folder / f"pruned.{f}")[:24] for f in EXPORT_FORMATS}}
             atomic_write_json(info_path, info, indent=2)
-            exported = True
+            wrote = True
         networks[key] = {**info, "folder": str(folder)}
-    timed("export", t0, exported)
+    timed("export", t0, wrote)
 
     # -- measurement on the devices that are here ---------------------------------------------------------------
     meas_path = out / "measurements.json"
@@ -458,7 +445,7 @@ def run_ofar(job: OFARJob) -> dict:
         todo = [k for k in mine if known.get(f"s{k[0]}-r{k[1]}", {}).get("sha") != networks[k]["files"][fmt]
                 or known.get(f"s{k[0]}-r{k[1]}", {}).get("fingerprint") != c.table.fingerprint]
         if todo:
-            values = measure_shipped([Path(networks[k]["folder"]) for k in todo], c.table, c.device, job.store,
+            values = common.measure_shipped([Path(networks[k]["folder"]) for k in todo], c.table, c.device, job.store,
                                      job.progress)
             for k, v in zip(todo, values):
                 known[f"s{k[0]}-r{k[1]}"] = {"sha": networks[k]["files"][fmt], "ms": float(v),

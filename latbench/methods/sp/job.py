@@ -1,4 +1,4 @@
-"""``latbench prune sp``: SP end to end, run the way LcP runs (:mod:`latbench.pruning`).
+"""``latbench prune sp``: SP end to end, on the jobs' shared plumbing (:mod:`latbench.methods.common`).
 
 checkpoint (the trained full network) + budget (latency from a device table — ms, or a ratio of the full
 network's latency measured on ``device`` or predicted — or FLOPs / parameters)
@@ -25,28 +25,26 @@ reach (naming that cost), Ray asked for but missing or unreachable.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
 
-from ...files import atomic_write_bytes, atomic_write_text, read_json
-from ...models import Architecture, GraphNet
+from ...files import atomic_write_text, read_json, sha256_file, write_json_if_changed
+from ...models import GraphNet
 from ...predictor import Predictor
-from ...pruning import FinetuneRecipe, measure_architectures, measure_shipped
 from ...search.budget import Budget, BudgetError, CostGrid
 from ...supernet import DynamicNet, SearchSpace, StageAdaptors, recalibrate, stages_of
 from ...tables.table import LatencyTable, TableError
+from ..common import (BudgetRequest, FinetuneRecipe, check_table_device, check_torch_device, console, export_pruned,
+                      exported, first, full_latency, load_parent, measure_shipped, network_report, sample_batches,
+                      set_threads)
 from .costs import StageCosts
 from .parallel import RayUnavailableError, check_ray
 from .search import SPSearchConfig, search
 from .training import StageTrainConfig, train_stagewise
 
-console = Console(stderr=True)
 RETRAIN_FROM = ("inherited", "scratch")
 
 
@@ -93,55 +91,23 @@ class SPJob:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        given = [v for v in (self.budget_ms, self.budget_ratio, self.budget_flops, self.budget_params) if v is not None]
-        if len(given) != 1:
-            raise BudgetError("give exactly one budget: --budget-ms, --budget-ratio, --budget-flops or --budget-params")
-        if self.budget_ratio is not None and not 0 < self.budget_ratio <= 1:
-            raise BudgetError(f"--budget-ratio must be in (0, 1], got {self.budget_ratio}")
-        if (self.budget_ms is not None or self.budget_ratio is not None) and not self.table:
-            raise BudgetError("a latency budget needs the device's latency table: give --table")
+        self.budget.check(self.table, self.device)
         if self.retrain_from not in RETRAIN_FROM:
             raise ValueError(f"--retrain-from must be one of {', '.join(RETRAIN_FROM)}, got {self.retrain_from!r}")
         if self.ray is False and self.ray_address:
             raise ValueError("--ray-address needs Ray: drop --no-ray")
         if self.actors_per_stage < 1:
             raise ValueError(f"--actors-per-stage must be ≥ 1, got {self.actors_per_stage}")
-        if self.device and not self.table:
-            raise BudgetError("measuring on --device compares with the device's table: give --table")
-        try:
-            kind = torch.device(self.torch_device).type
-        except RuntimeError as err:
-            raise ValueError(f"--torch-device {self.torch_device!r}: {err}") from err
-        missing = {"cuda": lambda: not torch.cuda.is_available(), "mps": lambda: not torch.backends.mps.is_available()}
-        if kind in missing and missing[kind]():
-            raise ValueError(f"--torch-device {self.torch_device}: this torch build or machine has no {kind} device; "
-                             "use cpu")
+        check_torch_device(self.torch_device)
 
     @property
-    def budget_kind(self) -> str:
-        if self.budget_flops is not None:
-            return "flops"
-        if self.budget_params is not None:
-            return "params"
-        return "latency"
+    def budget(self) -> BudgetRequest:
+        return BudgetRequest(self.budget_ms, self.budget_ratio, self.budget_flops, self.budget_params)
 
 
-def _sample(dataset, n: int, batch: int, seed: int) -> list[torch.Tensor]:
-    """A fixed random sample of ``n`` images of ``dataset``, normalised, in batches."""
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(dataset), generator=g)[:n]
-    return [dataset.normalize(dataset.images[idx[i:i + batch]]) for i in range(0, len(idx), batch)]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _write_json_if_changed(path: Path, obj, indent: int | None = 2) -> None:
-    """Write ``obj`` atomically unless the file already holds exactly that (a rerun leaves it untouched)."""
-    text = json.dumps(obj, indent=indent)
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
-        atomic_write_text(path, text)
+def _images(dataset, n: int, batch: int, seed: int) -> list[torch.Tensor]:
+    """The images of a fixed random sample of ``n`` images of ``dataset`` (:func:`sample_batches`)."""
+    return [x for x, _ in sample_batches(dataset, n, batch, seed)]
 
 
 def _use_ray(job: SPJob) -> bool:
@@ -154,35 +120,18 @@ def _use_ray(job: SPJob) -> bool:
     return True if job.ray or job.ray_address else False
 
 
-def _check_device(table: LatencyTable, device: str) -> None:
-    from ...devices import open_device
-
-    dev = open_device(device)
-    try:
-        table.check_device(dev.fingerprint(), device)
-    finally:
-        dev.close()
-
-
 def run_sp(job: SPJob) -> dict:
     """Run ``job`` end to end (resuming whatever a previous run finished); writes everything to ``job.out``
     and returns the report (also ``report.json``)."""
     from ...data import DataSplits, load_dataset
-    from ...export import export_network_for
-    from ...models.zoo import get_model
-    from ...train import evaluate, finetune, load_checkpoint, read_checkpoint_meta
+    from ...train import evaluate, read_checkpoint_meta
 
-    if job.threads:
-        torch.set_num_threads(job.threads)
+    set_threads(job.threads, all_cores=False)
     out = Path(job.out)
 
     # ---- everything that can be wrong with the input, before any training ----------------------------
-    parent, parent_arch, _ = load_checkpoint(job.checkpoint)
+    parent = load_parent(job.checkpoint, job.model)
     spec = parent.spec
-    if spec.name != job.model:
-        raise ValueError(f"{job.checkpoint} holds a {spec.name}, not a {job.model}")
-    if parent_arch.widths != dict(get_model(spec.name).groups):
-        raise ValueError(f"{job.checkpoint} is already pruned ({parent_arch.widths}); start from the full network")
     stages = stages_of(spec)                                      # StageError: no stage boundaries
     use_ray = _use_ray(job)
     if use_ray:
@@ -197,24 +146,16 @@ def run_sp(job: SPJob) -> dict:
     unit = job.unit or (int(table.meta.get("channel_multiple", 1)) if table is not None else 1)
     space = SearchSpace.from_spec(spec, multiple=unit, resolutions=(resolution,))
     step = int(np.gcd.reduce([w for c in space.choices.values() for w in c]))
-    kind = job.budget_kind
-    grid = CostGrid.for_budget(spec, Budget(kind, 1.0), resolution, predictor, step)   # OutOfGridError
-    smallest, full = space.smallest(resolution), Architecture.full(spec, resolution)
+    grid = CostGrid.for_budget(spec, Budget(job.budget.kind, 1.0), resolution, predictor, step)   # OutOfGridError
+    smallest = space.smallest(resolution)
     grid.check_range(np.array([smallest.widths[g] for g in spec.groups]))           # the table's channel range
     costs = StageCosts.from_grid(grid, stages)
     if job.device:
-        _check_device(table, job.device)                          # TableError: measured on another device
+        check_table_device(table, job.device)                     # TableError: measured on another device
 
-    measured_full = None
-    if job.device and job.budget_ratio is not None:
-        measured_full = float(measure_architectures(spec, [full], table, job.device, job.store, job.progress)[0])
-    predicted_full = float(predictor.predict(full)[0]) if predictor is not None else None
-    if job.budget_ms is not None:
-        budget = Budget("latency", job.budget_ms)
-    elif job.budget_ratio is not None:
-        budget = Budget("latency", job.budget_ratio * (measured_full if measured_full is not None else predicted_full))
-    else:
-        budget = Budget(kind, job.budget_flops if kind == "flops" else job.budget_params)
+    full = full_latency(spec, resolution, table, predictor, job.device, job.store, job.progress,
+                        measure=job.budget_ratio is not None)
+    budget = job.budget.resolve(full)
     floor = float(costs.total(smallest.widths))
     if budget.value < floor:
         raise BudgetError(
@@ -227,10 +168,10 @@ def run_sp(job: SPJob) -> dict:
     phases = read_json(phases_path, recover="delete it to redo the export") if phases_path.exists() else {}
 
     def save_phases() -> None:
-        _write_json_if_changed(phases_path, phases)
+        write_json_if_changed(phases_path, phases, indent=2)
 
     # ---- 1. stage-wise supernet training -------------------------------------------------------------
-    device = torch.device(job.torch_device)
+    device = check_torch_device(job.torch_device)
     net = DynamicNet.from_parent(parent, job.order, device=device)
     adaptors = StageAdaptors.for_net(net)
     train_data = data if job.train_images is None else DataSplits(
@@ -242,12 +183,13 @@ def run_sp(job: SPJob) -> dict:
     cfg = job.search
     held_out = data.val if data.val is not None else data.train
     images = held_out.normalize(held_out.images[:cfg.eval_images])
-    calibration = torch.cat(_sample(data.train, cfg.calib_images, cfg.batch_size, cfg.seed + 1))
+    calibration = torch.cat(_images(data.train, cfg.calib_images, cfg.batch_size, cfg.seed + 1))
     result = search(net, adaptors, space, costs, budget, images, calibration, cfg, resolution=resolution,
                     use_ray=use_ray, ray_address=job.ray_address, actors_per_stage=job.actors_per_stage,
                     state=out / "sp-state.json", worker_device=str(device), progress=job.progress)
     arch = result.arch
-    _write_json_if_changed(out / "search.json", {k: v for k, v in result.to_dict().items() if k != "history"})
+    write_json_if_changed(out / "search.json", {k: v for k, v in result.to_dict().items() if k != "history"},
+                          indent=2)
     if not (out / "arch.json").exists() or (out / "arch.json").read_text() != arch.to_json():
         atomic_write_text(out / "arch.json", arch.to_json())
     predicted = float(predictor.predict(arch)[0]) if predictor is not None else None
@@ -255,7 +197,7 @@ def run_sp(job: SPJob) -> dict:
                   f"widths {arch.widths}")
 
     # ---- 3. retraining with the one SGD loop -----------------------------------------------------------
-    test = data.test if job.test_images is None else data.test.head(job.test_images)
+    test = first(data.test, job.test_images)
     ckpt = out / "pruned.safetensors"
     r = job.retrain
     done = ckpt.exists() and read_checkpoint_meta(ckpt).get("history", {}).get("complete", False)
@@ -263,7 +205,7 @@ def run_sp(job: SPJob) -> dict:
     if phases.get("start", {}).get("key") != key:
         phases.pop("start", None)
     if not done:
-        stats = recalibrate(net, arch, _sample(data.train, job.bn_images or 1024, 128, r.seed + 1))
+        stats = recalibrate(net, arch, _images(data.train, job.bn_images or 1024, 128, r.seed + 1))
         inherited = net.extract(arch, stats, device="cpu")
         if "start" not in phases:
             loss, acc = evaluate(inherited, test)
@@ -277,26 +219,21 @@ def run_sp(job: SPJob) -> dict:
         small = GraphNet(spec, arch.widths, net.in_channels)
     on_cpu = device.type == "cpu"
     small = small.to(device)           # the one SGD loop trains where the network is (batches follow)
-    finetune(small, data, r.epochs, r.lr, schedule=r.schedule, batch_size=r.batch_size, seed=r.seed,
-             max_steps=r.max_steps, checkpoint=ckpt, resume=True, arch=arch, threads=job.threads,
-             meta={"method": "sp", "parent": str(job.checkpoint), "retrain_from": job.retrain_from},
-             progress=job.progress, device=None if on_cpu else device)
+    r.run(small, data, ckpt, arch, {"method": "sp", "parent": str(job.checkpoint), "retrain_from": job.retrain_from},
+          progress=job.progress, device=None if on_cpu else device)
     small = small.cpu().eval()
     saved = read_checkpoint_meta(ckpt)
     retrain_seconds = (sum(e["seconds"] for e in saved["history"].get("epochs", []))
                        + float(saved.get("running", {}).get("seconds", 0.0)))
-    digest = _sha256(ckpt)
+    digest = sha256_file(ckpt)
     if phases.get("final", {}).get("sha256") != digest:
         loss, acc = evaluate(small, test)
         phases["final"] = {"sha256": digest, "loss": loss, "accuracy": acc}
         save_phases()
 
     # ---- 4. export -------------------------------------------------------------------------------------
-    exported = phases.get("export", {}).get("sha256") == digest and all(
-        (out / f"pruned.{fmt}").exists() for fmt in ("onnx", "tflite"))
-    if not exported:
-        for fmt in ("onnx", "tflite"):
-            atomic_write_bytes(out / f"pruned.{fmt}", export_network_for(fmt, small, arch))
+    if phases.get("export", {}).get("sha256") != digest or not exported(out):
+        export_pruned(out, small, arch)
         phases["export"] = {"sha256": digest}
         save_phases()
 
@@ -305,19 +242,13 @@ def run_sp(job: SPJob) -> dict:
     if job.device and table is not None:
         measured = float(measure_shipped([out], table, job.device, job.store, job.progress)[0])
 
-    start = phases.get("start", {})
+    inherited = phases.get("start", {}).get("inherited")
     report = {
-        "model": spec.name, "method": "sp", "checkpoint": str(job.checkpoint), "table": job.table,
-        "device": job.device, "budget": {"kind": budget.kind, "value": budget.value, "ratio": job.budget_ratio},
-        "full_latency_ms": {"measured": measured_full, "predicted": predicted_full},
-        "architecture": arch.to_dict(), "unit": unit, "order": job.order,
-        "cost": result.cost, "predicted_ms": predicted, "measured_ms": measured,
-        "measured_over_budget": (measured / budget.value - 1) if measured is not None and budget.kind == "latency"
-        else None,
-        "test_accuracy": {"pruned": start.get("inherited", {}).get("accuracy"),
-                          "finetuned": phases["final"]["accuracy"]},
-        "test_loss": {"pruned": start.get("inherited", {}).get("loss"), "finetuned": phases["final"]["loss"]},
-        "test_images": len(test),
+        **network_report(spec=spec, method="sp", checkpoint=job.checkpoint, table=job.table, device=job.device,
+                         budget=job.budget.to_dict(budget), full=full, arch=arch, predicted_ms=predicted,
+                         measured_ms=measured, pruned=(inherited["loss"], inherited["accuracy"]) if inherited else None,
+                         finetuned=(phases["final"]["loss"], phases["final"]["accuracy"]), test_images=len(test)),
+        "unit": unit, "order": job.order, "cost": result.cost,
         "retrain_from": job.retrain_from, "finetune": asdict(r),
         "search_seconds": result.seconds,
         "seconds": {"supernet": history.seconds, "search": result.seconds, "retrain": retrain_seconds},
@@ -327,10 +258,8 @@ def run_sp(job: SPJob) -> dict:
                    "parallel": result.parallel, "config": cfg.to_dict()},
         "supernet": {"config": job.supernet.to_dict(), "steps": history.step,
                      "last": history.records[-1] if history.records else None},
-        "flops": CostGrid.analytic(spec, "flops", resolution).total(arch.widths),
-        "params": CostGrid.analytic(spec, "params", resolution).total(arch.widths),
     }
-    _write_json_if_changed(out / "report.json", report)
+    write_json_if_changed(out / "report.json", report, indent=2)
     return report
 
 

@@ -32,13 +32,13 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from ..files import atomic_save_figure, atomic_write_json, atomic_write_text, parse_json, read_json
-from ..layers import signature_of
-from ..models.arch import Architecture
-from ..models.spec import CONV_KINDS, ModelSpec
-from ..predictor import Population, Predictor
-from ..tables.table import LatencyTable, knot_range
-from . import nsga
+from ...files import atomic_save_figure, atomic_write_json, atomic_write_text, parse_json, read_json
+from ...layers import signature_of
+from ...models.arch import Architecture
+from ...models.spec import CONV_KINDS, ModelSpec
+from ...predictor import Population, Predictor
+from ...tables.table import LatencyTable, knot_range
+from ...search import nsga
 
 STATE_FORMAT = "latbench-jcw-search/1"
 # Default survivors per latency target. With one target per survivor each target's only pick is the

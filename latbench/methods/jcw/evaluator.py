@@ -7,7 +7,7 @@ to its sparsity by weight magnitude on the sliced kernel (block-wise with ``spar
 masks, extraction and BatchNorm recalibration are the core's; this module holds what is JCW's:
 
 * :class:`SupernetConfig` — how the supernet is trained and how candidates are scored;
-* :class:`SupernetEvaluator` — the evaluator protocol of :class:`latbench.search.jcw.JCWSearch`:
+* :class:`SupernetEvaluator` — the evaluator protocol of :class:`latbench.methods.jcw.search.JCWSearch`:
   ``update(P ∪ Q)`` trains the shared weights on the population's architectures (JCW's Algorithm 4,
   optionally with the population's sandwich) through the one SGD loop, :func:`latbench.train.loop.train`;
   ``evaluate(archs)`` recalibrates BN per architecture on a few fixed training batches and returns the
@@ -36,12 +36,12 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..data import Augment, BatchLoader, DataSplits
-from ..models import Architecture, GraphNet
-from ..supernet import DynamicBatchNorm2d, DynamicNet, PopulationSampler, SubnetBN, cross_entropy, recalibrate, resize
-from ..train.checkpoint import (CheckpointError, load_optimizer_state, load_weights, read_checkpoint_meta,
+from ...data import Augment, BatchLoader, DataSplits
+from ...models import Architecture, GraphNet
+from ...supernet import DynamicBatchNorm2d, DynamicNet, PopulationSampler, SubnetBN, cross_entropy, recalibrate, resize
+from ...train.checkpoint import (CheckpointError, load_optimizer_state, load_weights, read_checkpoint_meta,
                                 save_checkpoint, stem_in_channels)
-from ..train.loop import TrainConfig, evaluate, make_optimizer, train
+from ...train.loop import TrainConfig, evaluate, make_optimizer, train
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 

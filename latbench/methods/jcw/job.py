@@ -1,11 +1,11 @@
 """JCW end to end: a trained checkpoint + a device table → a searched (widths, sparsity) Pareto front →
 chosen architectures retrained with ADMM, exported (ONNX, sparse TFLite) and measured on the device.
 
-The pieces are :mod:`latbench.search.jcw` (the evolutionary search), :mod:`latbench.search.jcw_evaluator`
-(the weight-sharing supernet, on the core :mod:`latbench.supernet`, that scores candidates on held-out
-training data) and :mod:`latbench.train.admm`
-(dense → ADMM → masked fine-tune). Loading, budgets, export and device measurement are shared with the
-other pruning methods (:mod:`latbench.pruning`), so reports have the same fields and compare directly.
+The pieces are :mod:`.search` (the evolutionary search), :mod:`.evaluator` (the weight-sharing supernet, on
+the core :mod:`latbench.supernet`, that scores candidates on held-out training data) and
+:mod:`latbench.train.admm` (dense → ADMM → masked fine-tune). Loading, budgets, export and device
+measurement are the jobs' shared plumbing (:mod:`latbench.methods.common`), so reports have the same fields
+as the other methods' and compare directly.
 
 Everything lives in ``job.out`` and a rerun continues where the last one stopped::
 
@@ -31,15 +31,16 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
-from .files import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, read_jsonl
-from .models.arch import Architecture
-from .pruning import _batches, console, measure_architectures, measure_shipped
-from .search.budget import BudgetError, CostGrid
-from .search.jcw import SearchConfig, SearchResult
-from .search.jcw_evaluator import SupernetConfig
-from .train.admm import ADMMConfig
+from ...files import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from ...models.arch import Architecture
+from ...search.budget import BudgetError
+from ...train.admm import ADMMConfig
+from ..common import (FullLatency, check_torch_device, console, export_pruned, exported, first, full_latency,
+                      load_parent, measure_architectures, measure_shipped, network_report, sample_batches,
+                      set_threads)
+from .evaluator import SupernetConfig
+from .search import SearchConfig, SearchResult
 
 SUMMARY_FORMAT = "latbench-jcw-job/1"
 #: Report fields produced by the retraining (kept from an earlier run when the retraining is skipped).
@@ -105,6 +106,7 @@ class JCWJob:
             raise BudgetError("--measure-front needs --device")
         if self.bn_images < 1:
             raise ValueError(f"bn_images must be ≥ 1, got {self.bn_images}")
+        check_torch_device(self.torch_device)
 
     @property
     def method(self) -> str:
@@ -242,7 +244,7 @@ def _finished_training(folder: Path, arch: Architecture, admm: ADMMConfig, test_
     """The training fields of the folder's report if it holds this architecture retrained with these
     settings and scored on as many test images, and its exports exist (a rerun then skips it); else None."""
     path = folder / "report.json"
-    if not path.exists() or not all((folder / f"pruned.{fmt}").exists() for fmt in ("onnx", "tflite")):
+    if not path.exists() or not exported(folder):
         return None
     report = read_json(path, recover="delete it to redo that architecture's retraining")
     if (report.get("architecture") != arch.to_dict() or report.get("admm") != admm.identity()
@@ -267,9 +269,8 @@ def retrain(choice: Choice, folder: Path, evaluator, data, test, job: JCWJob,
     its sparsities → masked fine-tune (resumable from ``admm.safetensors``), then exports. ``done`` maps
     architectures already retrained in this run to their checkpoints (a shared checkpoint is copied, not
     retrained). Returns the report's training fields."""
-    from .export import export_network_for
-    from .train import evaluate
-    from .train.admm import admm_retrain
+    from ...train import evaluate
+    from ...train.admm import admm_retrain
 
     arch = choice.architecture
     config = replace(admm_config_for(arch, job.admm), progress=job.progress)
@@ -277,15 +278,13 @@ def retrain(choice: Choice, folder: Path, evaluator, data, test, job: JCWJob,
     if arch in done and not checkpoint.exists():
         shutil.copyfile(done[arch], checkpoint)
     device = evaluator.device
-    bn = evaluator.calibrate(arch, _batches(data.train, job.bn_images, batch=128, seed=job.search.seed + 1))
+    bn = evaluator.calibrate(arch, sample_batches(data.train, job.bn_images, batch=128, seed=job.search.seed + 1))
     before = evaluate(evaluator.extract(arch, bn, sparse=True), test, device=device)   # the slice, as scored
     net = evaluator.extract(arch, bn, sparse=False)                      # dense start for the retraining
     net, history = admm_retrain(net, arch, data, config, checkpoint=checkpoint, device=device)
     done[arch] = checkpoint
     after = evaluate(net, test, device=device)
-    net.cpu()                                                            # exports read CPU tensors
-    for fmt in ("onnx", "tflite"):
-        atomic_write_bytes(folder / f"pruned.{fmt}", export_network_for(fmt, net, arch))
+    export_pruned(folder, net.cpu(), arch)                               # exports read CPU tensors
     requested = {name: float(arch.sparsity.get(name, 0.0)) for name in history.sparsity}
     training = {"test_accuracy": {"pruned": before[1], "finetuned": after[1]},
             "test_loss": {"pruned": before[0], "finetuned": after[0]}, "test_images": len(test),
@@ -309,23 +308,17 @@ def _prediction_error(predicted: float, measured: float | None) -> dict:
 def run_jcw(job: JCWJob) -> dict:
     """Run ``job`` end to end (or continue it); writes everything to ``job.out`` and returns the summary
     (also ``summary.json``). Every chosen architecture gets a ``report.json`` in its folder."""
-    from .data import load_dataset
-    from .models.zoo import get_model
-    from .predictor import Predictor
-    from .search.jcw import JCWSearch
-    from .tables.table import LatencyTable
-    from .search.jcw_evaluator import SupernetEvaluator
-    from .train import load_checkpoint
-    from .train.loop import cpu_cores
+    from ...data import load_dataset
+    from ...models.zoo import get_model
+    from ...predictor import Predictor
+    from ...tables.table import LatencyTable
+    from .evaluator import SupernetEvaluator
+    from .search import JCWSearch
 
-    torch.set_num_threads(job.threads or cpu_cores())      # the application's choice, as `prune lcp` makes it
+    set_threads(job.threads)
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
-    parent, parent_arch, _ = load_checkpoint(job.checkpoint)
-    if parent.spec.name != job.model:
-        raise ValueError(f"{job.checkpoint} holds a {parent.spec.name}, not a {job.model}")
-    if parent_arch.widths != dict(get_model(parent.spec.name).groups) or parent_arch.sparsity:
-        raise ValueError(f"{job.checkpoint} is already pruned ({parent_arch.widths}); start from the full network")
+    parent = load_parent(job.checkpoint, job.model)
     data = load_dataset(job.data, job.data_dir)
     if job.search.resolution not in (None, data.resolution):
         raise ValueError(f"the search's resolution {job.search.resolution} differs from the data's "
@@ -341,21 +334,18 @@ def run_jcw(job: JCWJob) -> dict:
     evaluator = SupernetEvaluator(parent, data, replace(job.supernet, progress=job.progress),
                                   checkpoint=out / "supernet.safetensors", device=job.torch_device)
     search = JCWSearch(spec, predictor, evaluator, config)
-    full = Architecture.full(spec, data.resolution)
-    measured_full = None
-    if job.device:
-        measured_full = float(measure_architectures(spec, [full], table, job.device, job.store, job.progress)[0])
+    measured_full = full_latency(spec, data.resolution, table, None, job.device, job.store, job.progress).measured
     previous = _previous_scores(out / "front.jsonl")        # read before the search rewrites the file
     console.print(f"[bold]{job.method}[/]: population {config.population}, {config.generations} generations, "
                   f"{search.encoding.dim} genes ({len(search.encoding.sparse_layers)} sparsity genes)")
     result = search.run(out, progress=job.progress)
+    full = FullLatency(measured_full, result.full_latency_ms)
     generation = result.final.generation
     front = scored_front(result, evaluator, previous)
     result.plot_frontier(out / "frontier.png", title=f"{spec.name} {job.method} on {table.meta.get('device', '?')}: "
                                                      "supernet loss vs predicted latency by generation")
     write_front(out / "front.jsonl", front, generation)           # kept even if a budget cannot be met
-    full_ms = measured_full if measured_full is not None else result.full_latency_ms
-    choices = choose(front, job, full_ms)
+    choices = choose(front, job, full.reference)
     if job.measure_front:
         front = front.assign(measured_ms=measure_architectures(spec, list(front.architecture), table, job.device,
                                                                job.store, job.progress))
@@ -363,7 +353,7 @@ def run_jcw(job: JCWJob) -> dict:
     console.print(f"front: {len(front)} architectures, {front.latency_ms.min():.3g}–{front.latency_ms.max():.3g} ms "
                   f"predicted (full network {result.full_latency_ms:.3g} ms); retraining {len(choices)}")
 
-    test = data.test if job.test_images is None else data.test.head(job.test_images)
+    test = first(data.test, job.test_images)
     reports, done = {}, {}
     for choice in choices:
         folder = out / choice.label
@@ -383,30 +373,25 @@ def run_jcw(job: JCWJob) -> dict:
         folders = [out / c.label for c in choices]
         measured = dict(zip([c.label for c in choices],
                             measure_shipped(folders, table, job.device, job.store, job.progress).tolist()))
-    predicted_full = result.full_latency_ms
     for choice in choices:
-        arch, row = choice.architecture, front.iloc[choice.front_index]
+        arch, row, training = choice.architecture, front.iloc[choice.front_index], reports[choice.label]
         predicted = float(row.latency_ms)
         measured_ms = measured.get(choice.label)
-        budget = choice.budget()
+        tested = {k: (training["test_loss"][k], training["test_accuracy"][k]) for k in ("pruned", "finetuned")}
         reports[choice.label] = report = {
-            **reports[choice.label],
-            "model": spec.name, "method": job.method, "checkpoint": str(job.checkpoint), "table": job.table,
-            "device": job.device, "data": data.name, "budget": budget, "label": choice.label,
-            "full_latency_ms": {"measured": measured_full, "predicted": predicted_full},
-            "architecture": arch.to_dict(), "predicted_ms": predicted, "measured_ms": measured_ms,
+            **training,
+            **network_report(spec=spec, method=job.method, checkpoint=job.checkpoint, table=job.table,
+                             device=job.device, budget=choice.budget(), full=full, arch=arch, predicted_ms=predicted,
+                             measured_ms=measured_ms, test_images=len(test), **tested),
+            "data": data.name, "label": choice.label,
             **_prediction_error(predicted, measured_ms),
-            "measured_over_budget": (measured_ms / budget["value"] - 1)
-            if measured_ms is not None and budget["value"] else None,
-            "relative_latency": predicted / predicted_full,
+            "relative_latency": predicted / full.predicted,
             "density": float(row.density), "weight_density": float(row.weight_density),
             "supernet": {"objective": job.supernet.objective, "loss": float(row.loss),
                          "val_loss": float(row.val_loss), "val_accuracy": float(row.val_accuracy)},
             "search_seconds": result.timing.total_s,
             "search": {"generations": generation, "population": config.population, "front_size": len(front),
                        "channel_only": config.channel_only},
-            "flops": CostGrid.analytic(parent.spec, "flops", data.resolution).total(arch.widths),
-            "params": CostGrid.analytic(parent.spec, "params", data.resolution).total(arch.widths),
         }
         atomic_write_json(out / choice.label / "report.json", report, indent=2)
 
@@ -417,7 +402,7 @@ def run_jcw(job: JCWJob) -> dict:
 
 def _anchors(spec, predictor, config: SearchConfig) -> tuple[Architecture, ...]:
     """The full network and the narrowest dense one within the search's bounds (the slow and fast ends)."""
-    from .search.jcw import ArchitectureEncoding
+    from .search import ArchitectureEncoding
 
     encoding = ArchitectureEncoding.for_search(spec, predictor, config)
     narrowest = encoding.architectures(encoding.decode(np.zeros((1, encoding.dim))))[0]

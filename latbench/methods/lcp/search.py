@@ -19,19 +19,18 @@
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..files import atomic_write_json, read_json
-from ..models.arch import Architecture
-from ..models.spec import ModelSpec
-from .budget import Budget, BudgetError, CostGrid, IncrementalCost
+from ...files import atomic_write_json, read_json
+from ...models.arch import Architecture
+from ...models.spec import ModelSpec
+from ...search.budget import Budget, BudgetError, CostGrid, IncrementalCost
 
 
 @dataclass

@@ -1,0 +1,284 @@
+"""What every pruning job shares, so the four methods are run and reported on equal terms.
+
+A job (:mod:`latbench.methods.lcp.job`, :mod:`~latbench.methods.jcw.job`, :mod:`~latbench.methods.sp.job`,
+:mod:`~latbench.methods.ofar.job`) takes a trained checkpoint, a device table and budgets, and goes
+checkpoint → budget → the method's search (and training) → retraining → export → measurement → report.
+The method-specific steps live with each method; the steps around them live here, once:
+
+* :func:`set_threads`, :func:`check_torch_device` — the application's settings (library code never sets
+  thread counts; jobs are the application);
+* :func:`load_parent` — the trained full network, checked against the model asked for;
+* :class:`BudgetRequest` and :class:`FullLatency` — one budget given as ms, a ratio of the full network's
+  latency (measured on the device when one is given, else predicted), FLOPs or parameters, resolved to a
+  :class:`~latbench.search.budget.Budget`;
+* :func:`sample_batches` — fixed random samples of training images (fitness, BN recalibration);
+* :class:`FinetuneRecipe` — the one fine-tuning recipe through the one SGD loop;
+* :func:`export_pruned` / :func:`exported` — ``pruned.onnx`` and ``pruned.tflite`` of a network;
+* :func:`measure_architectures` / :func:`measure_shipped` / :func:`check_table_device` — the device;
+* :func:`network_report` — the report fields every method writes for one pruned network.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from ..files import atomic_write_bytes
+from ..models.arch import Architecture
+from ..models.spec import ModelSpec
+from ..search.budget import Budget, BudgetError, CostGrid
+from ..tables.table import LatencyTable
+
+console = Console(stderr=True)
+#: The files every job ships per pruned network, ``pruned.<format>``.
+EXPORT_FORMATS = ("onnx", "tflite")
+
+
+# ---- the application's settings -------------------------------------------------------------------------
+
+def set_threads(threads: int | None, *, all_cores: bool = True) -> None:
+    """Torch threads of this process: ``threads``, else every core this process may use (``all_cores``) or
+    torch's own default. Jobs and the CLI call this; library code never sets thread counts."""
+    from ..train.loop import cpu_cores
+
+    if threads or all_cores:
+        torch.set_num_threads(threads or cpu_cores())
+
+
+def check_torch_device(name: str) -> torch.device:
+    """``name`` as a torch device, refused up front when this torch build or machine lacks it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--torch-device {name!r}: {err}") from err
+    missing = {"cuda": lambda: not torch.cuda.is_available(), "mps": lambda: not torch.backends.mps.is_available()}
+    if device.type in missing and missing[device.type]():
+        raise ValueError(f"--torch-device {name}: this torch build or machine has no {device.type} device; use cpu")
+    return device
+
+
+# ---- the checkpoint ------------------------------------------------------------------------------------
+
+def load_parent(checkpoint: str | Path, model: str):
+    """The trained full network of ``checkpoint`` (a :class:`~latbench.models.GraphNet`, eval mode); refused
+    when it holds another model or an already pruned (narrower or sparse) network."""
+    from ..models.zoo import get_model
+    from ..train import load_checkpoint
+
+    parent, arch, _ = load_checkpoint(checkpoint)
+    if parent.spec.name != model:
+        raise ValueError(f"{checkpoint} holds a {parent.spec.name}, not a {model}")
+    if arch.widths != dict(get_model(parent.spec.name).groups) or arch.sparsity:
+        raise ValueError(f"{checkpoint} is already pruned ({arch.widths}); start from the full network")
+    return parent
+
+
+# ---- budgets ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FullLatency:
+    """The full network's latency: ``measured`` on the device (None without one), ``predicted`` from the
+    table (None without one). Ratio budgets refer to the measured value when there is one."""
+
+    measured: float | None = None
+    predicted: float | None = None
+
+    @property
+    def reference(self) -> float:
+        if self.measured is None and self.predicted is None:
+            raise BudgetError("a latency ratio needs the full network's latency: give --table (or --device)")
+        return self.measured if self.measured is not None else float(self.predicted)
+
+    def to_dict(self) -> dict:
+        return {"measured": self.measured, "predicted": self.predicted}
+
+
+def full_latency(spec: ModelSpec, resolution: int, table: LatencyTable | None, predictor, device: str | None,
+                 store: str, progress: bool, measure: bool = True) -> FullLatency:
+    """The full network's latency: predicted when there is a table, measured on ``device`` when one is given
+    and ``measure`` (a rerun reads the measurement from the store)."""
+    full = Architecture.full(spec, resolution)
+    measured = None
+    if device and measure and table is not None:
+        measured = float(measure_architectures(spec, [full], table, device, store, progress)[0])
+    predicted = float(predictor.predict(full)[0]) if predictor is not None else None
+    return FullLatency(measured, predicted)
+
+
+@dataclass(frozen=True)
+class BudgetRequest:
+    """Exactly one budget as given on the command line: ``ms`` (latency), ``ratio`` (of the full network's
+    latency), ``flops`` (multiply-accumulates) or ``params``."""
+
+    ms: float | None = None
+    ratio: float | None = None
+    flops: float | None = None
+    params: float | None = None
+
+    def check(self, table: str | None, device: str | None) -> None:
+        """Refuse budgets that cannot work with these options (before anything runs)."""
+        given = [v for v in (self.ms, self.ratio, self.flops, self.params) if v is not None]
+        if len(given) != 1:
+            raise BudgetError("give exactly one budget: --budget-ms, --budget-ratio, --budget-flops or --budget-params")
+        if self.ratio is not None and not 0 < self.ratio <= 1:
+            raise BudgetError(f"--budget-ratio must be in (0, 1], got {self.ratio}")
+        if self.kind == "latency" and not table:
+            raise BudgetError("a latency budget needs the device's latency table: give --table")
+        if device and not table:
+            raise BudgetError("measuring on --device compares with the device's table: give --table")
+
+    @property
+    def kind(self) -> str:
+        """The resource budgeted: ``latency``, ``flops`` or ``params`` (see :data:`~latbench.search.budget.BUDGET_KINDS`)."""
+        if self.flops is not None:
+            return "flops"
+        if self.params is not None:
+            return "params"
+        return "latency"
+
+    def resolve(self, full: FullLatency) -> Budget:
+        """The budget in its unit (a ratio times the full network's reference latency)."""
+        if self.ratio is not None:
+            return Budget("latency", self.ratio * full.reference)
+        return Budget(self.kind, {"latency": self.ms, "flops": self.flops, "params": self.params}[self.kind])
+
+    def to_dict(self, budget: Budget) -> dict:
+        """The report's budget entry."""
+        return {"kind": budget.kind, "value": budget.value, "ratio": self.ratio}
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+
+def sample_batches(data, n: int, batch: int = 256, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A fixed random sample of ``n`` images of ``data`` as normalised ``(images, labels)`` batches (the same
+    for every candidate of a search)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data), generator=g)[:n]
+    return [(data.normalize(data.images[idx[i:i + batch]]), data.labels[idx[i:i + batch]])
+            for i in range(0, len(idx), batch)]
+
+
+def first(split, n: int | None):
+    """The first ``n`` items of a data split (all of it for None)."""
+    return split if n is None else split.head(n)
+
+
+@dataclass(frozen=True)
+class FinetuneRecipe:
+    """The one fine-tuning recipe every method gets (so accuracies are comparable)."""
+
+    epochs: int = 1
+    lr: float = 0.02
+    schedule: str = "cosine"
+    batch_size: int = 128
+    max_steps: int | None = None
+    seed: int = 0
+
+    def run(self, net, data, checkpoint: Path, arch: Architecture, meta: Mapping[str, Any], *, progress: bool,
+            device: torch.device | None = None):
+        """Fine-tune ``net`` in place with the one SGD loop (:func:`latbench.train.finetune`), resumable from
+        ``checkpoint``; returns the loop's history."""
+        from ..train import finetune
+
+        return finetune(net, data, self.epochs, self.lr, schedule=self.schedule, batch_size=self.batch_size,
+                        seed=self.seed, max_steps=self.max_steps, checkpoint=checkpoint, resume=True, arch=arch,
+                        meta=meta, progress=progress, device=device)
+
+
+# ---- export ----------------------------------------------------------------------------------------------
+
+def export_pruned(folder: Path, net, arch: Architecture) -> None:
+    """Write ``pruned.onnx`` and ``pruned.tflite`` of ``net`` (CPU tensors) at ``arch`` into ``folder``."""
+    from ..export import export_network_for
+
+    for fmt in EXPORT_FORMATS:
+        atomic_write_bytes(Path(folder) / f"pruned.{fmt}", export_network_for(fmt, net, arch))
+
+
+def exported(folder: Path) -> bool:
+    """Whether ``folder`` holds every export."""
+    return all((Path(folder) / f"pruned.{fmt}").exists() for fmt in EXPORT_FORMATS)
+
+
+# ---- the device ------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _device_of(table: LatencyTable, device: str) -> Iterator:
+    """``device`` opened and checked to be the one ``table`` was measured on; closed afterwards."""
+    from ..devices import open_device
+
+    dev = open_device(device)
+    try:
+        table.check_device(dev.fingerprint(), device)
+        yield dev
+    finally:
+        dev.close()
+
+
+def check_table_device(table: LatencyTable, device: str) -> None:
+    """Refuse a ``device`` other than the one ``table`` was measured on (before any training)."""
+    with _device_of(table, device):
+        pass
+
+
+def measure_architectures(spec: ModelSpec, archs: Sequence[Architecture], table: LatencyTable, device: str,
+                          store: str, progress: bool = True) -> np.ndarray:
+    """End-to-end latency of ``archs`` on ``device`` in the table's unit (stored, so reruns reuse it)."""
+    from ..store import MeasurementStore
+    from ..validation import measure_networks, table_reference_ms
+
+    with _device_of(table, device) as dev:
+        dev.prepare()
+        with MeasurementStore(store) as st:
+            return measure_networks(spec, list(archs), dev, st, progress=progress,
+                                    reference_ms=table_reference_ms(table))
+
+
+def measure_shipped(folders: Sequence[Path], table: LatencyTable, device: str, store: str,
+                    progress: bool = True) -> np.ndarray:
+    """End-to-end latency of the model each of ``folders`` ships (``pruned.onnx`` or ``pruned.tflite``, the
+    device's format) in the table's unit: the file itself, with its trained weights and zero pattern, not a
+    re-export of its architecture."""
+    from ..store import MeasurementStore
+    from ..validation import measure_models, table_reference_ms
+
+    with _device_of(table, device) as dev:
+        models = [(Path(f) / f"pruned.{dev.model_format}").read_bytes() for f in folders]
+        dev.prepare()
+        with MeasurementStore(store) as st:
+            return measure_models(models, dev, st, progress=progress, reference_ms=table_reference_ms(table))
+
+
+# ---- the report ------------------------------------------------------------------------------------------
+
+def network_report(*, spec: ModelSpec, method: str, checkpoint: str, table: str | None, device: str | None,
+                   budget: Mapping[str, Any], full: FullLatency, arch: Architecture, predicted_ms: float | None,
+                   measured_ms: float | None, pruned: tuple[float, float] | None,
+                   finetuned: tuple[float, float] | None, test_images: int) -> dict:
+    """The fields every method reports for one pruned network: what was pruned how, the budget (``{"kind",
+    "value", "ratio", …}``), the full network's latency, the architecture, its predicted and measured latency,
+    test loss and accuracy (``(loss, accuracy)`` before and after retraining), FLOPs and parameters."""
+    value = budget.get("value")
+    over = (measured_ms / value - 1) if measured_ms is not None and budget.get("kind") == "latency" and value else None
+    return {
+        "model": spec.name, "method": method, "checkpoint": str(checkpoint), "table": table, "device": device,
+        "budget": dict(budget), "full_latency_ms": full.to_dict(), "architecture": arch.to_dict(),
+        "predicted_ms": predicted_ms, "measured_ms": measured_ms, "measured_over_budget": over,
+        "test_accuracy": {"pruned": None if pruned is None else pruned[1],
+                          "finetuned": None if finetuned is None else finetuned[1]},
+        "test_loss": {"pruned": None if pruned is None else pruned[0],
+                      "finetuned": None if finetuned is None else finetuned[0]},
+        "test_images": test_images,
+        "flops": CostGrid.analytic(spec, "flops", arch.resolution).total(arch.widths),
+        "params": CostGrid.analytic(spec, "params", arch.resolution).total(arch.widths),
+    }
+
+
+__all__ = ["BudgetRequest", "EXPORT_FORMATS", "FinetuneRecipe", "FullLatency", "check_table_device",
+           "check_torch_device", "console", "export_pruned", "exported", "first", "full_latency", "load_parent",
+           "measure_architectures", "measure_shipped", "network_report", "sample_batches", "set_threads"]

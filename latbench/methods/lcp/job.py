@@ -1,0 +1,176 @@
+"""LcP end to end (``latbench prune lcp``): a trained checkpoint + a device table + a budget → a pruned,
+fine-tuned, exported network, measured on the device when one is given.
+
+The methods here (``lcp``, learned layer compensations, :mod:`.search`; its baselines ``naive`` and
+``uniform``) only choose the architecture; everything around them — loading, budgets, fine-tuning with one
+fixed recipe, export, the device measurement and the report — is the jobs' shared plumbing
+(:mod:`latbench.methods.common`), so the methods are compared on equal terms.
+
+>>> job = LcPJob(model="resnet56", checkpoint="runs/r56.safetensors", table="tables/t.parquet",
+...              budget_ratio=0.5, method="lcp", out="runs/lcp-50")                      # doctest: +SKIP
+>>> report = run_lcp(job)                                                                # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ...files import atomic_write_json, atomic_write_text
+from ...models.arch import Architecture
+from ...models.spec import ModelSpec
+from ...models.torch_net import GraphNet, materialize
+from ...predictor import Predictor
+from ...search.budget import CostGrid
+from ...tables.table import LatencyTable
+from ..common import (BudgetRequest, FinetuneRecipe, console, export_pruned, first, full_latency, load_parent,
+                      measure_shipped, network_report, sample_batches, set_threads)
+
+METHODS = ("uniform", "naive", "lcp")
+
+
+@dataclass(frozen=True)
+class LcPJob:
+    """One LcP (or baseline) run. Give exactly one budget: ``budget_ms`` (latency), ``budget_ratio`` (of the
+    full network's latency: measured on ``device`` when one is given, else predicted), ``budget_flops`` or
+    ``budget_params``."""
+
+    model: str
+    checkpoint: str
+    out: str
+    table: str | None = None
+    method: str = "lcp"
+    budget_ms: float | None = None
+    budget_ratio: float | None = None
+    budget_flops: float | None = None
+    budget_params: float | None = None
+    data: str = "fashion-mnist"
+    data_dir: str | None = None
+    device: str | None = None
+    store: str = "runs/measurements.db"
+    metric: str = "l2"
+    floor: float = 0.1
+    unit: int | None = None             # channels removed at a time (default: the table's channel multiple)
+    pool: int = 64
+    candidates: int = 400
+    fitness_images: int = 3000          # the paper's 3k training images
+    bn_images: int = 1024               # images to re-estimate BN statistics of each candidate
+    test_images: int | None = None      # evaluate on the first N test images (None: the whole test set)
+    finetune: FinetuneRecipe = field(default_factory=FinetuneRecipe)
+    seed: int = 0
+    threads: int | None = None          # torch threads (default: all cores; 1 when runs share the machine)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown pruning method {self.method!r}; choose one of {', '.join(METHODS)}")
+        self.budget.check(self.table, self.device)
+
+    @property
+    def budget(self) -> BudgetRequest:
+        return BudgetRequest(self.budget_ms, self.budget_ratio, self.budget_flops, self.budget_params)
+
+
+class PrunedLoss:
+    """Fitness of LcP: the loss increase of a naïvely pruned network on a fixed sample of training images,
+    after re-estimating its BN statistics on another sample (slicing channels invalidates them)."""
+
+    def __init__(self, parent: GraphNet, spec: ModelSpec, order: dict, data, images: int, bn_images: int,
+                 resolution: int, seed: int = 0) -> None:
+        self.parent, self.spec, self.order, self.resolution = parent, spec, order, resolution
+        self.batches = sample_batches(data, images, seed=seed)
+        self.bn_batches = sample_batches(data, bn_images, seed=seed + 1) if bn_images else []
+        self.base = self.loss(parent)
+
+    @torch.no_grad()
+    def loss(self, net: GraphNet) -> float:
+        net.eval()
+        total = sum(float(F.cross_entropy(net(x), y, reduction="sum")) for x, y in self.batches)
+        return total / sum(int(y.numel()) for _, y in self.batches)
+
+    def network(self, arch: Architecture) -> GraphNet:
+        from ...train.importance import recalibrate_bn
+
+        net = materialize(arch, self.spec, self.parent, self.order)
+        if self.bn_batches:
+            recalibrate_bn(net, self.bn_batches, batches=None)
+        return net
+
+    def __call__(self, plan) -> float:
+        return self.loss(self.network(plan.architecture(self.resolution))) - self.base
+
+
+def run_lcp(job: LcPJob) -> dict:
+    """Run ``job`` end to end; writes everything to ``job.out`` and returns the report (also report.json)."""
+    from ...data import load_dataset
+    from ...train import evaluate
+    from ...train.importance import layer_filter_scores, recalibrate_bn
+    from .search import EvolutionConfig, FilterRanking, learn_compensation, naive_prune, uniform_prune
+
+    set_threads(job.threads)
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    parent = load_parent(job.checkpoint, job.model)
+    spec = parent.spec
+    data = load_dataset(job.data, job.data_dir)
+    resolution = data.resolution
+    table = LatencyTable.load(job.table) if job.table else None
+    predictor = Predictor(spec, table) if table is not None else None
+    unit = job.unit or (int(table.meta.get("channel_multiple", 1)) if table is not None else 1)
+
+    full = full_latency(spec, resolution, table, predictor, job.device, job.store, job.progress,
+                        measure=job.budget_ratio is not None)
+    budget = job.budget.resolve(full)
+    grid = CostGrid.for_budget(spec, budget, resolution, predictor, step=unit)
+
+    t0 = time.perf_counter()
+    metrics = layer_filter_scores(parent, job.metric, data=data.train)
+    ranking = FilterRanking.from_metrics(spec, metrics, unit=unit, floor=job.floor)
+    search: dict = {}
+    if job.method == "uniform":
+        plan = uniform_prune(ranking, grid, budget)
+    elif job.method == "naive":
+        plan = naive_prune(ranking, grid, budget)
+    else:
+        fitness = PrunedLoss(parent, spec, ranking.order, data.train, job.fitness_images, job.bn_images, resolution,
+                             job.seed)
+        config = EvolutionConfig(pool=job.pool, candidates=job.candidates, sample=min(16, job.pool), seed=job.seed)
+        result = learn_compensation(ranking, grid, budget, fitness, config, state=out / "lcp-state.json",
+                                    progress=job.progress)
+        plan = naive_prune(ranking, grid, budget, result.best.beta)
+        search = {k: v for k, v in result.to_dict().items() if k != "history"}
+        atomic_write_json(out / "lcp-history.json", result.to_dict())
+    search_seconds = time.perf_counter() - t0
+    arch = plan.architecture(resolution)
+    atomic_write_text(out / "arch.json", arch.to_json())
+    predicted = float(predictor.predict(arch)[0]) if predictor is not None else None
+    console.print(f"[bold]{job.method}[/]: {budget.kind} {budget.describe(plan.cost)} for a budget of "
+                  f"{budget.describe()}; widths {arch.widths}")
+
+    test = first(data.test, job.test_images)
+    net = materialize(arch, spec, parent, ranking.order)
+    recalibrate_bn(net, sample_batches(data.train, job.bn_images or 1024, seed=job.seed + 1), batches=None)
+    before = evaluate(net, test)
+    job.finetune.run(net, data, out / "pruned.safetensors", arch, {"method": job.method, "parent": str(job.checkpoint)},
+                     progress=job.progress)
+    after = evaluate(net, test)
+    export_pruned(out, net, arch)
+
+    measured = None
+    if job.device and table is not None:
+        measured = float(measure_shipped([out], table, job.device, job.store, job.progress)[0])
+    report = {
+        **network_report(spec=spec, method=job.method, checkpoint=job.checkpoint, table=job.table, device=job.device,
+                         budget=job.budget.to_dict(budget), full=full, arch=arch, predicted_ms=predicted,
+                         measured_ms=measured, pruned=before, finetuned=after, test_images=len(test)),
+        "unit": unit, "floor": job.floor, "metric": job.metric, "cost": plan.cost,
+        "finetune": asdict(job.finetune), "search_seconds": search_seconds, "search": search,
+    }
+    atomic_write_json(out / "report.json", report, indent=2)
+    return report
+
+
+__all__ = ["LcPJob", "METHODS", "PrunedLoss", "run_lcp"]
