@@ -9,8 +9,9 @@ history.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -125,3 +126,21 @@ def load_optimizer_state(path: str | Path, net: GraphNet, optimizer: torch.optim
         optimizer.state[params[name]]["momentum_buffer"] = value.to(params[name].device, copy=True)
         restored += 1
     return restored
+
+
+def load_training_state(path: str | Path, net: GraphNet, optimizer: torch.optim.Optimizer) -> None:
+    """Weights and SGD momentum of checkpoint ``path`` into ``net`` and ``optimizer`` (to resume training)."""
+    load_weights(path, net)
+    load_optimizer_state(path, net, optimizer)
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    """How the SGD loop (:func:`latbench.train.loop.train`) writes and reads its checkpoint:
+    ``save(path, net, *, arch, optimizer, meta)``, ``read_meta(path) -> dict`` and ``load(path, net,
+    optimizer)``. The default is this module's network checkpoint; a method that trains more than one
+    network gives its own (SP: the supernet with its stage adaptors, :mod:`latbench.methods.sp.training`)."""
+
+    save: Callable[..., Path] = save_checkpoint
+    read_meta: Callable[[str | Path], dict] = read_checkpoint_meta
+    load: Callable[[str | Path, Any, torch.optim.Optimizer], None] = load_training_state

@@ -21,8 +21,7 @@ from torch import nn
 
 from ..data import Augment, BatchLoader, DataSplits, ImageDataset
 from ..models import Architecture, GraphNet
-from .checkpoint import (CheckpointError, load_optimizer_state, load_weights, net_architecture, read_checkpoint_meta,
-                         save_checkpoint)
+from .checkpoint import CheckpointError, CheckpointFormat, net_architecture
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 
@@ -179,11 +178,14 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
           meta: Mapping[str, Any] | None = None, threads: int | None = None, progress: bool = True,
           log: Callable[[str], None] | None = None, loader: Any = None,
           step_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]] | None = None,
+          step_backward: Callable[[nn.Module, torch.Tensor, torch.Tensor, int],
+                                  tuple[torch.Tensor, torch.Tensor]] | None = None,
           after_backward: Callable[[nn.Module, int], None] | None = None,
           after_step: Callable[[nn.Module, int], None] | None = None,
           on_epoch: Callable[[int, nn.Module], bool] | None = None,
           optimizer: torch.optim.Optimizer | None = None,
-          device: torch.device | str | None = None) -> TrainHistory:
+          device: torch.device | str | None = None,
+          checkpoint_format: CheckpointFormat = CheckpointFormat()) -> TrainHistory:
     """Train ``net`` in place on ``data`` (a :class:`DataSplits` — its ``train`` set, evaluated on ``val`` after
     every epoch — or a bare training set) for ``epochs`` epochs with peak learning rate ``lr``.
 
@@ -201,14 +203,20 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
     ``loader`` replaces the in-memory :class:`BatchLoader` (anything with ``len()`` and
     ``epoch(e, start)`` yielding ``(images, labels)``, e.g. :class:`latbench.data.StreamLoader`);
     ``step_loss(net, x, y, step) -> (loss, logits)`` replaces the cross-entropy of ``net(x)`` (``logits``
-    feed the running accuracy); ``after_backward(net, step)`` runs between ``backward`` and the optimizer
+    feed the running accuracy); ``step_backward(net, x, y, step) -> (loss, logits)`` does the same but also
+    backpropagates itself (e.g. several losses one by one, each graph freed before the next: SP's stage
+    losses) — ``loss`` is then only recorded; ``after_backward(net, step)`` runs between ``backward`` and the optimizer
     step (e.g. to add a sparsity subgradient); ``after_step(net, steps_done)`` runs after every optimizer
     step (e.g. to re-apply fixed masks, or a periodic update of auxiliary variables); ``on_epoch(epoch,
     net)`` runs after every finished epoch (1-based, after validation, before the checkpoint) and
     returning True ends the run there, marked complete; ``optimizer`` is stepped instead of a fresh
     :func:`make_optimizer` (its state, e.g. momentum, carries over between calls; the learning rate is
-    still set every step); ``device`` is where batches go (the network must already be there).
+    still set every step); ``device`` is where batches go (the network must already be there);
+    ``checkpoint_format`` writes and reads ``checkpoint`` (default: the network's checkpoint, see
+    :class:`~latbench.train.checkpoint.CheckpointFormat`).
     """
+    if step_loss is not None and step_backward is not None:
+        raise ValueError("give step_loss or step_backward, not both")
     config = TrainConfig(epochs, lr, batch_size, schedule, warmup, momentum, nesterov, weight_decay, label_smoothing,
                          seed, augment if augment is not None else Augment(), steps_per_epoch)
     if threads:
@@ -228,7 +236,7 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
     base_meta = {**dict(meta or {}), "train_set": train_set.name, "train_size": len(train_set)}
 
     if resume and checkpoint is not None and checkpoint.exists():
-        saved = read_checkpoint_meta(checkpoint)
+        saved = checkpoint_format.read_meta(checkpoint)
         if "history" not in saved:
             raise CheckpointError(f"{checkpoint} holds no training state to resume; use a new output path")
         saved_history = TrainHistory.from_dict(saved["history"])
@@ -237,8 +245,7 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
                     if saved_history.config.get(k) != v}
             raise CheckpointError(f"{checkpoint} was written with other settings (saved, now): {diff or 'data set size'}; "
                                   "resume with the same settings or choose another output path")
-        load_weights(checkpoint, net)
-        load_optimizer_state(checkpoint, net, optimizer)
+        checkpoint_format.load(checkpoint, net, optimizer)
         history = saved_history
         running = dict(saved.get("running", running))
         if history.complete:
@@ -256,10 +263,10 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
                         f"{e.images_per_s:.1f} img/s")
             log(line)
         if checkpoint is not None:
-            save_checkpoint(checkpoint, net, arch=arch or net_architecture(net, train_set.resolution),
-                            optimizer=optimizer,
-                            meta={**base_meta, "epoch": step // per_epoch, "step": step, "seed": seed,
-                                  "schedule": schedule, "history": history.to_dict(), "running": running})
+            checkpoint_format.save(checkpoint, net, arch=arch or net_architecture(net, train_set.resolution),
+                                   optimizer=optimizer,
+                                   meta={**base_meta, "epoch": step // per_epoch, "step": step, "seed": seed,
+                                         "schedule": schedule, "history": history.to_dict(), "running": running})
 
     net.train()
     step = history.step
@@ -278,13 +285,16 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
                     group["lr"] = rate
                 if device is not None:
                     x, y = x.to(device), y.to(device)
-                if step_loss is None:
-                    logits = net(x)
-                    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-                else:
-                    loss, logits = step_loss(net, x, y, step)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if step_backward is not None:
+                    loss, logits = step_backward(net, x, y, step)
+                else:
+                    if step_loss is None:
+                        logits = net(x)
+                        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+                    else:
+                        loss, logits = step_loss(net, x, y, step)
+                    loss.backward()
                 if after_backward is not None:
                     after_backward(net, step)
                 optimizer.step()

@@ -36,14 +36,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -53,7 +51,7 @@ from ...files import atomic_output
 from ...models import Architecture, get_model
 from ...supernet import (DynamicBatchNorm2d, DynamicNet, SandwichSampler, SearchSpace, StageAdaptors, cross_entropy,
                          stage_feature_loss)
-from ...train.checkpoint import FORMAT, CheckpointError
+from ...train.checkpoint import FORMAT, CheckpointError, CheckpointFormat
 from ...train.loop import TrainConfig, make_optimizer
 
 _META_KEY = "latbench"
@@ -139,8 +137,8 @@ def stagewise_step(net: DynamicNet, adaptors: StageAdaptors, x: torch.Tensor, la
                    archs: list[Architecture], label_smoothing: float = 0.0) -> dict:
     """Forward and backward of one Algorithm-1 step (no optimizer step, gradients accumulate):
     the full network's cross-entropy, then every stage of every sub-network in ``archs`` (e.g. random ones
-    and the smallest) on the full network's stage inputs. Returns the losses as floats:
-    ``{"ce": …, "stages": [[stage losses of archs[0]], …]}``."""
+    and the smallest) on the full network's stage inputs. Returns the losses as floats and the full network's
+    logits (detached): ``{"ce": …, "stages": [[stage losses of archs[0]], …], "logits": …}``."""
     logits, full = net(x, return_stages=True)
     ce = cross_entropy(logits, labels, label_smoothing)
     ce.backward()
@@ -156,7 +154,7 @@ def stagewise_step(net: DynamicNet, adaptors: StageAdaptors, x: torch.Tensor, la
                 loss.backward()
                 per_stage.append(float(loss.detach()))
             losses.append(per_stage)
-    return {"ce": float(ce.detach()), "stages": losses}
+    return {"ce": float(ce.detach()), "stages": losses, "logits": logits.detach()}
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -259,10 +257,49 @@ def load_into(path: str | Path, net: DynamicNet | None, adaptors: StageAdaptors 
 
 
 # ------------------------------------------------------------------------------------------------ the loop
-def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("ce {task.fields[ce]:.3f} stage loss {task.fields[stage]:.4f}"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=True)
+def _checkpoint_format(state: Callable[[], dict], saved: dict) -> CheckpointFormat:
+    """The SGD loop's checkpoint as a supernet checkpoint (:func:`save_supernet`) of the :class:`_Trainable` the
+    loop trains, with SP's own state (``state()`` when saving: settings, records, the open window) under
+    ``stagewise``; ``saved`` keeps the loop's last ``running`` counters."""
+    def save(path, trainable: _Trainable, *, arch=None, optimizer=None, meta=None) -> Path:
+        saved.update((meta or {}).get("running", {}))
+        return save_supernet(path, trainable.net, trainable.adaptors, optimizer,
+                             {**dict(meta or {}), "stagewise": state()})
+
+    def load(path, trainable: _Trainable, optimizer) -> None:
+        load_into(path, trainable.net, trainable.adaptors, optimizer)
+
+    return CheckpointFormat(save=save, read_meta=read_supernet_meta, load=load)
+
+
+class _Window:
+    """Stage losses summed since the last record; ``flush`` appends their means to ``records``."""
+
+    def __init__(self, stages: int, records: list[dict], saved: Mapping[str, Any] | None = None) -> None:
+        self.records = records
+        self.n, self.ce = 0, 0.0
+        self.random, self.smallest = np.zeros(stages), np.zeros(stages)
+        if saved:
+            self.n, self.ce = int(saved["n"]), float(saved["ce"])
+            self.random, self.smallest = np.array(saved["random"]), np.array(saved["smallest"])
+
+    def add(self, out: Mapping[str, Any], n_random: int) -> None:
+        self.n += 1
+        self.ce += out["ce"]
+        if n_random:
+            self.random += np.mean(out["stages"][:-1], axis=0)
+        self.smallest += np.asarray(out["stages"][-1])
+
+    def flush(self, step: int, rate: float) -> None:
+        if self.n:
+            self.records.append({"step": step, "lr": rate, "ce": self.ce / self.n,
+                                 "random": (self.random / self.n).tolist(),
+                                 "smallest": (self.smallest / self.n).tolist()})
+        self.n, self.ce = 0, 0.0
+        self.random, self.smallest = np.zeros_like(self.random), np.zeros_like(self.smallest)
+
+    def to_dict(self) -> dict:
+        return {"n": self.n, "ce": self.ce, "random": self.random.tolist(), "smallest": self.smallest.tolist()}
 
 
 def train_stagewise(net: DynamicNet, adaptors: StageAdaptors, data: DataSplits | ImageDataset, space: SearchSpace,
@@ -272,18 +309,21 @@ def train_stagewise(net: DynamicNet, adaptors: StageAdaptors, data: DataSplits |
                     device: torch.device | str | None = None, progress: bool = True) -> StageTrainHistory:
     """Train ``net`` and ``adaptors`` in place with Algorithm 1 on ``data``'s training images, on ``device``
     (both are moved there; default: where the net is, e.g. ``DynamicNet.from_parent(…, device="cuda")``; the
-    CPU by default). Sub-networks are drawn from ``space`` by a :class:`SandwichSampler` (its smallest and
-    ``config.n_random`` random ones, a pure function of ``(seed, step)``).
+    CPU by default), through the project's one SGD loop (:func:`latbench.train.loop.train`: its schedule,
+    optimizer, data order and resume; the step is :func:`stagewise_step`). Sub-networks are drawn from
+    ``space`` by a :class:`SandwichSampler` (its smallest and ``config.n_random`` random ones, a pure
+    function of ``(seed, step)``).
 
     With ``checkpoint`` the run is saved there every ``checkpoint_every`` steps, at every epoch's end and at
     the end; with ``resume`` an unfinished checkpoint written with the same settings is continued (a
     finished one is loaded and returned as is). ``max_steps`` stops after that many global steps
     (time-boxed runs resume later). Losses are averaged and recorded every ``log_every`` steps.
     """
+    from ...train.loop import train
+
     tc = config.train_config()
     if device is not None:
         net.to(device)
-        adaptors.to(device)
     device = net.device
     adaptors.to(device)
     train_set = data.train if isinstance(data, DataSplits) else data
@@ -291,91 +331,53 @@ def train_stagewise(net: DynamicNet, adaptors: StageAdaptors, data: DataSplits |
                          drop_last=len(train_set) >= config.batch_size)
     per_epoch = min(len(loader), config.steps_per_epoch) if config.steps_per_epoch else len(loader)
     total = per_epoch * config.epochs
+    stop_at = total if max_steps is None else min(total, max_steps)
     sampler = SandwichSampler(space, config.n_random, seed=config.seed, resolution=space.resolutions[-1])
-    trainable = _Trainable(net, adaptors)
-    optimizer = make_optimizer(trainable, tc)
-    history = StageTrainHistory({**config.to_dict(), "train_size": len(train_set), "space": _space_key(space)},
-                                total_steps=total)
+    identity = {**config.to_dict(), "train_size": len(train_set), "space": _space_key(space)}
     checkpoint = Path(checkpoint) if checkpoint else None
-    window: dict = {"n": 0, "ce": 0.0, "random": np.zeros(len(net.stages)), "smallest": np.zeros(len(net.stages))}
+    records: list[dict] = []
+    saved_window = None
     if resume and checkpoint is not None and checkpoint.exists():
-        saved = read_supernet_meta(checkpoint)
-        saved_history = StageTrainHistory.from_dict(saved["history"])
-        if saved_history.config != history.config:
-            diff = {k: (saved_history.config.get(k), v) for k, v in history.config.items()
-                    if saved_history.config.get(k) != v}
+        saved = read_supernet_meta(checkpoint).get("stagewise")
+        if saved is None:
+            raise CheckpointError(f"{checkpoint} holds no stage-wise training state (written by an older latbench); "
+                                  "delete it to retrain the supernet")
+        if saved["config"] != identity:
+            diff = {k: (saved["config"].get(k), v) for k, v in identity.items() if saved["config"].get(k) != v}
             raise CheckpointError(f"{checkpoint} was trained with other settings (saved, now): {diff}; resume with "
                                   "the same settings or choose another output folder")
-        load_into(checkpoint, net, adaptors, optimizer)
-        history = saved_history
-        w = saved.get("window") or {}
-        if w:
-            window.update(n=int(w["n"]), ce=float(w["ce"]), random=np.array(w["random"]),
-                          smallest=np.array(w["smallest"]))
-        if history.complete:
-            net.eval()
-            adaptors.eval()
-            return history
+        records, saved_window = list(saved["records"]), saved["window"]
+    window = _Window(len(net.stages), records, saved_window)
+    last: dict = {}
 
-    def save(step: int) -> None:
-        if checkpoint is not None:
-            save_supernet(checkpoint, net, adaptors, optimizer,
-                          meta={**dict(meta or {}), "step": step, "history": history.to_dict(),
-                                "window": {"n": window["n"], "ce": window["ce"], "random": window["random"].tolist(),
-                                           "smallest": window["smallest"].tolist()}})
+    def step_backward(_, x: torch.Tensor, y: torch.Tensor, step: int):
+        archs = sampler.sample(step)
+        out = stagewise_step(net, adaptors, x, y, archs[2:] + [archs[1]], config.label_smoothing)   # random, smallest
+        last.update(out, step=step)
+        return torch.tensor(out["ce"]), out["logits"]
 
-    def log(step: int, rate: float) -> None:
-        if window["n"]:
-            n = window["n"]
-            history.records.append({"step": step, "lr": rate, "ce": window["ce"] / n,
-                                    "random": (window["random"] / n).tolist(),
-                                    "smallest": (window["smallest"] / n).tolist()})
-        window.update(n=0, ce=0.0, random=np.zeros(len(net.stages)), smallest=np.zeros(len(net.stages)))
+    def after_step(_, steps_done: int) -> None:
+        window.add(last, config.n_random)
+        if (log_every and steps_done % log_every == 0) or steps_done == stop_at:
+            window.flush(steps_done, tc.lr_at(steps_done - 1, total))
 
-    net.train()
-    adaptors.train()
-    step = history.step
-    stop_at = total if max_steps is None else min(total, max_steps)
-    rate = tc.lr_at(step, total)
-    with _progress(progress) as bar:
-        task = bar.add_task("SP supernet", total=total, completed=step, ce=0.0, stage=0.0)
-        while step < stop_at:
-            epoch, start = divmod(step, per_epoch)
-            t0 = time.perf_counter()
-            for x, y in loader.epoch(epoch, start):
-                if step >= stop_at or step - epoch * per_epoch >= per_epoch:
-                    break
-                rate = tc.lr_at(step, total)
-                for group in optimizer.param_groups:
-                    group["lr"] = rate
-                archs = sampler.sample(step)
-                subnets = archs[2:] + [archs[1]]            # the random ones, then the smallest
-                optimizer.zero_grad(set_to_none=True)
-                out = stagewise_step(net, adaptors, x.to(device), y.to(device), subnets, config.label_smoothing)
-                optimizer.step()
-                step += 1
-                window["n"] += 1
-                window["ce"] += out["ce"]
-                if config.n_random:
-                    window["random"] += np.mean(out["stages"][:-1], axis=0)
-                window["smallest"] += np.asarray(out["stages"][-1])
-                bar.update(task, advance=1, ce=out["ce"], stage=float(np.sum(out["stages"][-1])))
-                if log_every and step % log_every == 0:
-                    log(step, rate)
-                if checkpoint_every and step % checkpoint_every == 0 and step < stop_at:
-                    history.step = step
-                    history.seconds += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    save(step)
-            history.seconds += time.perf_counter() - t0
-            history.step = step
-            if step % per_epoch == 0 or step >= stop_at:
-                log(step, rate)
-            history.complete = step >= total
-            save(step)
-    net.eval()
-    adaptors.eval()
-    return history
+    def on_epoch(_, __) -> bool:
+        window.flush(last["step"] + 1, tc.lr_at(last["step"], total))
+        return False
+
+    trainable, running = _Trainable(net, adaptors), {}
+    history = train(trainable, train_set, tc.epochs, tc.lr, batch_size=tc.batch_size, schedule=tc.schedule,
+                    warmup=tc.warmup, momentum=tc.momentum, nesterov=tc.nesterov, weight_decay=tc.weight_decay,
+                    label_smoothing=tc.label_smoothing, seed=tc.seed, augment=tc.augment,
+                    steps_per_epoch=tc.steps_per_epoch, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                    resume=resume, max_steps=max_steps, arch=net.full_arch(), meta=meta, progress=progress,
+                    loader=loader, step_backward=step_backward, after_step=after_step, on_epoch=on_epoch,
+                    optimizer=make_optimizer(trainable, tc), device=device,
+                    checkpoint_format=_checkpoint_format(
+                        lambda: {"config": identity, "records": records, "window": window.to_dict()}, running))
+    trainable.eval()
+    seconds = sum(e.seconds for e in history.epochs) + (0.0 if history.complete else running.get("seconds", 0.0))
+    return StageTrainHistory(identity, history.step, history.total_steps, history.complete, seconds, records)
 
 
 def _space_key(space: SearchSpace) -> dict:
