@@ -6,25 +6,18 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-from ..base import DeviceError
+from ..devices.base import DeviceError
+from .common import console, err_console, fail
 
 android_app = typer.Typer(no_args_is_help=True, help="Prepare and inspect Android phones (over ADB, no adb server).")
-console = Console()
-err_console = Console(stderr=True)
 PHONE_HELP = "the phone: tcp:HOST:PORT or usb[:SERIAL] (see `latbench devices`)"
 
 
 def _open(device: str):
-    from . import open_android
+    from ..devices.android import open_android
 
     return open_android(device, log=lambda msg: err_console.print(f"[yellow]{msg}[/]"))
-
-
-def _fail(err: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {err}")
-    raise typer.Exit(2)
 
 
 @android_app.command("setup")
@@ -52,7 +45,7 @@ def setup(device: str = typer.Option(..., help=PHONE_HELP),
         finally:
             dev.close()
     except DeviceError as err:
-        _fail(err)
+        fail(err)
 
 
 @android_app.command("info")
@@ -82,7 +75,7 @@ def info(device: str = typer.Option(..., help=PHONE_HELP)) -> None:
         finally:
             dev.close()
     except DeviceError as err:
-        _fail(err)
+        fail(err)
 
 
 @android_app.command("stop")
@@ -98,7 +91,7 @@ def stop(device: str = typer.Option(..., help=PHONE_HELP)) -> None:
         finally:
             dev.close()
     except DeviceError as err:
-        _fail(err)
+        fail(err)
 
 
 @android_app.command("clean")
@@ -117,4 +110,4 @@ def clean(device: str = typer.Option(..., help=PHONE_HELP),
         finally:
             dev.close()
     except DeviceError as err:
-        _fail(err)
+        fail(err)

@@ -1,341 +1,26 @@
-"""The ``latbench`` command line (typer + rich)."""
+"""``latbench prune lcp|ofar|jcw|sp``: the four pruning methods' jobs (:mod:`latbench.methods`)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from . import api
-from .devices import DEFAULT_DEVICE, DeviceError, MeasureSettings
-from .files import DamagedFileError, atomic_write_json, atomic_write_text
-from .models import Architecture, ArchitectureError
-from .models.onnx_graph import OnnxModelError
-from .store import StoreError
-from .tables.table import LatencyTable, TableError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Measure CNN layer latency on a device, build lookup tables, predict and validate.")
-table_app = typer.Typer(no_args_is_help=True, help="Build, inspect and import latency tables.")
-app.add_typer(table_app, name="table")
-from .devices.android.cli import android_app  # noqa: E402 - registered beside the other groups
-
-app.add_typer(android_app, name="android")
-console = Console()
-err_console = Console(stderr=True)
-
-DEVICE_HELP = ("host:onnxruntime, host:litert (LiteRT with XNNPACK), host:litert:builtin (LiteRT's built-in "
-               "kernels), or a phone: tcp:HOST:PORT or usb[:SERIAL], options as ?runtime=onnxruntime&cores=f0 "
-               "(docs/android.md); see `latbench devices`")
-_ERRORS = (DeviceError, ArchitectureError, DamagedFileError, OnnxModelError, StoreError, TableError, KeyError,
-           FileNotFoundError)
-
-
-def _fail(err: Exception) -> None:
-    msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    err_console.print(f"[bold red]error:[/] {msg}")
-    raise typer.Exit(2)
-
-
-def _settings(rounds: int, runs: int, warmup: int) -> MeasureSettings:
-    return MeasureSettings(warmup=warmup, rounds=rounds, runs_per_round=runs)
-
-
-@app.command()
-def devices(tcp: Optional[List[str]] = typer.Option(None, help="also probe the phone at HOST:PORT (repeatable; "
-                                                               "or set LATBENCH_ADB_TCP=HOST:PORT,…)"),
-            phones: bool = typer.Option(True, help="look for phones (USB via libusb, --tcp addresses)")) -> None:
-    """List reachable devices with their fingerprints: the host runtimes, phones on USB and at the given
-    TCP addresses.
-
-    Example: latbench devices --tcp 192.168.1.20:5555
-    """
-    from .devices import list_devices
-
-    t = Table("device", "available", "fingerprint", "detail")
-    for d in list_devices(tcp or (), phones=phones):
-        t.add_row(d.name, "yes" if d.available else "no", d.fingerprint,
-                  ", ".join(f"{k}={v}" for k, v in d.detail.items()
-                             if k in ("cpu", "cores", "version", "kernels", "threads", "error", "phone",
-                                      "platform", "sdk")))
-    console.print(t)
-
-
-@app.command()
-def profile(model: str = typer.Argument(..., help="zoo model name (e.g. mobilenet_v2) or path to an .onnx file"),
-            device: str = typer.Option(DEFAULT_DEVICE, help=DEVICE_HELP),
-            store: Path = typer.Option(Path(api.DEFAULT_STORE), help="SQLite measurement store (resumed if present)"),
-            resolution: Optional[List[int]] = typer.Option(None, help="input resolution(s); default: the model's"),
-            adaptive: bool = typer.Option(True, help="adaptive refinement (--dense for the full JCW-style grid)"),
-            dense: bool = typer.Option(False, "--dense", help="measure the full dense grid"),
-            threshold: float = typer.Option(0.08, help="refine where interpolation misses a check point by more than this fraction"),
-            channel_points: int = typer.Option(8, help="channel knots are c//N·i, i=1..N"),
-            channel_multiple: Optional[int] = typer.Option(
-                None, help="channel knots are multiples of this (default: the device's channel block, e.g. 16 for "
-                           "onnxruntime on AVX-512; see docs/measurement.md)"),
-            sparsity: Optional[List[float]] = typer.Option(None, help="sparsity knots (default 0,0.5,0.9 dense; 0,0.9 adaptive)"),
-            threads: int = typer.Option(1, help="runtime threads"),
-            rounds: int = typer.Option(5, help="interleaved rounds per measurement"),
-            runs: int = typer.Option(10, help="timed runs per round"),
-            warmup: int = typer.Option(5, help="untimed warm-up runs"),
-            table: Optional[Path] = typer.Option(None, help="also build this table file when done"),
-            calibrate: int = typer.Option(12, help="networks measured to calibrate the table (with --table)"),
-            progress: bool = typer.Option(True, help="show progress bars")) -> None:
-    """Measure the layer variants MODEL needs on DEVICE. Resumes by default: a killed run restarted with the
-    same arguments measures only what is missing.
-
-    Example: latbench profile mobilenet_v2 --device host:onnxruntime --resolution 224 --table tables/mbv2.parquet
-    """
-    try:
-        spec = api.load_model(model)
-        report = api.profile(spec, device, store, resolution, adaptive=adaptive and not dense, threshold=threshold,
-                             channel_points=channel_points, sparsities=sparsity, threads=threads,
-                             channel_multiple=channel_multiple,
-                             settings=_settings(rounds, runs, warmup), progress=progress)
-        console.print_json(json.dumps(report.to_dict()))
-        if table:
-            api.build_table([spec], device, store, table, resolution, threads, calibrate=calibrate,
-                            channel_multiple=channel_multiple)
-            console.print(f"table written to [bold]{table}[/]")
-    except _ERRORS as err:
-        _fail(err)
-
-
-@table_app.command("build")
-def table_build(model: List[str] = typer.Argument(..., help="zoo model name(s) or .onnx path(s) the table must cover"),
-                out: Path = typer.Option(..., "--out", "-o", help="table file to write (.parquet)"),
-                device: str = typer.Option(DEFAULT_DEVICE, help=DEVICE_HELP),
-                store: Path = typer.Option(Path(api.DEFAULT_STORE)),
-                resolution: Optional[List[int]] = typer.Option(None), threads: int = typer.Option(1),
-                calibrate: int = typer.Option(12, help="whole networks measured per model to fit the calibration (0: none)"),
-                calibration_fit: str = typer.Option("line", help="line: scale + offset (relative least squares); "
-                                                                 "ratio: the median ratio alone"),
-                channel_multiple: Optional[int] = typer.Option(
-                    None, help="channel knots used when profiling (default: the device's channel block)"),
-                ) -> None:
-    """Build a table from the measurements in the store.
-
-    Example: latbench table build mobilenet_v2 --resolution 224 -o tables/host-ort-mobilenet_v2.parquet
-    """
-    try:
-        t = api.build_table([api.load_model(m) for m in model], device, store, out, resolution, threads,
-                            calibrate=calibrate, channel_multiple=channel_multiple, calibration_fit=calibration_fit)
-        console.print(t.summary().to_string())
-        console.print(f"table written to [bold]{out}[/]")
-    except _ERRORS as err:
-        _fail(err)
-
-
-@table_app.command("info")
-def table_info(path: Path) -> None:
-    """Show a table's provenance and grid.
-
-    Example: latbench table info tables/host-ort-mobilenet_v2.parquet
-    """
-    try:
-        t = LatencyTable.load(path)
-    except _ERRORS as err:
-        _fail(err)
-    console.print_json(json.dumps({k: v for k, v in t.meta.items()}))
-    console.print(t.summary().to_string())
-
-
-@table_app.command("sparsity")
-def table_sparsity(path: Path = typer.Argument(..., help="table file (.parquet)"),
-                   out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the table with the test applied")) -> None:
-    """Test where weight sparsity makes layers significantly faster; elsewhere use the dense latency.
-
-    Tables built by `latbench table build` have this applied already; use it on older or imported tables.
-
-    Example: latbench table sparsity tables/host-litert-resnet18-224-adaptive.parquet
-    """
-    from .tables.sparsity import credit_table_file, summarize
-
-    try:
-        report = credit_table_file(path, out)
-    except _ERRORS as err:
-        _fail(err)
-    t = Table("signature", "sparsity", "points", "median sparse/dense", "p (one-sided)", "credited")
-    for sig, levels in report.items():
-        for level, r in levels.items():
-            t.add_row(sig, level, str(r["points"]), f"{r['median_ratio']:.3f}",
-                      "-" if r["p_value"] is None else f"{r['p_value']:.2g}", "yes" if r["credited"] else "no")
-    console.print(t)
-    console.print(summarize(report))
-    if out:
-        console.print(f"table written to [bold]{out}[/]")
-
-
-@table_app.command("calibrate")
-def table_calibrate(path: Path = typer.Argument(..., help="table file (.parquet)"),
-                    model: str = typer.Argument(..., help="zoo model whose whole networks calibrate the table"),
-                    device: str = typer.Option(DEFAULT_DEVICE, help=DEVICE_HELP),
-                    store: Path = typer.Option(Path(api.DEFAULT_STORE)),
-                    networks: int = typer.Option(24, "-n", help="whole networks to measure (the full one + random)"),
-                    seed: int = typer.Option(..., help="seed of the random networks: a new one measures new networks "
-                                                       "(a used one reuses the stored measurements)"),
-                    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write here (default: in place)"),
-                    resolution: Optional[List[int]] = typer.Option(None, help="default: those of the last calibration"),
-                    fit: str = typer.Option("line", help="line: scale + offset (relative least squares); ratio: the "
-                                                         "median ratio alone"),
-                    threads: int = typer.Option(1)) -> None:
-    """Refit a table's whole-network calibration on networks measured now (the device drifts; see docs/measurement.md).
-
-    Example: latbench table calibrate tables/host-litert-resnet56-32-dense.parquet resnet56 --device host:litert --seed 7
-    """
-    try:
-        entry = api.recalibrate(path, api.load_model(model), device, store, n=networks, seed=seed,
-                                out=out or path, threads=threads, resolutions=resolution, fit=fit)
-    except _ERRORS as err:
-        _fail(err)
-    console.print_json(json.dumps(entry))
-
-
-@table_app.command("import-jcw")
-def table_import_jcw(directory: Path = typer.Argument(..., help="folder with runtime.npy and conv_info.log"),
-                     out: Path = typer.Option(..., "--out", "-o")) -> None:
-    """Import the JCW authors' published ResNet-18 phone table.
-
-    Example: latbench table import-jcw ../shared/fixtures/jcw_resnet18 -o runs/jcw-resnet18.parquet
-    """
-    from .tables.jcw import import_jcw_table
-
-    try:
-        t, frame = import_jcw_table(directory)
-        t.save(out, frame)
-    except _ERRORS as err:
-        _fail(err)
-    console.print(t.summary().to_string())
-
-
-@app.command()
-def predict(model: str, arch: Optional[Path] = typer.Option(None, help="architecture JSON (default: the full model)"),
-            table: Path = typer.Option(..., help="latency table (.parquet)"),
-            clamp: bool = typer.Option(False, help="clamp queries outside the grid instead of failing"),
-            breakdown: bool = typer.Option(False, help="print per-layer latencies")) -> None:
-    """Predict the latency of one architecture from a table.
-
-    Example: latbench predict mobilenet_v2 --arch arch.json --table tables/host-ort-mobilenet_v2.parquet
-    """
-    from .predictor import Predictor
-
-    try:
-        spec = api.load_model(model)
-        a = Architecture.load(arch) if arch else Architecture.full(spec)
-        p = Predictor(spec, LatencyTable.load(table), clamp=clamp)
-        ms = float(p.predict(a)[0])
-        if breakdown:
-            console.print(p.breakdown(a).to_string())
-    except _ERRORS as err:
-        _fail(err)
-    console.print_json(json.dumps({"model": spec.name, "resolution": a.resolution, "predicted_ms": ms}))
-
-
-@app.command()
-def measure(model: Path = typer.Argument(..., help="an exported model: .onnx or .tflite"),
-            device: str = typer.Option(DEFAULT_DEVICE, help=DEVICE_HELP),
-            store: Path = typer.Option(Path(api.DEFAULT_STORE), help="SQLite measurement store"),
-            threads: int = typer.Option(1, help="runtime threads"),
-            progress: bool = typer.Option(True)) -> None:
-    """Measure one model file end to end with latbench's protocol; the result is stored by the file's content.
-
-    Example: latbench measure runs/lcp/pruned.tflite --device host:litert
-    """
-    from dataclasses import asdict
-
-    try:
-        m = api.measure_file(model, device, store, threads, progress=progress)
-    except _ERRORS as err:
-        _fail(err)
-    console.print_json(json.dumps({"file": str(model), "device": device, **asdict(m)}))
-
-
-@app.command()
-def validate(model: str, table: Path = typer.Option(..., help="latency table to check"),
-             device: str = typer.Option(DEFAULT_DEVICE, help=DEVICE_HELP),
-             store: Path = typer.Option(Path(api.DEFAULT_STORE)),
-             n: int = typer.Option(100, help="networks to measure (the full network + n-1 random ones)"),
-             seed: int = typer.Option(0),
-             resolution: Optional[List[int]] = typer.Option(None, help="default: the model's resolutions the table "
-                                                                       "holds"),
-             sparsity: Optional[List[float]] = typer.Option(None, help="sparsities to sample from (default 0)"),
-             divisor: Optional[int] = typer.Option(None, help="round sampled widths to multiples of this "
-                                                               "(default: the table's channel multiple)"),
-             min_ratio: float = typer.Option(0.25, help="smallest width as a fraction of the full width"),
-             threads: int = typer.Option(1),
-             json_path: Optional[Path] = typer.Option(None, "--json", help="write the JSON report here"),
-             csv: Optional[Path] = typer.Option(None, help="write all (predicted, measured) pairs here"),
-             plot: Optional[Path] = typer.Option(None, help="write the predicted-vs-measured scatter plot (PNG)"),
-             progress: bool = typer.Option(True)) -> None:
-    """Measure N random pruned networks end to end and compare with the table's predictions.
-
-    Example: latbench validate mobilenet_v2 --table tables/host-ort-mobilenet_v2.parquet --n 100 --json report.json
-    """
-    try:
-        spec = api.load_model(model)
-        report = api.validate_model(spec, table, device, store, n, seed, resolution, tuple(sparsity or (0.0,)),
-                                    divisor, min_ratio, threads, progress)
-        summary = report.write(json_path, csv, plot, title=f"{spec.name} on {device}")
-    except _ERRORS as err:
-        _fail(err)
-    console.print_json(json.dumps(summary))
-
-
-@app.command()
-def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the store, table and report"),
-         model: str = typer.Option("resnet56", help="zoo model"),
-         n: int = typer.Option(30, help="validation networks"),
-         progress: bool = typer.Option(True)) -> None:
-    """The whole pipeline on the host CPU, no phone: profile → table → predict → validate.
-
-    Example: latbench demo --out runs/demo
-    """
-    try:
-        spec = api.load_model(model)
-        store = out / "measurements.db"
-        res = [spec.base_resolution]
-        console.rule(f"1/4 profile {spec.name} at {res[0]}×{res[0]} on {DEFAULT_DEVICE}")
-        report = api.profile(spec, DEFAULT_DEVICE, store, res, adaptive=True, progress=progress)
-        console.print_json(json.dumps(report.to_dict()))
-        console.rule("2/4 build the table")
-        table_path = out / f"host-ort-{spec.name}.parquet"
-        table = api.build_table([spec], DEFAULT_DEVICE, store, table_path, res)
-        console.print(f"{len(table.slices)} slices → {table_path}")
-        console.rule("3/4 predict")
-        full = Architecture.full(spec, res[0])
-        atomic_write_text(out / "full_arch.json", full.to_json())
-        console.print(f"full {spec.name}: predicted {float(api.predict(spec, [full], table)[0]):.3f} ms")
-        console.rule(f"4/4 validate on {n} networks")
-        rep = api.validate_model(spec, table, DEFAULT_DEVICE, store, n, resolutions=res, progress=progress)
-        summary = rep.write(out / "validation.json", out / "validation.csv", out / "validation.png",
-                            title=f"{spec.name} on {DEFAULT_DEVICE}")
-        console.print_json(json.dumps({k: v for k, v in summary.items() if k != "worst"}))
-        console.print(f"report, pairs and plot in [bold]{out}[/]")
-    except _ERRORS as err:
-        _fail(err)
-
+from .. import api
+from .common import JOB_ERRORS, console, fail
 
 prune_app = typer.Typer(no_args_is_help=True, help="Latency-constrained pruning of a trained checkpoint.")
-app.add_typer(prune_app, name="prune")
 
 
-def _run_prune(make_job, run=None, summarize=None) -> None:
-    """Build the job (validating its options) and run it (``run``: default ``run_lcp``), turning known
-    errors into clear messages; prints ``summarize(report)`` (default: the pruning report's key figures)."""
-    from .data import DataError
-    from .methods.lcp.job import run_lcp
-    from .search.budget import BudgetError
-    from .train import CheckpointError
-
+def _run_prune(make_job, run, summarize=None) -> None:
+    """Build the job (validating its options) and ``run`` it, turning known errors into clear messages;
+    prints ``summarize(report)`` (default: the pruning report's key figures)."""
     try:
         job = make_job()
-        report = (run or run_lcp)(job)
-    except (BudgetError, DataError, CheckpointError, ValueError, *_ERRORS) as err:
-        _fail(err)
+        report = run(job)
+    except JOB_ERRORS as err:
+        fail(err)
     summary = summarize(report) if summarize else {
         k: report[k] for k in ("method", "budget", "predicted_ms", "measured_ms", "measured_over_budget",
                                "test_accuracy", "search_seconds")}
@@ -379,8 +64,8 @@ def prune_lcp(model: str = typer.Option("resnet56", help="zoo model of the check
     Example: latbench prune lcp --checkpoint runs/r56.safetensors --table tables/host-litert-resnet56-32-dense.parquet
     --budget-ratio 0.5 --device host:litert --out runs/lcp-50
     """
-    from .methods.common import FinetuneRecipe
-    from .methods.lcp.job import LcPJob
+    from ..methods.common import FinetuneRecipe
+    from ..methods.lcp.job import LcPJob, run_lcp
 
     _run_prune(lambda: LcPJob(
         model=model, checkpoint=str(checkpoint), out=str(out), table=str(table) if table else None, method=method,
@@ -389,7 +74,8 @@ def prune_lcp(model: str = typer.Option("resnet56", help="zoo model of the check
         floor=floor, unit=unit, pool=pool, candidates=candidates, fitness_images=fitness_images, bn_images=bn_images,
         test_images=test_images,
         finetune=FinetuneRecipe(finetune_epochs, finetune_lr, max_steps=finetune_steps, seed=seed), seed=seed,
-        threads=threads, progress=progress))
+        threads=threads, progress=progress),
+        run=run_lcp)
 
 
 @prune_app.command("ofar")
@@ -452,8 +138,8 @@ def prune_ofar(model: str = typer.Option("resnet20", help="zoo model of the chec
     Example: latbench prune ofar --checkpoint runs/r20.safetensors --table tables/litert.parquet --table
     tables/ort.parquet --budget-ratio 0.7 --budget-ratio 0.5 --resolutions 32 --resolutions 28 --out runs/ofar
     """
-    from .methods.ofar import JointConfig, SearchConfig
-    from .methods.ofar.job import OFARJob, run_ofar
+    from ..methods.ofar import JointConfig, SearchConfig
+    from ..methods.ofar.job import OFARJob, run_ofar
 
     _run_prune(lambda: OFARJob(
         model=model, checkpoint=str(checkpoint), out=str(out), tables=tuple(str(t) for t in table or ()),
@@ -536,10 +222,10 @@ def prune_jcw(model: str = typer.Option("resnet56", help="zoo model of the check
     Example: latbench prune jcw --checkpoint runs/r56.safetensors --table tables/host-litert-resnet56-32-dense.parquet
     --budget-ratio 0.7 --budget-ratio 0.5 --device host:litert --out runs/jcw
     """
-    from .methods.jcw.evaluator import SupernetConfig
-    from .methods.jcw.job import JCWJob, run_jcw
-    from .methods.jcw.search import SearchConfig
-    from .train.admm import ADMMConfig
+    from ..methods.jcw.evaluator import SupernetConfig
+    from ..methods.jcw.job import JCWJob, run_jcw
+    from ..methods.jcw.search import SearchConfig
+    from ..train.admm import ADMMConfig
 
     _run_prune(lambda: JCWJob(
         model=model, checkpoint=str(checkpoint), table=str(table), out=str(out), budgets_ms=tuple(budget_ms or ()),
@@ -619,10 +305,10 @@ def prune_sp(model: str = typer.Option("resnet56", help="zoo model of the checkp
     Example: latbench prune sp --model resnet56 --checkpoint runs/r56.safetensors
     --table tables/host-litert-resnet56-32-dense.parquet --budget-ratio 0.5 --device host:litert --out runs/sp-50
     """
-    from .methods.common import FinetuneRecipe
-    from .methods.sp.job import SPJob, run_sp
-    from .methods.sp.search import SPSearchConfig
-    from .methods.sp.training import StageTrainConfig
+    from ..methods.common import FinetuneRecipe
+    from ..methods.sp.job import SPJob, run_sp
+    from ..methods.sp.search import SPSearchConfig
+    from ..methods.sp.training import StageTrainConfig
 
     _run_prune(lambda: SPJob(
         model=model, checkpoint=str(checkpoint), out=str(out), table=str(table) if table else None,
@@ -641,97 +327,3 @@ def prune_sp(model: str = typer.Option("resnet56", help="zoo model of the checkp
         run=run_sp, summarize=lambda s: {k: s[k] for k in ("method", "budget", "predicted_ms", "measured_ms",
                                                            "measured_over_budget", "test_accuracy", "retrain_from",
                                                            "seconds")})
-
-
-@app.command("train")
-def train_cmd(model: str = typer.Option("resnet56", help="zoo model (resnet20, resnet56, mobilenet_v2_cifar, …)"),
-              data: str = typer.Option("fashion-mnist",
-                                       help="data set: fashion-mnist, mnist, cifar10, cifar100 or imagefolder"),
-              data_dir: Optional[Path] = typer.Option(None, help="folder with the data set files (default: its usual place)"),
-              epochs: int = typer.Option(3), lr: float = typer.Option(0.1, help="peak learning rate"),
-              schedule: str = typer.Option("onecycle", help="onecycle, cosine or constant"),
-              batch_size: int = typer.Option(128), weight_decay: float = typer.Option(5e-4),
-              label_smoothing: float = typer.Option(0.0), seed: int = typer.Option(0),
-              val_size: int = typer.Option(5000, help="last N training images held out as validation set"),
-              out: Path = typer.Option(..., help="checkpoint to write (.safetensors); the history goes beside it (.json)"),
-              resume: bool = typer.Option(False, help="continue the unfinished run saved in --out"),
-              checkpoint_every: int = typer.Option(100, help="also checkpoint every N steps (0: per epoch only)"),
-              max_steps: Optional[int] = typer.Option(None, help="stop after this many steps (resume later)"),
-              steps_per_epoch: Optional[int] = typer.Option(None, help="cap batches per epoch (quick runs)"),
-              threads: Optional[int] = typer.Option(None, help="torch threads (default: all cores)"),
-              progress: bool = typer.Option(True, help="show progress bars")) -> None:
-    """Train a zoo model from scratch on an image data set; writes a safetensors checkpoint and a JSON
-    history, prints validation and test accuracy.
-
-    Example: latbench train --model resnet56 --data fashion-mnist --epochs 3 --out runs/r56-fmnist.safetensors
-    """
-    import torch
-
-    from .data import DataError, load_dataset
-    from .models import build, get_model
-    from .train import CheckpointError, evaluate, train
-    from .train.loop import cpu_cores
-
-    try:
-        splits = load_dataset(data, data_dir, val_size)
-        torch.set_num_threads(threads or cpu_cores())      # the application's choice (the loop leaves it alone)
-        torch.manual_seed(seed)
-        net = build(get_model(model, num_classes=splits.num_classes), in_channels=splits.in_channels)
-        history = train(net, splits, epochs, lr, batch_size=batch_size, schedule=schedule, weight_decay=weight_decay,
-                        label_smoothing=label_smoothing, seed=seed, steps_per_epoch=steps_per_epoch, checkpoint=out,
-                        checkpoint_every=checkpoint_every, resume=resume, max_steps=max_steps,
-                        meta={"dataset": splits.describe()}, progress=progress,
-                        log=None if progress else lambda line: print(line, file=sys.stderr, flush=True))
-        result = {"model": net.spec.name, "data": splits.name, "checkpoint": str(out), **history.to_dict()}
-        if history.complete:
-            result["test_loss"], result["test_acc"] = evaluate(net, splits.test)
-        history_path = out.with_suffix(".json")
-        atomic_write_json(history_path, result, indent=2)
-    except (DataError, CheckpointError, ValueError, *_ERRORS) as err:
-        _fail(err)
-    last = history.epochs[-1] if history.epochs else None
-    console.print_json(json.dumps({k: result[k] for k in ("model", "data", "checkpoint", "step", "total_steps", "complete")}
-                                  | ({"val_acc": last.val_acc, "images_per_s": last.images_per_s} if last else {})
-                                  | ({"test_acc": result["test_acc"]} if "test_acc" in result else {})))
-    console.print(f"checkpoint [bold]{out}[/], history [bold]{history_path}[/]")
-
-
-@app.command("evaluate")
-def evaluate_cmd(checkpoint: Path = typer.Argument(..., help="checkpoint from `latbench train` or a pruning method"),
-                 data: Optional[str] = typer.Option(None, help="data set (default: the one recorded in the checkpoint)"),
-                 data_dir: Optional[Path] = typer.Option(None, help="folder with the data set files"),
-                 split: str = typer.Option("test", help="test or val"),
-                 val_size: int = typer.Option(5000, help="validation split size (must match training for --split val)"),
-                 threads: Optional[int] = typer.Option(None, help="torch threads (default: all cores)")) -> None:
-    """Accuracy and loss of a checkpointed (possibly pruned) network on a data split.
-
-    Example: latbench evaluate runs/r56-fmnist.safetensors --split test
-    """
-    import torch
-
-    from .data import DataError, load_dataset
-    from .train import CheckpointError, evaluate, load_checkpoint
-    from .train.loop import cpu_cores
-
-    try:
-        net, arch, meta = load_checkpoint(checkpoint)
-        name = data or (meta.get("dataset") or {}).get("name")
-        if not name:
-            raise DataError(f"{checkpoint} does not record its data set; pass --data")
-        splits = load_dataset(name, data_dir, val_size)
-        if split not in ("test", "val") or (split == "val" and splits.val is None):
-            raise DataError(f"split {split!r} is not available: use test, or val with --val-size > 0")
-        torch.set_num_threads(threads or cpu_cores())
-        loss, acc = evaluate(net, splits.test if split == "test" else splits.val)
-    except (DataError, CheckpointError, ValueError, *_ERRORS) as err:
-        _fail(err)
-    console.print_json(json.dumps({"checkpoint": str(checkpoint), "model": arch.model, "data": splits.name,
-                                   "split": split, "loss": loss, "accuracy": acc, "widths": arch.widths}))
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,4 @@
+"""``python -m latbench.cli``: the ``latbench`` command."""
+from . import main
+
+main()

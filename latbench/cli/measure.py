@@ -1,0 +1,181 @@
+"""Measuring and predicting: ``latbench devices``, ``profile``, ``predict``, ``measure``, ``validate`` and
+``demo`` (top-level commands, registered in :mod:`latbench.cli`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from .. import api
+from ..devices import DEFAULT_DEVICE
+from ..files import atomic_write_text
+from ..models import Architecture
+from ..tables.table import LatencyTable
+from .common import DEVICE_HELP, ERRORS, console, fail, settings
+
+
+def devices(tcp: Optional[List[str]] = typer.Option(None, help="also probe the phone at HOST:PORT (repeatable; "
+                                                               "or set LATBENCH_ADB_TCP=HOST:PORT,…)"),
+            phones: bool = typer.Option(True, help="look for phones (USB via libusb, --tcp addresses)")) -> None:
+    """List reachable devices with their fingerprints: the host runtimes, phones on USB and at the given
+    TCP addresses.
+
+    Example: latbench devices --tcp 192.168.1.20:5555
+    """
+    from ..devices import list_devices
+
+    t = Table("device", "available", "fingerprint", "detail")
+    for d in list_devices(tcp or (), phones=phones):
+        t.add_row(d.name, "yes" if d.available else "no", d.fingerprint,
+                  ", ".join(f"{k}={v}" for k, v in d.detail.items()
+                             if k in ("cpu", "cores", "version", "kernels", "threads", "error", "phone",
+                                      "platform", "sdk")))
+    console.print(t)
+
+
+def profile(model: str = typer.Argument(..., help="zoo model name (e.g. mobilenet_v2) or path to an .onnx file"),
+            device: str = typer.Option(DEFAULT_DEVICE, help=DEVICE_HELP),
+            store: Path = typer.Option(Path(api.DEFAULT_STORE), help="SQLite measurement store (resumed if present)"),
+            resolution: Optional[List[int]] = typer.Option(None, help="input resolution(s); default: the model's"),
+            adaptive: bool = typer.Option(True, help="adaptive refinement (--dense for the full JCW-style grid)"),
+            dense: bool = typer.Option(False, "--dense", help="measure the full dense grid"),
+            threshold: float = typer.Option(0.08, help="refine where interpolation misses a check point by more than this fraction"),
+            channel_points: int = typer.Option(8, help="channel knots are c//N·i, i=1..N"),
+            channel_multiple: Optional[int] = typer.Option(
+                None, help="channel knots are multiples of this (default: the device's channel block, e.g. 16 for "
+                           "onnxruntime on AVX-512; see docs/measurement.md)"),
+            sparsity: Optional[List[float]] = typer.Option(None, help="sparsity knots (default 0,0.5,0.9 dense; 0,0.9 adaptive)"),
+            threads: int = typer.Option(1, help="runtime threads"),
+            rounds: int = typer.Option(5, help="interleaved rounds per measurement"),
+            runs: int = typer.Option(10, help="timed runs per round"),
+            warmup: int = typer.Option(5, help="untimed warm-up runs"),
+            table: Optional[Path] = typer.Option(None, help="also build this table file when done"),
+            calibrate: int = typer.Option(12, help="networks measured to calibrate the table (with --table)"),
+            progress: bool = typer.Option(True, help="show progress bars")) -> None:
+    """Measure the layer variants MODEL needs on DEVICE. Resumes by default: a killed run restarted with the
+    same arguments measures only what is missing.
+
+    Example: latbench profile mobilenet_v2 --device host:onnxruntime --resolution 224 --table tables/mbv2.parquet
+    """
+    try:
+        spec = api.load_model(model)
+        report = api.profile(spec, device, store, resolution, adaptive=adaptive and not dense, threshold=threshold,
+                             channel_points=channel_points, sparsities=sparsity, threads=threads,
+                             channel_multiple=channel_multiple,
+                             settings=settings(rounds, runs, warmup), progress=progress)
+        console.print_json(json.dumps(report.to_dict()))
+        if table:
+            api.build_table([spec], device, store, table, resolution, threads, calibrate=calibrate,
+                            channel_multiple=channel_multiple)
+            console.print(f"table written to [bold]{table}[/]")
+    except ERRORS as err:
+        fail(err)
+
+
+def predict(model: str, arch: Optional[Path] = typer.Option(None, help="architecture JSON (default: the full model)"),
+            table: Path = typer.Option(..., help="latency table (.parquet)"),
+            clamp: bool = typer.Option(False, help="clamp queries outside the grid instead of failing"),
+            breakdown: bool = typer.Option(False, help="print per-layer latencies")) -> None:
+    """Predict the latency of one architecture from a table.
+
+    Example: latbench predict mobilenet_v2 --arch arch.json --table tables/host-ort-mobilenet_v2.parquet
+    """
+    from ..predictor import Predictor
+
+    try:
+        spec = api.load_model(model)
+        a = Architecture.load(arch) if arch else Architecture.full(spec)
+        p = Predictor(spec, LatencyTable.load(table), clamp=clamp)
+        ms = float(p.predict(a)[0])
+        if breakdown:
+            console.print(p.breakdown(a).to_string())
+    except ERRORS as err:
+        fail(err)
+    console.print_json(json.dumps({"model": spec.name, "resolution": a.resolution, "predicted_ms": ms}))
+
+
+def measure(model: Path = typer.Argument(..., help="an exported model: .onnx or .tflite"),
+            device: str = typer.Option(DEFAULT_DEVICE, help=DEVICE_HELP),
+            store: Path = typer.Option(Path(api.DEFAULT_STORE), help="SQLite measurement store"),
+            threads: int = typer.Option(1, help="runtime threads"),
+            progress: bool = typer.Option(True)) -> None:
+    """Measure one model file end to end with latbench's protocol; the result is stored by the file's content.
+
+    Example: latbench measure runs/lcp/pruned.tflite --device host:litert
+    """
+    from dataclasses import asdict
+
+    try:
+        m = api.measure_file(model, device, store, threads, progress=progress)
+    except ERRORS as err:
+        fail(err)
+    console.print_json(json.dumps({"file": str(model), "device": device, **asdict(m)}))
+
+
+def validate(model: str, table: Path = typer.Option(..., help="latency table to check"),
+             device: str = typer.Option(DEFAULT_DEVICE, help=DEVICE_HELP),
+             store: Path = typer.Option(Path(api.DEFAULT_STORE)),
+             n: int = typer.Option(100, help="networks to measure (the full network + n-1 random ones)"),
+             seed: int = typer.Option(0),
+             resolution: Optional[List[int]] = typer.Option(None, help="default: the model's resolutions the table "
+                                                                       "holds"),
+             sparsity: Optional[List[float]] = typer.Option(None, help="sparsities to sample from (default 0)"),
+             divisor: Optional[int] = typer.Option(None, help="round sampled widths to multiples of this "
+                                                               "(default: the table's channel multiple)"),
+             min_ratio: float = typer.Option(0.25, help="smallest width as a fraction of the full width"),
+             threads: int = typer.Option(1),
+             json_path: Optional[Path] = typer.Option(None, "--json", help="write the JSON report here"),
+             csv: Optional[Path] = typer.Option(None, help="write all (predicted, measured) pairs here"),
+             plot: Optional[Path] = typer.Option(None, help="write the predicted-vs-measured scatter plot (PNG)"),
+             progress: bool = typer.Option(True)) -> None:
+    """Measure N random pruned networks end to end and compare with the table's predictions.
+
+    Example: latbench validate mobilenet_v2 --table tables/host-ort-mobilenet_v2.parquet --n 100 --json report.json
+    """
+    try:
+        spec = api.load_model(model)
+        report = api.validate_model(spec, table, device, store, n, seed, resolution, tuple(sparsity or (0.0,)),
+                                    divisor, min_ratio, threads, progress)
+        summary = report.write(json_path, csv, plot, title=f"{spec.name} on {device}")
+    except ERRORS as err:
+        fail(err)
+    console.print_json(json.dumps(summary))
+
+
+def demo(out: Path = typer.Option(Path("runs/demo"), help="folder for the store, table and report"),
+         model: str = typer.Option("resnet56", help="zoo model"),
+         n: int = typer.Option(30, help="validation networks"),
+         progress: bool = typer.Option(True)) -> None:
+    """The whole pipeline on the host CPU, no phone: profile → table → predict → validate.
+
+    Example: latbench demo --out runs/demo
+    """
+    try:
+        spec = api.load_model(model)
+        store = out / "measurements.db"
+        res = [spec.base_resolution]
+        console.rule(f"1/4 profile {spec.name} at {res[0]}×{res[0]} on {DEFAULT_DEVICE}")
+        report = api.profile(spec, DEFAULT_DEVICE, store, res, adaptive=True, progress=progress)
+        console.print_json(json.dumps(report.to_dict()))
+        console.rule("2/4 build the table")
+        table_path = out / f"host-ort-{spec.name}.parquet"
+        table = api.build_table([spec], DEFAULT_DEVICE, store, table_path, res)
+        console.print(f"{len(table.slices)} slices → {table_path}")
+        console.rule("3/4 predict")
+        full = Architecture.full(spec, res[0])
+        atomic_write_text(out / "full_arch.json", full.to_json())
+        console.print(f"full {spec.name}: predicted {float(api.predict(spec, [full], table)[0]):.3f} ms")
+        console.rule(f"4/4 validate on {n} networks")
+        rep = api.validate_model(spec, table, DEFAULT_DEVICE, store, n, resolutions=res, progress=progress)
+        summary = rep.write(out / "validation.json", out / "validation.csv", out / "validation.png",
+                            title=f"{spec.name} on {DEFAULT_DEVICE}")
+        console.print_json(json.dumps({k: v for k, v in summary.items() if k != "worst"}))
+        console.print(f"report, pairs and plot in [bold]{out}[/]")
+    except ERRORS as err:
+        fail(err)
+
+
+COMMANDS = (devices, profile, predict, measure, validate, demo)
