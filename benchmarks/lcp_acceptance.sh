@@ -15,17 +15,7 @@ out=${OUT:-runs/lcp-acceptance}
 store=${STORE:-runs/r56/litert.db}
 mkdir -p "$out"
 # 1. The full network's latency, measured once on the quiet machine: the budgets are fractions of it.
-full_ms=$(LEADRUN=1 python - "$table" "$device" "$store" <<'PY'
-import sys
-from latbench.models import Architecture, get_model
-from latbench.methods.common import measure_architectures
-from latbench.tables.table import LatencyTable
-table, device, store = sys.argv[1:]
-spec = get_model("resnet56")
-print(float(measure_architectures(spec, [Architecture.full(spec, 32)], LatencyTable.load(table), device, store,
-                                  progress=False)[0]))
-PY
-)
+full_ms=$(LEADRUN=1 python benchmarks/full_latency.py "$table" "$device" "$store")
 echo "full ResNet-56 on $device: $full_ms ms" | tee "$out/full.txt"
 run() {  # method ratio [extra args]
   local m=$1 r=$2; shift 2

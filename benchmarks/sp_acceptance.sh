@@ -23,17 +23,7 @@ results=${RESULTS:-benchmarks/results/sp}
 mkdir -p "$out" "$results"
 # 1. The full network's latency, measured once on the quiet machine: the budgets are fractions of it.
 if [ ! -f "$out/full.txt" ]; then
-  full_ms=$(python - "$table" "$device" "$store" <<'PY'
-import sys
-from latbench.models import Architecture, get_model
-from latbench.methods.common import measure_architectures
-from latbench.tables.table import LatencyTable
-table, device, store = sys.argv[1:]
-spec = get_model("resnet56")
-print(float(measure_architectures(spec, [Architecture.full(spec, 32)], LatencyTable.load(table), device, store,
-                                  progress=False)[0]))
-PY
-)
+  full_ms=$(python benchmarks/full_latency.py "$table" "$device" "$store")
   echo "full ResNet-56 on $device: $full_ms ms" > "$out/full.txt"
 fi
 full_ms=$(awk '{print $(NF-1)}' "$out/full.txt")

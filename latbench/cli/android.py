@@ -1,9 +1,10 @@
 """``latbench android …``: install the phone-side tools, inspect a phone, stop or clean up runs."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -14,10 +15,20 @@ android_app = typer.Typer(no_args_is_help=True, help="Prepare and inspect Androi
 PHONE_HELP = "the phone: tcp:HOST:PORT or usb[:SERIAL] (see `latbench devices`)"
 
 
-def _open(device: str):
+@contextlib.contextmanager
+def _phone(device: str) -> Iterator:
+    """The phone ``device``, open for the ``with`` block and closed after it; a :class:`DeviceError` (opening
+    it or in the block) becomes a clear message and exit code 2."""
     from ..devices.android import open_android
 
-    return open_android(device, log=lambda msg: err_console.print(f"[yellow]{msg}[/]"))
+    try:
+        dev = open_android(device, log=lambda msg: err_console.print(f"[yellow]{msg}[/]"))
+        try:
+            yield dev
+        finally:
+            dev.close()
+    except DeviceError as err:
+        fail(err)
 
 
 @android_app.command("setup")
@@ -30,22 +41,16 @@ def setup(device: str = typer.Option(..., help=PHONE_HELP),
 
     Example: latbench android setup --device usb --benchmark-model ~/Downloads/android_aarch64_benchmark_model
     """
-    try:
-        dev = _open(device)
-        try:
-            written = dev.install(benchmark_model, perf_test)
-            fingerprints = {}
-            for runtime, given in (("tflite", benchmark_model), ("onnxruntime", perf_test)):
-                if given is not None:   # check each installed tool and show the fingerprint it gives
-                    dev.use_runtime(runtime)
-                    dev.prepare()
-                    fingerprints[dev.options.tool] = dev.fingerprint()
-            console.print_json(json.dumps({"device": dev.name, "installed": written, "tools": dev.installed_tools(),
-                                           "fingerprints": fingerprints}))
-        finally:
-            dev.close()
-    except DeviceError as err:
-        fail(err)
+    with _phone(device) as dev:
+        written = dev.install(benchmark_model, perf_test)
+        fingerprints = {}
+        for runtime, given in (("tflite", benchmark_model), ("onnxruntime", perf_test)):
+            if given is not None:   # check each installed tool and show the fingerprint it gives
+                dev.use_runtime(runtime)
+                dev.prepare()
+                fingerprints[dev.options.tool] = dev.fingerprint()
+        console.print_json(json.dumps({"device": dev.name, "installed": written, "tools": dev.installed_tools(),
+                                       "fingerprints": fingerprints}))
 
 
 @android_app.command("info")
@@ -55,27 +60,21 @@ def info(device: str = typer.Option(..., help=PHONE_HELP)) -> None:
 
     Example: latbench android info --device tcp:192.168.1.20:5555
     """
-    try:
-        dev = _open(device)
-        try:
-            f = dev.facts
-            snap = dev.snapshot()
-            tools = dev.installed_tools()
-            out = {"device": dev.name, "model": f.model, "platform": f.platform, "sdk": f.sdk,
-                   "clusters": [{"max_khz": khz, "cpus": cpus} for khz, cpus in f.clusters()],
-                   "big_cores": f.big_cores(), "pinned_mask": dev.mask, "tools": tools,
-                   "state": snap.summary(f.cpus, f.cpu_zones()),
-                   "thermal_zones": {str(z): t for z, t in f.zone_types.items()}}
-            if any(tools.values()):
-                try:
-                    out["fingerprint"] = dev.fingerprint()
-                except DeviceError as err:
-                    out["fingerprint_error"] = str(err)
-            console.print_json(json.dumps(out))
-        finally:
-            dev.close()
-    except DeviceError as err:
-        fail(err)
+    with _phone(device) as dev:
+        f = dev.facts
+        snap = dev.snapshot()
+        tools = dev.installed_tools()
+        out = {"device": dev.name, "model": f.model, "platform": f.platform, "sdk": f.sdk,
+               "clusters": [{"max_khz": khz, "cpus": cpus} for khz, cpus in f.clusters()],
+               "big_cores": f.big_cores(), "pinned_mask": dev.mask, "tools": tools,
+               "state": snap.summary(f.cpus, f.cpu_zones()),
+               "thermal_zones": {str(z): t for z, t in f.zone_types.items()}}
+        if any(tools.values()):
+            try:
+                out["fingerprint"] = dev.fingerprint()
+            except DeviceError as err:
+                out["fingerprint_error"] = str(err)
+        console.print_json(json.dumps(out))
 
 
 @android_app.command("stop")
@@ -84,14 +83,8 @@ def stop(device: str = typer.Option(..., help=PHONE_HELP)) -> None:
 
     Example: latbench android stop --device usb
     """
-    try:
-        dev = _open(device)
-        try:
-            console.print(dev.stop_leftovers().strip() or "nothing was running")
-        finally:
-            dev.close()
-    except DeviceError as err:
-        fail(err)
+    with _phone(device) as dev:
+        console.print(dev.stop_leftovers().strip() or "nothing was running")
 
 
 @android_app.command("clean")
@@ -102,12 +95,6 @@ def clean(device: str = typer.Option(..., help=PHONE_HELP),
 
     Example: latbench android clean --device usb --all
     """
-    try:
-        dev = _open(device)
-        try:
-            dev.clean(everything)
-            console.print(f"cleaned {dev.options.root}{'' if everything else ' (models, batches)'} on {dev.name}")
-        finally:
-            dev.close()
-    except DeviceError as err:
-        fail(err)
+    with _phone(device) as dev:
+        dev.clean(everything)
+        console.print(f"cleaned {dev.options.root}{'' if everything else ' (models, batches)'} on {dev.name}")

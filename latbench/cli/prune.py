@@ -13,6 +13,19 @@ from .common import JOB_ERRORS, console, fail
 prune_app = typer.Typer(no_args_is_help=True, help="Latency-constrained pruning of a trained checkpoint.")
 
 
+# Options several pruning commands share (the same flag and help text everywhere).
+CHECKPOINT = typer.Option(..., help="trained full network (.safetensors from `latbench train`)")
+TABLE = typer.Option(None, help="the device's latency table (needed for latency budgets)")
+BUDGET_MS = typer.Option(None, help="latency budget in ms")
+BUDGET_RATIO = typer.Option(
+    None, help="latency budget as a fraction of the full network (measured with --device, else predicted)")
+BUDGET_FLOPS = typer.Option(None, help="budget in multiply-accumulates")
+BUDGET_PARAMS = typer.Option(None, help="budget in parameters")
+DEVICE = typer.Option(None, help="measure the full and the pruned network here")
+STORE = typer.Option(Path(api.DEFAULT_STORE), help="measurement store for --device")
+TEST_IMAGES = typer.Option(None, help="report accuracy on the first N test images (default: all)")
+
+
 def _run_prune(make_job, run, summarize=None) -> None:
     """Build the job (validating its options) and ``run`` it, turning known errors into clear messages;
     prints ``summarize(report)`` (default: the pruning report's key figures)."""
@@ -30,19 +43,18 @@ def _run_prune(make_job, run, summarize=None) -> None:
 
 @prune_app.command("lcp")
 def prune_lcp(model: str = typer.Option("resnet56", help="zoo model of the checkpoint"),
-              checkpoint: Path = typer.Option(..., help="trained full network (.safetensors from `latbench train`)"),
+              checkpoint: Path = CHECKPOINT,
               out: Path = typer.Option(..., help="folder for the pruned network, its exports and report.json"),
-              table: Optional[Path] = typer.Option(None, help="the device's latency table (needed for latency budgets)"),
-              budget_ms: Optional[float] = typer.Option(None, help="latency budget in ms"),
-              budget_ratio: Optional[float] = typer.Option(
-                  None, help="latency budget as a fraction of the full network (measured with --device, else predicted)"),
-              budget_flops: Optional[float] = typer.Option(None, help="budget in multiply-accumulates"),
-              budget_params: Optional[float] = typer.Option(None, help="budget in parameters"),
+              table: Optional[Path] = TABLE,
+              budget_ms: Optional[float] = BUDGET_MS,
+              budget_ratio: Optional[float] = BUDGET_RATIO,
+              budget_flops: Optional[float] = BUDGET_FLOPS,
+              budget_params: Optional[float] = BUDGET_PARAMS,
               method: str = typer.Option("lcp", help="lcp (learned compensation), naive (global ranking) or "
                                                      "uniform (one width ratio): the baselines share everything else"),
               data: str = typer.Option("fashion-mnist"), data_dir: Optional[Path] = typer.Option(None),
-              device: Optional[str] = typer.Option(None, help="measure the full and the pruned network here"),
-              store: Path = typer.Option(Path(api.DEFAULT_STORE), help="measurement store for --device"),
+              device: Optional[str] = DEVICE,
+              store: Path = STORE,
               metric: str = typer.Option("l2", help="filter metric: l1, l2 or taylor"),
               floor: float = typer.Option(0.1, help="keep at least this fraction of every layer"),
               unit: Optional[int] = typer.Option(None, help="channels removed at a time (default: the table's "
@@ -51,8 +63,7 @@ def prune_lcp(model: str = typer.Option("resnet56", help="zoo model of the check
               candidates: int = typer.Option(400, help="candidates evaluated in all (pool + mutants)"),
               fitness_images: int = typer.Option(3000, help="training images the fitness loss is measured on"),
               bn_images: int = typer.Option(1024, help="images to re-estimate BN statistics of a candidate"),
-              test_images: Optional[int] = typer.Option(None, help="report accuracy on the first N test images "
-                                                                   "(default: all)"),
+              test_images: Optional[int] = TEST_IMAGES,
               finetune_epochs: int = typer.Option(1), finetune_lr: float = typer.Option(0.02),
               finetune_steps: Optional[int] = typer.Option(None, help="cap fine-tuning steps (quick runs)"),
               seed: int = typer.Option(0), threads: Optional[int] = typer.Option(None, help="torch threads (default: all cores)"),
@@ -80,7 +91,7 @@ def prune_lcp(model: str = typer.Option("resnet56", help="zoo model of the check
 
 @prune_app.command("ofar")
 def prune_ofar(model: str = typer.Option("resnet20", help="zoo model of the checkpoint"),
-               checkpoint: Path = typer.Option(..., help="trained full network (.safetensors from `latbench train`)"),
+               checkpoint: Path = CHECKPOINT,
                out: Path = typer.Option(..., help="folder for every phase, the cohort's exports and report.json"),
                table: Optional[List[Path]] = typer.Option(None, help="a device's latency table (repeatable: one "
                                                                      "per device of the cohort)"),
@@ -162,7 +173,7 @@ def prune_ofar(model: str = typer.Option("resnet20", help="zoo model of the chec
 
 @prune_app.command("jcw")
 def prune_jcw(model: str = typer.Option("resnet56", help="zoo model of the checkpoint"),
-              checkpoint: Path = typer.Option(..., help="trained full network (.safetensors from `latbench train`)"),
+              checkpoint: Path = CHECKPOINT,
               table: Path = typer.Option(..., help="the device's latency table (the search's latency objective)"),
               out: Path = typer.Option(..., help="folder for the search, the supernet, one folder per retrained "
                                                  "architecture and summary.json"),
@@ -180,7 +191,7 @@ def prune_jcw(model: str = typer.Option("resnet56", help="zoo model of the check
                                    "whole sparsity range"),
               data: str = typer.Option("fashion-mnist"), data_dir: Optional[Path] = typer.Option(None),
               device: Optional[str] = typer.Option(None, help="measure the full network and every retrained one"),
-              store: Path = typer.Option(Path(api.DEFAULT_STORE), help="measurement store for --device"),
+              store: Path = STORE,
               measure_front: bool = typer.Option(False, help="with --device, also measure every front member"),
               population: int = typer.Option(32), generations: int = typer.Option(20),
               min_width_ratio: float = typer.Option(0.25, help="narrowest width of a group, as a fraction"),
@@ -208,8 +219,7 @@ def prune_jcw(model: str = typer.Option("resnet56", help="zoo model of the check
               admm_update_every: Optional[int] = typer.Option(None, help="U/Z update every N steps (default: "
                                                                          "every epoch)"),
               bn_images: int = typer.Option(512, help="images to recalibrate BN of a slice before retraining"),
-              test_images: Optional[int] = typer.Option(None, help="report accuracy on the first N test images "
-                                                                   "(default: all)"),
+              test_images: Optional[int] = TEST_IMAGES,
               torch_device: str = typer.Option("cpu", help="torch device for the supernet and the retraining "
                                                            "(cpu, cuda, mps)"),
               threads: Optional[int] = typer.Option(None, help="torch threads (default: all cores)"),
@@ -251,18 +261,17 @@ def prune_jcw(model: str = typer.Option("resnet56", help="zoo model of the check
 
 @prune_app.command("sp")
 def prune_sp(model: str = typer.Option("resnet56", help="zoo model of the checkpoint"),
-             checkpoint: Path = typer.Option(..., help="trained full network (.safetensors from `latbench train`)"),
+             checkpoint: Path = CHECKPOINT,
              out: Path = typer.Option(..., help="folder for the supernet, the search, the pruned network, its exports "
                                                 "and report.json"),
-             table: Optional[Path] = typer.Option(None, help="the device's latency table (needed for latency budgets)"),
-             budget_ms: Optional[float] = typer.Option(None, help="latency budget in ms"),
-             budget_ratio: Optional[float] = typer.Option(
-                 None, help="latency budget as a fraction of the full network (measured with --device, else predicted)"),
-             budget_flops: Optional[float] = typer.Option(None, help="budget in multiply-accumulates"),
-             budget_params: Optional[float] = typer.Option(None, help="budget in parameters"),
+             table: Optional[Path] = TABLE,
+             budget_ms: Optional[float] = BUDGET_MS,
+             budget_ratio: Optional[float] = BUDGET_RATIO,
+             budget_flops: Optional[float] = BUDGET_FLOPS,
+             budget_params: Optional[float] = BUDGET_PARAMS,
              data: str = typer.Option("fashion-mnist"), data_dir: Optional[Path] = typer.Option(None),
-             device: Optional[str] = typer.Option(None, help="measure the full and the pruned network here"),
-             store: Path = typer.Option(Path(api.DEFAULT_STORE), help="measurement store for --device"),
+             device: Optional[str] = DEVICE,
+             store: Path = STORE,
              torch_device: str = typer.Option("cpu", help="torch device for supernet training, the search and "
                                                           "retraining (cpu, cuda, mps)"),
              unit: Optional[int] = typer.Option(None, help="channel step of the search space (default: the table's "
@@ -286,8 +295,7 @@ def prune_sp(model: str = typer.Option("resnet56", help="zoo model of the checkp
              finetune_epochs: int = typer.Option(1), finetune_lr: float = typer.Option(0.02),
              finetune_steps: Optional[int] = typer.Option(None, help="cap retraining steps (quick runs)"),
              bn_images: int = typer.Option(1024, help="images to recalibrate BN of the chosen network"),
-             test_images: Optional[int] = typer.Option(None, help="report accuracy on the first N test images "
-                                                                  "(default: all)"),
+             test_images: Optional[int] = TEST_IMAGES,
              ray: Optional[bool] = typer.Option(None, "--ray/--no-ray",
                                                 help="run the stage EAs on Ray actors (default: when Ray is installed; "
                                                      "--no-ray runs them in this process with the same result)"),

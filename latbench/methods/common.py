@@ -5,6 +5,7 @@ A job (:mod:`latbench.methods.lcp.job`, :mod:`~latbench.methods.jcw.job`, :mod:`
 checkpoint → budget → the method's search (and training) → retraining → export → measurement → report.
 The method-specific steps live with each method; the steps around them live here, once:
 
+* :class:`JobOptions`, :class:`SingleBudgetJob` — the options every job takes (and LcP's and SP's one budget);
 * :func:`set_threads`, :func:`check_torch_device` — the application's settings (library code never sets
   thread counts; jobs are the application);
 * :func:`load_parent` — the trained full network, checked against the model asked for;
@@ -37,6 +38,47 @@ from ..tables.table import LatencyTable
 console = Console(stderr=True)
 #: The files every job ships per pruned network, ``pruned.<format>``.
 EXPORT_FORMATS = ("onnx", "tflite")
+
+
+# ---- the options every job takes ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class JobOptions:
+    """What every job is given: the ``model`` of the trained ``checkpoint``, the folder ``out`` it writes
+    (and resumes from), the data set, the measurement ``store``, how many test images to report on (None:
+    all), the torch ``threads`` of this process (the job is the application; see :func:`set_threads`) and
+    whether to show progress bars."""
+
+    model: str
+    checkpoint: str
+    out: str
+    data: str = "fashion-mnist"
+    data_dir: str | None = None
+    store: str = "runs/measurements.db"
+    test_images: int | None = None      # evaluate on the first N test images (None: the whole test set)
+    threads: int | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class SingleBudgetJob(JobOptions):
+    """A job that prunes for exactly one budget (LcP, SP): ``budget_ms`` (latency), ``budget_ratio`` (of the
+    full network's latency: measured on ``device`` when one is given, else predicted from ``table``),
+    ``budget_flops`` or ``budget_params``; ``device`` measures the full and the pruned network."""
+
+    table: str | None = None
+    budget_ms: float | None = None
+    budget_ratio: float | None = None
+    budget_flops: float | None = None
+    budget_params: float | None = None
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        self.budget.check(self.table, self.device)
+
+    @property
+    def budget(self) -> "BudgetRequest":
+        return BudgetRequest(self.budget_ms, self.budget_ratio, self.budget_flops, self.budget_params)
 
 
 # ---- the application's settings -------------------------------------------------------------------------
@@ -279,6 +321,7 @@ def network_report(*, spec: ModelSpec, method: str, checkpoint: str, table: str 
     }
 
 
-__all__ = ["BudgetRequest", "EXPORT_FORMATS", "FinetuneRecipe", "FullLatency", "check_table_device",
+__all__ = ["BudgetRequest", "EXPORT_FORMATS", "FinetuneRecipe", "FullLatency", "JobOptions", "SingleBudgetJob",
+           "check_table_device",
            "check_torch_device", "console", "export_pruned", "exported", "first", "full_latency", "load_parent",
            "measure_architectures", "measure_shipped", "network_report", "sample_batches", "set_threads"]

@@ -36,7 +36,7 @@ from ...files import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from ...models.arch import Architecture
 from ...search.budget import BudgetError
 from ...train.admm import ADMMConfig
-from ..common import (FullLatency, check_torch_device, console, export_pruned, exported, first, full_latency,
+from ..common import (FullLatency, JobOptions, check_torch_device, console, export_pruned, exported, first, full_latency,
                       load_parent, measure_architectures, measure_shipped, network_report, sample_batches,
                       set_threads)
 from .evaluator import SupernetConfig
@@ -50,8 +50,8 @@ TRAINING_FIELDS = ("test_accuracy", "test_loss", "test_images", "admm", "admm_hi
 PREDICTION_TOLERANCE = 0.05
 
 
-@dataclass(frozen=True)
-class JCWJob:
+@dataclass(frozen=True, kw_only=True)
+class JCWJob(JobOptions):
     """One JCW run. Choose architectures from the front either by latency budgets (``budgets_ms`` and/or
     ``budget_ratios`` of the full network's latency — measured on ``device`` when one is given, else
     predicted — each giving the most accurate front member within it) or by ``pick`` (that many members
@@ -62,30 +62,22 @@ class JCWJob:
     one, so the front spans the whole reachable latency range from the start. ``measure_front`` also
     measures every front member on ``device`` (prediction error over the front, not just the picks).
     ``torch_device`` is where the supernet and the retraining run (cpu, cuda, mps); ``threads`` the torch
-    threads of this process (the job is the application: the library never sets them).
+    threads of this process (the job is the application: the library never sets them; default all cores).
+    The options every job takes come from :class:`~latbench.methods.common.JobOptions`.
     """
 
-    model: str
-    checkpoint: str
     table: str
-    out: str
     budgets_ms: tuple[float, ...] = ()
     budget_ratios: tuple[float, ...] = ()
     pick: int | None = None
     search: SearchConfig = field(default_factory=SearchConfig)
     supernet: SupernetConfig = field(default_factory=lambda: SupernetConfig(eval_size=1000, bn_batches=2))
     admm: ADMMConfig = field(default_factory=ADMMConfig)
-    data: str = "fashion-mnist"
-    data_dir: str | None = None
     device: str | None = None
-    store: str = "runs/measurements.db"
     measure_front: bool = False
     anchor: bool = True
     bn_images: int = 512                 # images to recalibrate BN of a supernet slice before retraining
-    test_images: int | None = None       # evaluate on the first N test images (None: the whole test set)
     torch_device: str = "cpu"
-    threads: int | None = None
-    progress: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "budgets_ms", tuple(dict.fromkeys(float(b) for b in self.budgets_ms)))

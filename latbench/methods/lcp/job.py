@@ -26,31 +26,20 @@ from ...models.torch_net import GraphNet, materialize
 from ...predictor import Predictor
 from ...search.budget import CostGrid
 from ...tables.table import LatencyTable
-from ..common import (BudgetRequest, FinetuneRecipe, console, export_pruned, first, full_latency, load_parent,
+from ..common import (FinetuneRecipe, SingleBudgetJob, console, export_pruned, first, full_latency, load_parent,
                       measure_shipped, network_report, sample_batches, set_threads)
 
 METHODS = ("uniform", "naive", "lcp")
 
 
-@dataclass(frozen=True)
-class LcPJob:
-    """One LcP (or baseline) run. Give exactly one budget: ``budget_ms`` (latency), ``budget_ratio`` (of the
-    full network's latency: measured on ``device`` when one is given, else predicted), ``budget_flops`` or
-    ``budget_params``."""
+@dataclass(frozen=True, kw_only=True)
+class LcPJob(SingleBudgetJob):
+    """One LcP (or baseline) run: the options of every job with one budget (:class:`SingleBudgetJob`), and
+    ``method`` (``lcp``, ``naive`` or ``uniform``), the filter ``metric``, the per-group ``floor``, the pruning
+    ``unit``, the evolution's ``pool`` and ``candidates``, the fitness and BN images, the fine-tuning recipe.
+    ``threads`` default to all cores (1 when runs share the machine)."""
 
-    model: str
-    checkpoint: str
-    out: str
-    table: str | None = None
     method: str = "lcp"
-    budget_ms: float | None = None
-    budget_ratio: float | None = None
-    budget_flops: float | None = None
-    budget_params: float | None = None
-    data: str = "fashion-mnist"
-    data_dir: str | None = None
-    device: str | None = None
-    store: str = "runs/measurements.db"
     metric: str = "l2"
     floor: float = 0.1
     unit: int | None = None             # channels removed at a time (default: the table's channel multiple)
@@ -58,20 +47,13 @@ class LcPJob:
     candidates: int = 400
     fitness_images: int = 3000          # the paper's 3k training images
     bn_images: int = 1024               # images to re-estimate BN statistics of each candidate
-    test_images: int | None = None      # evaluate on the first N test images (None: the whole test set)
     finetune: FinetuneRecipe = field(default_factory=FinetuneRecipe)
     seed: int = 0
-    threads: int | None = None          # torch threads (default: all cores; 1 when runs share the machine)
-    progress: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown pruning method {self.method!r}; choose one of {', '.join(METHODS)}")
-        self.budget.check(self.table, self.device)
-
-    @property
-    def budget(self) -> BudgetRequest:
-        return BudgetRequest(self.budget_ms, self.budget_ratio, self.budget_flops, self.budget_params)
+        super().__post_init__()
 
 
 class PrunedLoss:

@@ -39,7 +39,7 @@ from ...files import atomic_output, atomic_write_json, atomic_write_text, read_j
 from ...models import Architecture
 from ...search.budget import BudgetError
 from .. import common
-from ..common import (EXPORT_FORMATS, check_torch_device, console, export_pruned, exported, first, load_parent,
+from ..common import (EXPORT_FORMATS, JobOptions, check_torch_device, console, export_pruned, exported, first, load_parent,
                       sample_batches, set_threads)
 from .joint import BNMode, JointConfig, Structures, attach_private_bn, structure_forward, train_joint
 from .rates import (BudgetSpec, CostModel, GlobalRanking, RatePlan, bn_gamma_scores, check_resolutions, find_rates,
@@ -59,8 +59,8 @@ def default_resolutions(resolution: int) -> tuple[int, ...]:
     raise ValueError(f"no default resolutions for {resolution}×{resolution} data; give --resolutions")
 
 
-@dataclass(frozen=True)
-class OFARJob:
+@dataclass(frozen=True, kw_only=True)
+class OFARJob(JobOptions):
     """One OFARPruning run for a cohort of devices (``tables``) and budgets.
 
     Budgets apply to every device: ``budget_ratios`` of each device's full-network cost at the largest
@@ -68,11 +68,9 @@ class OFARJob:
     one more "device"). ``resolutions`` default to the paper's set for the data's size. ``train_images``,
     ``val_images`` and ``test_images`` cap the splits (quick runs). ``torch_device`` is where training runs;
     ``threads`` the torch threads of this process (the job is the application: the library never sets them).
-    ``measure=False`` predicts every choice instead of measuring the ones whose device is here."""
+    ``measure=False`` predicts every choice instead of measuring the ones whose device is here. The options
+    every job takes come from :class:`~latbench.methods.common.JobOptions`."""
 
-    model: str
-    checkpoint: str
-    out: str
     tables: tuple[str, ...] = ()
     budget_ratios: tuple[float, ...] = ()
     budgets_ms: tuple[float, ...] = ()
@@ -83,17 +81,11 @@ class OFARJob:
     joint: JointConfig = field(default_factory=JointConfig)
     min_width_ratio: float = 0.1
     multiple: int | None = None
-    data: str = "fashion-mnist"
-    data_dir: str | None = None
     train_images: int | None = None
     val_images: int | None = None
-    test_images: int | None = None
     bn_images: int = 1024
-    store: str = "runs/measurements.db"
     measure: bool = True
     torch_device: str = "cpu"
-    threads: int | None = None
-    progress: bool = True
     pool: str = "search"          # "uniform": the US-Net/MutualNet baseline (uniform width multipliers, no search)
     uniform_ratios: tuple[float, ...] = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
 

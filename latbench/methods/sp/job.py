@@ -37,7 +37,7 @@ from ...predictor import Predictor
 from ...search.budget import Budget, BudgetError, CostGrid
 from ...supernet import DynamicNet, SearchSpace, StageAdaptors, recalibrate, stages_of
 from ...tables.table import LatencyTable, TableError
-from ..common import (BudgetRequest, FinetuneRecipe, check_table_device, check_torch_device, console, export_pruned,
+from ..common import (FinetuneRecipe, SingleBudgetJob, check_table_device, check_torch_device, console, export_pruned,
                       exported, first, full_latency, load_parent, measure_shipped, network_report, sample_batches,
                       set_threads)
 from .costs import StageCosts
@@ -48,11 +48,9 @@ from .training import StageTrainConfig, train_stagewise
 RETRAIN_FROM = ("inherited", "scratch")
 
 
-@dataclass(frozen=True)
-class SPJob:
-    """One SP run. Give exactly one budget: ``budget_ms`` (latency), ``budget_ratio`` (of the full network's
-    latency: measured on ``device`` when one is given, else predicted from ``table``), ``budget_flops`` or
-    ``budget_params``.
+@dataclass(frozen=True, kw_only=True)
+class SPJob(SingleBudgetJob):
+    """One SP run: the options of every job with one budget (:class:`SingleBudgetJob`) and SP's own.
 
     ``torch_device``: where the supernet trains and the search scores (cpu, cuda, mps); ``device``: the
     measurement device of the table. ``unit``: channel step of the search space (default: the table's
@@ -60,20 +58,9 @@ class SPJob:
     important (``l1``/``l2`` filter norms of the checkpoint). ``train_images``: train on the first N training
     images only (quick runs). ``ray``: ``True`` requires Ray, ``False`` runs the stage EAs in this process,
     ``None`` uses Ray when it is installed (both give the same result); ``ray_address`` joins a cluster.
+    ``threads``: torch threads when given, else torch's default.
     """
 
-    model: str
-    checkpoint: str
-    out: str
-    table: str | None = None
-    budget_ms: float | None = None
-    budget_ratio: float | None = None
-    budget_flops: float | None = None
-    budget_params: float | None = None
-    data: str = "fashion-mnist"
-    data_dir: str | None = None
-    device: str | None = None
-    store: str = "runs/measurements.db"
     torch_device: str = "cpu"
     unit: int | None = None
     order: str = "l1"
@@ -83,15 +70,12 @@ class SPJob:
     retrain: FinetuneRecipe = field(default_factory=FinetuneRecipe)
     retrain_from: str = "inherited"
     bn_images: int = 1024
-    test_images: int | None = None
     ray: bool | None = None
     ray_address: str | None = None
     actors_per_stage: int = 1
-    threads: int | None = None
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        self.budget.check(self.table, self.device)
+        super().__post_init__()
         if self.retrain_from not in RETRAIN_FROM:
             raise ValueError(f"--retrain-from must be one of {', '.join(RETRAIN_FROM)}, got {self.retrain_from!r}")
         if self.ray is False and self.ray_address:
@@ -99,10 +83,6 @@ class SPJob:
         if self.actors_per_stage < 1:
             raise ValueError(f"--actors-per-stage must be ≥ 1, got {self.actors_per_stage}")
         check_torch_device(self.torch_device)
-
-    @property
-    def budget(self) -> BudgetRequest:
-        return BudgetRequest(self.budget_ms, self.budget_ratio, self.budget_flops, self.budget_params)
 
 
 def _images(dataset, n: int, batch: int, seed: int) -> list[torch.Tensor]:
