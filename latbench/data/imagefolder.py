@@ -55,8 +55,8 @@ def _read_split(folder: Path, classes: tuple[str, ...], size: int, mode: str) ->
     return torch.from_numpy(images), torch.tensor(labels, dtype=torch.int64)
 
 
-def load_image_folder(root: str | Path, size: int = 32, val_size: int = 5000, grayscale: bool = False) -> DataSplits:
-    """Load ``root/train`` and ``root/test`` (or ``root/val``) class-folder trees at ``size×size``."""
+def image_folder_tree(root: str | Path) -> tuple[Path, Path, tuple[str, ...]]:
+    """``(train folder, test or val folder, class names)`` of an ImageFolder tree, checked."""
     root = Path(root)
     train_dir = root / "train"
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
@@ -69,6 +69,13 @@ def load_image_folder(root: str | Path, size: int = 32, val_size: int = 5000, gr
     unknown = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and p.name not in classes)
     if unknown:
         raise DataError(f"{test_dir}: classes {unknown} do not exist in {train_dir}")
+    return train_dir, test_dir, classes
+
+
+def load_image_folder(root: str | Path, size: int = 32, val_size: int = 5000, grayscale: bool = False) -> DataSplits:
+    """Load ``root/train`` and ``root/test`` (or ``root/val``) class-folder trees at ``size×size``."""
+    root = Path(root)
+    train_dir, test_dir, classes = image_folder_tree(root)
     mode = "L" if grayscale else "RGB"
     name = f"imagefolder:{root.name}"
     train_x, train_y = _read_split(train_dir, classes, size, mode)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .dataset import DataError, ImageDataset, _generator
-from .imagefolder import IMAGE_SUFFIXES, _pil
+from .imagefolder import IMAGE_SUFFIXES, _pil, image_folder_tree
 
 __all__ = ["InMemoryImages", "RandomResizedCrop", "ResumableSampler", "StreamLoader", "StreamSplits",
            "StreamingImageFolder", "center_resize", "open_image_folder"]
@@ -276,17 +276,7 @@ def open_image_folder(root: str | Path, val_size: int = 5000, grayscale: bool = 
     ``stats_images`` training images (seeded sample) centre-resized to ``stats_size``, unless ``mean`` and
     ``std`` are given (then nothing is decoded here)."""
     root = Path(root)
-    train_dir = root / "train"
-    test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
-    if not train_dir.is_dir() or test_dir is None:
-        raise DataError(f"{root}: expected an ImageFolder tree with train/<class>/… and test/<class>/… "
-                        "(or val/<class>/…) sub-folders")
-    classes = tuple(sorted(p.name for p in train_dir.iterdir() if p.is_dir()))
-    if len(classes) < 2:
-        raise DataError(f"{train_dir}: need at least two class sub-folders, found {list(classes)}")
-    unknown = sorted(p.name for p in test_dir.iterdir() if p.is_dir() and p.name not in classes)
-    if unknown:
-        raise DataError(f"{test_dir}: classes {unknown} do not exist in {train_dir}")
+    train_dir, test_dir, classes = image_folder_tree(root)
     name = f"imagefolder:{root.name}"
     files, labels = _list_split(train_dir, classes)
     shuffle = torch.randperm(len(files), generator=torch.Generator().manual_seed(0)).tolist()
