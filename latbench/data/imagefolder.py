@@ -9,6 +9,7 @@ set is not just the alphabetically last classes.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -42,7 +43,8 @@ def _decode(path: Path, size: int, mode: str) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _read_split(folder: Path, classes: tuple[str, ...], size: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+def list_split(folder: Path, classes: Sequence[str]) -> tuple[list[Path], list[int]]:
+    """The image files of ``folder/<class>/`` in class order, and their labels (index in ``classes``)."""
     files, labels = [], []
     for label, cls in enumerate(classes):
         cls_dir = folder / cls
@@ -51,6 +53,11 @@ def _read_split(folder: Path, classes: tuple[str, ...], size: int, mode: str) ->
         labels += [label] * len(found)
     if not files:
         raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in class folders {list(classes)[:5]}…")
+    return files, labels
+
+
+def _read_split(folder: Path, classes: tuple[str, ...], size: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    files, labels = list_split(folder, classes)
     images = np.stack([_decode(p, size, mode) for p in files])
     return torch.from_numpy(images), torch.tensor(labels, dtype=torch.int64)
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .dataset import DataError, ImageDataset, _generator
-from .imagefolder import IMAGE_SUFFIXES, _pil, image_folder_tree
+from .imagefolder import _pil, image_folder_tree, list_split
 
 __all__ = ["InMemoryImages", "RandomResizedCrop", "ResumableSampler", "StreamLoader", "StreamSplits",
            "StreamingImageFolder", "center_resize", "open_image_folder"]
@@ -255,18 +255,6 @@ class StreamSplits:
     std: tuple[float, ...]
 
 
-def _list_split(folder: Path, classes: Sequence[str]) -> tuple[list[Path], list[int]]:
-    files, labels = [], []
-    for label, cls in enumerate(classes):
-        d = folder / cls
-        found = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if d.is_dir() else []
-        files += found
-        labels += [label] * len(found)
-    if not files:
-        raise DataError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in class folders {list(classes)[:5]}…")
-    return files, labels
-
-
 def open_image_folder(root: str | Path, val_size: int = 5000, grayscale: bool = False, stats_images: int = 1000,
                       stats_size: int = 64, mean: Sequence[float] | None = None,
                       std: Sequence[float] | None = None) -> StreamSplits:
@@ -278,7 +266,7 @@ def open_image_folder(root: str | Path, val_size: int = 5000, grayscale: bool = 
     root = Path(root)
     train_dir, test_dir, classes = image_folder_tree(root)
     name = f"imagefolder:{root.name}"
-    files, labels = _list_split(train_dir, classes)
+    files, labels = list_split(train_dir, classes)
     shuffle = torch.randperm(len(files), generator=torch.Generator().manual_seed(0)).tolist()
     files, labels = [files[i] for i in shuffle], [labels[i] for i in shuffle]
     if val_size >= len(files):
@@ -286,7 +274,7 @@ def open_image_folder(root: str | Path, val_size: int = 5000, grayscale: bool = 
     cut = len(files) - max(0, val_size)
     train = StreamingImageFolder(files[:cut], labels[:cut], classes, grayscale, name)
     val = StreamingImageFolder(files[cut:], labels[cut:], classes, grayscale, f"{name}:val") if val_size > 0 else None
-    test = StreamingImageFolder(*_list_split(test_dir, classes), classes, grayscale, f"{name}:test")
+    test = StreamingImageFolder(*list_split(test_dir, classes), classes, grayscale, f"{name}:test")
     if mean is None or std is None:
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[:max(1, stats_images)].tolist()
         sample = torch.stack([center_resize(train.decode(i), stats_size) for i in pick]) / 255.0
