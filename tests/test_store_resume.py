@@ -163,22 +163,28 @@ def test_an_environment_created_by_another_process_between_look_up_and_insert_is
     assert len(other.environments()) == 1
 
 
+class FakeDevice:
+    """The identity part of a device (name, fingerprint, settings); each test adds what it times."""
+
+    name = "fake"
+
+    def environment(self):
+        return {}
+
+    def fingerprint(self):
+        return "fp"
+
+    def backend_settings(self):
+        return {}
+
+
 def test_the_reference_unit_fixed_by_another_process_meanwhile_is_adopted_not_overwritten(tmp_path):
     from latbench.profiling import environment_of
 
     other = MeasurementStore(tmp_path / "s.db")
 
-    class Device:
-        name, uses_reference, reference_ms = "fake", True, None
-
-        def environment(self):
-            return {}
-
-        def fingerprint(self):
-            return "fp"
-
-        def backend_settings(self):
-            return {}
+    class Device(FakeDevice):
+        uses_reference, reference_ms = True, None
 
         def measure_reference_nominal(self):
             # While this process measures its unit, another one stores its own in the same environment.
@@ -203,17 +209,8 @@ def test_the_profiler_skips_and_keeps_points_another_process_stored_meanwhile(tm
     points = [LayerPoint(c, 8, 0.0, 14) for c in (1, 2, 3, 4)]
     batches = []
 
-    class Device:
-        name, model_format, uses_reference = "fake", "onnx", False
-
-        def environment(self):
-            return {}
-
-        def fingerprint(self):
-            return "fp"
-
-        def backend_settings(self):
-            return {}
+    class Device(FakeDevice):
+        model_format, uses_reference = "onnx", False
 
         def measure(self, artifacts):
             batches.append([a.key for a in artifacts])
