@@ -368,15 +368,20 @@ def _stored_medians(store: Path, signature: str) -> list[float]:
 def test_prune_sp_end_to_end_on_the_device_and_a_rerun_recomputes_nothing(r20_checkpoint, resnet56_litert_table,
                                                                           ray_instance, tmp_path, monkeypatch):
     out, store = tmp_path / "sp", tmp_path / "store.db"
+    # Halfway between the table's narrowest and full ResNet-20: reachable on any machine. (A ratio of the
+    # *measured* full latency is not: the narrowest net is ~55-65 % of it, depending on the machine.)
+    grid = CostGrid.for_budget(R20, Budget("latency", 1.0), 32, Predictor(R20, LatencyTable.load(resnet56_litert_table)),
+                               step=8)
+    wanted = 0.5 * (grid.total(SPACE.smallest(32).widths) + grid.total(R20.groups))
     args = ["--model", "resnet20", "--checkpoint", r20_checkpoint, "--table", resnet56_litert_table,
-            "--budget-ratio", 0.6, "--device", "host:litert", "--store", store, "--out", out, "--ray", *QUICK,
+            "--budget-ms", wanted, "--device", "host:litert", "--store", store, "--out", out, "--ray", *QUICK,
             "--manager-generations", 2, "--train-images", 96]
     result = prune(*args)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     budget = report["budget"]["value"]
     assert report["method"] == "sp" and report["retrain_from"] == "inherited"
-    assert budget == pytest.approx(0.6 * report["full_latency_ms"]["measured"])
+    assert budget == pytest.approx(wanted)
     assert report["predicted_ms"] <= budget + 1e-9 and report["measured_ms"] > 0
     assert report["predicted_ms"] == pytest.approx(report["cost"])
     assert set(report["seconds"]) == {"supernet", "search", "retrain"}
