@@ -47,3 +47,23 @@ def resnet56_litert_table(tmp_path_factory) -> Path:
                                       "--table", str(table), "--calibrate", "3", "--no-progress"])
     assert result.exit_code == 0, result.output
     return table
+
+
+@pytest.fixture(scope="session")
+def midway_latency_budget():
+    """``f(model, table) -> ms``: halfway between the table's prediction for the model with every group at
+    its narrowest width (0.1 of full, multiples of 8) and at full width. Reachable on any machine, unlike a
+    ratio of the *measured* full latency, which on a loaded or different CPU can fall below the narrowest."""
+    from latbench.models import get_model
+    from latbench.predictor import Predictor
+    from latbench.search.budget import Budget, CostGrid
+    from latbench.supernet import SearchSpace
+    from latbench.tables.table import LatencyTable
+
+    def budget(model: str, table: Path, resolution: int = 32) -> float:
+        spec = get_model(model)
+        grid = CostGrid.for_budget(spec, Budget("latency", 1.0), resolution, Predictor(spec, LatencyTable.load(table)),
+                                   step=8)
+        narrowest = SearchSpace.from_spec(spec, multiple=8, resolutions=(resolution,)).smallest(resolution)
+        return 0.5 * (grid.total(narrowest.widths) + grid.total(spec.groups))
+    return budget

@@ -36,21 +36,22 @@ def prune(*args):
 
 
 @pytest.mark.slow
-def test_lcp_job_end_to_end_with_device_measurement_and_resume(checkpoint, resnet56_litert_table, tmp_path,
-                                                               monkeypatch):
+def test_lcp_job_end_to_end_with_device_measurement_and_resume(checkpoint, resnet56_litert_table,
+                                                               midway_latency_budget, tmp_path, monkeypatch):
     from latbench.methods.lcp.job import PrunedLoss
 
     fitness_calls = []
     evaluate = PrunedLoss.__call__
     monkeypatch.setattr(PrunedLoss, "__call__", lambda self, plan: fitness_calls.append(plan) or evaluate(self, plan))
     out = tmp_path / "lcp"
-    args = ["--checkpoint", checkpoint, "--table", resnet56_litert_table, "--budget-ratio", "0.5", "--device", "host:litert",
+    wanted = midway_latency_budget("resnet56", resnet56_litert_table)
+    args = ["--checkpoint", checkpoint, "--table", resnet56_litert_table, "--budget-ms", wanted, "--device", "host:litert",
             "--store", tmp_path / "store.db", "--out", out, *QUICK]
     result = prune(*args)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     budget = report["budget"]["value"]
-    assert budget == pytest.approx(0.5 * report["full_latency_ms"]["measured"])
+    assert budget == pytest.approx(wanted)
     assert report["predicted_ms"] <= budget and report["measured_ms"] > 0
     assert report["search"]["candidates"] == 8 and report["search"]["prune_ms_per_candidate"] > 0
     widths = report["architecture"]["widths"]

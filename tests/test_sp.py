@@ -366,13 +366,10 @@ def _stored_medians(store: Path, signature: str) -> list[float]:
 
 @pytest.mark.slow
 def test_prune_sp_end_to_end_on_the_device_and_a_rerun_recomputes_nothing(r20_checkpoint, resnet56_litert_table,
-                                                                          ray_instance, tmp_path, monkeypatch):
+                                                                          midway_latency_budget, ray_instance,
+                                                                          tmp_path, monkeypatch):
     out, store = tmp_path / "sp", tmp_path / "store.db"
-    # Halfway between the table's narrowest and full ResNet-20: reachable on any machine. (A ratio of the
-    # *measured* full latency is not: the narrowest net is ~55-65 % of it, depending on the machine.)
-    grid = CostGrid.for_budget(R20, Budget("latency", 1.0), 32, Predictor(R20, LatencyTable.load(resnet56_litert_table)),
-                               step=8)
-    wanted = 0.5 * (grid.total(SPACE.smallest(32).widths) + grid.total(R20.groups))
+    wanted = midway_latency_budget("resnet20", resnet56_litert_table)
     args = ["--model", "resnet20", "--checkpoint", r20_checkpoint, "--table", resnet56_litert_table,
             "--budget-ms", wanted, "--device", "host:litert", "--store", store, "--out", out, "--ray", *QUICK,
             "--manager-generations", 2, "--train-images", 96]
