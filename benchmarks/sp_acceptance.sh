@@ -10,7 +10,7 @@
 # and copied to the other seed-0 budgets: same settings, so their training phase finds it done.
 # Environment: DEVICE (host:litert), TABLE, CKPT, OUT, STORE, STEPS (retraining steps, 300), LR (0.02),
 # SUPERNET_STEPS (steps of the one supernet epoch, 1000), MPOP (16), MGEN (5), SPOP (32), SGEN (5), EVAL (512),
-# CALIB (128), RAY (--no-ray: parallel jobs already fill both cores; --ray for Ray actors), SEEDS ("0 1 2"),
+# CALIB (128), THREADS (torch threads per job, 1; the first SP job alone uses 2), RAY (--no-ray: parallel jobs already fill both cores; --ray for Ray actors), SEEDS ("0 1 2"),
 # BUDGETS ("0.7 0.5 0.3"), JOBS (2), TEST (test images, default all), and for LcP FITNESS (512), BN (256),
 # CANDIDATES (400), POOL (64). A smoke run of the whole script with tiny settings took 17 min here.
 set -euo pipefail
@@ -40,7 +40,7 @@ run() {  # method ratio seed [extra args]
       --manager-population "${MPOP:-16}" --manager-generations "${MGEN:-5}" --stage-population "${SPOP:-32}" \
       --stage-generations "${SGEN:-5}" --eval-images "${EVAL:-512}" --calib-images "${CALIB:-128}" \
       --finetune-epochs 1 --finetune-lr "${LR:-0.02}" --finetune-steps "${STEPS:-300}" ${RAY:---no-ray} \
-      ${TEST:+--test-images "$TEST"} --threads 1 --no-progress "$@" >> "$dir.log" 2>&1
+      ${TEST:+--test-images "$TEST"} --threads "${THREADS:-1}" --no-progress "$@" >> "$dir.log" 2>&1
   else
     latbench prune lcp --method "$m" --budget-ms "$budget" --checkpoint "$ckpt" --table "$table" --out "$dir" \
       --seed "$s" --fitness-images "${FITNESS:-512}" --bn-images "${BN:-256}" --candidates "${CANDIDATES:-400}" \
@@ -60,7 +60,7 @@ jobs_list() {
   done
 }
 # 2. SP's seed-0 supernet first (at 50 %), copied to the other seed-0 budgets.
-[ -f "$out/sp-0.5-s0/report.json" ] || run sp 0.5 0
+[ -f "$out/sp-0.5-s0/report.json" ] || THREADS=2 run sp 0.5 0      # alone on the machine: both cores
 for b in ${BUDGETS:-0.7 0.5 0.3}; do
   mkdir -p "$out/sp-$b-s0"
   [ -f "$out/sp-$b-s0/supernet.safetensors" ] || cp "$out/sp-0.5-s0/supernet.safetensors" "$out/sp-$b-s0/"
