@@ -22,10 +22,12 @@
 # never share the cores with training.
 # Every group may shrink to a quarter of its width (the default keeps residual-coupled groups at half, whose
 # narrowest network is ≈ 29 % of the full latency: 30 % would be out of reach).
-# Environment: DEVICE (host:litert), TABLE, CKPT, STORE, OUT, BUDGETS ("0.7 0.5 0.3"), POPULATION (16),
-# GENERATIONS (8), SUPERNET_STEPS (40), EVAL_IMAGES (500), STEPS (100 per retraining phase), LR (0.02),
-# RHO (0.01, grown ×RHO_GROWTH=1.7 per update, every 10 steps, up to 1), THREADS (1); for a smoke run also
-# BATCH (128: supernet and ADMM batch) and TEST_IMAGES (all), e.g.
+# The settings are the recipes search/jcw-resnet56.toml, search/jcw-channel-only-resnet56.toml and
+# search/uniform-resnet56-{70,50,30}.toml (each report.json records the resolved recipe); this script gives them
+# its paths and a freshly recalibrated table. Environment: DEVICE (host:litert), TABLE, CKPT, STORE, OUT,
+# BUDGETS ("0.7 0.5 0.3"), THREADS (1), and to depart from the recipes POPULATION, GENERATIONS, SUPERNET_STEPS,
+# EVAL_IMAGES, STEPS (per retraining phase; uniform fine-tunes 3 × STEPS), LR, RHO, RHO_GROWTH, BATCH (supernet
+# and ADMM batch) and TEST_IMAGES (all), e.g. for a smoke run
 #   OUT=/tmp/jcw-smoke POPULATION=4 GENERATIONS=1 SUPERNET_STEPS=1 EVAL_IMAGES=32 STEPS=2 BATCH=16 TEST_IMAGES=64 \
 #   BUDGETS="0.7 0.4" bash benchmarks/jcw_acceptance.sh
 set -euo pipefail
@@ -59,27 +61,27 @@ if [ ! -f "$table" ]; then
 fi
 
 budget_args=()
-for b in $budgets; do budget_args+=(--budget-ratio "$b"); done
+for b in ${BUDGETS:-}; do budget_args+=(--budget-ratio "$b"); done
 
-jcw() {  # folder, extra options
+jcw() {  # recipe search/NAME-resnet56.toml, with this run's paths (and the smoke-run overrides below)
   local dir="$out/$1"; shift
   echo "== $dir" >&2
-  latbench prune jcw --model resnet56 --checkpoint "$ckpt" --table "$table" --device "$device" --store "$store" \
-    --out "$dir" "${budget_args[@]}" --measure-front "$@" "${test_args[@]}" --coupled-min-width-ratio 0.25 \
-    --population "${POPULATION:-16}" --generations "${GENERATIONS:-8}" --supernet-steps "${SUPERNET_STEPS:-40}" \
-    --eval-images "${EVAL_IMAGES:-500}" --bn-batches 2 --supernet-batch-size "$batch" --admm-batch-size "$batch" \
-    --admm-dense-epochs 1 --admm-epochs 1 --admm-finetune-epochs 1 --admm-steps-per-epoch "$steps" --admm-lr "$lr" \
-    --admm-rho "${RHO:-0.01}" --admm-rho-growth "${RHO_GROWTH:-1.7}" --admm-rho-max 1.0 --admm-update-every 10 \
-    --threads "$threads" --no-progress > "$dir.log" 2>&1 || { echo "failed: see $dir.log" >&2; tail -5 "$dir.log" >&2; exit 1; }
+  latbench prune jcw --config "search/$(basename "$dir")-resnet56.toml" --checkpoint "$ckpt" --table "$table" \
+    --device "$device" --store "$store" --out "$dir" "${budget_args[@]}" "${test_args[@]}" \
+    ${POPULATION:+--population "$POPULATION"} ${GENERATIONS:+--generations "$GENERATIONS"} \
+    ${SUPERNET_STEPS:+--supernet-steps "$SUPERNET_STEPS"} ${EVAL_IMAGES:+--eval-images "$EVAL_IMAGES"} \
+    ${BATCH:+--supernet-batch-size "$BATCH" --admm-batch-size "$BATCH"} ${STEPS:+--admm-steps-per-epoch "$STEPS"} \
+    ${LR:+--admm-lr "$LR"} ${RHO:+--admm-rho "$RHO"} ${RHO_GROWTH:+--admm-rho-growth "$RHO_GROWTH"} \
+    --threads "$threads" --no-progress "$@" > "$dir.log" 2>&1 || { echo "failed: see $dir.log" >&2; tail -5 "$dir.log" >&2; exit 1; }
 }
 
-uniform() {  # budget ratio
+uniform() {  # budget ratio: the recipe search/uniform-resnet56-PCT.toml on this run's table (3 × STEPS steps)
   local dir="$out/uniform-$1"
   [ -f "$dir/report.json" ] && return 0
   echo "== $dir" >&2
   mkdir -p "$dir"
-  latbench prune lcp --method uniform --model resnet56 --checkpoint "$ckpt" --table "$table" --budget-ratio "$1" \
-    --device "$device" --store "$store" --out "$dir" --bn-images 256 --finetune-epochs 1 "${test_args[@]}" \
+  latbench prune lcp --config "search/uniform-resnet56-$(python -c "print(round($1 * 100))").toml" \
+    --checkpoint "$ckpt" --table "$table" --device "$device" --store "$store" --out "$dir" "${test_args[@]}" \
     --finetune-steps $((3 * steps)) --finetune-lr "$lr" --no-progress > "$dir.log" 2>&1 \
     || { echo "failed: see $dir.log" >&2; tail -5 "$dir.log" >&2; exit 1; }
 }
@@ -87,8 +89,8 @@ uniform() {  # budget ratio
 mkdir -p "$out/jcw" "$out/jcw-channel-only"
 # The host table credits no sparsity, so the default search (--sparsity-where credited) would be the channel-only
 # one: the JCW arm searches the table's whole sparsity range, to show what sparsity costs where it buys nothing.
-jcw jcw --sparsity-where measured
-jcw jcw-channel-only --channel-only
+jcw jcw
+jcw jcw-channel-only
 for b in $budgets; do uniform "$b"; done
 
 python benchmarks/summarize_pruning.py "$out" --plot "$out/accuracy.png" > "$out/summary.md"

@@ -20,6 +20,7 @@ density (share of the dense conv weights kept) in bins of latency relative to th
 (``density_experiment``) — the expectation being that the phone front uses weight sparsity at low latency and the
 host front does not.
 
+    nice -n 19 python benchmarks/jcw_phone_vs_host.py --config search/jcw-phone-vs-host-resnet18.toml   # the README's run
     nice -n 19 python benchmarks/jcw_phone_vs_host.py                 # ≈ 20–25 min on 2 cores (3 searches, 2 at a time)
     nice -n 19 python benchmarks/jcw_phone_vs_host.py --smoke --jobs 1 --out /tmp/jcw-pvh-smoke   # ≈ 1 min
 
@@ -30,16 +31,19 @@ with the same options skips the finished training and generations.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Annotated
 
 import pandas as pd
+from annotated_types import Ge, Gt
+
+from latbench.cli.options import script_main
+from latbench.recipe import Opt
 
 ROOT = Path(__file__).resolve().parents[1]
 JCW_DIR = ROOT.parent / "shared" / "fixtures" / "jcw_resnet18"
@@ -50,51 +54,37 @@ ABLATION = "host-all-sparsity"   # the host table with sparsity searched over it
 NEAR_DENSE = 0.9           # a front "does not use weight sparsity" if it keeps at least this share of the weights
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Settings:
-    out: str
-    jcw_dir: str
-    host_table: str
-    population: int
-    generations: int
-    supernet_steps: int
-    batch: int
-    eval_images: int
-    bn_batch: int
-    train_steps: int
-    channel_multiple: int
-    sparsity_step: float
-    seed: int
-    progress: bool
+    """The experiment's settings (a recipe: search/jcw-phone-vs-host-resnet18.toml)."""
 
-    @classmethod
-    def parse(cls, argv: list[str] | None = None) -> tuple["Settings", int]:
-        p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        p.add_argument("--out", default="runs/jcw-phone-vs-host")
-        p.add_argument("--jcw-dir", default=str(JCW_DIR), help="folder with the JCW phone table files")
-        p.add_argument("--host-table", default=str(HOST_TABLE), help="this host's ResNet-18 table (LiteRT or ORT)")
-        p.add_argument("--population", type=int, default=24)
-        p.add_argument("--generations", type=int, default=12)
-        p.add_argument("--supernet-steps", type=int, default=20, help="supernet SGD steps per generation")
-        p.add_argument("--batch", type=int, default=64, help="supernet training batch")
-        p.add_argument("--eval-images", type=int, default=384, help="held-out images each candidate is scored on")
-        p.add_argument("--bn-batch", type=int, default=128, help="images to recalibrate BN of each candidate")
-        p.add_argument("--train-steps", type=int, default=300, help="steps of the stand-in's brief training")
-        p.add_argument("--channel-multiple", type=int, default=16, help="width step (the host's channel block)")
-        p.add_argument("--sparsity-step", type=float, default=0.1,
-                       help="sparsity lattice (the phone table's grid; lets a gene reach exactly dense)")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--jobs", type=int, default=2, help="searches run in parallel (one torch thread each)")
-        p.add_argument("--smoke", action="store_true", help="tiny settings that only check the script runs")
-        p.add_argument("--no-progress", action="store_true")
-        a = p.parse_args(argv)
-        if a.smoke:
-            a.population, a.generations, a.supernet_steps, a.batch = 6, 2, 2, 32
-            a.eval_images, a.bn_batch, a.train_steps = 64, 32, 10
-        return cls(a.out, a.jcw_dir, a.host_table, a.population, a.generations, a.supernet_steps, a.batch,
-                   a.eval_images, a.bn_batch, a.train_steps, a.channel_multiple, a.sparsity_step, a.seed,
-                   not a.no_progress), a.jobs
+    out: str = "runs/jcw-phone-vs-host"
+    jcw_dir: Annotated[str, Opt(help="folder with the JCW phone table files")] = str(JCW_DIR)
+    host_table: Annotated[str, Opt(help="this host's ResNet-18 table (LiteRT or ORT)", input=True)] = str(HOST_TABLE)
+    population: Annotated[int, Ge(2)] = 24
+    generations: Annotated[int, Ge(1)] = 12
+    supernet_steps: Annotated[int, Ge(0), Opt(help="supernet SGD steps per generation")] = 20
+    batch: Annotated[int, Ge(1), Opt(help="supernet training batch")] = 64
+    eval_images: Annotated[int, Ge(1), Opt(help="held-out images each candidate is scored on")] = 384
+    bn_batch: Annotated[int, Ge(1), Opt(help="images to recalibrate BN of each candidate")] = 128
+    train_steps: Annotated[int, Ge(1), Opt(help="steps of the stand-in's brief training")] = 300
+    channel_multiple: Annotated[int, Ge(1), Opt(help="width step (the host's channel block)")] = 16
+    sparsity_step: Annotated[float, Gt(0), Opt(help="sparsity lattice (the phone table's grid; lets a gene reach "
+                                                    "exactly dense)")] = 0.1
+    seed: int = 0
+    jobs: Annotated[int, Ge(1), Opt(help="searches run in parallel (one torch thread each)", runtime=True)] = 2
+    smoke: Annotated[bool, Opt(help="tiny settings that only check the script runs")] = False
+    progress: Annotated[bool, Opt(runtime=True)] = True
+
+    def effective(self) -> "Settings":
+        """The settings as run (``smoke`` shrinks everything)."""
+        if not self.smoke:
+            return self
+        return replace(self, population=6, generations=2, supernet_steps=2, batch=32, eval_images=64, bn_batch=32,
+                       train_steps=10)
+
+
+EXPERIMENT = Settings     # what a recipe of this script describes (tests validate search/*.toml against it)
 
 
 def train_stand_in(s: Settings) -> dict:
@@ -212,8 +202,8 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    s, jobs = Settings.parse(argv)
+def main(settings: Settings) -> None:
+    s, jobs = settings.effective(), settings.jobs
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     print("Accuracy estimator: a ResNet-18 trained briefly on Fashion-MNIST at 32×32 (a reduced-resolution "
@@ -253,4 +243,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    script_main(Settings, main, doc=__doc__)

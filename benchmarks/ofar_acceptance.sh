@@ -13,25 +13,23 @@
 # A budget one device cannot reach stops the run before training with that device's smallest reachable latency
 # (onnxruntime's per-layer overhead makes 30 % hard at 32×32): set BUDGETS accordingly.
 # Resumable: rerun the same command; every phase skips what it finished.
-# Environment: MODEL (resnet56), CKPT (runs/r56/base.safetensors), OUT (runs/ofar-acceptance), BUDGETS ("0.7 0.5 0.3"),
-# RESOLUTIONS ("32 28 24 20"), SEARCH_EPOCHS (20), JOINT_EPOCHS (10), STEPS (steps per epoch cap; unset = all),
-# TAU (0.95), BN_MODE (recalibrated), THREADS (2), LCP_STEPS (fine-tuning steps of LcP, 300), PHONE_TABLE (a phone's
-# table of the same model: predicted only; the imported JCW table covers ResNet-18 at 224 only).
+# The settings are the recipes search/{ofar,ofar-no-assistants,usnet}-resnet56.toml and, for LcP,
+# search/lcp-resnet56-50.toml at OFAR's budget in ms. Environment: MODEL (resnet56), CKPT (runs/r56/base.safetensors),
+# OUT (runs/ofar-acceptance), THREADS (2), RESOLUTIONS of the tables ("32 28 24 20"), PHONE_TABLE (a phone's table
+# of the same model: predicted only; the imported JCW table covers ResNet-18 at 224 only), and to depart from the
+# recipes BUDGETS, SEARCH_EPOCHS, JOINT_EPOCHS, STEPS (steps per epoch cap), TAU, BN_MODE, LCP_STEPS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${MODEL:-resnet56}
 ckpt=${CKPT:-runs/r56/base.safetensors}
 out=${OUT:-runs/ofar-acceptance}
-budgets=${BUDGETS:-0.7 0.5 0.3}
-resolutions=${RESOLUTIONS:-32 28 24 20}
+resolutions=${RESOLUTIONS:-32 28 24 20}      # the tables' resolutions (the recipes hold OFAR's own)
 threads=${THREADS:-2}
 export OMP_NUM_THREADS=$threads
 [ -f "$ckpt" ] || { echo "missing $ckpt: train the base network first (latbench train --model $model)" >&2; exit 2; }
 mkdir -p "$out/tables" benchmarks/results/ofar
 
 res_args=(); for r in $resolutions; do res_args+=(--resolution "$r"); done
-ofar_res=(); for r in $resolutions; do ofar_res+=(--resolutions "$r"); done
-budget_args=(); for b in $budgets; do budget_args+=(--budget-ratio "$b"); done
 
 # 1. Tables (resumable: the store keeps every measurement).
 tables=()
@@ -46,21 +44,25 @@ for dev in host:litert host:onnxruntime; do
 done
 [ -n "${PHONE_TABLE:-}" ] && tables+=(--table "$PHONE_TABLE")
 
-common=(--model "$model" --checkpoint "$ckpt" "${tables[@]}" "${budget_args[@]}" "${ofar_res[@]}"
-        --search-epochs "${SEARCH_EPOCHS:-20}" --joint-epochs "${JOINT_EPOCHS:-10}" --tau "${TAU:-0.95}"
-        --bn-mode "${BN_MODE:-recalibrated}" --store "$out/measurements.db" --threads "$threads" --no-progress)
-[ -n "${STEPS:-}" ] && common+=(--steps-per-epoch "$STEPS")
+# The recipes (search/ofar-resnet56.toml, ofar-no-assistants-resnet56.toml, usnet-resnet56.toml) with this run's
+# paths; the environment departs from them only where set.
+budget_args=(); for b in ${BUDGETS:-}; do budget_args+=(--budget-ratio "$b"); done
+res_override=(); for r in ${RESOLUTIONS:-}; do res_override+=(--resolutions "$r"); done
+common=(--model "$model" --checkpoint "$ckpt" "${tables[@]}" "${budget_args[@]}" "${res_override[@]}"
+        ${SEARCH_EPOCHS:+--search-epochs "$SEARCH_EPOCHS"} ${JOINT_EPOCHS:+--joint-epochs "$JOINT_EPOCHS"}
+        ${TAU:+--tau "$TAU"} ${BN_MODE:+--bn-mode "$BN_MODE"} ${STEPS:+--steps-per-epoch "$STEPS"}
+        --store "$out/measurements.db" --threads "$threads" --no-progress)
 
 # 2. OFARPruning with assistants.
-latbench prune ofar "${common[@]}" --out "$out/ofar"
+latbench prune ofar --config search/ofar-resnet56.toml "${common[@]}" --out "$out/ofar"
 # 3. Without assistants, on the same search stage.
 mkdir -p "$out/ofar-no-ta"
 for f in search.safetensors search-state.json; do
   [ -f "$out/ofar-no-ta/$f" ] || cp "$out/ofar/$f" "$out/ofar-no-ta/$f"
 done
-latbench prune ofar "${common[@]}" --no-assistants --out "$out/ofar-no-ta"
+latbench prune ofar --config search/ofar-no-assistants-resnet56.toml "${common[@]}" --out "$out/ofar-no-ta"
 # 4. US-Net / MutualNet baseline (uniform widths, sandwich + in-place distillation across the resolutions).
-latbench prune ofar "${common[@]}" --pool uniform --no-assistants --out "$out/usnet"
+latbench prune ofar --config search/usnet-resnet56.toml "${common[@]}" --out "$out/usnet"
 
 # 5. LcP once per (device, budget) at OFAR's budget in ms; timed for the cost comparison.
 python - "$out" <<'PY' > "$out/lcp-runs.txt"
@@ -74,9 +76,9 @@ while read -r dev ratio budget_ms table; do
   dir="$out/lcp/${dev#host:}-$ratio"
   if [ ! -f "$dir/report.json" ]; then
     start=$(date +%s)
-    latbench prune lcp --model "$model" --checkpoint "$ckpt" --table "$table" --budget-ms "$budget_ms" \
-      --device "$dev" --store "$out/measurements.db" --finetune-steps "${LCP_STEPS:-300}" --threads "$threads" \
-      --out "$dir" --no-progress
+    latbench prune lcp --config search/lcp-resnet56-50.toml --model "$model" --checkpoint "$ckpt" --table "$table" \
+      --budget-ms "$budget_ms" --device "$dev" --store "$out/measurements.db" ${LCP_STEPS:+--finetune-steps "$LCP_STEPS"} \
+      --threads "$threads" --out "$dir" --no-progress
     echo $(( $(date +%s) - start )) > "$dir/seconds.txt"
   fi
 done < "$out/lcp-runs.txt"

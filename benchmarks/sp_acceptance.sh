@@ -8,11 +8,14 @@
 # network is measured one at a time on the otherwise idle machine (pass 2 reruns each job, which finds all its
 # phases done and only measures). Resumable at every step. SP's seed-0 supernet is trained once (by the 50 % run)
 # and copied to the other seed-0 budgets: same settings, so their training phase finds it done.
-# Environment: DEVICE (host:litert), TABLE, CKPT, OUT, STORE, STEPS (retraining steps, 300), LR (0.02),
-# SUPERNET_STEPS (steps of the one supernet epoch, 1000), MPOP (16), MGEN (5), SPOP (32), SGEN (5), EVAL (512),
-# CALIB (128), THREADS (torch threads per job, 1; the first SP job alone uses 2), RAY (--no-ray: parallel jobs already fill both cores; --ray for Ray actors), SEEDS ("0 1 2"),
-# BUDGETS ("0.7 0.5 0.3"), JOBS (2), TEST (test images, default all), and for LcP FITNESS (512), BN (256),
-# CANDIDATES (400), POOL (64). A smoke run of the whole script with tiny settings took 17 min here.
+# Every job is a recipe — search/sp-resnet56-{70,50,30}.toml (reduced populations and supernet steps, see there)
+# and search/{lcp,uniform}-resnet56-{70,50,30}.toml — at the budget in ms of this sitting's measurement, with this
+# run's paths and seed; each report.json records the resolved recipe.
+# Environment: DEVICE (host:litert), TABLE, CKPT, OUT, STORE, SEEDS ("0 1 2"), BUDGETS ("0.7 0.5 0.3"), JOBS (2),
+# THREADS (torch threads per job, 1; the first SP job alone uses 2), TEST (test images, default all), and to
+# depart from the recipes: STEPS (retraining steps of every method), LR, SUPERNET_STEPS, MPOP, MGEN, SPOP, SGEN,
+# EVAL, CALIB, RAY (--ray: stage EAs on Ray actors), and for LcP FITNESS, BN, CANDIDATES, POOL.
+# The README's run: CANDIDATES=100 STEPS=200 (LcP's 400 candidates alone take ≈13 min per job here).
 set -euo pipefail
 device=${DEVICE:-host:litert}
 table=${TABLE:-tables/host-litert-resnet56-32-dense.parquet}
@@ -29,24 +32,27 @@ fi
 full_ms=$(awk '{print $(NF-1)}' "$out/full.txt")
 echo "full ResNet-56: $full_ms ms"
 
-run() {  # method ratio seed [extra args]
+run() {  # method ratio seed [extra options]: the recipe search/METHOD-resnet56-PCT.toml at the budget in ms
   local m=$1 r=$2 s=$3; shift 3
   local dir="$out/$m-$r-s$s"
   local budget; budget=$(python -c "print($r * $full_ms)")
-  mkdir -p "$dir"
+  local pct; pct=$(python -c "print(round($r * 100))")
+  local command=lcp options=()
   if [ "$m" = sp ]; then
-    latbench prune sp --model resnet56 --budget-ms "$budget" --checkpoint "$ckpt" --table "$table" --out "$dir" \
-      --seed "$s" --supernet-epochs 1 --supernet-steps "${SUPERNET_STEPS:-1000}" \
-      --manager-population "${MPOP:-16}" --manager-generations "${MGEN:-5}" --stage-population "${SPOP:-32}" \
-      --stage-generations "${SGEN:-5}" --eval-images "${EVAL:-512}" --calib-images "${CALIB:-128}" \
-      --finetune-epochs 1 --finetune-lr "${LR:-0.02}" --finetune-steps "${STEPS:-300}" ${RAY:---no-ray} \
-      ${TEST:+--test-images "$TEST"} --threads "${THREADS:-1}" --no-progress "$@" >> "$dir.log" 2>&1
+    command=sp
+    options=(${SUPERNET_STEPS:+--supernet-steps "$SUPERNET_STEPS"} ${MPOP:+--manager-population "$MPOP"}
+             ${MGEN:+--manager-generations "$MGEN"} ${SPOP:+--stage-population "$SPOP"}
+             ${SGEN:+--stage-generations "$SGEN"} ${EVAL:+--eval-images "$EVAL"} ${CALIB:+--calib-images "$CALIB"}
+             ${RAY:+"$RAY"})
   else
-    latbench prune lcp --method "$m" --budget-ms "$budget" --checkpoint "$ckpt" --table "$table" --out "$dir" \
-      --seed "$s" --fitness-images "${FITNESS:-512}" --bn-images "${BN:-256}" --candidates "${CANDIDATES:-400}" \
-      --pool "${POOL:-64}" --finetune-epochs 1 --finetune-lr "${LR:-0.02}" --finetune-steps "${STEPS:-300}" \
-      ${TEST:+--test-images "$TEST"} --threads 1 --no-progress "$@" >> "$dir.log" 2>&1
+    options=(${FITNESS:+--fitness-images "$FITNESS"} ${BN:+--bn-images "$BN"} ${CANDIDATES:+--candidates "$CANDIDATES"}
+             ${POOL:+--pool "$POOL"})
   fi
+  mkdir -p "$dir"
+  latbench prune "$command" --config "search/$m-resnet56-$pct.toml" --budget-ms "$budget" --checkpoint "$ckpt" \
+    --table "$table" --store "$store" --out "$dir" --seed "$s" ${STEPS:+--finetune-steps "$STEPS"} \
+    ${LR:+--finetune-lr "$LR"} ${TEST:+--test-images "$TEST"} "${options[@]}" --threads "${THREADS:-1}" \
+    --no-progress "$@" >> "$dir.log" 2>&1
 }
 export -f run; export out ckpt table device store full_ms
 
@@ -60,16 +66,16 @@ jobs_list() {
   done
 }
 # 2. SP's seed-0 supernet first (at 50 %), copied to the other seed-0 budgets.
-[ -f "$out/sp-0.5-s0/report.json" ] || THREADS=2 run sp 0.5 0      # alone on the machine: both cores
+[ -f "$out/sp-0.5-s0/report.json" ] || THREADS=2 run sp 0.5 0 --set device=none     # alone: both cores
 for b in ${BUDGETS:-0.7 0.5 0.3}; do
   mkdir -p "$out/sp-$b-s0"
   [ -f "$out/sp-$b-s0/supernet.safetensors" ] || cp "$out/sp-0.5-s0/supernet.safetensors" "$out/sp-$b-s0/"
 done
 # 3. Every job without the device, JOBS at a time (the long LcP searches are listed first per budget).
-jobs_list | xargs -P "${JOBS:-2}" -L 1 bash -c '[ -f "$out/$0-$1-s$2/report.json" ] || run "$0" "$1" "$2"'
+jobs_list | xargs -P "${JOBS:-2}" -L 1 bash -c '[ -f "$out/$0-$1-s$2/report.json" ] || run "$0" "$1" "$2" --set device=none'
 # 4. Measurement of the shipped files, one at a time.
 jobs_list | while read -r m b s; do
-  grep -q '"measured_ms": null' "$out/$m-$b-s$s/report.json" && run "$m" "$b" "$s" --device "$device" --store "$store"
+  grep -q '"measured_ms": null' "$out/$m-$b-s$s/report.json" && run "$m" "$b" "$s" --device "$device"
 done
 # 5. Summary.
 python - "$out" "$results" "$full_ms" <<'PY'

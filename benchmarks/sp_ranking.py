@@ -21,7 +21,8 @@ writes ``ranking.json``, ``ranking.png`` and the ``ranking``/``subnets`` part of
 
 Everything is resumable: supernets, retrained sub-networks and proxy values live in ``--out``.
 
-    python benchmarks/sp_ranking.py --checkpoint runs/r20/base.safetensors      # hours on 2 cores
+    python benchmarks/sp_ranking.py --config search/sp-ranking-resnet20.toml   # the README's run (reduced settings)
+    python benchmarks/sp_ranking.py --checkpoint runs/r20/base.safetensors      # the defaults: hours on 2 cores
     python benchmarks/sp_ranking.py --quick                                     # a minute-long smoke run
 """
 from __future__ import annotations
@@ -29,20 +30,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+from annotated_types import Ge, Gt
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from latbench.cli.options import script_main  # noqa: E402
 from latbench.data import BatchLoader, DataSplits, load_dataset  # noqa: E402
 from latbench.files import atomic_save_figure, atomic_write_json, read_json  # noqa: E402
 from latbench.methods.sp import StageTrainConfig, stage_losses, train_stagewise  # noqa: E402
 from latbench.methods.sp.training import load_into, save_supernet  # noqa: E402
 from latbench.models import Architecture, build, get_model, materialize  # noqa: E402
 from latbench.predictor import Predictor  # noqa: E402
+from latbench.recipe import Opt, resolved  # noqa: E402
 from latbench.search.budget import CostGrid  # noqa: E402
 from latbench.supernet import (DynamicNet, SandwichSampler, SearchSpace, StageAdaptors, cross_entropy,  # noqa: E402
                                logit_distillation, recalibrate)
@@ -131,28 +137,40 @@ def correlations(proxy: np.ndarray, acc: np.ndarray) -> dict:
             "spearman": float(rho(proxy, acc)), "spearman_ci95": bootstrap(proxy, acc, rho)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="resnet20")
-    ap.add_argument("--checkpoint", type=Path, default=ROOT / "runs/r20/base.safetensors",
-                    help="trained full network (trained here with --parent-epochs when missing)")
-    ap.add_argument("--parent-epochs", type=int, default=3)
-    ap.add_argument("--table", type=Path, default=ROOT / "tables/host-litert-resnet56-32-dense.parquet")
-    ap.add_argument("--out", type=Path, default=ROOT / "runs/sp-ranking")
-    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks/results/sp")
-    ap.add_argument("--subnets", type=int, default=12)
-    ap.add_argument("--supernet-steps", type=int, default=1500)
-    ap.add_argument("--supernet-lr", type=float, default=0.05)
-    ap.add_argument("--retrain-steps", type=int, default=600)
-    ap.add_argument("--retrain-lr", type=float, default=0.02)
-    ap.add_argument("--eval-images", type=int, default=1000)
-    ap.add_argument("--calib-images", type=int, default=256)
-    ap.add_argument("--test-images", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--quick", action="store_true", help="tiny settings: a smoke run of the whole pipeline")
-    args = ap.parse_args()
+@dataclass(frozen=True, kw_only=True)
+class RankingExperiment:
+    """The ranking experiment's settings (a recipe: search/sp-ranking-resnet20.toml). Relative paths are taken
+    from the repository's root."""
+
+    model: str = "resnet20"
+    checkpoint: Annotated[str, Opt(help="trained full network (trained here with --parent-epochs when missing)",
+                                   input=True)] = "runs/r20/base.safetensors"
+    parent_epochs: Annotated[int, Ge(1)] = 3
+    table: Annotated[str, Opt(help="latency table of the sub-networks' predicted latency", input=True)] = \
+        "tables/host-litert-resnet56-32-dense.parquet"
+    out: str = "runs/sp-ranking"
+    results: str = "benchmarks/results/sp"
+    subnets: Annotated[int, Ge(3)] = 12
+    supernet_steps: Annotated[int, Ge(1)] = 1500
+    supernet_lr: Annotated[float, Gt(0)] = 0.05
+    retrain_steps: Annotated[int, Ge(1)] = 600
+    retrain_lr: Annotated[float, Gt(0)] = 0.02
+    eval_images: Annotated[int, Ge(1)] = 1000
+    calib_images: Annotated[int, Ge(1)] = 256
+    test_images: Annotated[int | None, Ge(1)] = None
+    batch_size: Annotated[int, Ge(1)] = 128
+    seed: int = 0
+    threads: Annotated[int | None, Ge(1), Opt(runtime=True)] = None
+    quick: Annotated[bool, Opt(help="tiny settings: a smoke run of the whole pipeline")] = False
+
+
+EXPERIMENT = RankingExperiment     # what a recipe of this script describes (tests validate search/*.toml against it)
+
+
+def main(experiment: RankingExperiment) -> None:
+    args = argparse.Namespace(**resolved(experiment))
+    for name in ("checkpoint", "table", "out", "results"):
+        setattr(args, name, ROOT / getattr(args, name))        # absolute paths stay as they are
     if args.quick:
         args.parent_epochs, args.supernet_steps, args.retrain_steps = 1, 4, 2
         args.eval_images, args.calib_images, args.test_images, args.batch_size = 64, 32, 200, 32
@@ -253,4 +271,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(RankingExperiment, main, doc=__doc__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..devices import DeviceError, MeasureSettings
 from ..files import DamagedFileError
@@ -29,7 +30,7 @@ JOB_ERRORS = (ValueError, *ERRORS)
 def fail(err: Exception) -> None:
     """Print ``err`` as one red line on stderr and exit with code 2."""
     msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    err_console.print(f"[bold red]error:[/] {msg}")
+    err_console.print(f"[bold red]error:[/] {escape(msg)}")      # messages may hold [brackets]
     raise typer.Exit(2)
 
 

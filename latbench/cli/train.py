@@ -11,58 +11,36 @@ import typer
 
 from ..files import atomic_write_json
 from .common import JOB_ERRORS, console, fail
+from .options import job_command
 
 
-def train_cmd(model: str = typer.Option("resnet56", help="zoo model (resnet20, resnet56, mobilenet_v2_cifar, …)"),
-              data: str = typer.Option("fashion-mnist",
-                                       help="data set: fashion-mnist, mnist, cifar10, cifar100 or imagefolder"),
-              data_dir: Optional[Path] = typer.Option(None, help="folder with the data set files (default: its usual place)"),
-              epochs: int = typer.Option(3), lr: float = typer.Option(0.1, help="peak learning rate"),
-              schedule: str = typer.Option("onecycle", help="onecycle, cosine or constant"),
-              batch_size: int = typer.Option(128), weight_decay: float = typer.Option(5e-4),
-              label_smoothing: float = typer.Option(0.0), seed: int = typer.Option(0),
-              val_size: int = typer.Option(5000, help="last N training images held out as validation set"),
-              out: Path = typer.Option(..., help="checkpoint to write (.safetensors); the history goes beside it (.json)"),
-              resume: bool = typer.Option(False, help="continue the unfinished run saved in --out"),
-              checkpoint_every: int = typer.Option(100, help="also checkpoint every N steps (0: per epoch only)"),
-              max_steps: Optional[int] = typer.Option(None, help="stop after this many steps (resume later)"),
-              steps_per_epoch: Optional[int] = typer.Option(None, help="cap batches per epoch (quick runs)"),
-              threads: Optional[int] = typer.Option(None, help="torch threads (default: all cores)"),
-              progress: bool = typer.Option(True, help="show progress bars")) -> None:
-    """Train a zoo model from scratch on an image data set; writes a safetensors checkpoint and a JSON
-    history, prints validation and test accuracy.
-
-    Example: latbench train --model resnet56 --data fashion-mnist --epochs 3 --out runs/r56-fmnist.safetensors
-    """
-    import torch
-
-    from ..data import load_dataset
-    from ..methods.common import set_threads
-    from ..models import build, get_model
-    from ..train import evaluate, train
+def _train(job) -> None:
+    from ..train.job import run_train
 
     try:
-        splits = load_dataset(data, data_dir, val_size)
-        set_threads(threads)                  # the application's choice (the loop leaves it alone)
-        torch.manual_seed(seed)
-        net = build(get_model(model, num_classes=splits.num_classes), in_channels=splits.in_channels)
-        history = train(net, splits, epochs, lr, batch_size=batch_size, schedule=schedule, weight_decay=weight_decay,
-                        label_smoothing=label_smoothing, seed=seed, steps_per_epoch=steps_per_epoch, checkpoint=out,
-                        checkpoint_every=checkpoint_every, resume=resume, max_steps=max_steps,
-                        meta={"dataset": splits.describe()}, progress=progress,
-                        log=None if progress else lambda line: print(line, file=sys.stderr, flush=True))
-        result = {"model": net.spec.name, "data": splits.name, "checkpoint": str(out), **history.to_dict()}
-        if history.complete:
-            result["test_loss"], result["test_acc"] = evaluate(net, splits.test)
-        history_path = out.with_suffix(".json")
-        atomic_write_json(history_path, result, indent=2)
+        result = run_train(job)
     except JOB_ERRORS as err:
         fail(err)
-    last = history.epochs[-1] if history.epochs else None
+    last = result["epochs"][-1] if result["epochs"] else None
     console.print_json(json.dumps({k: result[k] for k in ("model", "data", "checkpoint", "step", "total_steps", "complete")}
-                                  | ({"val_acc": last.val_acc, "images_per_s": last.images_per_s} if last else {})
+                                  | ({"val_acc": last["val_acc"], "images_per_s": last["images_per_s"]} if last else {})
                                   | ({"test_acc": result["test_acc"]} if "test_acc" in result else {})))
-    console.print(f"checkpoint [bold]{out}[/], history [bold]{history_path}[/]")
+    console.print(f"checkpoint [bold]{job.out}[/], history [bold]{Path(job.out).with_suffix('.json')}[/]")
+
+
+def _train_command():
+    from ..train.job import TrainJob
+
+    return job_command(TrainJob, _train, doc="""Train a zoo model from scratch on an image data set; writes a safetensors checkpoint, a JSON
+    history and the run's recipe record, prints validation and test accuracy. A rerun of the same recipe
+    continues its run (or finds it finished).
+
+    Example: latbench train --config train/resnet56-fmnist32.toml   (or: --model resnet56 --epochs 3 --out
+    runs/r56.safetensors; --set epochs=1 overrides one field of a recipe)
+    """)
+
+
+train_cmd = _train_command()
 
 
 def evaluate_cmd(checkpoint: Path = typer.Argument(..., help="checkpoint from `latbench train` or a pruning method"),

@@ -9,10 +9,13 @@ resumable with the same result as an uninterrupted run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Annotated, Iterator
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge
+
+from ..recipe import Opt
 
 
 class DataError(ValueError):
@@ -158,8 +161,8 @@ class Augment:
     """Training-time augmentation: random crop after zero-padding by ``crop_padding`` (0: none) and
     horizontal flips."""
 
-    crop_padding: int = 4
-    flip: bool = True
+    crop_padding: Annotated[int, Ge(0), Opt(help="augmentation: random crop after zero-padding by N pixels (0: none)")] = 4
+    flip: Annotated[bool, Opt(help="augmentation: random horizontal flips")] = True
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.crop_padding > 0:

@@ -23,15 +23,18 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Annotated, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from annotated_types import Ge, Gt
 from rich.console import Console
 
 from ..files import atomic_write_bytes
 from ..models.arch import Architecture
 from ..models.spec import ModelSpec
+from ..recipe import Opt
+from ..train.loop import Schedule
 from ..search.budget import Budget, BudgetError, CostGrid
 from ..tables.table import LatencyTable
 
@@ -49,15 +52,15 @@ class JobOptions:
     all), the torch ``threads`` of this process (the job is the application; see :func:`set_threads`) and
     whether to show progress bars."""
 
-    model: str
-    checkpoint: str
-    out: str
-    data: str = "fashion-mnist"
-    data_dir: str | None = None
-    store: str = "runs/measurements.db"
-    test_images: int | None = None      # evaluate on the first N test images (None: the whole test set)
-    threads: int | None = None
-    progress: bool = True
+    model: Annotated[str, Opt(help="zoo model of the checkpoint")] = "resnet56"
+    checkpoint: Annotated[str, Opt(help="trained full network (.safetensors from `latbench train`)", input=True)]
+    out: Annotated[str, Opt(help="folder for everything the job writes (it resumes from there)")]
+    data: Annotated[str, Opt(help="data set: fashion-mnist, mnist, cifar10, cifar100 or imagefolder")] = "fashion-mnist"
+    data_dir: Annotated[str | None, Opt(help="folder with the data set files (default: its usual place)")] = None
+    store: Annotated[str, Opt(help="measurement store for --device", runtime=True)] = "runs/measurements.db"
+    test_images: Annotated[int | None, Ge(1), Opt(help="report accuracy on the first N test images (default: all)")] = None
+    threads: Annotated[int | None, Ge(1), Opt(help="torch threads of this process", runtime=True)] = None
+    progress: Annotated[bool, Opt(help="show progress bars", runtime=True)] = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,12 +69,13 @@ class SingleBudgetJob(JobOptions):
     full network's latency: measured on ``device`` when one is given, else predicted from ``table``),
     ``budget_flops`` or ``budget_params``; ``device`` measures the full and the pruned network."""
 
-    table: str | None = None
-    budget_ms: float | None = None
-    budget_ratio: float | None = None
-    budget_flops: float | None = None
-    budget_params: float | None = None
-    device: str | None = None
+    table: Annotated[str | None, Opt(help="the device's latency table (needed for latency budgets)", input=True)] = None
+    budget_ms: Annotated[float | None, Gt(0), Opt(one_of="budget", help="latency budget in ms")] = None
+    budget_ratio: Annotated[float | None, Opt(one_of="budget", help="latency budget as a fraction of the full network (measured "
+                                                   "with --device, else predicted)")] = None
+    budget_flops: Annotated[float | None, Gt(0), Opt(one_of="budget", help="budget in multiply-accumulates")] = None
+    budget_params: Annotated[float | None, Gt(0), Opt(one_of="budget", help="budget in parameters")] = None
+    device: Annotated[str | None, Opt(help="measure the full and the pruned network here", runtime=True)] = None
 
     def __post_init__(self) -> None:
         self.budget.check(self.table, self.device)
@@ -214,12 +218,12 @@ def first(split, n: int | None):
 class FinetuneRecipe:
     """The one fine-tuning recipe every method gets (so accuracies are comparable)."""
 
-    epochs: int = 1
-    lr: float = 0.02
-    schedule: str = "cosine"
-    batch_size: int = 128
-    max_steps: int | None = None
-    seed: int = 0
+    epochs: Annotated[int, Ge(1)] = 1
+    lr: Annotated[float, Gt(0)] = 0.02
+    schedule: Schedule = Schedule.cosine
+    batch_size: Annotated[int, Ge(1)] = 128
+    max_steps: Annotated[int | None, Ge(1), Opt(flag="steps", help="cap fine-tuning steps (quick runs)")] = None
+    seed: Annotated[int, Opt(flag="--seed", help="seed of every random choice of the job")] = 0
 
     def run(self, net, data, checkpoint: Path, arch: Architecture, meta: Mapping[str, Any], *, progress: bool,
             device: torch.device | None = None):
@@ -245,6 +249,18 @@ def export_pruned(folder: Path, net, arch: Architecture) -> None:
 def exported(folder: Path) -> bool:
     """Whether ``folder`` holds every export."""
     return all((Path(folder) / f"pruned.{fmt}").exists() for fmt in EXPORT_FORMATS)
+
+
+def export_once(folder: Path, net, arch: Architecture, source: Path) -> None:
+    """:func:`export_pruned` unless ``folder`` already holds the exports of exactly the weights in ``source``
+    (their SHA-256 is kept in ``export.json``): a rerun ships, and measures, the same files."""
+    from ..files import read_json, sha256_file, write_json_if_changed
+
+    record_path, digest = Path(folder) / "export.json", sha256_file(source)
+    record = read_json(record_path, recover="delete it to export again") if record_path.exists() else {}
+    if record.get("sha256") != digest or not exported(folder):
+        export_pruned(folder, net, arch)
+        write_json_if_changed(record_path, {"sha256": digest, "source": Path(source).name})
 
 
 # ---- the device ------------------------------------------------------------------------------------------
@@ -323,5 +339,5 @@ def network_report(*, spec: ModelSpec, method: str, checkpoint: str, table: str 
 
 __all__ = ["BudgetRequest", "EXPORT_FORMATS", "FinetuneRecipe", "FullLatency", "JobOptions", "SingleBudgetJob",
            "check_table_device",
-           "check_torch_device", "console", "export_pruned", "exported", "first", "full_latency", "load_parent",
+           "check_torch_device", "console", "export_once", "export_pruned", "exported", "first", "full_latency", "load_parent",
            "measure_architectures", "measure_shipped", "network_report", "sample_batches", "set_threads"]

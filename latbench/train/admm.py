@@ -25,16 +25,18 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Annotated, Callable, Mapping
 
 import torch
+from annotated_types import Ge, Gt
 from torch import nn
 
 from ..data import Augment, DataSplits, ImageDataset
 from ..models import Architecture, GraphNet
+from ..recipe import Opt
 from ..supernet.ops import magnitude_keep
 from .checkpoint import CheckpointError, load_weights, read_checkpoint_meta, save_checkpoint
-from .loop import SCHEDULES, evaluate, train
+from .loop import SCHEDULES, Schedule, evaluate, train
 
 #: Keep-masks (``True`` = weight kept) of sparsified convs, by layer name.
 Masks = dict[str, torch.Tensor]
@@ -138,27 +140,29 @@ class ADMMConfig:
     ``eval_size``: images of ``DataSplits.val`` scored after each phase (all when None).
     """
 
-    dense_epochs: int = 2
-    admm_epochs: int = 4
-    finetune_epochs: int = 2
-    lr: float = 0.01
-    finetune_lr: float | None = None
-    rho: float = 0.01
-    rho_growth: float = 1.0
-    rho_max: float | None = None
-    update_every: int | None = None
-    batch_size: int = 128
-    schedule: str = "cosine"
+    dense_epochs: Annotated[int, Ge(0)] = 2
+    admm_epochs: Annotated[int, Ge(0), Opt(flag="epochs")] = 4
+    finetune_epochs: Annotated[int, Ge(0)] = 2
+    lr: Annotated[float, Gt(0)] = 0.01
+    finetune_lr: Annotated[float | None, Gt(0)] = None
+    rho: Annotated[float, Gt(0), Opt(help="ADMM penalty ρ")] = 0.01
+    rho_growth: Annotated[float, Gt(0), Opt(help="multiply ρ after every U/Z update (short runs need a growing or "
+                                                 "larger ρ; docs/jcw-training.md)")] = 1.0
+    rho_max: Annotated[float | None, Gt(0)] = None
+    update_every: Annotated[int | None, Ge(1), Opt(help="U/Z update every N steps (default: every epoch)")] = None
+    batch_size: Annotated[int, Ge(1)] = 128
+    schedule: Schedule = Schedule.cosine
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
     augment: Augment = field(default_factory=Augment)
-    steps_per_epoch: int | None = None
-    max_steps: int | None = None
-    sparsity_block: int | None = None
-    eval_size: int | None = None
-    seed: int = 0
-    progress: bool = True
+    steps_per_epoch: Annotated[int | None, Ge(1), Opt(help="cap steps per epoch of every phase")] = None
+    max_steps: Annotated[int | None, Ge(1), Opt(runtime=True)] = None
+    sparsity_block: Annotated[int | None, Ge(1)] = None
+    eval_size: Annotated[int | None, Ge(1), Opt(flag="--eval-images", help="held-out training images each "
+                                                                           "candidate is scored on")] = None
+    seed: Annotated[int, Opt(flag="--seed", help="seed of every random choice of the job")] = 0
+    progress: Annotated[bool, Opt(flag="--progress", help="show progress bars", runtime=True)] = True
 
     def __post_init__(self) -> None:
         problems = []

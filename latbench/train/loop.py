@@ -12,18 +12,29 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Annotated, Any, Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt, Lt
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
 from ..data import Augment, BatchLoader, DataSplits, ImageDataset
 from ..models import Architecture, GraphNet
+from ..recipe import Choice, Opt
 from .checkpoint import CheckpointError, CheckpointFormat, net_architecture
 
-SCHEDULES = ("onecycle", "cosine", "constant")
+
+class Schedule(Choice):
+    """Learning-rate schedules of the SGD loop (see :class:`TrainConfig`)."""
+
+    onecycle = "onecycle"
+    cosine = "cosine"
+    constant = "constant"
+
+
+SCHEDULES = Schedule.values()
 
 
 def cpu_cores() -> int:
@@ -45,18 +56,18 @@ class TrainConfig:
     to BN parameters and biases.
     """
 
-    epochs: int
-    lr: float
-    batch_size: int = 128
-    schedule: str = "onecycle"
-    warmup: float | None = None
+    epochs: Annotated[int, Ge(1)]
+    lr: Annotated[float, Gt(0), Opt(help="peak learning rate")]
+    batch_size: Annotated[int, Ge(1)] = 128
+    schedule: Annotated[Schedule, Opt(help="learning-rate schedule")] = Schedule.onecycle
+    warmup: Annotated[float | None, Opt(help="warm-up fraction of the steps (default: 0.3 onecycle, 0 cosine)")] = None
     momentum: float = 0.9
     nesterov: bool = True
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
+    weight_decay: Annotated[float, Ge(0)] = 5e-4
+    label_smoothing: Annotated[float, Ge(0), Lt(1)] = 0.0
     seed: int = 0
-    augment: Augment = field(default_factory=Augment)
-    steps_per_epoch: int | None = None
+    augment: Annotated[Augment, Opt(flag="")] = field(default_factory=Augment)
+    steps_per_epoch: Annotated[int | None, Opt(help="cap batches per epoch (quick runs)")] = None
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:

@@ -30,14 +30,16 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Annotated, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from annotated_types import Ge, Gt
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ...data import Augment, BatchLoader, DataSplits
 from ...models import Architecture, GraphNet
+from ...recipe import Choice, Opt
 from ...supernet import DynamicBatchNorm2d, DynamicNet, PopulationSampler, SubnetBN, cross_entropy, recalibrate, resize
 from ...train.checkpoint import (CheckpointError, load_optimizer_state, load_weights, read_checkpoint_meta,
                                 save_checkpoint, stem_in_channels)
@@ -49,6 +51,13 @@ OBJECTIVES = ("loss", "error")
 #: Version 2: the supernet is a :class:`DynamicNet` and sub-networks are drawn per global step.
 STATE_FORMAT = "latbench-supernet/2"
 _STATE_FAMILY = "latbench-supernet/"
+
+
+class Objective(Choice):
+    """What a candidate's score is (see :class:`SupernetConfig`)."""
+
+    loss = "loss"      # cross-entropy
+    error = "error"    # 1 − accuracy
 
 
 @dataclass(frozen=True)
@@ -73,26 +82,28 @@ class SupernetConfig:
     layer's sparsity), as ADMM's ``sparsity_block`` prunes.
     """
 
-    steps_per_generation: int = 200
-    warm_start: bool = False
+    steps_per_generation: Annotated[int, Ge(0), Opt(flag="steps", help="supernet SGD steps per generation")] = 200
+    warm_start: Annotated[bool, Opt(flag="--warm-start", help="continue the supernet across generations (default: "
+                                                              "restart each generation from the parent)")] = False
     warm_steps: int | None = None
     archs_per_step: int = 1
     sandwich: bool = False
-    batch_size: int = 128
-    lr: float = 0.01
+    batch_size: Annotated[int, Ge(1)] = 128
+    lr: Annotated[float, Gt(0)] = 0.01
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
     augment: Augment = field(default_factory=Augment)
-    bn_batches: int = 4
-    bn_batch_size: int = 128
-    eval_size: int | None = None
-    eval_batch_size: int = 500
-    objective: str = "loss"
+    bn_batches: Annotated[int, Ge(0), Opt(flag="--bn-batches", help="batches to recalibrate BN of each candidate")] = 4
+    bn_batch_size: Annotated[int, Ge(1)] = 128
+    eval_size: Annotated[int | None, Ge(1), Opt(flag="--eval-images", help="held-out training images each candidate "
+                                                                            "is scored on")] = None
+    eval_batch_size: Annotated[int, Ge(1)] = 500
+    objective: Annotated[Objective, Opt(flag="--objective", help="search objective")] = Objective.loss
     resize: bool = False
     sparsity_block: int | None = None
-    seed: int = 0
-    progress: bool = False
+    seed: Annotated[int, Opt(flag="--seed", help="seed of every random choice of the job")] = 0
+    progress: Annotated[bool, Opt(runtime=True)] = False
 
     def __post_init__(self) -> None:
         problems = []

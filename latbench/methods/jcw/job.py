@@ -27,13 +27,15 @@ import json
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, Sequence
 
 import numpy as np
 import pandas as pd
+from annotated_types import Ge
 
 from ...files import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from ...models.arch import Architecture
+from ...recipe import Opt, begin_folder_run
 from ...search.budget import BudgetError
 from ...train.admm import ADMMConfig
 from ..common import (FullLatency, JobOptions, check_torch_device, console, export_pruned, exported, first, full_latency,
@@ -66,18 +68,25 @@ class JCWJob(JobOptions):
     The options every job takes come from :class:`~latbench.methods.common.JobOptions`.
     """
 
-    table: str
-    budgets_ms: tuple[float, ...] = ()
-    budget_ratios: tuple[float, ...] = ()
-    pick: int | None = None
-    search: SearchConfig = field(default_factory=SearchConfig)
-    supernet: SupernetConfig = field(default_factory=lambda: SupernetConfig(eval_size=1000, bn_batches=2))
-    admm: ADMMConfig = field(default_factory=ADMMConfig)
-    device: str | None = None
-    measure_front: bool = False
-    anchor: bool = True
-    bn_images: int = 512                 # images to recalibrate BN of a supernet slice before retraining
-    torch_device: str = "cpu"
+    table: Annotated[str, Opt(help="the device's latency table (the search's latency objective)", input=True)]
+    budgets_ms: Annotated[tuple[float, ...], Opt(flag="budget-ms", one_of="budget", help="latency budget in ms (repeatable): the most "
+                                                                        "accurate front member within it")] = ()
+    budget_ratios: Annotated[tuple[float, ...], Opt(flag="budget-ratio", one_of="budget", help="budget as a fraction of the full "
+                                                    "network's latency (measured with --device, else predicted; "
+                                                    "repeatable)")] = ()
+    pick: Annotated[int | None, Opt(one_of="budget", help="retrain N front members spread over its latency range (0: search only)")] = None
+    search: Annotated[SearchConfig, Opt(flag="")] = field(default_factory=lambda: SearchConfig(population=32,
+                                                                                               generations=20))
+    supernet: Annotated[SupernetConfig, Opt(flag="supernet")] = field(
+        default_factory=lambda: SupernetConfig(steps_per_generation=100, eval_size=1000, bn_batches=2))
+    admm: Annotated[ADMMConfig, Opt(flag="admm")] = field(
+        default_factory=lambda: ADMMConfig(dense_epochs=1, admm_epochs=2, finetune_epochs=1, eval_size=1000))
+    device: Annotated[str | None, Opt(help="measure the full network and every retrained one", runtime=True)] = None
+    measure_front: Annotated[bool, Opt(help="with --device, also measure every front member", runtime=True)] = False
+    anchor: Annotated[bool, Opt(help="start the population with the full and the narrowest network")] = True
+    bn_images: Annotated[int, Ge(1), Opt(help="images to recalibrate BN of a supernet slice before retraining")] = 512
+    torch_device: Annotated[str, Opt(help="torch device for the supernet and the retraining (cpu, cuda, mps)",
+                                     runtime=True)] = "cpu"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "budgets_ms", tuple(dict.fromkeys(float(b) for b in self.budgets_ms)))
@@ -309,7 +318,7 @@ def run_jcw(job: JCWJob) -> dict:
 
     set_threads(job.threads)
     out = Path(job.out)
-    out.mkdir(parents=True, exist_ok=True)
+    recipe = begin_folder_run(job, str(job.method), out, log=console.print)
     parent = load_parent(job.checkpoint, job.model)
     data = load_dataset(job.data, job.data_dir)
     if job.search.resolution not in (None, data.resolution):
@@ -384,10 +393,11 @@ def run_jcw(job: JCWJob) -> dict:
             "search_seconds": result.timing.total_s,
             "search": {"generations": generation, "population": config.population, "front_size": len(front),
                        "channel_only": config.channel_only},
+            "recipe": recipe,
         }
         atomic_write_json(out / choice.label / "report.json", report, indent=2)
 
-    summary = _summary(job, config, result, front, reports, measured_full, evaluator)
+    summary = _summary(job, config, result, front, reports, measured_full, evaluator, recipe)
     atomic_write_json(out / "summary.json", summary, indent=2)
     return summary
 
@@ -402,7 +412,7 @@ def _anchors(spec, predictor, config: SearchConfig) -> tuple[Architecture, ...]:
 
 
 def _summary(job: JCWJob, config: SearchConfig, result: SearchResult, front: pd.DataFrame, reports: dict,
-             measured_full: float | None, evaluator) -> dict:
+             measured_full: float | None, evaluator, recipe: dict) -> dict:
     """summary.json: the job, the search, the front's prediction check and one line per chosen architecture."""
     rows = [{k: r[k] for k in ("label", "budget", "predicted_ms", "measured_ms", "measured_over_predicted",
                                "within_5pct", "relative_latency", "density", "weight_density", "test_accuracy",
@@ -424,6 +434,7 @@ def _summary(job: JCWJob, config: SearchConfig, result: SearchResult, front: pd.
                   "latency_ms": [float(front.latency_ms.min()), float(front.latency_ms.max())],
                   "mean_density": float(front.density.mean()), "prediction_check": front_check},
         "architectures": rows,
+        "recipe": recipe,
     }
 
 

@@ -27,16 +27,18 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Annotated, Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import pandas as pd
+from annotated_types import Ge, Gt, Le
 
 from ...files import atomic_save_figure, atomic_write_json, atomic_write_text, parse_json, read_json
 from ...layers import signature_of
 from ...models.arch import Architecture
 from ...models.spec import CONV_KINDS, ModelSpec
 from ...predictor import Population, Predictor
+from ...recipe import Choice, Opt
 from ...tables.table import LatencyTable, knot_range
 from ...search import nsga
 
@@ -51,6 +53,13 @@ class SearchError(ValueError):
 
 
 # ---- configuration ----------------------------------------------------------------------------------
+
+class SparsityWhere(Choice):
+    """Where JCW searches weight sparsity (see :class:`SearchConfig`)."""
+
+    credited = "credited"    # only where the table credits sparsity with a significant speed-up
+    measured = "measured"    # the table's whole sparsity range (the paper's setting)
+
 
 @dataclass(frozen=True)
 class SearchConfig:
@@ -72,25 +81,29 @@ class SearchConfig:
     inside. Operators: JCW's values (SBX eta 0.5, polynomial mutation eta 15 with per-gene probability 0.1).
     """
 
-    population: int = 64
-    generations: int = 30
-    seed: int = 0
-    resolution: int | None = None            # None: the model's base resolution
-    channel_only: bool = False
-    sparsity_where: str = "credited"         # "credited" | "measured"
-    min_width_ratio: float = 0.25
-    coupled_min_width_ratio: float = 0.5
+    population: Annotated[int, Ge(2)] = 64
+    generations: Annotated[int, Ge(0)] = 30
+    seed: Annotated[int, Opt(flag="--seed", help="seed of every random choice of the job")] = 0
+    resolution: Annotated[int | None, Ge(1), Opt(help="input resolution (default: the data's)")] = None
+    channel_only: Annotated[bool, Opt(help="search widths only, sparsity fixed at 0 (baseline)")] = False
+    sparsity_where: Annotated[SparsityWhere, Opt(help="credited: search a conv's sparsity only where the table "
+                                                      "credits it with a significant speed-up (see `latbench table "
+                                                      "sparsity`); measured: the table's whole sparsity range")
+                              ] = SparsityWhere.credited
+    min_width_ratio: Annotated[float, Gt(0), Le(1), Opt(help="narrowest width of a group, as a fraction")] = 0.25
+    coupled_min_width_ratio: Annotated[float, Gt(0), Le(1), Opt(help="the same for groups tied by residual adds or "
+                                                                     "strided convs")] = 0.5
     group_min_width_ratio: Mapping[str, float] = field(default_factory=dict)
     channel_multiple: int | None = None
-    max_sparsity: float = 0.9
-    sparsity_step: float | None = None
+    max_sparsity: Annotated[float, Ge(0), Le(1), Opt(help="largest weight sparsity of a conv")] = 0.9
+    sparsity_step: Annotated[float | None, Gt(0), Opt(help="snap sparsities to multiples of this")] = None
     latency_limits: tuple[float | None, float | None] = (None, None)
     n_targets: int | None = None             # latency targets per selection; None: ⌈population / 4⌉
     crossover_eta: float = 0.5
     crossover_prob_var: float = 1.0
     mutation_eta: float = 15.0
     mutation_prob: float = 0.1
-    initial: tuple[Architecture, ...] = ()   # architectures placed in the first population
+    initial: Annotated[tuple[Architecture, ...], Opt(cli=False)] = ()   # architectures placed in the first population
 
     def __post_init__(self) -> None:
         problems = []

@@ -15,21 +15,40 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt, Lt
 
 from ...files import atomic_write_json, atomic_write_text
 from ...models.arch import Architecture
 from ...models.spec import ModelSpec
 from ...models.torch_net import GraphNet, materialize
 from ...predictor import Predictor
+from ...recipe import Choice, Opt, begin_folder_run
 from ...search.budget import CostGrid
 from ...tables.table import LatencyTable
-from ..common import (FinetuneRecipe, SingleBudgetJob, console, export_pruned, first, full_latency, load_parent,
+from ..common import (FinetuneRecipe, SingleBudgetJob, console, export_once, first, full_latency, load_parent,
                       measure_shipped, network_report, sample_batches, set_threads)
 
-METHODS = ("uniform", "naive", "lcp")
+class LcPMethod(Choice):
+    """What chooses the widths: LcP's learned compensations, or one of its baselines (everything else shared)."""
+
+    lcp = "lcp"            # global filter ranking with layer compensations learned by evolution
+    naive = "naive"        # the global ranking alone
+    uniform = "uniform"    # one width ratio for every group
+
+
+class FilterMetric(Choice):
+    """How filters are ranked (:func:`latbench.train.importance.layer_filter_scores`)."""
+
+    l1 = "l1"
+    l2 = "l2"
+    taylor = "taylor"
+
+
+METHODS = LcPMethod.values()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,20 +58,21 @@ class LcPJob(SingleBudgetJob):
     ``unit``, the evolution's ``pool`` and ``candidates``, the fitness and BN images, the fine-tuning recipe.
     ``threads`` default to all cores (1 when runs share the machine)."""
 
-    method: str = "lcp"
-    metric: str = "l2"
-    floor: float = 0.1
-    unit: int | None = None             # channels removed at a time (default: the table's channel multiple)
-    pool: int = 64
-    candidates: int = 400
-    fitness_images: int = 3000          # the paper's 3k training images
-    bn_images: int = 1024               # images to re-estimate BN statistics of each candidate
-    finetune: FinetuneRecipe = field(default_factory=FinetuneRecipe)
-    seed: int = 0
+    method: Annotated[LcPMethod, Opt(help="lcp (learned compensation), naive (global ranking) or uniform (one width "
+                                          "ratio): the baselines share everything else")] = LcPMethod.lcp
+    metric: Annotated[FilterMetric, Opt(help="filter metric")] = FilterMetric.l2
+    floor: Annotated[float, Ge(0), Lt(1), Opt(help="keep at least this fraction of every layer")] = 0.1
+    unit: Annotated[int | None, Ge(1), Opt(help="channels removed at a time (default: the table's channel "
+                                                "multiple)")] = None
+    pool: Annotated[int, Ge(2), Opt(help="evolution pool size")] = 64
+    candidates: Annotated[int, Ge(1), Opt(help="candidates evaluated in all (pool + mutants)")] = 400
+    fitness_images: Annotated[int, Ge(1), Opt(help="training images the fitness loss is measured on (the "
+                                                   "paper's 3k)")] = 3000
+    bn_images: Annotated[int, Ge(1), Opt(help="images to re-estimate BN statistics of each candidate")] = 1024
+    finetune: Annotated[FinetuneRecipe, Opt(flag="finetune")] = field(default_factory=FinetuneRecipe)
+    seed: Annotated[int, Opt(help="seed of every random choice of the job")] = 0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown pruning method {self.method!r}; choose one of {', '.join(METHODS)}")
         super().__post_init__()
 
 
@@ -94,7 +114,7 @@ def run_lcp(job: LcPJob) -> dict:
 
     set_threads(job.threads)
     out = Path(job.out)
-    out.mkdir(parents=True, exist_ok=True)
+    recipe = begin_folder_run(job, str(job.method), out, log=console.print)
     parent = load_parent(job.checkpoint, job.model)
     spec = parent.spec
     data = load_dataset(job.data, job.data_dir)
@@ -139,7 +159,7 @@ def run_lcp(job: LcPJob) -> dict:
     job.finetune.run(net, data, out / "pruned.safetensors", arch, {"method": job.method, "parent": str(job.checkpoint)},
                      progress=job.progress)
     after = evaluate(net, test)
-    export_pruned(out, net, arch)
+    export_once(out, net, arch, out / "pruned.safetensors")
 
     measured = None
     if job.device and table is not None:
@@ -149,10 +169,10 @@ def run_lcp(job: LcPJob) -> dict:
                          budget=job.budget.to_dict(budget), full=full, arch=arch, predicted_ms=predicted,
                          measured_ms=measured, pruned=before, finetuned=after, test_images=len(test)),
         "unit": unit, "floor": job.floor, "metric": job.metric, "cost": plan.cost,
-        "finetune": asdict(job.finetune), "search_seconds": search_seconds, "search": search,
+        "finetune": asdict(job.finetune), "search_seconds": search_seconds, "search": search, "recipe": recipe,
     }
     atomic_write_json(out / "report.json", report, indent=2)
     return report
 
 
-__all__ = ["LcPJob", "METHODS", "PrunedLoss", "run_lcp"]
+__all__ = ["FilterMetric", "LcPJob", "LcPMethod", "METHODS", "PrunedLoss", "run_lcp"]

@@ -30,13 +30,14 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Annotated, Callable, Sequence
 
 import numpy as np
 import torch
 
 from ...files import atomic_output, atomic_write_json, atomic_write_text, read_json, sha256_file, write_json_if_changed
 from ...models import Architecture
+from ...recipe import Choice, Opt, begin_folder_run
 from ...search.budget import BudgetError
 from .. import common
 from ..common import (EXPORT_FORMATS, JobOptions, check_torch_device, console, export_pruned, exported, first, load_parent,
@@ -59,6 +60,13 @@ def default_resolutions(resolution: int) -> tuple[int, ...]:
     raise ValueError(f"no default resolutions for {resolution}×{resolution} data; give --resolutions")
 
 
+class PoolKind(Choice):
+    """Where OFARPruning's sub-networks come from."""
+
+    search = "search"      # OFARPruning's Pruned Network Pool, found by the search stage
+    uniform = "uniform"    # the US-Net/MutualNet baseline: uniform width multipliers, no search stage
+
+
 @dataclass(frozen=True, kw_only=True)
 class OFARJob(JobOptions):
     """One OFARPruning run for a cohort of devices (``tables``) and budgets.
@@ -71,23 +79,34 @@ class OFARJob(JobOptions):
     ``measure=False`` predicts every choice instead of measuring the ones whose device is here. The options
     every job takes come from :class:`~latbench.methods.common.JobOptions`."""
 
-    tables: tuple[str, ...] = ()
-    budget_ratios: tuple[float, ...] = ()
-    budgets_ms: tuple[float, ...] = ()
-    budgets_flops: tuple[float, ...] = ()
-    flops: bool = False
-    resolutions: tuple[int, ...] | None = None
-    search: SearchConfig = field(default_factory=SearchConfig)
-    joint: JointConfig = field(default_factory=JointConfig)
-    min_width_ratio: float = 0.1
-    multiple: int | None = None
-    train_images: int | None = None
-    val_images: int | None = None
-    bn_images: int = 1024
-    measure: bool = True
-    torch_device: str = "cpu"
-    pool: str = "search"          # "uniform": the US-Net/MutualNet baseline (uniform width multipliers, no search)
-    uniform_ratios: tuple[float, ...] = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
+    model: Annotated[str, Opt(help="zoo model of the checkpoint")] = "resnet20"
+    tables: Annotated[tuple[str, ...], Opt(flag="table", help="a device's latency table (repeatable: one per device "
+                                                              "of the cohort)", input=True)] = ()
+    budget_ratios: Annotated[tuple[float, ...], Opt(flag="budget-ratio", help="budget as a fraction of each device's "
+                                                    "full-network cost at the largest resolution (repeatable)")] = ()
+    budgets_ms: Annotated[tuple[float, ...], Opt(flag="budget-ms", help="latency budget in ms for every table's device "
+                                                                        "(repeatable)")] = ()
+    budgets_flops: Annotated[tuple[float, ...], Opt(flag="budget-flops", help="FLOPs budget in MACs (repeatable; "
+                                                                              "implies --flops)")] = ()
+    flops: Annotated[bool, Opt(help="FLOPs as one more 'device' (ratios apply to it)")] = False
+    resolutions: Annotated[tuple[int, ...] | None, Opt(help="input resolutions (repeatable; default 32 28 24 20 for "
+                                                            "32×32 data, 224 192 160 128 for 224)")] = None
+    search: Annotated[SearchConfig, Opt(flag="search")] = field(default_factory=SearchConfig)
+    joint: Annotated[JointConfig, Opt(flag="joint")] = field(default_factory=JointConfig)
+    min_width_ratio: Annotated[float, Opt(help="no group narrower than this fraction")] = 0.1
+    multiple: Annotated[int | None, Opt(help="round widths to this multiple (default: the tables' channel "
+                                             "multiple)")] = None
+    train_images: Annotated[int | None, Opt(help="train on the first N training images")] = None
+    val_images: Annotated[int | None, Opt(help="select on the first N validation images")] = None
+    bn_images: Annotated[int, Opt(help="images to recalibrate BN per (structure, resolution)")] = 1024
+    measure: Annotated[bool, Opt(help="measure each choice on its device when that is a host runtime here "
+                                      "(--no-measure: predict all)", runtime=True)] = True
+    torch_device: Annotated[str, Opt(help="torch device for training (cpu, cuda, mps)", runtime=True)] = "cpu"
+    pool: Annotated[PoolKind, Opt(help="search (OFARPruning's PNP) or uniform (the US-Net/MutualNet baseline: "
+                                       "uniform width multipliers, no search stage; use with --no-assistants)")
+                    ] = PoolKind.search
+    uniform_ratios: Annotated[tuple[float, ...], Opt(help="width multipliers of the uniform pool (repeatable)")] = (
+        1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tables", tuple(str(t) for t in self.tables))
@@ -110,8 +129,6 @@ class OFARJob(JobOptions):
                 raise ValueError(f"{name} must be ≥ 1, got {v}")
         if self.bn_images < 1:
             raise ValueError(f"bn_images must be ≥ 1, got {self.bn_images}")
-        if self.pool not in ("search", "uniform"):
-            raise ValueError(f"pool must be 'search' (OFARPruning) or 'uniform' (the US-Net baseline), got {self.pool!r}")
         if self.pool == "uniform" and not all(0 < r <= 1 for r in self.uniform_ratios):
             raise ValueError(f"uniform ratios must be in (0, 1], got {list(self.uniform_ratios)}")
         check_torch_device(self.torch_device)
@@ -255,7 +272,7 @@ def run_ofar(job: OFARJob) -> dict:
     set_threads(job.threads)
     log = _log(job)
     out = Path(job.out)
-    out.mkdir(parents=True, exist_ok=True)
+    recipe = begin_folder_run(job, "ofar", out, log=console.print)
     parent = load_parent(job.checkpoint, job.model)
     spec = parent.spec
     data = load_dataset(job.data, job.data_dir)
@@ -483,6 +500,7 @@ def run_ofar(job: OFARJob) -> dict:
         "cohort": cohort, "unmet": unmet,
         "seconds": seconds,
         "images": {"train": len(train_set), "val": len(val), "test": len(test), "bn": job.bn_images},
+        "recipe": recipe,
     }
     atomic_write_json(out / "report.json", report, indent=2)
     return report

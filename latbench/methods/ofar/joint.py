@@ -33,9 +33,8 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass
-from enum import Enum
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Annotated, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +42,8 @@ from torch import nn
 from torch.func import functional_call
 
 from ...models import Architecture, ModelSpec
+from ...recipe import Choice, Opt
+from ...train.loop import Schedule
 from ...search.budget import CostGrid
 from ...supernet import DynamicNet, chain_distillation, cross_entropy, logit_distillation, resize
 from ...supernet.net import DynamicConvBlock
@@ -51,7 +52,7 @@ __all__ = ["BNMode", "JointConfig", "PrivateBN", "Structures", "chain_for_step",
            "train_joint"]
 
 
-class BNMode(str, Enum):
+class BNMode(Choice):
     """How each (structure, resolution) gets its BatchNorm: see the module docstring."""
 
     RECALIBRATED = "recalibrated"
@@ -64,17 +65,21 @@ class JointConfig:
 
     epochs: int = 10
     lr: float = 0.05
-    batch_size: int = 128
-    schedule: str = "cosine"
+    batch_size: Annotated[int, Opt(flag="--batch-size", help="batch size of both stages")] = 128
+    schedule: Schedule = Schedule.cosine
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    temperature: float = 1.0
-    assistants: bool = True
-    bn_mode: BNMode = BNMode.RECALIBRATED
-    resolutions: tuple[int, ...] = (32, 28, 24, 20)
-    steps_per_epoch: int | None = None
-    checkpoint_every: int = 50
-    seed: int = 0
+    temperature: Annotated[float, Opt(flag="--temperature", help="distillation temperature")] = 1.0
+    assistants: Annotated[bool, Opt(flag="--assistants", help="--no-assistants: distil every network from the "
+                                                              "teacher directly (the ablation)")] = True
+    bn_mode: Annotated[BNMode, Opt(flag="--bn-mode", help="recalibrated (US-Net: statistics per structure and "
+                                                          "resolution after training) or private (S-Net: a BN per "
+                                                          "structure)")] = BNMode.RECALIBRATED
+    resolutions: Annotated[tuple[int, ...], Opt(cli=False, help="set by the job from its resolutions")] = (32, 28, 24, 20)
+    steps_per_epoch: Annotated[int | None, Opt(flag="--steps-per-epoch", help="cap the steps of every epoch of both "
+                                                                             "stages (quick runs)")] = None
+    checkpoint_every: Annotated[int, Opt(runtime=True)] = 50
+    seed: Annotated[int, Opt(flag="--seed", help="seed of every random choice of the job")] = 0
 
     def __post_init__(self) -> None:
         try:

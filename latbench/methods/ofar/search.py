@@ -31,7 +31,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Annotated, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,9 @@ from torch import nn
 
 from ...files import atomic_write_json, read_json
 from ...models import GraphNet
+from ...recipe import Opt
 from ...search.budget import BudgetError
+from ...train.loop import Schedule
 from .rates import CostModel, GlobalRanking, RatePlan
 
 SIMILARITIES = ("cosine", "dice", "eq3")
@@ -74,18 +76,21 @@ class SearchConfig:
     ``tau`` the similarity threshold τ in (0, 1]; ``patience`` the epochs in a row a rate's similarity must
     reach τ; ``steps_per_epoch`` caps an epoch (quick runs)."""
 
-    epochs: int = 20
-    lr: float = 0.5
-    sparsity: float = 1e-4
-    tau: float = 0.95
-    similarity: str = "cosine"
-    patience: int = 1
-    batch_size: int = 128
-    schedule: str = "constant"
+    epochs: Annotated[int, Opt(help="most epochs of the search stage (stops earlier when every rate has its "
+                                    "structure)")] = 20
+    lr: Annotated[float, Opt(help="search-stage learning rate (constant)")] = 0.5
+    sparsity: Annotated[float, Opt(flag="--sparsity", help="Network Slimming's s: L1 weight on the BN γ")] = 1e-4
+    tau: Annotated[float, Opt(flag="--tau", help="mask similarity threshold τ in (0, 1]")] = 0.95
+    similarity: Annotated[str, Opt(flag="--similarity", help="cosine, dice, or eq3 (the paper's Eq. 3 as "
+                                                              "printed)")] = "cosine"
+    patience: Annotated[int, Opt(flag="--patience", help="epochs in a row a rate's similarity must reach τ")] = 1
+    batch_size: Annotated[int, Opt(flag="--batch-size", help="batch size of both stages")] = 128
+    schedule: Schedule = Schedule.constant
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    steps_per_epoch: int | None = None
-    seed: int = 0
+    steps_per_epoch: Annotated[int | None, Opt(flag="--steps-per-epoch", help="cap the steps of every epoch of both "
+                                                                             "stages (quick runs)")] = None
+    seed: Annotated[int, Opt(flag="--seed", help="seed of every random choice of the job")] = 0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.tau, (int, float)) and 0.0 < self.tau <= 1.0):

@@ -27,13 +27,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+from annotated_types import Ge
 
 from ...files import atomic_write_text, read_json, sha256_file, write_json_if_changed
 from ...models import GraphNet
 from ...predictor import Predictor
+from ...recipe import Choice, Opt, begin_folder_run
 from ...search.budget import Budget, BudgetError, CostGrid
 from ...supernet import DynamicNet, SearchSpace, StageAdaptors, recalibrate, stages_of
 from ...tables.table import LatencyTable, TableError
@@ -45,7 +48,22 @@ from .parallel import RayUnavailableError, check_ray
 from .search import SPSearchConfig, search
 from .training import StageTrainConfig, train_stagewise
 
-RETRAIN_FROM = ("inherited", "scratch")
+
+class RetrainFrom(Choice):
+    """Where retraining of the chosen sub-network starts."""
+
+    inherited = "inherited"     # the supernet's weights
+    scratch = "scratch"         # a fresh initialisation
+
+
+class ChannelOrder(Choice):
+    """Channel importance that makes "the first k channels" the k most important."""
+
+    l1 = "l1"
+    l2 = "l2"
+
+
+RETRAIN_FROM = RetrainFrom.values()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,27 +79,30 @@ class SPJob(SingleBudgetJob):
     ``threads``: torch threads when given, else torch's default.
     """
 
-    torch_device: str = "cpu"
-    unit: int | None = None
-    order: str = "l1"
-    train_images: int | None = None
-    supernet: StageTrainConfig = field(default_factory=StageTrainConfig)
-    search: SPSearchConfig = field(default_factory=SPSearchConfig)
-    retrain: FinetuneRecipe = field(default_factory=FinetuneRecipe)
-    retrain_from: str = "inherited"
-    bn_images: int = 1024
-    ray: bool | None = None
-    ray_address: str | None = None
-    actors_per_stage: int = 1
+    torch_device: Annotated[str, Opt(help="torch device for supernet training, the search and retraining (cpu, "
+                                          "cuda, mps)", runtime=True)] = "cpu"
+    unit: Annotated[int | None, Ge(1), Opt(help="channel step of the search space (default: the table's channel "
+                                                "multiple, else 1)")] = None
+    order: Annotated[ChannelOrder, Opt(help="channel importance (filter norms): sub-networks keep the first, most "
+                                            "important channels")] = ChannelOrder.l1
+    train_images: Annotated[int | None, Ge(1), Opt(help="train the supernet on the first N training images only "
+                                                         "(quick runs)")] = None
+    supernet: Annotated[StageTrainConfig, Opt(flag="supernet")] = field(default_factory=StageTrainConfig)
+    search: Annotated[SPSearchConfig, Opt(flag="")] = field(default_factory=SPSearchConfig)
+    retrain: Annotated[FinetuneRecipe, Opt(flag="finetune")] = field(default_factory=FinetuneRecipe)
+    retrain_from: Annotated[RetrainFrom, Opt(help="start retraining from the supernet's weights or from "
+                                                  "scratch")] = RetrainFrom.inherited
+    bn_images: Annotated[int, Ge(1), Opt(help="images to recalibrate BN of the chosen network")] = 1024
+    ray: Annotated[bool | None, Opt(help="run the stage EAs on Ray actors (default: when Ray is installed; --no-ray "
+                                         "runs them in this process with the same result)", runtime=True)] = None
+    ray_address: Annotated[str | None, Opt(help="Ray cluster (HOST:PORT, ray://HOST:PORT or auto; default: a local "
+                                                "instance on 127.0.0.1)", runtime=True)] = None
+    actors_per_stage: Annotated[int, Ge(1), Opt(help="Ray actors per stage (more on a cluster)", runtime=True)] = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.retrain_from not in RETRAIN_FROM:
-            raise ValueError(f"--retrain-from must be one of {', '.join(RETRAIN_FROM)}, got {self.retrain_from!r}")
         if self.ray is False and self.ray_address:
             raise ValueError("--ray-address needs Ray: drop --no-ray")
-        if self.actors_per_stage < 1:
-            raise ValueError(f"--actors-per-stage must be ≥ 1, got {self.actors_per_stage}")
         check_torch_device(self.torch_device)
 
 
@@ -143,7 +164,7 @@ def run_sp(job: SPJob) -> dict:
             f"group at its narrowest width ({min(space.ratios):g} of full, in steps of {unit} channels) the network "
             f"needs {budget.describe(floor)}; raise the budget to at least that")
 
-    out.mkdir(parents=True, exist_ok=True)
+    recipe = begin_folder_run(job, "sp", out, log=console.print)
     phases_path = out / "sp-phases.json"
     phases = read_json(phases_path, recover="delete it to redo the export") if phases_path.exists() else {}
 
@@ -238,6 +259,7 @@ def run_sp(job: SPJob) -> dict:
                    "parallel": result.parallel, "config": cfg.to_dict()},
         "supernet": {"config": job.supernet.to_dict(), "steps": history.step,
                      "last": history.records[-1] if history.records else None},
+        "recipe": recipe,
     }
     write_json_if_changed(out / "report.json", report, indent=2)
     return report

@@ -41,14 +41,16 @@ import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Annotated, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from annotated_types import Ge, Gt, Le
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ...files import atomic_write_json, read_json
 from ...models import Architecture, ModelSpec
+from ...recipe import Opt
 from ...search.budget import Budget, BudgetError
 from ...supernet import DynamicNet, SearchSpace, StageAdaptors, SubnetBN, stage_feature_loss
 from .costs import StageCosts
@@ -64,17 +66,17 @@ class SPSearchConfig:
     ``calib_images`` (training images) recalibrate their BN; ``batch_size`` batches both.
     """
 
-    manager_population: int = 128
-    manager_generations: int = 10
-    stage_population: int = 128
-    stage_generations: int = 10
-    top: float = 0.25
-    crossover: float = 0.5
-    mutation_prob: float = 0.1
-    eval_images: int = 1024
-    calib_images: int = 256
-    batch_size: int = 256
-    seed: int = 0
+    manager_population: Annotated[int, Ge(1)] = 128
+    manager_generations: Annotated[int, Ge(1)] = 10
+    stage_population: Annotated[int, Ge(1)] = 128
+    stage_generations: Annotated[int, Ge(1)] = 10
+    top: Annotated[float, Gt(0), Le(1), Opt(help="fraction of each population kept as parents")] = 0.25
+    crossover: Annotated[float, Ge(0), Le(1), Opt(help="fraction of children made by crossover")] = 0.5
+    mutation_prob: Annotated[float, Gt(0), Le(1)] = 0.1
+    eval_images: Annotated[int, Ge(1), Opt(help="held-out images the stage losses are measured on")] = 1024
+    calib_images: Annotated[int, Ge(1), Opt(help="training images to recalibrate BN of each stage candidate")] = 256
+    batch_size: Annotated[int, Ge(1), Opt(flag="search-batch-size", help="batch of the search's scoring")] = 256
+    seed: Annotated[int, Opt(flag="--seed", help="seed of every random choice of the job")] = 0
 
     def __post_init__(self) -> None:
         for name in ("manager_population", "manager_generations", "stage_population", "stage_generations",

@@ -38,10 +38,11 @@ import contextlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Annotated, Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
+from annotated_types import Ge, Gt
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -49,10 +50,11 @@ from torch import nn
 from ...data import Augment, BatchLoader, DataSplits, ImageDataset
 from ...files import atomic_output
 from ...models import Architecture, get_model
+from ...recipe import Opt
 from ...supernet import (DynamicBatchNorm2d, DynamicNet, SandwichSampler, SearchSpace, StageAdaptors, cross_entropy,
                          stage_feature_loss)
 from ...train.checkpoint import FORMAT, CheckpointError, CheckpointFormat
-from ...train.loop import TrainConfig, make_optimizer
+from ...train.loop import Schedule, TrainConfig, make_optimizer
 
 _META_KEY = "latbench"
 
@@ -66,19 +68,20 @@ class StageTrainConfig:
     The learning rate follows ``schedule`` as in :class:`~latbench.train.loop.TrainConfig`.
     """
 
-    epochs: int = 1
-    lr: float = 0.05
-    batch_size: int = 128
-    schedule: str = "cosine"
+    epochs: Annotated[int, Ge(1)] = 1
+    lr: Annotated[float, Gt(0)] = 0.05
+    batch_size: Annotated[int, Ge(1)] = 128
+    schedule: Schedule = Schedule.cosine
     warmup: float | None = None
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
     augment: bool = True
-    steps_per_epoch: int | None = None
-    n_random: int = 1
-    seed: int = 0
+    steps_per_epoch: Annotated[int | None, Ge(1), Opt(flag="steps", help="cap supernet steps per epoch (quick runs)")] = None
+    n_random: Annotated[int, Ge(0), Opt(flag="random", help="random stage sub-networks per stage and step (besides "
+                                                            "the smallest)")] = 1
+    seed: Annotated[int, Opt(flag="--seed", help="seed of every random choice of the job")] = 0
 
     def __post_init__(self) -> None:
         self.train_config()        # validates epochs, lr, batch size, schedule
