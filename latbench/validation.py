@@ -15,6 +15,7 @@ from rich.console import Console
 from .devices.base import Artifact, Device
 from .export import export_network_for
 from .files import atomic_save_figure, atomic_write_json, atomic_write_text
+from .recipe import Choice
 from .layers import LayerPoint
 from .models.arch import Architecture
 from .models.spec import ModelSpec
@@ -149,7 +150,14 @@ def validate(spec: ModelSpec, predictor: Predictor, device: Device, store: Measu
     return ValidationReport(frame)
 
 
-CALIBRATION_FITS = ("line", "ratio")
+class CalibrationFit(Choice):
+    """How a table's whole-network calibration is fitted (:func:`fit_calibration`)."""
+
+    line = "line"      # scale + offset, relative least squares
+    ratio = "ratio"    # the median ratio alone
+
+
+CALIBRATION_FITS = CalibrationFit.values()
 
 
 def fit_calibration(raw: np.ndarray, measured: np.ndarray, fit: str = "line") -> tuple[float, float]:

@@ -11,6 +11,7 @@ from rich.table import Table
 from .. import api
 from ..devices import DEFAULT_DEVICE
 from ..tables.table import LatencyTable
+from ..validation import CalibrationFit
 from .common import DEVICE_HELP, ERRORS, console, fail
 
 table_app = typer.Typer(no_args_is_help=True, help="Build, inspect and import latency tables.")
@@ -23,8 +24,8 @@ def table_build(model: List[str] = typer.Argument(..., help="zoo model name(s) o
                 store: Path = typer.Option(Path(api.DEFAULT_STORE)),
                 resolution: Optional[List[int]] = typer.Option(None), threads: int = typer.Option(1),
                 calibrate: int = typer.Option(12, help="whole networks measured per model to fit the calibration (0: none)"),
-                calibration_fit: str = typer.Option("line", help="line: scale + offset (relative least squares); "
-                                                                 "ratio: the median ratio alone"),
+                calibration_fit: CalibrationFit = typer.Option(CalibrationFit.line, help="line: scale + offset "
+                                                                "(relative least squares); ratio: the median ratio alone"),
                 channel_multiple: Optional[int] = typer.Option(
                     None, help="channel knots used when profiling (default: the device's channel block)"),
                 ) -> None:
@@ -91,8 +92,8 @@ def table_calibrate(path: Path = typer.Argument(..., help="table file (.parquet)
                                                        "(a used one reuses the stored measurements)"),
                     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write here (default: in place)"),
                     resolution: Optional[List[int]] = typer.Option(None, help="default: those of the last calibration"),
-                    fit: str = typer.Option("line", help="line: scale + offset (relative least squares); ratio: the "
-                                                         "median ratio alone"),
+                    fit: CalibrationFit = typer.Option(CalibrationFit.line, help="line: scale + offset (relative least "
+                                                                 "squares); ratio: the median ratio alone"),
                     threads: int = typer.Option(1)) -> None:
     """Refit a table's whole-network calibration on networks measured now (the device drifts; see docs/measurement.md).
 

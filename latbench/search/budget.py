@@ -22,8 +22,17 @@ from typing import Mapping
 import numpy as np
 
 from ..models.spec import ModelSpec
+from ..recipe import Choice
 
-BUDGET_KINDS = ("latency", "flops", "params")
+class BudgetKind(Choice):
+    """The resource a budget limits."""
+
+    latency = "latency"    # ms, from a device table
+    flops = "flops"        # multiply-accumulates
+    params = "params"      # weights + BN affine parameters
+
+
+BUDGET_KINDS = BudgetKind.values()
 _UNITS = {"latency": "ms", "flops": "MACs", "params": "parameters"}
 
 
@@ -36,12 +45,13 @@ class Budget:
     """A limit on one resource: ``kind`` is ``latency`` (ms, from a device table), ``flops`` (multiply-
     accumulates) or ``params`` (weights + BN affine parameters)."""
 
-    kind: str
+    kind: BudgetKind
     value: float
 
     def __post_init__(self) -> None:
         if self.kind not in BUDGET_KINDS:
             raise BudgetError(f"unknown budget kind {self.kind!r}; expected one of {BUDGET_KINDS}")
+        object.__setattr__(self, "kind", BudgetKind(self.kind))
         if not np.isfinite(self.value) or self.value <= 0:
             raise BudgetError(f"a {self.kind} budget must be a positive number, got {self.value!r}")
 
