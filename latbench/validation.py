@@ -38,28 +38,36 @@ def file_key(model: bytes) -> str:
     return "file:" + hashlib.sha256(model).hexdigest()[:24]
 
 
+def _repeat_key(key: str, repeat: int) -> str:
+    """The store key of the ``repeat``-th measurement of the same network (0: the first)."""
+    return f"{key}#{repeat}" if repeat else key
+
+
 def measure_networks(spec: ModelSpec, archs: Sequence[Architecture], device: Device, store: MeasurementStore,
                      batch_size: int = 8, progress: bool = True, console: Console | None = None,
-                     reference_ms: float | None = None) -> np.ndarray:
+                     reference_ms: float | None = None, repeat: int = 0) -> np.ndarray:
     """End-to-end latency (median ms) of each architecture; results are stored, so a rerun resumes.
 
     With ``reference_ms`` (a table's reference unit) the results are expressed in that unit even when
-    the store's environment fixed another one.
+    the store's environment fixed another one. ``repeat`` > 0 measures the same networks again, under their
+    own store keys (a repeated measurement, e.g. to see its spread).
     """
     fmt = device.model_format
-    todo = {network_key(a): (a.resolution, lambda a=a: export_network_for(fmt, materialize(a, spec), a))
-            for a in archs}
+    keys = [_repeat_key(network_key(a), repeat) for a in archs]
+    todo = {k: (a.resolution, lambda a=a: export_network_for(fmt, materialize(a, spec), a)) for k, a in zip(keys, archs)}
     measured = _measure_keyed(todo, device, store, batch_size, progress, console, reference_ms)
-    return np.array([measured[network_key(a)] for a in archs])
+    return np.array([measured[k] for k in keys])
 
 
 def measure_models(models: Sequence[bytes], device: Device, store: MeasurementStore, progress: bool = True,
-                   console: Console | None = None, reference_ms: float | None = None) -> np.ndarray:
+                   console: Console | None = None, reference_ms: float | None = None, repeat: int = 0) -> np.ndarray:
     """End-to-end latency (median ms) of exported model files in the device's format, keyed by content:
-    what is measured is exactly the file that is shipped (its weights, its zero pattern)."""
-    todo = {file_key(m): (0, lambda m=m: m) for m in models}
+    what is measured is exactly the file that is shipped (its weights, its zero pattern). ``repeat``: as for
+    :func:`measure_networks`."""
+    keys = [_repeat_key(file_key(m), repeat) for m in models]
+    todo = {k: (0, lambda m=m: m) for k, m in zip(keys, models)}
     measured = _measure_keyed(todo, device, store, 8, progress, console, reference_ms)
-    return np.array([measured[file_key(m)] for m in models])
+    return np.array([measured[k] for k in keys])
 
 
 def _measure_keyed(todo: dict, device: Device, store: MeasurementStore, batch_size: int, progress: bool,

@@ -52,7 +52,18 @@ def test_lcp_job_end_to_end_with_device_measurement_and_resume(checkpoint, resne
     report = json.loads((out / "report.json").read_text())
     budget = report["budget"]["value"]
     assert budget == pytest.approx(wanted)
-    assert report["predicted_ms"] <= budget and report["measured_ms"] > 0
+    # The closed loop: measured on the device, grown or shrunk by the method's own ranking until it lands; the
+    # shipped file measured again, within budget under its own spread; every step in the report.
+    landing = report["landing"]
+    assert landing["iterations"] >= 1 and landing["steps"][0]["target_ms"] == pytest.approx(budget)  # search's first
+    assert all(s["measured_ms"] > 0 and s["target_ms"] > 0 for s in landing["steps"])
+    assert report["architecture"]["widths"] == landing["steps"][landing["chosen"]]["widths"]
+    assert len(landing["repeats"]) in (1, 3)
+    median, upper = landing["measured_ms"], landing["upper_ms"]      # the status follows the measurements
+    assert landing["status"] == ("over budget" if upper > budget else "in band" if median >= 0.95 * budget
+                                 else "no unit fits")
+    assert report["measured_ms"] > 0 and len(report["shipped_repeats_ms"]) == 3
+    assert report["within_budget"] == (report["measured_upper_ms"] <= budget)
     assert report["search"]["candidates"] == 8 and report["search"]["prune_ms_per_candidate"] > 0
     widths = report["architecture"]["widths"]
     assert all(w % 8 == 0 for w in widths.values())

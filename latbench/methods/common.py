@@ -285,8 +285,9 @@ def check_table_device(table: LatencyTable, device: str) -> None:
 
 
 def measure_architectures(spec: ModelSpec, archs: Sequence[Architecture], table: LatencyTable, device: str,
-                          store: str, progress: bool = True) -> np.ndarray:
-    """End-to-end latency of ``archs`` on ``device`` in the table's unit (stored, so reruns reuse it)."""
+                          store: str, progress: bool = True, repeat: int = 0) -> np.ndarray:
+    """End-to-end latency of ``archs`` on ``device`` in the table's unit (stored, so reruns reuse it);
+    ``repeat`` > 0: measured again."""
     from ..store import MeasurementStore
     from ..validation import measure_networks, table_reference_ms
 
@@ -294,11 +295,11 @@ def measure_architectures(spec: ModelSpec, archs: Sequence[Architecture], table:
         dev.prepare()
         with MeasurementStore(store) as st:
             return measure_networks(spec, list(archs), dev, st, progress=progress,
-                                    reference_ms=table_reference_ms(table))
+                                    reference_ms=table_reference_ms(table), repeat=repeat)
 
 
 def measure_shipped(folders: Sequence[Path], table: LatencyTable, device: str, store: str,
-                    progress: bool = True) -> np.ndarray:
+                    progress: bool = True, repeat: int = 0) -> np.ndarray:
     """End-to-end latency of the model each of ``folders`` ships (``pruned.onnx`` or ``pruned.tflite``, the
     device's format) in the table's unit: the file itself, with its trained weights and zero pattern, not a
     re-export of its architecture."""
@@ -309,7 +310,43 @@ def measure_shipped(folders: Sequence[Path], table: LatencyTable, device: str, s
         models = [(Path(f) / f"pruned.{dev.model_format}").read_bytes() for f in folders]
         dev.prepare()
         with MeasurementStore(store) as st:
-            return measure_models(models, dev, st, progress=progress, reference_ms=table_reference_ms(table))
+            return measure_models(models, dev, st, progress=progress, reference_ms=table_reference_ms(table),
+                                  repeat=repeat)
+
+
+def land_on_device(spec: ModelSpec, budget_ms: float, propose, start, table: LatencyTable, device: str, store: str,
+                   config):
+    """:func:`latbench.methods.landing.land` on ``device``: the method's ``propose(target_ms)`` and its search's
+    own ``start`` proposal, measured whole (stored in ``store``: a rerun measures nothing twice)."""
+    from .landing import land
+
+    console.print(f"landing on {budget_ms:.4f} ms measured on {device} (band {config.band:g}–1)")
+    return land(budget_ms, propose, lambda archs, repeat: measure_architectures(
+        spec, archs, table, device, store, progress=False, repeat=repeat), config, start)
+
+
+def check_shipped(folder: Path, table: LatencyTable, device: str, store: str, repeats: int,
+                  progress: bool = True) -> list[float]:
+    """The shipped file of ``folder`` measured ``repeats`` times (the final check: its spread counts)."""
+    return [float(measure_shipped([folder], table, device, store, progress, repeat=r)[0]) for r in range(repeats)]
+
+
+def checkpoint_for(path: Path, arch: Architecture) -> Path:
+    """``path``, after moving aside a checkpoint there of another architecture (a landing that chose another
+    network than an earlier run fine-tuned): nothing trained is deleted."""
+    from ..train import read_checkpoint_meta
+
+    path = Path(path)
+    if path.exists():
+        saved = read_checkpoint_meta(path).get("arch")
+        if saved is not None and Architecture.from_dict(saved).widths != arch.widths:
+            n, target = 0, path.with_name(f"{path.stem}~unlanded{path.suffix}")
+            while target.exists():
+                n += 1
+                target = path.with_name(f"{path.stem}~unlanded-{n}{path.suffix}")
+            path.rename(target)
+            console.print(f"{path.name} holds another architecture than the landed one: moved to {target.name}")
+    return path
 
 
 # ---- the report ------------------------------------------------------------------------------------------
@@ -337,7 +374,7 @@ def network_report(*, spec: ModelSpec, method: str, checkpoint: str, table: str 
     }
 
 
-__all__ = ["BudgetRequest", "EXPORT_FORMATS", "FinetuneRecipe", "FullLatency", "JobOptions", "SingleBudgetJob",
+__all__ = ["check_shipped", "checkpoint_for", "land_on_device", "BudgetRequest", "EXPORT_FORMATS", "FinetuneRecipe", "FullLatency", "JobOptions", "SingleBudgetJob",
            "check_table_device",
            "check_torch_device", "console", "export_once", "export_pruned", "exported", "first", "full_latency", "load_parent",
            "measure_architectures", "measure_shipped", "network_report", "sample_batches", "set_threads"]

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from annotated_types import Ge, Gt, Lt
@@ -27,10 +28,11 @@ from ...models.spec import ModelSpec
 from ...models.torch_net import GraphNet, materialize
 from ...predictor import Predictor
 from ...recipe import Choice, Opt, begin_folder_run
-from ...search.budget import CostGrid
+from ...search.budget import Budget, CostGrid
 from ...tables.table import LatencyTable
-from ..common import (FinetuneRecipe, SingleBudgetJob, console, export_once, first, full_latency, load_parent,
-                      measure_shipped, network_report, sample_batches, set_threads)
+from ..common import (FinetuneRecipe, SingleBudgetJob, check_shipped, checkpoint_for, console, export_once, first,
+                      full_latency, land_on_device, load_parent, network_report, sample_batches, set_threads)
+from ..landing import LandingConfig, Proposal
 
 class LcPMethod(Choice):
     """What chooses the widths: LcP's learned compensations, or one of its baselines (everything else shared)."""
@@ -70,6 +72,7 @@ class LcPJob(SingleBudgetJob):
                                                    "paper's 3k)")] = 3000
     bn_images: Annotated[int, Ge(1), Opt(help="images to re-estimate BN statistics of each candidate")] = 1024
     finetune: Annotated[FinetuneRecipe, Opt(flag="finetune")] = field(default_factory=FinetuneRecipe)
+    landing: Annotated[LandingConfig, Opt(flag="")] = field(default_factory=LandingConfig)
     seed: Annotated[int, Opt(help="seed of every random choice of the job")] = 0
 
     def __post_init__(self) -> None:
@@ -110,7 +113,8 @@ def run_lcp(job: LcPJob) -> dict:
     from ...data import load_dataset
     from ...train import evaluate
     from ...train.importance import layer_filter_scores, recalibrate_bn
-    from .search import EvolutionConfig, FilterRanking, learn_compensation, naive_prune, uniform_prune
+    from .search import (EvolutionConfig, FilterRanking, learn_compensation, naive_prune, reachable_minimum,
+                         uniform_prune)
 
     set_threads(job.threads)
     out = Path(job.out)
@@ -132,6 +136,7 @@ def run_lcp(job: LcPJob) -> dict:
     metrics = layer_filter_scores(parent, job.metric, data=data.train)
     ranking = FilterRanking.from_metrics(spec, metrics, unit=unit, floor=job.floor)
     search: dict = {}
+    beta = None
     if job.method == "uniform":
         plan = uniform_prune(ranking, grid, budget)
     elif job.method == "naive":
@@ -142,11 +147,28 @@ def run_lcp(job: LcPJob) -> dict:
         config = EvolutionConfig(pool=job.pool, candidates=job.candidates, sample=min(16, job.pool), seed=job.seed)
         result = learn_compensation(ranking, grid, budget, fitness, config, state=out / "lcp-state.json",
                                     progress=job.progress)
-        plan = naive_prune(ranking, grid, budget, result.best.beta)
+        beta = result.best.beta
+        plan = naive_prune(ranking, grid, budget, beta)
         search = {k: v for k, v in result.to_dict().items() if k != "history"}
         atomic_write_json(out / "lcp-history.json", result.to_dict())
     search_seconds = time.perf_counter() - t0
     arch = plan.architecture(resolution)
+
+    # The closed loop: the device decides where the network lands; the method's own criterion (its ranking and
+    # compensations, or its uniform ratio) proposes each network for a corrected predicted target.
+    landing = None
+    if job.device and table is not None and budget.kind == "latency" and job.landing.land:
+        floor_cost = reachable_minimum(ranking, grid)
+
+        def propose(target: float) -> Proposal:
+            at = Budget("latency", max(target, floor_cost))
+            p = uniform_prune(ranking, grid, at) if job.method == "uniform" else naive_prune(ranking, grid, at, beta)
+            return Proposal(p.architecture(resolution), p.cost, target)
+
+        landing = land_on_device(spec, budget.value, propose, Proposal(arch, plan.cost, budget.value), table,
+                                 job.device, job.store, job.landing)
+        arch = Architecture(spec.name, resolution, landing.steps[landing.chosen].widths)
+        console.print(f"landed: {landing.status} after {len(landing.steps)} measured step(s), widths {arch.widths}")
     atomic_write_text(out / "arch.json", arch.to_json())
     predicted = float(predictor.predict(arch)[0]) if predictor is not None else None
     console.print(f"[bold]{job.method}[/]: {budget.kind} {budget.describe(plan.cost)} for a budget of "
@@ -156,20 +178,25 @@ def run_lcp(job: LcPJob) -> dict:
     net = materialize(arch, spec, parent, ranking.order)
     recalibrate_bn(net, sample_batches(data.train, job.bn_images or 1024, seed=job.seed + 1), batches=None)
     before = evaluate(net, test)
-    job.finetune.run(net, data, out / "pruned.safetensors", arch, {"method": job.method, "parent": str(job.checkpoint)},
-                     progress=job.progress)
+    job.finetune.run(net, data, checkpoint_for(out / "pruned.safetensors", arch),
+                     arch, {"method": job.method, "parent": str(job.checkpoint)}, progress=job.progress)
     after = evaluate(net, test)
     export_once(out, net, arch, out / "pruned.safetensors")
 
-    measured = None
-    if job.device and table is not None:
-        measured = float(measure_shipped([out], table, job.device, job.store, job.progress)[0])
+    measured, repeats = None, []
+    if job.device and table is not None:            # the file we ship, measured again: its spread counts
+        repeats = check_shipped(out, table, job.device, job.store, job.landing.repeats if landing else 1,
+                                job.progress)
+        measured = float(np.median(repeats))
     report = {
         **network_report(spec=spec, method=job.method, checkpoint=job.checkpoint, table=job.table, device=job.device,
                          budget=job.budget.to_dict(budget), full=full, arch=arch, predicted_ms=predicted,
                          measured_ms=measured, pruned=before, finetuned=after, test_images=len(test)),
         "unit": unit, "floor": job.floor, "metric": job.metric, "cost": plan.cost,
-        "finetune": asdict(job.finetune), "search_seconds": search_seconds, "search": search, "recipe": recipe,
+        "finetune": asdict(job.finetune), "search_seconds": search_seconds, "search": search,
+        "shipped_repeats_ms": repeats, "measured_upper_ms": max(repeats) if repeats else None,
+        "within_budget": (max(repeats) <= budget.value) if repeats and budget.kind == "latency" else None,
+        "landing": landing.to_dict() if landing else None, "recipe": recipe,
     }
     atomic_write_json(out / "report.json", report, indent=2)
     return report

@@ -1,0 +1,162 @@
+"""The closed loop that lands a pruned network on its latency budget *as measured on the device*.
+
+A table predicts; the device decides. A method's search meets its budget in *predicted* latency, and the
+device then runs the network some percent faster or slower than predicted (the calibration is fitted on
+other networks, and the device drifts), so a network pruned to a 50 % budget may measure at 33 % — accuracy
+the user paid for and did not get — or above the budget. :func:`land` closes the loop:
+
+1. the method proposes a network for a *predicted* target (its own criterion decides what to add back or
+   remove: LcP's ranking with its learned compensations, the naïve ranking, one uniform ratio, …);
+2. the network is exported and measured whole on the device (stored, so a rerun measures nothing twice);
+3. measured in ``[band, 1] × budget``: done. Otherwise the next target corrects the prediction by what the
+   device just said (``target × aim·budget / measured``); once one network is over and one under, the target
+   is bisected between them. A target that proposes a network already measured ends the search: no unit of
+   the method's granularity fits in between ("no unit fits");
+4. the chosen network — the largest measured within the budget — gets a repeated measurement, and counts as
+   within budget only if the *largest* of the repeats is (the measurement's own spread).
+
+The number of measurements is bounded (``max_measurements``); every step is in the returned
+:class:`Landing` (the report's trajectory).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Callable, Sequence
+
+import numpy as np
+from annotated_types import Ge, Gt, Le, Lt
+
+from ..models.arch import Architecture
+from ..recipe import Choice, Opt
+
+
+class LandingStatus(Choice):
+    """How a landing ended."""
+
+    in_band = "in band"                    # measured within [band, 1] × budget, under its spread
+    no_unit_fits = "no unit fits"          # within budget, below the band: the next unit up is over budget
+    over_budget = "over budget"            # even the narrowest proposal measured above the budget
+    not_verified = "not verified"          # no device: the predicted network, unmeasured
+
+
+@dataclass(frozen=True)
+class LandingConfig:
+    """``band``: land in ``[band, 1] × budget``; ``aim``: where in the band a corrected target aims;
+    ``max_measurements``: networks measured at most (each a whole-network measurement); ``repeats``: the
+    chosen network's measurements in all (the final check)."""
+
+    land: Annotated[bool, Opt(help="close the loop: measure the pruned network on --device and grow or shrink it "
+                                   "until it lands in [band, 1] × the budget")] = True
+    band: Annotated[float, Gt(0), Lt(1), Opt(help="land in [band, 1] × the budget")] = 0.95
+    aim: Annotated[float, Gt(0), Le(1), Opt(help="where in the band a corrected target aims")] = 0.975
+    max_measurements: Annotated[int, Ge(1), Opt(help="networks measured at most while landing")] = 8
+    repeats: Annotated[int, Ge(1), Opt(help="measurements of the chosen network (the final check)")] = 3
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """What the method proposes for a predicted-latency ``target``: an architecture and its prediction."""
+
+    arch: Architecture
+    predicted_ms: float
+    target_ms: float
+
+    @property
+    def key(self) -> str:
+        return self.arch.to_json()
+
+
+@dataclass
+class LandingStep:
+    target_ms: float
+    predicted_ms: float
+    measured_ms: float
+    widths: dict
+    reused: bool = False            # the method proposed a network measured before
+
+
+@dataclass
+class Landing:
+    """The trajectory and the outcome: ``chosen`` indexes ``steps``; ``repeats`` are the chosen network's
+    measurements (the first is its step's)."""
+
+    budget_ms: float
+    band: float
+    steps: list[LandingStep] = field(default_factory=list)
+    chosen: int | None = None
+    repeats: list[float] = field(default_factory=list)
+    status: LandingStatus = LandingStatus.not_verified
+
+    @property
+    def measured_ms(self) -> float | None:
+        return float(np.median(self.repeats)) if self.repeats else None
+
+    @property
+    def upper_ms(self) -> float | None:
+        return max(self.repeats) if self.repeats else None
+
+    def to_dict(self) -> dict:
+        return {"budget_ms": self.budget_ms, "band": self.band, "status": str(self.status), "chosen": self.chosen,
+                "measured_ms": self.measured_ms, "upper_ms": self.upper_ms, "repeats": self.repeats,
+                "measured_over_budget": None if self.measured_ms is None else self.measured_ms / self.budget_ms,
+                "iterations": len(self.steps), "steps": [asdict(s) for s in self.steps]}
+
+
+def land(budget_ms: float, propose: Callable[[float], Proposal],
+         measure: Callable[[Sequence[Architecture], int], Sequence[float]],
+         config: LandingConfig = LandingConfig(), start: Proposal | None = None) -> Landing:
+    """Land on ``budget_ms`` (see the module docstring). ``propose(target_ms)`` is the method's own pruning at
+    a predicted target; ``measure(archs, repeat)`` their whole-network medians (``repeat`` 0 for the loop,
+    1, 2, … for the final check's extra measurements; stored by the caller). ``start``: the search's own
+    proposal for the budget (default ``propose(budget_ms)``)."""
+    result = Landing(budget_ms, config.band)
+    low, high = config.band * budget_ms, budget_ms
+    measured: dict[str, float] = {}                 # key → the latency it counts with (pessimistic once repeated)
+    proposals: dict[str, Proposal] = {}
+    first_step: dict[str, int] = {}
+    left = config.max_measurements
+
+    def next_target(last: Proposal) -> float:
+        within = [k for k, m in measured.items() if m <= high]
+        beyond = [k for k, m in measured.items() if m > high]
+        if within and beyond:                       # bracketed: bisect the predicted target
+            under, over = max(within, key=measured.get), min(beyond, key=measured.get)
+            return 0.5 * (proposals[under].target_ms + proposals[over].target_ms)
+        # correct the prediction by what the device said about the last network
+        return last.target_ms * config.aim * budget_ms / measured[last.key]
+
+    proposal = start or propose(budget_ms)
+    for _ in range(3):                              # a failed final check reopens the search, boundedly
+        while left > 0:
+            key = proposal.key
+            reused = key in measured
+            if not reused:
+                measured[key] = float(measure([proposal.arch], 0)[0])
+                proposals[key], first_step[key] = proposal, len(result.steps)
+                left -= 1
+            m = measured[key]
+            result.steps.append(LandingStep(proposal.target_ms, proposal.predicted_ms, m,
+                                            dict(proposal.arch.widths), reused))
+            if low <= m <= high or reused:
+                break                               # landed, or the method has nothing in between
+            proposal = propose(next_target(proposal))
+        # The final check: the largest network within budget whose repeated measurements all are.
+        failed = proposal
+        for key in sorted((k for k, m in measured.items() if m <= high), key=measured.get, reverse=True):
+            repeats = [measured[key]] + [float(measure([proposals[key].arch], r)[0]) for r in range(1, config.repeats)]
+            result.chosen, result.repeats = first_step[key], repeats
+            if max(repeats) <= high:
+                result.status = LandingStatus.in_band if np.median(repeats) >= low else LandingStatus.no_unit_fits
+                return result
+            measured[key], failed = max(repeats), proposals[key]   # its spread reaches over: it counts as over
+        if left == 0:
+            break
+        proposal = propose(next_target(failed))
+    if result.chosen is None:                       # nothing measured within budget
+        result.chosen = int(np.argmin([s.measured_ms for s in result.steps]))
+        result.repeats = [result.steps[result.chosen].measured_ms]
+    result.status = LandingStatus.over_budget
+    return result
+
+
+__all__ = ["Landing", "LandingConfig", "LandingStatus", "LandingStep", "Proposal", "land"]

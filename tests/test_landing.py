@@ -1,0 +1,107 @@
+"""The closed loop (latbench.methods.landing): the prediction proposes, the measurement decides. Synthetic
+devices that run networks faster or slower than predicted, on a ladder of widths like a method's units."""
+import pytest
+
+from latbench.methods.landing import LandingConfig, LandingStatus, Proposal, land
+from latbench.models import Architecture
+
+WIDTHS = tuple(range(8, 129, 8))          # one group, 8 … 128 channels in units of 8
+
+
+def ladder(ms_per_channel: float = 0.01):
+    """The method: the widest width whose *predicted* latency meets the target (at least the narrowest)."""
+    def propose(target: float) -> Proposal:
+        fitting = [w for w in WIDTHS if w * ms_per_channel <= target] or [WIDTHS[0]]
+        w = fitting[-1]
+        return Proposal(Architecture("toy", 32, {"g": w}), w * ms_per_channel, target)
+    return propose
+
+
+class Device:
+    """Measures ``factor × predicted`` (+ ``drift`` on repeats ≥ 1); counts what it measures."""
+
+    def __init__(self, factor: float, drift: float = 0.0):
+        self.factor, self.drift, self.calls = factor, drift, []
+
+    def __call__(self, archs, repeat):
+        self.calls.append((tuple(a.widths["g"] for a in archs), repeat))
+        return [a.widths["g"] * 0.01 * self.factor + (self.drift if repeat else 0.0) for a in archs]
+
+
+def test_a_device_faster_than_predicted_grows_the_network_into_the_band():
+    device = Device(0.8)                  # the table over-predicts by 25 %: the search's network is too small
+    result = land(0.8, ladder(), device, LandingConfig(repeats=3))
+    first = result.steps[0]
+    assert first.widths == {"g": 80} and first.measured_ms == pytest.approx(0.64)   # 80 % of the budget
+    assert result.status == LandingStatus.in_band
+    assert 0.95 * 0.8 <= result.measured_ms <= 0.8 and result.upper_ms <= 0.8
+    assert result.steps[result.chosen].widths["g"] > 80
+    assert len(result.repeats) == 3 and len(result.steps) <= 8
+    # every network measured once in the loop (repeat 0), the chosen one twice more
+    loop = [c for c in device.calls if c[1] == 0]
+    assert len(loop) == len({c[0] for c in loop}) == len([s for s in result.steps if not s.reused])
+
+
+def test_a_device_slower_than_predicted_shrinks_the_network_under_the_budget():
+    device = Device(1.3)
+    result = land(0.8, ladder(), device, LandingConfig())
+    assert result.steps[0].measured_ms > 0.8                    # the search's network is over budget
+    assert result.status in (LandingStatus.in_band, LandingStatus.no_unit_fits)
+    assert result.upper_ms <= 0.8
+
+
+def test_when_no_unit_fits_in_between_the_largest_network_within_budget_is_kept():
+    device = Device(0.8)
+    # budget 0.5: 56 ch measures 0.448 (below 0.475), 64 ch measures 0.512 (over): nothing lands in the band
+    result = land(0.5, ladder(), device, LandingConfig())
+    assert result.status == LandingStatus.no_unit_fits
+    assert result.steps[result.chosen].widths == {"g": 56}
+    assert any(s.measured_ms > 0.5 for s in result.steps)        # the next unit up was tried and measured over
+    assert result.steps[-1].reused                               # and the loop stopped when nothing new came
+
+
+def test_the_final_check_counts_the_spread_of_repeated_measurements():
+    """A network just under the budget whose repeats measure over it is not shipped as within budget: the next
+    smaller measured network is checked instead."""
+    device = Device(0.8, drift=0.04)      # 96 ch measures 0.768, then 0.808 when measured again
+    result = land(0.8, ladder(), device, LandingConfig(repeats=2))
+    assert [s.widths["g"] for s in result.steps] == [80, 96]
+    assert result.steps[result.chosen].widths == {"g": 80} and result.repeats == pytest.approx([0.64, 0.68])
+    assert result.status == LandingStatus.no_unit_fits and result.upper_ms <= 0.8
+
+
+def test_a_budget_below_every_network_is_reported_over_budget_not_hidden():
+    result = land(0.05, ladder(), Device(1.0), LandingConfig())
+    assert result.status == LandingStatus.over_budget
+    assert result.steps[result.chosen].widths == {"g": 8}
+
+
+def test_the_number_of_measurements_is_bounded_and_the_trajectory_reported():
+    # a device so noisy in its relation to the prediction that the loop cannot settle: bounded anyway
+    class Erratic(Device):
+        def __call__(self, archs, repeat):
+            self.calls.append((tuple(a.widths["g"] for a in archs), repeat))
+            return [(0.5 if a.widths["g"] % 16 else 1.6) * a.widths["g"] * 0.01 for a in archs]
+
+    result = land(0.8, ladder(), Erratic(1.0), LandingConfig(max_measurements=4, repeats=1))
+    assert len(result.steps) <= 4
+    report = result.to_dict()
+    assert report["iterations"] == len(report["steps"]) and report["status"] in {s.value for s in LandingStatus}
+    assert all({"target_ms", "predicted_ms", "measured_ms", "widths"} <= set(s) for s in report["steps"])
+
+
+def test_a_failed_final_check_reopens_the_search_for_a_smaller_network():
+    """The only network measured in band measures over the budget when repeated: the loop asks the method for a
+    smaller one instead of shipping it or giving up."""
+    class Jittery(Device):
+        def __call__(self, archs, repeat):
+            self.calls.append((tuple(a.widths["g"] for a in archs), repeat))
+            return [a.widths["g"] * 0.01 * self.factor + (0.05 if repeat and a.widths["g"] == 80 else 0.0)
+                    for a in archs]
+
+    device = Jittery(0.97)                # 80 ch: 0.776, in band at once, but 0.826 when measured again
+    result = land(0.8, ladder(), device, LandingConfig(repeats=2))
+    assert result.steps[0].widths["g"] == 80 and len(result.steps) >= 2     # the search went on after the check
+    assert result.upper_ms <= 0.8 and result.status != LandingStatus.over_budget
+    assert result.steps[result.chosen].widths["g"] < 80
+    assert ((80,), 1) in device.calls                             # 80 was checked again and refused
