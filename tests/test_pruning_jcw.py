@@ -195,3 +195,39 @@ def test_dense_architectures_train_their_admm_epochs_dense():
     merged = admm_config_for(dense, config)
     assert (merged.dense_epochs, merged.admm_epochs, merged.finetune_epochs) == (4, 0, 1)
 
+
+
+@pytest.mark.slow
+def test_budget_choices_land_along_the_front_on_the_device(checkpoint, resnet56_litert_table, tmp_path):
+    """With --device, each budget's front member is measured and replaced by a wider or narrower member when
+    the device disagrees with the prediction; an earlier retraining of another member is moved aside."""
+    from latbench.methods.jcw.job import Choice, _land_choices
+    from latbench.methods.landing import LandingConfig
+    from latbench.predictor import Predictor
+    from latbench.tables.table import LatencyTable
+
+    spec = get_model("resnet56")
+    table = LatencyTable.load(resnet56_litert_table)
+    archs = [Architecture(spec.name, 32, {g: max(8, int(w * r) // 8 * 8) for g, w in spec.groups.items()})
+             for r in (0.25, 0.5, 0.75, 1.0)]
+    predicted = Predictor(spec, table).predict(archs)
+    front = pd.DataFrame({"architecture": archs, "latency_ms": predicted, "val_accuracy": [0.5, 0.6, 0.7, 0.8],
+                          "loss": [1.0, 0.8, 0.6, 0.4]})
+    budget = float(predicted[2]) * 1.05             # the 0.75× member is predicted within it
+    job = JCWJob(checkpoint=str(checkpoint), table=str(resnet56_litert_table), out=str(tmp_path / "jcw"),
+                 budgets_ms=(budget,), device="host:litert", store=str(tmp_path / "store.db"), progress=False,
+                 landing=LandingConfig(repeats=2))
+    choice = Choice("budget-x", archs[2], 2, budget, None)
+    earlier = tmp_path / "jcw" / "budget-x"
+    earlier.mkdir(parents=True)
+    (earlier / "arch.json").write_text(archs[0].to_json())          # retrained before for another member
+    landed, landings = _land_choices([choice], front, spec, table, job)
+    result = landings["budget-x"]
+    assert result.steps[0].widths == archs[2].widths                # the budget's own choice measured first
+    assert landed[0].architecture == result.arch and landed[0].architecture in archs
+    assert landed[0].front_index == archs.index(result.arch)
+    median, upper = result.measured_ms, result.upper_ms
+    assert str(result.status) == ("over budget" if upper > budget else "in band" if median >= 0.95 * budget
+                                  else "no unit fits")
+    if result.arch != archs[0]:
+        assert (tmp_path / "jcw" / "budget-x~unlanded" / "arch.json").exists() and not earlier.exists()

@@ -86,6 +86,7 @@ class Landing:
     chosen: int | None = None
     repeats: list[float] = field(default_factory=list)
     status: LandingStatus = LandingStatus.not_verified
+    arch: Architecture | None = None                # the chosen network
 
     @property
     def measured_ms(self) -> float | None:
@@ -97,6 +98,7 @@ class Landing:
 
     def to_dict(self) -> dict:
         return {"budget_ms": self.budget_ms, "band": self.band, "status": str(self.status), "chosen": self.chosen,
+                "architecture": self.arch.to_dict() if self.arch is not None else None,
                 "measured_ms": self.measured_ms, "upper_ms": self.upper_ms, "repeats": self.repeats,
                 "measured_over_budget": None if self.measured_ms is None else self.measured_ms / self.budget_ms,
                 "iterations": len(self.steps), "steps": [asdict(s) for s in self.steps]}
@@ -144,7 +146,7 @@ def land(budget_ms: float, propose: Callable[[float], Proposal],
         failed = proposal
         for key in sorted((k for k, m in measured.items() if m <= high), key=measured.get, reverse=True):
             repeats = [measured[key]] + [float(measure([proposals[key].arch], r)[0]) for r in range(1, config.repeats)]
-            result.chosen, result.repeats = first_step[key], repeats
+            result.chosen, result.repeats, result.arch = first_step[key], repeats, proposals[key].arch
             if max(repeats) <= high:
                 result.status = LandingStatus.in_band if np.median(repeats) >= low else LandingStatus.no_unit_fits
                 return result
@@ -153,7 +155,8 @@ def land(budget_ms: float, propose: Callable[[float], Proposal],
             break
         proposal = propose(next_target(failed))
     if result.chosen is None:                       # nothing measured within budget
-        result.chosen = int(np.argmin([s.measured_ms for s in result.steps]))
+        key = min(first_step, key=lambda k: result.steps[first_step[k]].measured_ms)
+        result.chosen, result.arch = first_step[key], proposals[key].arch
         result.repeats = [result.steps[result.chosen].measured_ms]
     result.status = LandingStatus.over_budget
     return result

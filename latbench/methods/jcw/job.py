@@ -36,11 +36,12 @@ from annotated_types import Ge
 from ...files import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from ...models.arch import Architecture
 from ...recipe import Opt, begin_folder_run
+from ..landing import LandingConfig, Proposal
 from ...search.budget import BudgetError
 from ...train.admm import ADMMConfig
-from ..common import (FullLatency, JobOptions, check_torch_device, console, export_pruned, exported, first, full_latency,
-                      load_parent, measure_architectures, measure_shipped, network_report, sample_batches,
-                      set_threads)
+from ..common import (FullLatency, JobOptions, check_shipped, check_torch_device, console, export_pruned, exported,
+                      first, full_latency, land_on_device, load_parent, measure_architectures, network_report,
+                      sample_batches, set_threads)
 from .evaluator import SupernetConfig
 from .search import SearchConfig, SearchResult
 
@@ -87,6 +88,7 @@ class JCWJob(JobOptions):
     bn_images: Annotated[int, Ge(1), Opt(help="images to recalibrate BN of a supernet slice before retraining")] = 512
     torch_device: Annotated[str, Opt(help="torch device for the supernet and the retraining (cpu, cuda, mps)",
                                      runtime=True)] = "cpu"
+    landing: Annotated[LandingConfig, Opt(flag="")] = field(default_factory=LandingConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "budgets_ms", tuple(dict.fromkeys(float(b) for b in self.budgets_ms)))
@@ -353,6 +355,9 @@ def run_jcw(job: JCWJob) -> dict:
         write_front(out / "front.jsonl", front, generation)
     console.print(f"front: {len(front)} architectures, {front.latency_ms.min():.3g}–{front.latency_ms.max():.3g} ms "
                   f"predicted (full network {result.full_latency_ms:.3g} ms); retraining {len(choices)}")
+    landings = {}
+    if job.device and job.landing.land:
+        choices, landings = _land_choices(choices, front, spec, table, job)
 
     test = first(data.test, job.test_images)
     reports, done = {}, {}
@@ -369,11 +374,12 @@ def run_jcw(job: JCWJob) -> dict:
             report = retrain(choice, folder, evaluator, data, test, job, done)
         reports[choice.label] = report
 
-    measured = {}
-    if job.device and choices:
-        folders = [out / c.label for c in choices]
-        measured = dict(zip([c.label for c in choices],
-                            measure_shipped(folders, table, job.device, job.store, job.progress).tolist()))
+    measured, repeats = {}, {}
+    if job.device and choices:                      # the files we ship, measured again: their spread counts
+        for c in choices:
+            repeats[c.label] = check_shipped(out / c.label, table, job.device, job.store,
+                                             job.landing.repeats if c.label in landings else 1, job.progress)
+            measured[c.label] = float(np.median(repeats[c.label]))
     for choice in choices:
         arch, row, training = choice.architecture, front.iloc[choice.front_index], reports[choice.label]
         predicted = float(row.latency_ms)
@@ -393,6 +399,11 @@ def run_jcw(job: JCWJob) -> dict:
             "search_seconds": result.timing.total_s,
             "search": {"generations": generation, "population": config.population, "front_size": len(front),
                        "channel_only": config.channel_only},
+            "shipped_repeats_ms": repeats.get(choice.label, []),
+            "measured_upper_ms": max(repeats[choice.label]) if choice.label in repeats else None,
+            "within_budget": (max(repeats[choice.label]) <= choice.budget_ms
+                              if choice.label in repeats and choice.budget_ms is not None else None),
+            "landing": landings[choice.label].to_dict() if choice.label in landings else None,
             "recipe": recipe,
         }
         atomic_write_json(out / choice.label / "report.json", report, indent=2)
@@ -400,6 +411,40 @@ def run_jcw(job: JCWJob) -> dict:
     summary = _summary(job, config, result, front, reports, measured_full, evaluator, recipe)
     atomic_write_json(out / "summary.json", summary, indent=2)
     return summary
+
+
+def _land_choices(choices: list[Choice], front: pd.DataFrame, spec, table, job: JCWJob) -> tuple[list[Choice], dict]:
+    """Each budget's choice landed on its budget as measured (:mod:`latbench.methods.landing`), widening or
+    narrowing *along the front*: a target proposes the most accurate member predicted within it. A folder
+    retrained earlier for another member (a run without the device) is moved aside, not lost."""
+    latency = front.latency_ms.to_numpy()
+
+    def propose(target: float) -> Proposal:
+        i = best_within(latency, front.val_accuracy, front.loss, target)
+        i = int(np.argmin(latency)) if i is None else i
+        return Proposal(front.architecture.iloc[i], float(latency[i]), target)
+
+    landed, landings = [], {}
+    for choice in choices:
+        if choice.budget_ms is None:                # picks spread over the front have no budget to land on
+            landed.append(choice)
+            continue
+        start = Proposal(choice.architecture, float(latency[choice.front_index]), choice.budget_ms)
+        result = land_on_device(spec, choice.budget_ms, propose, start, table, job.device, job.store, job.landing)
+        index = next(i for i, a in enumerate(front.architecture) if a == result.arch)
+        landings[choice.label] = result
+        landed.append(replace(choice, architecture=result.arch, front_index=index))
+        folder = Path(job.out) / choice.label
+        if (folder / "arch.json").exists() and Architecture.load(folder / "arch.json", recover="delete that folder") \
+                != result.arch:
+            n, aside = 0, folder.with_name(f"{folder.name}~unlanded")
+            while aside.exists():
+                n += 1
+                aside = folder.with_name(f"{folder.name}~unlanded-{n}")
+            folder.rename(aside)
+            console.print(f"{choice.label}: landed on another front member; the earlier retraining moved to {aside.name}")
+        console.print(f"{choice.label}: landed ({result.status}) after {len(result.steps)} step(s)")
+    return landed, landings
 
 
 def _anchors(spec, predictor, config: SearchConfig) -> tuple[Architecture, ...]:
