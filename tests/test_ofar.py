@@ -517,3 +517,41 @@ def test_uniform_pool_baseline_on_flops_budgets(tmp_path, checkpoint):
     for c in report["cohort"]:
         assert c["device"] == "flops" and c["predicted_flops"] <= c["budget_flops"]
         assert c["measurement"] == "FLOPs (nothing to measure)"
+
+
+@pytest.mark.slow
+def test_an_image_folder_is_streamed_through_every_phase_never_decoded_whole(tmp_path, checkpoint, monkeypatch):
+    """ImageFolder data: training batches come from a resumable torch.utils.data loader of random-resized
+    crops, BN statistics and scores from streamed centre crops; nothing loads the tree into memory."""
+    Image = pytest.importorskip("PIL.Image", reason="Pillow decodes ImageFolder images")
+    import latbench.data as data_module
+    import latbench.data.stream as stream
+    import latbench.methods.ofar.job as ofar_job
+    from latbench.data import StreamLoader
+    from latbench.methods.ofar.job import OFARJob, run_ofar
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("test", 6)):
+        for c in ("a", "b"):
+            (tmp_path / "tree" / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (40 + i % 3 * 8, 36), dtype=np.uint8)
+                Image.fromarray(pixels, mode="L").save(tmp_path / "tree" / split / c / f"{i}.png")
+    monkeypatch.setattr(data_module, "load_dataset", lambda *a, **k: pytest.fail("the tree was loaded into memory"))
+    decoded = []
+    real_decode = stream.StreamingImageFolder.decode
+    monkeypatch.setattr(stream.StreamingImageFolder, "decode", lambda self, i: decoded.append(i) or real_decode(self, i))
+    loaders = []
+    real_joint = ofar_job.train_joint
+    monkeypatch.setattr(ofar_job, "train_joint", lambda *a, **k: loaders.append(k["loader"]) or real_joint(*a, **k))
+
+    job = OFARJob(model="resnet20", checkpoint=str(checkpoint), out=str(tmp_path / "ofar"), data="imagefolder",
+                  data_dir=str(tmp_path / "tree"), val_size=8, budgets_flops=(20e6,), resolutions=(32, 24),
+                  pool="uniform", uniform_ratios=(1.0, 0.5),
+                  joint=JointConfig(epochs=1, batch_size=8, steps_per_epoch=2, assistants=False),
+                  bn_images=8, progress=False)
+    report = run_ofar(job)
+    assert report["data"].startswith("imagefolder:") and report["images"] == {"train": 40, "val": 8, "test": 12,
+                                                                             "bn": 8}
+    assert isinstance(loaders[0], StreamLoader) and loaders[0].resolutions == (32,) and loaders[0].crop is not None
+    assert decoded and report["cohort"] and all(0 <= c["test_acc"] <= 1 for c in report["cohort"])

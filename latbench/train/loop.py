@@ -244,7 +244,10 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
     history = TrainHistory(config.to_dict(), total_steps=total)
     running = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
     checkpoint = Path(checkpoint) if checkpoint else None
-    base_meta = {**dict(meta or {}), "train_set": train_set.name, "train_size": len(train_set)}
+    # a streamed set has no one resolution: its loader's largest is what the network trains at
+    resolution = getattr(train_set, "resolution", None) or max(getattr(loader, "resolutions", (0,)))
+    base_meta = {**dict(meta or {}), "train_set": getattr(train_set, "name", type(train_set).__name__),
+                 "train_size": len(train_set)}
 
     if resume and checkpoint is not None and checkpoint.exists():
         saved = checkpoint_format.read_meta(checkpoint)
@@ -274,7 +277,7 @@ def train(net: GraphNet, data: DataSplits | ImageDataset, epochs: int, lr: float
                         f"{e.images_per_s:.1f} img/s")
             log(line)
         if checkpoint is not None:
-            checkpoint_format.save(checkpoint, net, arch=arch or net_architecture(net, train_set.resolution),
+            checkpoint_format.save(checkpoint, net, arch=arch or net_architecture(net, resolution),
                                    optimizer=optimizer,
                                    meta={**base_meta, "epoch": step // per_epoch, "step": step, "seed": seed,
                                          "schedule": schedule, "history": history.to_dict(), "running": running})

@@ -40,8 +40,8 @@ from ...models import Architecture
 from ...recipe import Choice, Opt, begin_folder_run
 from ...search.budget import BudgetError
 from .. import common
-from ..common import (EXPORT_FORMATS, JobOptions, check_torch_device, console, export_pruned, exported, first, load_parent,
-                      sample_batches, set_threads)
+from ..common import (EXPORT_FORMATS, JobOptions, check_torch_device, console, export_pruned, exported, load_parent,
+                      set_threads)
 from .joint import BNMode, JointConfig, Structures, attach_private_bn, structure_forward, train_joint
 from .rates import (BudgetSpec, CostModel, GlobalRanking, RatePlan, bn_gamma_scores, check_resolutions, find_rates,
                     load_cost_models, structure_floors)
@@ -96,9 +96,12 @@ class OFARJob(JobOptions):
     min_width_ratio: Annotated[float, Opt(help="no group narrower than this fraction")] = 0.1
     multiple: Annotated[int | None, Opt(help="round widths to this multiple (default: the tables' channel "
                                              "multiple)")] = None
+    val_size: Annotated[int, Opt(help="last N training images held out for the selection (the validation split)")] = 5000
     train_images: Annotated[int | None, Opt(help="train on the first N training images")] = None
     val_images: Annotated[int | None, Opt(help="select on the first N validation images")] = None
     bn_images: Annotated[int, Opt(help="images to recalibrate BN per (structure, resolution)")] = 1024
+    stream: Annotated[bool, Opt(help="stream an ImageFolder tree from disk (ImageNet-sized sets) instead of "
+                                     "decoding it into memory; other data sets stay in memory")] = True
     measure: Annotated[bool, Opt(help="measure each choice on its device when that is a host runtime here "
                                       "(--no-measure: predict all)", runtime=True)] = True
     torch_device: Annotated[str, Opt(help="torch device for training (cpu, cuda, mps)", runtime=True)] = "cpu"
@@ -148,13 +151,6 @@ def _multiple(job: OFARJob, costs: Sequence[CostModel]) -> int:
         return int(job.multiple)
     ms = [int(c.table.meta.get("channel_multiple", 1)) for c in costs if c.table is not None]
     return int(math.lcm(*ms)) if ms else 1
-
-
-def _resized_batches(data, resolution: int, batch: int = 500):
-    from ...data import BatchLoader
-    from ...supernet import resize
-
-    return [(resize(x, resolution), y) for x, y in BatchLoader(data, batch)]
 
 
 def _digest(obj) -> str:
@@ -262,12 +258,13 @@ def structures_of(outcome: SearchOutcome, spec) -> tuple[Structures, dict[int, i
 
 def run_ofar(job: OFARJob) -> dict:
     """Run ``job`` end to end (or continue it); returns the report (also ``report.json``)."""
-    from ...data import DataError, load_dataset
     from ...supernet import DynamicNet, recalibrate, resize
     from ...train import evaluate, read_checkpoint_meta
     from ...train.checkpoint import CheckpointError, load_weights
+    from ...train.checkpoint import stem_in_channels
     from ...train.importance import importance_order
     from ...train.loop import TrainHistory
+    from .data import CohortData
 
     set_threads(job.threads)
     log = _log(job)
@@ -275,9 +272,9 @@ def run_ofar(job: OFARJob) -> dict:
     recipe = begin_folder_run(job, "ofar", out, log=console.print)
     parent = load_parent(job.checkpoint, job.model)
     spec = parent.spec
-    data = load_dataset(job.data, job.data_dir)
-    if data.val is None:
-        raise DataError(f"{data.name} has no validation split; OFARPruning selects on held-out data")
+    data = CohortData.load(job.data, job.data_dir, job.val_size, stream=job.stream, in_channels=stem_in_channels(parent),
+                           resolution=max(job.resolutions) if job.resolutions else None,
+                           train_images=job.train_images, val_images=job.val_images, test_images=job.test_images)
     resolutions = job.resolutions or default_resolutions(data.resolution)
     device = torch.device(job.torch_device)
     seconds_path = out / "seconds.json"
@@ -297,8 +294,7 @@ def run_ofar(job: OFARJob) -> dict:
     log(f"[bold]ofar[/]: {len(plan.rates)} rates for {len(plan.targets)} (device, budget, resolution) constraints "
         f"on {', '.join(plan.full)}; resolutions {list(resolutions)}")
 
-    train_set, val, test = (first(split, n) for split, n in ((data.train, job.train_images),
-                                                             (data.val, job.val_images), (data.test, job.test_images)))
+    train_set, val, test = data.train, data.val, data.test
 
     # -- search stage --------------------------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -307,7 +303,7 @@ def run_ofar(job: OFARJob) -> dict:
         outcome = uniform_outcome(parent, plan, job.uniform_ratios)
     else:
         outcome = run_search(parent, train_set, plan, costs, search_cfg, out, device=device, progress=job.progress,
-                             log=log)
+                             log=log, loader=data.train_loader(search_cfg.batch_size, search_cfg.seed))
     timed("search", t0, outcome.trained)
     warning = outcome.message(plan)
     if warning:
@@ -343,6 +339,7 @@ def run_ofar(job: OFARJob) -> dict:
     else:
         joint_history = train_joint(net, structures, train_set, joint_cfg, joint_ckpt, identity=identity,
                                     device=device, progress=job.progress,
+                                    loader=data.train_loader(joint_cfg.batch_size, joint_cfg.seed),
                                     log=None if job.progress else log).to_dict()
     net.eval()
     timed("joint_training", t0, not complete)
@@ -360,7 +357,7 @@ def run_ofar(job: OFARJob) -> dict:
         stats = {k: v for k, v in saved.items() if k.startswith(f"{score_id['joint']}:")}
         missing = [(j, r) for j, r in pairs if f"{score_id['joint']}:s{j}-r{r}" not in stats]
         if missing:
-            calib = sample_batches(train_set, job.bn_images, batch=128, seed=search_cfg.seed + 1)
+            calib = data.calibration(job.bn_images, seed=search_cfg.seed + 1)
             for j, r in missing:
                 batches = [(resize(x, r).to(device), y) for x, y in calib]
                 stats[f"{score_id['joint']}:s{j}-r{r}"] = recalibrate(net, structures.arch(j, r), batches)
@@ -376,7 +373,7 @@ def run_ofar(job: OFARJob) -> dict:
         key = f"s{j}-r{r}"
         if key not in scores:
             bn = stats.get(f"{score_id['joint']}:{key}")
-            loss, acc = _score(net, j, structures.arch(j, r), _resized_batches(val, r), bn, device)
+            loss, acc = _score(net, j, structures.arch(j, r), data.batches(val, r), bn, device)
             scores[key] = {"structure": j, "resolution": r, "val_loss": loss, "val_acc": acc}
     worked = len(scores) > n_scored or bool(missing)
     if worked or not scores_path.exists():
@@ -427,7 +424,7 @@ def run_ofar(job: OFARJob) -> dict:
                     small = net.extract(arch, device="cpu")
             else:
                 small = net.extract(arch, bn, device="cpu")
-            test_loss, test_acc = evaluate(small, _resized_batches(test, r))
+            test_loss, test_acc = evaluate(small, data.batches(test, r))
             atomic_write_text(folder / "arch.json", arch.to_json())
             export_pruned(folder, small, arch)
             info = {"identity": net_id, "architecture": arch.to_dict(), "test_acc": test_acc,

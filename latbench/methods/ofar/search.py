@@ -259,9 +259,10 @@ class SearchOutcome:
 
 def run_search(parent: GraphNet, train_set, plan: RatePlan, costs: Sequence[CostModel], config: SearchConfig,
                out: str | Path, *, device: torch.device | str | None = None, progress: bool = True,
-               log: Callable[[str], None] | None = None) -> SearchOutcome:
-    """Network-Slimming training of a copy of ``parent`` on ``train_set`` (an :class:`ImageDataset`) with the
-    PNP formed along the way; resumes from ``out``/search.safetensors and ``out``/search-state.json."""
+               log: Callable[[str], None] | None = None, loader=None) -> SearchOutcome:
+    """Network-Slimming training of a copy of ``parent`` on ``train_set`` (an :class:`ImageDataset`, or any
+    sized dataset with a ``loader`` of its batches, e.g. a streamed one) with the PNP formed along the way;
+    resumes from ``out``/search.safetensors and ``out``/search-state.json."""
     from ...train import read_checkpoint_meta
     from ...train.checkpoint import CheckpointError, load_weights
     from ...train.loop import TrainHistory, train
@@ -297,7 +298,7 @@ def run_search(parent: GraphNet, train_set, plan: RatePlan, costs: Sequence[Cost
                      seed=config.seed, steps_per_epoch=config.steps_per_epoch, checkpoint=checkpoint, resume=True,
                      meta={"ofar_search": identity, "phase": "ofar-search"},
                      progress=progress, log=log, after_backward=slimming_hook(config.sparsity),
-                     on_epoch=builder.observe, device=device)
+                     on_epoch=builder.observe, device=device, loader=loader)
         history = hist.to_dict()
     net.eval()
     pool = builder.pool()
