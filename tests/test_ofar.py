@@ -465,7 +465,15 @@ def test_prune_ofar_end_to_end_and_a_rerun_recomputes_nothing(tmp_path, checkpoi
     assert {(c["device"], c["budget_ratio"]) for c in cohort} == {(d, r) for d in report["devices"] for r in (0.9, 0.8)}
     scores = {(s["structure"], s["resolution"]): s["val_acc"] for s in report["scores"]}
     for c in cohort:
-        assert c["predicted_ms"] <= c["budget_ms"] * (1 + 1e-9)
+        landing = c["landing"]
+        if landing is None:                                  # predicted only (the phone): within by prediction
+            assert not c["device"].startswith("host:") and c["predicted_ms"] <= c["budget_ms"] * (1 + 1e-9)
+        else:                                                # here: landed on the budget as measured
+            assert landing["steps"][0]["target_ms"] == pytest.approx(c["budget_ms"])
+            assert landing["architecture"] == c["arch"]
+            median, upper = landing["measured_ms"], landing["upper_ms"]
+            assert landing["status"] == ("over budget" if upper > c["budget_ms"] else "in band"
+                                         if median >= 0.95 * c["budget_ms"] else "no unit fits")
         assert c["budget_ms"] == pytest.approx(c["budget_ratio"] * report["devices"][c["device"]]["full"])
         assert c["resolution"] in (32, 28, 24) and 0 <= c["test_acc"] <= 1
         # The most accurate fitting pair on the validation split.

@@ -379,8 +379,16 @@ def test_prune_sp_end_to_end_on_the_device_and_a_rerun_recomputes_nothing(r20_ch
     budget = report["budget"]["value"]
     assert report["method"] == "sp" and report["retrain_from"] == "inherited"
     assert budget == pytest.approx(wanted)
-    assert report["predicted_ms"] <= budget + 1e-9 and report["measured_ms"] > 0
-    assert report["predicted_ms"] == pytest.approx(report["cost"])
+    # The closed loop: the search's own network measured first, then SP's search at corrected targets.
+    landing = report["landing"]
+    assert landing["steps"][0]["target_ms"] == pytest.approx(budget) and report["measured_ms"] > 0
+    assert report["architecture"]["widths"] == landing["architecture"]["widths"]
+    median, upper = landing["measured_ms"], landing["upper_ms"]
+    assert landing["status"] == ("over budget" if upper > budget else "in band" if median >= 0.95 * budget
+                                 else "no unit fits")
+    assert len(report["shipped_repeats_ms"]) == 3 and report["within_budget"] == (report["measured_upper_ms"] <= budget)
+    if landing["chosen"] == 0:                              # the search's own network: its cost is the prediction
+        assert report["predicted_ms"] == pytest.approx(report["cost"]) and report["predicted_ms"] <= budget + 1e-9
     assert set(report["seconds"]) == {"supernet", "search", "retrain"}
     assert all(v > 0 for v in report["seconds"].values())
     assert report["search"]["parallel"] == "ray" and report["search"]["generations"] == 2
@@ -404,12 +412,12 @@ def test_prune_sp_end_to_end_on_the_device_and_a_rerun_recomputes_nothing(r20_ch
     monkeypatch.setattr(training, "stagewise_step", forbidden)
     monkeypatch.setattr(StageWorker, "__init__", forbidden)
     monkeypatch.setattr(export, "export_network_for", forbidden)
-    kept = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+    kept = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
     with sqlite3.connect(store) as db:
         measured_before = db.execute("SELECT signature, measured_at FROM measurements ORDER BY 1").fetchall()
     again = prune(*args)
     assert again.exit_code == 0, again.output
-    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == kept
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()} == kept
     with sqlite3.connect(store) as db:
         assert db.execute("SELECT signature, measured_at FROM measurements ORDER BY 1").fetchall() == measured_before
 

@@ -38,6 +38,7 @@ import torch
 from ...files import atomic_output, atomic_write_json, atomic_write_text, read_json, sha256_file, write_json_if_changed
 from ...models import Architecture
 from ...recipe import Choice, Opt, begin_folder_run
+from ..landing import LandingConfig, Proposal
 from ...search.budget import BudgetError
 from .. import common
 from ..common import (EXPORT_FORMATS, JobOptions, check_torch_device, console, export_pruned, exported, load_parent,
@@ -102,6 +103,7 @@ class OFARJob(JobOptions):
     bn_images: Annotated[int, Opt(help="images to recalibrate BN per (structure, resolution)")] = 1024
     stream: Annotated[bool, Opt(help="stream an ImageFolder tree from disk (ImageNet-sized sets) instead of "
                                      "decoding it into memory; other data sets stay in memory")] = True
+    landing: Annotated[LandingConfig, Opt(flag="")] = field(default_factory=LandingConfig)
     measure: Annotated[bool, Opt(help="measure each choice on its device when that is a host runtime here "
                                       "(--no-measure: predict all)", runtime=True)] = True
     torch_device: Annotated[str, Opt(help="torch device for training (cpu, cuda, mps)", runtime=True)] = "cpu"
@@ -384,9 +386,11 @@ def run_ofar(job: OFARJob) -> dict:
     choices, unmet = [], []
     width_rows = {r: np.array([[structures.widths[j][g] for g in spec.groups] for j in range(len(structures))])
                   for r in resolutions}
+    predicted_of: dict[str, dict] = {}
     for label in plan.full:
         c = by_label[label]
         predicted = {(j, r): float(v) for r in resolutions for j, v in enumerate(c.costs(width_rows[r], r))}
+        predicted_of[label] = predicted
         for b in plan.budgets[label]:
             fits = [p for p in pairs if predicted[p] <= b["value"] * (1 + 1e-9)]
             if not fits:
@@ -400,6 +404,28 @@ def run_ofar(job: OFARJob) -> dict:
     if unmet:
         log(f"[yellow]warning:[/] {len(unmet)} budget(s) have no fitting (structure, resolution): "
             + "; ".join(f"{u['device']} {u['budget']['label']}" for u in unmet))
+
+    # -- the closed loop: each latency choice on a device that is here lands on its budget as measured ----------
+    landings: dict[int, object] = {}
+    if job.landing.land and job.measure:
+        for i, ch in enumerate(choices):
+            c = by_label[ch["device"]]
+            if c.kind != "latency" or not _here(c)[0]:
+                continue
+            predicted = predicted_of[ch["device"]]
+
+            def propose(target: float, predicted=predicted) -> Proposal:
+                fits = [p for p in pairs if predicted[p] <= target]
+                p = (max(fits, key=lambda p: (scores[f"s{p[0]}-r{p[1]}"]["val_acc"], -predicted[p])) if fits
+                     else min(pairs, key=predicted.get))
+                return Proposal(structures.arch(*p), predicted[p], target)
+
+            start = Proposal(structures.arch(ch["structure"], ch["resolution"]), ch["predicted"], ch["budget"]["value"])
+            result = common.land_on_device(spec, ch["budget"]["value"], propose, start, c.table, c.device, job.store,
+                                           job.landing)
+            j, r = next(p for p in pairs if structures.arch(*p) == result.arch)
+            ch.update(structure=j, resolution=r, predicted=predicted[(j, r)])
+            landings[i] = result
 
     # -- export each chosen (structure, resolution) --------------------------------------------------------------
     t0 = time.perf_counter()
@@ -460,7 +486,7 @@ def run_ofar(job: OFARJob) -> dict:
 
     # -- report ---------------------------------------------------------------------------------------------------
     cohort = []
-    for ch in choices:
+    for i, ch in enumerate(choices):
         c, j, r = by_label[ch["device"]], ch["structure"], ch["resolution"]
         net_info, key = networks[(j, r)], f"s{j}-r{r}"
         m = measured.get(ch["device"], {}).get(key, {}).get("ms") if how[ch["device"]] == "measured" else None
@@ -473,6 +499,7 @@ def run_ofar(job: OFARJob) -> dict:
             entry.update({"budget_ms": b["value"], "predicted_ms": ch["predicted"], "measured_ms": m,
                           "measured_over_budget": None if m is None else m / b["value"] - 1,
                           "measured_over_predicted": None if m is None else m / ch["predicted"] - 1})
+            entry["landing"] = landings[i].to_dict() if i in landings else None
         else:
             entry.update({"budget_flops": b["value"], "predicted_flops": ch["predicted"]})
         cohort.append(entry)
