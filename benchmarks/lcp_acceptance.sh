@@ -2,12 +2,11 @@
 # LcP acceptance on Fashion-MNIST-32: ResNet-56, budgets at 70/50/30 % of the full network's latency measured on
 # the host device, uniform vs naive global ranking vs LcP, one fine-tuning recipe for all (≈1 hour on 2 cores).
 #   bash benchmarks/lcp_acceptance.sh        # needs runs/r56/base.safetensors (README, "Train and prune")
-# Searches and fine-tuning run two at a time (1 torch thread each) WITHOUT the device; the latencies are then
-# measured one network at a time on the otherwise idle machine (pass 2 resumes each job, which finds its search
-# and fine-tuning done, and only measures). Resumable at every step.
+# The jobs run one at a time with the device (THREADS torch threads, 2): the closed loop measures while it
+# searches, so nothing else may share the cores. Resumable at every step.
 # Every job is its recipe, search/{lcp,naive,uniform}-resnet56-{70,50,30}.toml, with the budget in ms of this
 # sitting's full-network measurement and this run's paths; each report.json records the resolved recipe.
-# Environment: DEVICE (host:litert), TABLE, CKPT, OUT, STORE, JOBS (2), BUDGETS, METHODS, and to depart from the
+# Environment: DEVICE (host:litert), TABLE, CKPT, OUT, STORE, THREADS (2), BUDGETS, METHODS, RESULTS, and to depart from the
 # recipes FITNESS (training images per fitness), BN, STEPS (fine-tuning steps), CANDIDATES, POOL.
 set -euo pipefail
 device=${DEVICE:-host:litert}
@@ -27,15 +26,15 @@ run() {  # method ratio [extra options]: the recipe search/METHOD-resnet56-PCT.t
   LEADRUN=1 latbench prune lcp --config "search/$m-resnet56-$pct.toml" --budget-ms "$budget" --checkpoint "$ckpt" \
     --table "$table" --store "$store" --out "$dir" ${FITNESS:+--fitness-images "$FITNESS"} ${BN:+--bn-images "$BN"} \
     ${CANDIDATES:+--candidates "$CANDIDATES"} ${POOL:+--pool "$POOL"} ${STEPS:+--finetune-steps "$STEPS"} \
-    --threads 1 --no-progress "$@" >> "$dir.log" 2>&1
+    --threads "${THREADS:-2}" --device "$device" --no-progress "$@" >> "$dir.log" 2>&1
 }
-export -f run; export out ckpt table device store full_ms
-# 2. Searches + fine-tuning, the long LcP searches first so that the parallel slots finish together.
-for m in ${METHODS:-lcp naive uniform}; do for b in ${BUDGETS:-0.7 0.5 0.3}; do echo "$m $b"; done; done |
-  xargs -P "${JOBS:-2}" -L 1 bash -c '[ -f "$out/$0-$1/pruned.safetensors" ] || run "$0" "$1" --set device=none'
-# 3. Measurement, one network at a time.
+# 2. Every job with the device, one at a time: its search, then the closed loop's whole-network measurements on
+#    the otherwise idle machine (the device decides where the network lands), fine-tuning, and the shipped file's
+#    repeated final check. Jobs finished earlier are kept; a finished job without a landing (made before the loop
+#    existed, or with --no-land) is landed now.
 for m in ${METHODS:-lcp naive uniform}; do for b in ${BUDGETS:-0.7 0.5 0.3}; do
-  grep -q '"measured_ms": null' "$out/$m-$b/report.json" && run "$m" "$b" --device "$device" --store "$store"
+  if [ ! -f "$out/$m-$b/report.json" ] || grep -q '"landing": null' "$out/$m-$b/report.json"; then run "$m" "$b"; fi
 done; done
 python benchmarks/summarize_pruning.py "$out" > "$out/summary.md"
 cat "$out/summary.md"
+python benchmarks/budget_summary.py "$out" --out "${RESULTS:-benchmarks/results/budget}"
