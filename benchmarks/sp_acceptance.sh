@@ -15,7 +15,7 @@
 # THREADS (torch threads per job, 1; the first SP job alone uses 2), TEST (test images, default all), and to
 # depart from the recipes: STEPS (retraining steps of every method), LR, SUPERNET_STEPS, MPOP, MGEN, SPOP, SGEN,
 # EVAL, CALIB, RAY (--ray: stage EAs on Ray actors), and for LcP FITNESS, BN, CANDIDATES, POOL.
-# The README's run: CANDIDATES=60 FITNESS=256 BN=128 STEPS=150 TEST=5000 (the whole comparison in ≈2 hours on 2 cores;
+# The README's run: CANDIDATES=60 POOL=32 FITNESS=256 BN=128 STEPS=150 TEST=5000 (the whole comparison in ≈2 hours on 2 cores;
 # LcP's 400 candidates alone take ≈13 min per job here).
 set -euo pipefail
 device=${DEVICE:-host:litert}
