@@ -125,6 +125,20 @@ def field_docs(cls: type, where: tuple[str, ...] = ()) -> dict[tuple[str, ...], 
     return docs
 
 
+def qualify(cls: type, path: Sequence[str]) -> list[str]:
+    """``path`` as given, or — a bare key that is no field of ``cls`` itself — the one nested field of that name
+    (``epochs`` → ``training.epochs``); ambiguous or unknown keys are a :class:`RecipeError`."""
+    if len(path) != 1 or path[0] in {f.name for f in job_fields(cls)}:
+        return list(path)
+    matches = [p for p in field_docs(cls) if p[-1] == path[0]]
+    if len(matches) == 1:
+        return list(matches[0])
+    if matches:
+        raise RecipeError(f"--set {path[0]}: several fields have that name ({', '.join('.'.join(m) for m in matches)}); "
+                          f"give the dotted one")
+    return list(path)                          # unknown: named with the allowed keys when the job is built
+
+
 def drop_alternatives(cls: type, data: dict, chosen: Iterable[Sequence[str]]) -> dict:
     """``data`` without the recipe's values of the alternatives (``Opt.one_of``) of the ``chosen`` paths."""
     docs = field_docs(cls)
@@ -369,5 +383,5 @@ def begin_folder_run(job: Any, kind: str, out: str | Path, log: Callable[[str], 
     return record
 
 
-__all__ = ["Choice", "FieldDoc", "Opt", "RecipeError", "begin_folder_run", "begin_run", "build_job", "input_files",
+__all__ = ["Choice", "FieldDoc", "Opt", "RecipeError", "begin_folder_run", "begin_run", "build_job", "input_files", "qualify",
            "job_fields", "nested_config", "parse_setting", "read_recipe", "resolved", "run_record", "set_path"]

@@ -165,6 +165,16 @@ def test_precedence_defaults_recipe_options_set(tmp_path):
     assert job.finetune.epochs == 1 and job.metric == "l2"          # untouched defaults
 
 
+def test_a_bare_set_key_names_the_one_nested_field_of_that_name(tmp_path):
+    from latbench.cli.options import job_data
+    from latbench.methods.jcw.job import JCWJob
+
+    data, _ = job_data(TrainJob, None, ["epochs=3", "out=x.safetensors"], {}, cli_options(TrainJob))
+    assert build_job(TrainJob, data).training.epochs == 3
+    with pytest.raises(RecipeError, match="several fields have that name.*search.seed"):
+        job_data(JCWJob, None, ["seed=1"], {}, cli_options(JCWJob))
+
+
 # ---- a tiny recipe end to end -------------------------------------------------------------------------------
 
 @pytest.mark.slow

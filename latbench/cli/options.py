@@ -17,8 +17,8 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
-from ..recipe import (RecipeError, build_job, drop_alternatives, job_fields, nested_config, parse_setting, read_recipe,
-                      set_path)
+from ..recipe import (RecipeError, build_job, drop_alternatives, job_fields, nested_config, parse_setting, qualify,
+                      read_recipe, set_path)
 
 
 @dataclass
@@ -105,7 +105,8 @@ def _typer_parameter(o: CliOption) -> inspect.Parameter:
 
 
 CONFIG_HELP = "recipe (TOML) with the job's settings; options given here override single fields"
-SET_HELP = "override one field of the recipe: KEY=VALUE, dotted for nested settings (repeatable)"
+SET_HELP = ("override one field of the recipe: KEY=VALUE, dotted for nested settings (a bare name that only one "
+            "nested setting has is enough: epochs=3); repeatable")
 
 
 def job_data(cls: type, config: Path | None, settings: List[str] | None, given: dict[str, Any],
@@ -120,7 +121,9 @@ def job_data(cls: type, config: Path | None, settings: List[str] | None, given: 
             if isinstance(value, list):
                 value = tuple(value)
             assignments += [(path, value.value if isinstance(value, enum.Enum) else value) for path in o.paths]
-    assignments += [parse_setting(a) for a in settings or ()]
+    for assignment in settings or ():
+        path, value = parse_setting(assignment)
+        assignments.append((qualify(cls, path), value))
     drop_alternatives(cls, data, [path for path, _ in assignments])     # --budget-ms replaces a recipe's ratio
     for path, value in assignments:
         set_path(data, path, value)
