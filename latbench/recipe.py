@@ -215,6 +215,20 @@ def _check_keys(cls: type, data: Mapping, source: str, where: tuple[str, ...] = 
         inner = nested_config(fields[key].type)
         if inner is not None and isinstance(value, Mapping):
             _check_keys(inner, value, source, (*where, key))
+        items = _item_config(fields[key].type)
+        if items is not None and isinstance(value, (list, tuple)):      # [[tables]] of a tuple of configs
+            for i, item in enumerate(value):
+                if isinstance(item, Mapping):
+                    _check_keys(items, item, source, (*where, f"{key}[{i}]"))
+
+
+def _item_config(hint: Any) -> type | None:
+    """The dataclass of a ``tuple[X, ...]`` field's items, else None."""
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis and dataclasses.is_dataclass(args[0]):
+            return args[0]
+    return None
 
 
 def _with_defaults(cls: type, data: Mapping, defaults: Any = None) -> dict:

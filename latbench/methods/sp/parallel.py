@@ -19,83 +19,10 @@ search (a test checks it).
 """
 from __future__ import annotations
 
-import contextlib
-import socket
 import time
-from typing import Callable, Iterator, Sequence
-from urllib.parse import urlparse
+from typing import Callable, Sequence
 
-DEFAULT_TIMEOUT = 5.0
-
-
-class RayUnavailableError(ValueError):
-    """Ray was asked for but cannot be used: not installed, or the cluster address does not answer (bad
-    input, like a bad option value: the CLI reports it as such)."""
-
-
-def ray_module():
-    """The ``ray`` module; :class:`RayUnavailableError` with the fix when it is not installed."""
-    try:
-        import ray
-    except ImportError as err:
-        raise RayUnavailableError("Ray was asked for (--ray / --ray-address) but is not installed: "
-                                  "pip install 'latbench[ray]' (ray>=2.9), or run with --no-ray (the in-process "
-                                  "search gives the same result)") from err
-    return ray
-
-
-def _endpoint(address: str) -> tuple[str, int] | None:
-    """(host, port) to probe for a Ray address; None for ``auto`` (found by Ray itself)."""
-    if address in ("auto", "local"):
-        return None
-    client = address.startswith("ray://")
-    parsed = urlparse(address if "://" in address else f"gcs://{address}")
-    if not parsed.hostname:
-        raise RayUnavailableError(f"Ray address {address!r} is not HOST:PORT, ray://HOST:PORT or auto")
-    return parsed.hostname, parsed.port or (10001 if client else 6379)
-
-
-def check_ray(address: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
-    """Fail fast, before any work: Ray must be importable and ``address`` (when given) must accept a TCP
-    connection within ``timeout`` seconds."""
-    ray_module()
-    if not address:
-        return
-    endpoint = _endpoint(address)
-    if endpoint is None:
-        return
-    try:
-        with socket.create_connection(endpoint, timeout=timeout):
-            pass
-    except OSError as err:
-        raise RayUnavailableError(f"the Ray cluster at {address} is unreachable ({endpoint[0]}:{endpoint[1]} did not "
-                                  f"answer within {timeout:g} s: {err}); start its head with `ray start --head "
-                                  "--node-ip-address=…`, check the address, or drop --ray-address for a local "
-                                  "instance") from err
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> Iterator[object]:
-    """Ray connected for the duration of the block (see the module docstring); yields the ``ray`` module.
-    An instance this process already had is reused and not shut down."""
-    ray = ray_module()
-    if ray.is_initialized():
-        yield ray
-        return
-    check_ray(address, timeout)
-    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(_node_ip_address="127.0.0.1", **kwargs)
-    except Exception as err:     # Ray raises ConnectionError, RuntimeError, ValueError … depending on the cause
-        where = f"address {address}" if address else "a local instance"
-        raise RayUnavailableError(f"could not start or join Ray ({where}): {err}") from err
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+from ...distributed import DEFAULT_TIMEOUT, RayUnavailableError, check_ray, ray_module, ray_session  # noqa: F401
 
 
 class InProcessPool:
