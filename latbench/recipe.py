@@ -354,7 +354,8 @@ def _changed_fields(old: Mapping, new: Mapping, where: str = "") -> list[str]:
 
 
 def _aside(path: Path, digest: str) -> Path:
-    head, dot, tail = path.name.partition(".")
+    """``OUT~digest`` for a folder (whose name may hold dots: ``lcp-0.7``), ``name~digest.ext…`` for a file."""
+    head, dot, tail = (path.name, "", "") if path.is_dir() else path.name.partition(".")
     n, target = 0, path.with_name(f"{head}~{digest[:8]}{dot}{tail}")
     while target.exists():
         n += 1

@@ -223,7 +223,7 @@ def test_a_pruning_recipe_records_itself_and_a_changed_field_starts_a_new_run(un
 
     if not (Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)")
-    out = tmp_path / "uniform"
+    out = tmp_path / "uniform-0.5"                  # a folder name with a dot, as the acceptance scripts' are
     recipe = _write(tmp_path, f'''method = "uniform"
 model = "resnet56"
 checkpoint = "{untrained_resnet56_checkpoint}"
@@ -253,7 +253,7 @@ max_steps = 2
     changed = cli("prune", "lcp", "--config", recipe, "--finetune-lr", "0.01")
     assert changed.exit_code == 0, changed.output
     assert "recipe changed (finetune.lr)" in one_line(changed)
-    aside = [p for p in tmp_path.iterdir() if p.name.startswith("uniform~")]
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("uniform-0.5~")]
     assert len(aside) == 1 and (aside[0] / "pruned.safetensors").exists()
     assert json.loads((out / "report.json").read_text())["recipe"]["recipe"]["finetune"]["lr"] == 0.01
 
