@@ -19,6 +19,7 @@ search (a test checks it).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable, Sequence
 
