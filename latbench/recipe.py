@@ -353,7 +353,7 @@ def _changed_fields(old: Mapping, new: Mapping, where: str = "") -> list[str]:
     return names
 
 
-def _aside(path: Path, digest: str) -> Path:
+def aside_path(path: Path, digest: str) -> Path:
     """``OUT~digest`` for a folder (whose name may hold dots: ``lcp-0.7``), ``name~digest.ext…`` for a file."""
     head, dot, tail = (path.name, "", "") if path.is_dir() else path.name.partition(".")
     n, target = 0, path.with_name(f"{head}~{digest[:8]}{dot}{tail}")
@@ -381,7 +381,7 @@ def begin_run(job: Any, kind: str, record_path: str | Path, belongings: Iterable
             moved = []
             for path in map(Path, belongings):
                 if path.exists():
-                    target = _aside(path, old.get("digest", "previous"))
+                    target = aside_path(path, old.get("digest", "previous"))
                     path.rename(target)
                     moved.append(str(target))
             log(f"the recipe changed ({', '.join(changed)}): the previous run moved to {', '.join(moved)}; "
@@ -398,5 +398,5 @@ def begin_folder_run(job: Any, kind: str, out: str | Path, log: Callable[[str], 
     return record
 
 
-__all__ = ["Choice", "FieldDoc", "Opt", "RecipeError", "begin_folder_run", "begin_run", "build_job", "input_files", "qualify",
+__all__ = ["Choice", "FieldDoc", "Opt", "RecipeError", "begin_folder_run", "begin_run", "build_job", "aside_path", "input_files", "qualify",
            "job_fields", "nested_config", "parse_setting", "read_recipe", "resolved", "run_record", "set_path"]

@@ -33,7 +33,7 @@ from rich.console import Console
 from ..files import atomic_write_bytes
 from ..models.arch import Architecture
 from ..models.spec import ModelSpec
-from ..recipe import Opt
+from ..recipe import Opt, aside_path
 from ..train.loop import Schedule
 from ..search.budget import Budget, BudgetError, CostGrid
 from ..tables.table import LatencyTable
@@ -340,10 +340,7 @@ def checkpoint_for(path: Path, arch: Architecture) -> Path:
     if path.exists():
         saved = read_checkpoint_meta(path).get("arch")
         if saved is not None and Architecture.from_dict(saved).widths != arch.widths:
-            n, target = 0, path.with_name(f"{path.stem}~unlanded{path.suffix}")
-            while target.exists():
-                n += 1
-                target = path.with_name(f"{path.stem}~unlanded-{n}{path.suffix}")
+            target = aside_path(path, "unlanded")
             path.rename(target)
             console.print(f"{path.name} holds another architecture than the landed one: moved to {target.name}")
     return path

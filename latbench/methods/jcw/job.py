@@ -35,7 +35,7 @@ from annotated_types import Ge
 
 from ...files import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from ...models.arch import Architecture
-from ...recipe import Opt, begin_folder_run
+from ...recipe import Opt, aside_path, begin_folder_run
 from ..landing import LandingConfig, Proposal
 from ...search.budget import BudgetError
 from ...train.admm import ADMMConfig
@@ -437,10 +437,7 @@ def _land_choices(choices: list[Choice], front: pd.DataFrame, spec, table, job: 
         folder = Path(job.out) / choice.label
         if (folder / "arch.json").exists() and Architecture.load(folder / "arch.json", recover="delete that folder") \
                 != result.arch:
-            n, aside = 0, folder.with_name(f"{folder.name}~unlanded")
-            while aside.exists():
-                n += 1
-                aside = folder.with_name(f"{folder.name}~unlanded-{n}")
+            aside = aside_path(folder, "unlanded")
             folder.rename(aside)
             console.print(f"{choice.label}: landed on another front member; the earlier retraining moved to {aside.name}")
         console.print(f"{choice.label}: landed ({result.status}) after {len(result.steps)} step(s)")
