@@ -2,13 +2,13 @@
 
 1. **Rank correlation.** ``probes`` random compensations β at the budget are pruned naïvely; each distinct
    network's fitness (loss increase after BN re-estimation) is computed with the reference setting (the
-   paper's 3000 fitness images, 1024 BN images) and with each cheaper setting. Reported per setting: seconds
-   per network and Kendall τ / Spearman ρ against the reference.
+   acceptance recipes' 512 fitness images and 256 BN images, "today's fitness" of issue 15) and with each
+   cheaper setting. Reported per setting: seconds per network and Kendall τ / Spearman ρ against the reference.
 2. **The whole meta-learning, same seed.** The LcP job of ``recipe`` (400 candidates) run once with the
    recipe's fitness setting and once with the cheap one (``cheap_fitness``/``cheap_bn``), everything else
    equal: the evolution's seconds, the chosen β's network, and the test accuracy after the same fine-tuning.
 
-    python benchmarks/lcp_meta_speed.py --config search/lcp-meta-speed-resnet56.toml   # ≈30–40 min, idle machine
+    python benchmarks/lcp_meta_speed.py --config search/lcp-meta-speed-resnet56.toml   # ≈30 min, idle machine
 
 Writes ``benchmarks/results/lcp_meta_speed.json``. Run it alone: it times things.
 """
@@ -39,7 +39,7 @@ class MetaSpeed:
     table: Annotated[str | None, Opt(help="a table measured on this machine (default: the recipe's)")] = None
     probes: Annotated[int, Ge(8), Opt(help="random β probed for the rank correlation")] = 48
     settings: Annotated[tuple[str, ...], Opt(help="fitness settings FITNESS/BN to compare (the first is the "
-                                                  "reference)")] = ("3000/1024", "512/256", "256/128", "128/64")
+                                                  "reference)")] = ("512/256", "256/128", "128/64")
     cheap_fitness: Annotated[int, Ge(1)] = 256
     cheap_bn: Annotated[int, Ge(1)] = 128
     threads: Annotated[int, Ge(1), Opt(runtime=True)] = 2
