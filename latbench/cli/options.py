@@ -168,8 +168,16 @@ def job_command(cls: type, execute: Callable[[Any], None], *, doc: str,
 def script_main(cls: type, run: Callable[[Any], None], doc: str) -> None:
     """Run a stand-alone experiment script (``benchmarks/…``) whose settings are the dataclass ``cls``: the same
     generated options, ``--config RECIPE`` and ``--set`` as ``latbench prune``; ``run`` gets the instance."""
+    from .common import JOB_ERRORS, fail
+
+    def guarded(exp: Any) -> None:          # a bad recipe or input named in one line, as in `latbench prune`
+        try:
+            run(exp)
+        except JOB_ERRORS as err:
+            fail(err)
+
     app = typer.Typer(add_completion=False)
-    app.command()(job_command(cls, run, doc=doc))
+    app.command()(job_command(cls, guarded, doc=doc))
     app()
 
 
