@@ -47,7 +47,10 @@ def profile(spec: ModelSpec, device: str = DEFAULT_DEVICE, store: str | Path = D
     try:
         dev.prepare()
         with MeasurementStore(store) as st:
-            return Profiler(dev, st, progress=progress).run(slices, adaptive=adaptive, threshold=threshold)
+            report = Profiler(dev, st, progress=progress).run(slices, adaptive=adaptive, threshold=threshold)
+        if hasattr(dev, "work_summary"):        # a farm group: who measured what, every fault
+            report.farm = dev.work_summary()
+        return report
     finally:
         dev.close()
 

@@ -81,6 +81,9 @@ def ray_session(address: str | None = None, timeout: float = DEFAULT_TIMEOUT,
     kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         if address:
+            endpoint = _endpoint(address)
+            if endpoint and endpoint[0] in ("127.0.0.1", "localhost"):   # a cluster on this machine: stay on loopback
+                kwargs["_node_ip_address"] = "127.0.0.1"
             ray.init(address=address, **kwargs)
         else:
             ray.init(_node_ip_address="127.0.0.1", resources=dict(resources or {}), **kwargs)

@@ -56,6 +56,15 @@ def test_a_bad_farm_file_is_named_with_what_is_wrong(tmp_path, text, expected):
     assert result.exit_code == 2 and expected in one_line(result) and "Traceback" not in result.output
 
 
+def _json_documents(text: str) -> list:
+    """The JSON objects printed one after another (pretty-printed, with other lines between)."""
+    decoder, out, i = json.JSONDecoder(), [], 0
+    while (start := text.find("{", i)) >= 0:
+        obj, i = decoder.raw_decode(text, start)
+        out.append(obj)
+    return out
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -92,3 +101,239 @@ devices = ["tcp:127.0.0.1:{port}"]
     phone = rows[("bench-2", f"tcp:127.0.0.1:{port}")]
     assert phone["fingerprint"] is None and phone["last_error"] and phone["host"] is not None
     assert not ray.is_initialized()                      # the local instance was shut down again
+
+
+# ---------------------------------------------------------------- work distribution and faults
+
+@pytest.fixture
+def local_ray():
+    """A local Ray instance on loopback for the test, shut down after it."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False, configure_logging=False,
+             resources={"latbench-node:a": 1000.0, "latbench-node:b": 1000.0})
+    yield ray
+    ray.shutdown()
+
+
+def _worker_class():
+    """A stand-in agent: doubles numbers after ``delay`` seconds; fails while ``failing``. (Defined in a
+    function so that Ray ships the class by value: the test module is not importable in its workers.)"""
+
+    class Worker:
+        def __init__(self, delay: float = 0.0, failing: bool = False) -> None:
+            self.delay, self.failing, self.calls = delay, failing, 0
+
+        def work(self, items: list) -> list:
+            import time
+
+            self.calls += 1
+            time.sleep(self.delay)
+            if self.failing:
+                raise RuntimeError("the phone was unplugged")
+            return [2 * x for x in items]
+
+    return Worker
+
+
+def test_every_batch_is_done_once_despite_a_failing_unit_and_a_killed_one(local_ray):
+    from latbench.farm.work import Batch, FaultKind, run_batches
+
+    ray = local_ray
+    remote = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(_worker_class())
+    agents = {"good": remote.remote(0.05), "broken": remote.remote(0.0, True), "killed": remote.remote(0.3),
+              "other-model": remote.remote(0.01)}
+    group_of = {"good": "X", "broken": "X", "killed": "X", "other-model": "Y"}
+    batches = [Batch("X", (i, i + 100)) for i in range(30)] + [Batch("Y", (i,)) for i in range(5)]
+    results: dict[int, list] = {}
+
+    def keep(index, batch, result):
+        assert index not in results                   # handed over once
+        results[index] = result
+        if len(results) == 6:       # the slow unit (0.3 s a batch) is mid-batch: it takes the next one at once
+            ray.kill(agents["killed"], no_restart=False)
+
+    report = run_batches(ray, agents, group_of, batches, "work", keep, max_failures=3, poll_s=0.1)
+    assert results == {i: [2 * x for x in b.items] for i, b in enumerate(batches)}
+    assert "broken" in report.quarantined and "unplugged" in report.quarantined["broken"]
+    kinds = [(f.agent, f.kind) for f in report.faults]
+    assert kinds.count(("broken", FaultKind.DEVICE_ERROR)) == 3 and ("broken", FaultKind.QUARANTINED) in kinds
+    assert ("killed", FaultKind.AGENT_DIED) in kinds                      # its batch went to another unit …
+    assert report.requeued == sum(k in (FaultKind.DEVICE_ERROR, FaultKind.AGENT_DIED) for _, k in kinds)
+    assert report.done_by["other-model"] == 5                              # … of its own group only
+    assert sum(report.done_by.values()) == len(batches)
+    assert report.done_by["killed"] > 0                                    # restarted by Ray, it worked on
+
+
+def test_a_group_without_working_units_stops_with_their_errors(local_ray):
+    from latbench.farm.work import Batch, run_batches
+
+    remote = local_ray.remote(num_cpus=0, max_task_retries=0)(_worker_class())
+    agents = {"only": remote.remote(0.0, True)}
+    with pytest.raises(FarmError, match="no working device is left for group X: only: .*the phone was unplugged.*"
+                                        "run the same command again"):
+        run_batches(local_ray, agents, {"only": "X"}, [Batch("X", (1,))], "work", lambda *a: None, poll_s=0.1)
+
+
+def test_unit_outliers_are_flagged_and_kept_out_unless_mixed():
+    from latbench.farm.groups import DeviceGroup, judge_units, unit_ratios
+
+    ratios = unit_ratios({"u1": [1.0, 2.0, 4.0], "u2": [1.02, 1.98, 4.1], "u3": [1.3, 2.7, 5.1]})
+    assert ratios["u1"] == pytest.approx(1.0, abs=0.03) and ratios["u3"] > 1.25
+    group = DeviceGroup("fp", ["u1", "u2", "u3"], {})
+    judge_units(group, ratios, threshold=0.10, mix_units=False)
+    assert group.working == ["u1", "u2"] and "outlier unit" in group.excluded["u3"]
+    assert group.units["u3"]["outlier"] and not group.units["u1"]["outlier"]
+    mixed = DeviceGroup("fp", ["u1", "u2", "u3"], {})
+    judge_units(mixed, ratios, threshold=0.10, mix_units=True)
+    assert mixed.working == ["u1", "u2", "u3"] and mixed.units["u3"]["outlier"]
+    two = DeviceGroup("fp", ["u1", "u3"], {})
+    with pytest.raises(FarmError, match="apart.*--mix-units"):
+        judge_units(two, unit_ratios({"u1": [1.0, 2.0], "u3": [1.3, 2.6]}), threshold=0.10, mix_units=False)
+
+
+def test_simulated_phones_share_the_work_of_one_group_and_record_their_units(tmp_path, local_ray):
+    """A farm group of three simulated phones as one device: artifacts come back in order, spread over the
+    units; the units and their ratios are in the store's environment (a table's provenance)."""
+    from latbench.devices import open_device
+    from latbench.devices.base import Artifact
+    from latbench.profiling import environment_of
+    from latbench.store import MeasurementStore
+
+    path = _write(tmp_path, '''
+[[nodes]]
+name = "a"
+devices = ["sim:p1?run_ms=0.5&model=X", "sim:p2?run_ms=0.5&model=X"]
+[[nodes]]
+name = "b"
+devices = ["sim:p3?run_ms=0.5&model=X"]
+''')
+    dev = open_device(f"farm:{path}?batch=2")
+    try:
+        assert dev.fingerprint().startswith("sim-") and len(dev.group.agents) == 3
+        artifacts = [Artifact(f"net{i}", b"x", format="tflite") for i in range(12)]
+        out = dev.measure(artifacts)
+        assert [m.key for m in out] == [a.key for a in artifacts]
+        summary = dev.work_summary()
+        assert sum(summary["batches_by_unit"].values()) == 6 and min(summary["batches_by_unit"].values()) >= 1
+        with MeasurementStore(tmp_path / "s.db") as store:
+            env = store.environment(environment_of(dev, store))["environment"]
+        assert set(env["units"]) == {"a/sim:p1?run_ms=0.5&model=X", "a/sim:p2?run_ms=0.5&model=X",
+                                     "b/sim:p3?run_ms=0.5&model=X"}
+        assert all(u["ratio"] == pytest.approx(1.0) for u in env["units"].values())
+    finally:
+        dev.close()
+
+
+# ---------------------------------------------------------------- a two-node cluster with loopback phones
+
+@pytest.mark.slow
+@pytest.mark.phone
+def test_a_two_node_farm_profiles_each_group_once_through_a_lost_phone_and_a_killed_agent(tmp_path, monkeypatch):
+    """`ray.cluster_utils.Cluster` with two nodes on 127.0.0.1; node a: phone X1 and host:litert, node b: phone X2
+    (the same model as X1) and phone Y1 (another model). `latbench profile --farm` makes one table per group.
+    Mid-profile X2's adbd stops (its batch goes to X1; X2 is quarantined) and X1's agent is killed (Ray
+    restarts it, its batch is re-queued). Every grid point is stored once per group, with the keys a
+    single-device run plans."""
+    import threading
+    import time
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from latbench.devices.android.connection import load_or_create_key
+    from latbench.models import get_model
+    from latbench.store import MeasurementStore
+    from latbench.tables.grid import design_grid
+    from latbench.tables.table import LatencyTable
+
+    adbd = pytest.importorskip("latbench.testing.adbd")
+    phone_tools = pytest.importorskip("latbench.testing.phone_tools")
+    key = tmp_path / "adbkey" / "adbkey"
+    monkeypatch.setenv("LATBENCH_ADB_KEY", str(key))       # the agents' processes inherit it from the nodes
+    load_or_create_key(key)
+    if ray.is_initialized():
+        ray.shutdown()
+    phones = {}
+    for name, model in (("X1", "Pixel X"), ("X2", "Pixel X"), ("Y1", "Galaxy Y")):
+        profile = adbd.PhoneProfile(model=model, serialno=f"LOOP{name}")
+        try:
+            phones[name] = adbd.LoopbackPhone(profile, authorized_keys=[f"{key}.pub"]).start()
+        except adbd.SandboxError as err:
+            pytest.skip(f"the loopback phone cannot start here: {err}")
+    cluster = Cluster(initialize_head=True, head_node_args={"node_ip_address": "127.0.0.1", "num_cpus": 1,
+                                                            "resources": {"latbench-node:a": 1000.0}})
+    try:
+        cluster.add_node(node_ip_address="127.0.0.1", num_cpus=1, resources={"latbench-node:b": 1000.0})
+        tool = phone_tools.write_tool("benchmark_model", tmp_path / "tools")
+        for p in phones.values():
+            res = CliRunner().invoke(app, ["android", "setup", "--device", f"tcp:{p.serial}", "--benchmark-model",
+                                           str(tool)])
+            assert res.exit_code == 0, res.output
+        spec = {n: f"tcp:{p.serial}?reconnects=1" for n, p in phones.items()}
+        farm = _write(tmp_path, f'''
+ray_address = "{cluster.address}"
+[[nodes]]
+name = "a"
+devices = ["{spec['X1']}", "host:litert"]
+[[nodes]]
+name = "b"
+devices = ["{spec['X2']}", "{spec['Y1']}"]
+''')
+        store_path = tmp_path / "farm.db"
+        plan = design_grid([get_model("resnet20")], {"resnet20": (32,)}, adaptive=False, channel_points=1,
+                           sparsities=(0.0,))
+        planned = {(s.signature.key, p) for s in plan for p in s.points()}
+
+        def faults():
+            """Once group X has stored some points: stop X2's adbd and kill X1's agent."""
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                time.sleep(0.5)
+                if not store_path.exists():
+                    continue
+                with MeasurementStore(store_path) as st:
+                    started = [n for env_id, _, n in st.environments()
+                               if st.environment(env_id)["environment"].get("phone") == "Pixel X"]
+                if started and started[0] >= 3:
+                    break
+            phones["X2"].stop()
+            for name in ray.util.list_named_actors(all_namespaces=True):
+                actor_name = name["name"] if isinstance(name, dict) else name
+                if actor_name.startswith(f"latbench-agent/a/{spec['X1']}/"):
+                    namespace = name.get("namespace") if isinstance(name, dict) else None
+                    ray.kill(ray.get_actor(actor_name, namespace=namespace), no_restart=False)
+
+        ray.init(address=cluster.address, _node_ip_address="127.0.0.1", include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+        injector = threading.Thread(target=faults, daemon=True)
+        injector.start()
+        result = CliRunner().invoke(app, [
+            "profile", "resnet20", "--farm", str(farm), "--store", str(store_path), "--resolution", "32", "--dense",
+            "--channel-points", "1", "--sparsity", "0", "--rounds", "1", "--runs", "2", "--warmup", "1",
+            "--table", str(tmp_path / "t-{group}.parquet"), "--calibrate", "2", "--mix-units", "--no-progress"])
+        injector.join(timeout=60)
+        assert result.exit_code == 0, result.output
+        with MeasurementStore(store_path) as st:
+            envs = {fp: env_id for env_id, fp, _ in st.environments()}
+            assert len(envs) == 3                                   # two phone models and the host
+            for fp, env_id in envs.items():
+                rows = [r for r in st.rows(env_id) if not r.signature.startswith("net:")]
+                keys = [(r.signature, r.point) for r in rows]
+                assert len(keys) == len(set(keys)) and set(keys) == planned, fp
+        tables = sorted(tmp_path.glob("t-*.parquet"))
+        assert len(tables) == 3
+        x = next(LatencyTable.load(t) for t in tables if LatencyTable.load(t).meta["environment"].get("units")
+                 and len(LatencyTable.load(t).meta["environment"]["units"]) == 2)
+        assert {u.split("/")[0] for u in x.meta["environment"]["units"]} == {"a", "b"}   # provenance: both units
+        reports = _json_documents(result.stdout)
+        faults = [f for r in reports for f in r["farm"]["faults"]]
+        assert {"agent died", "quarantined"} <= {f["kind"] for f in faults}, faults
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
+        for p in phones.values():
+            p.stop()

@@ -7,6 +7,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..devices import DeviceError, MeasureSettings
+from ..distributed import RayUnavailableError
+from ..farm.spec import FarmError
 from ..files import DamagedFileError
 from ..models import ArchitectureError
 from ..models.onnx_graph import OnnxModelError
@@ -21,10 +23,25 @@ DEVICE_HELP = ("host:onnxruntime, host:litert (LiteRT with XNNPACK), host:litert
                "(docs/android.md); see `latbench devices`")
 #: Errors a command turns into a message (:func:`fail`) instead of a traceback.
 ERRORS = (DeviceError, ArchitectureError, DamagedFileError, OnnxModelError, StoreError, TableError, KeyError,
-          FileNotFoundError)
+          FileNotFoundError, FarmError, RayUnavailableError)
 #: The same for commands that load data, checkpoints and budgets (DataError, CheckpointError and BudgetError
 #: are ValueErrors).
 JOB_ERRORS = (ValueError, *ERRORS)
+
+
+FARM_HELP = ("a farm file (TOML): measure on its devices, the work spread over one device group's units "
+             "(README, \"Many phones\"); replaces --device")
+GROUP_HELP = "with --farm: the device group (fingerprint) to use (default: the only one, or the table's)"
+MIX_HELP = "with --farm: keep units that differ from their group on the shared reference points"
+
+
+def device_or_farm(device: str, farm, group: str | None = None, mix_units: bool = False) -> str:
+    """``device``, or the farm group the ``--farm`` options name (``farm:FILE?group=…``)."""
+    if farm is None:
+        return device
+    from ..farm.device import farm_device_spec
+
+    return farm_device_spec(farm, group, mix_units)
 
 
 def fail(err: Exception) -> None:

@@ -14,7 +14,9 @@ from ..devices import DEFAULT_DEVICE
 from ..files import atomic_write_text
 from ..models import Architecture
 from ..tables.table import LatencyTable
-from .common import DEVICE_HELP, ERRORS, console, fail, settings
+from rich.markup import escape
+
+from .common import DEVICE_HELP, ERRORS, FARM_HELP, GROUP_HELP, MIX_HELP, console, device_or_farm, fail, settings
 
 
 def devices(tcp: Optional[List[str]] = typer.Option(None, help="also probe the phone at HOST:PORT (repeatable; "
@@ -54,6 +56,10 @@ def profile(model: str = typer.Argument(..., help="zoo model name (e.g. mobilene
             warmup: int = typer.Option(5, help="untimed warm-up runs"),
             table: Optional[Path] = typer.Option(None, help="also build this table file when done"),
             calibrate: int = typer.Option(12, help="networks measured to calibrate the table (with --table)"),
+            farm: Optional[Path] = typer.Option(None, help=FARM_HELP),
+            group: Optional[str] = typer.Option(None, help="with --farm: profile only this device group "
+                                                           "(default: every group, one table each)"),
+            mix_units: bool = typer.Option(False, "--mix-units", help=MIX_HELP),
             progress: bool = typer.Option(True, help="show progress bars")) -> None:
     """Measure the layer variants MODEL needs on DEVICE. Resumes by default: a killed run restarted with the
     same arguments measures only what is missing.
@@ -62,17 +68,39 @@ def profile(model: str = typer.Argument(..., help="zoo model name (e.g. mobilene
     """
     try:
         spec = api.load_model(model)
-        report = api.profile(spec, device, store, resolution, adaptive=adaptive and not dense, threshold=threshold,
-                             channel_points=channel_points, sparsities=sparsity, threads=threads,
-                             channel_multiple=channel_multiple,
-                             settings=settings(rounds, runs, warmup), progress=progress)
-        console.print_json(json.dumps(report.to_dict()))
-        if table:
-            api.build_table([spec], device, store, table, resolution, threads, calibrate=calibrate,
-                            channel_multiple=channel_multiple)
-            console.print(f"table written to [bold]{table}[/]")
+        for dev, out in _profile_targets(device, farm, group, mix_units, table):
+            report = api.profile(spec, dev, store, resolution, adaptive=adaptive and not dense, threshold=threshold,
+                                 channel_points=channel_points, sparsities=sparsity, threads=threads,
+                                 channel_multiple=channel_multiple,
+                                 settings=settings(rounds, runs, warmup), progress=progress)
+            console.print_json(json.dumps({**({"device": dev} if farm else {}), **report.to_dict()}))
+            if out:
+                api.build_table([spec], dev, store, out, resolution, threads, calibrate=calibrate,
+                                channel_multiple=channel_multiple)
+                console.print(f"table written to [bold]{escape(str(out))}[/]")
     except ERRORS as err:
         fail(err)
+
+
+def _profile_targets(device: str, farm: Optional[Path], group: Optional[str], mix_units: bool,
+                     table: Optional[Path]) -> list[tuple[str, Optional[Path]]]:
+    """(device, table) pairs to profile: the device; or each device group of the farm (one table each: a
+    ``{group}`` in the table path becomes the group's fingerprint)."""
+    if farm is None:
+        return [(device, table)]
+    from ..farm import load_farm
+    from ..farm.device import farm_groups
+    from ..farm.spec import FarmError
+
+    fingerprints = [group] if group else [g.fingerprint for g in farm_groups(load_farm(farm))[0]]
+    if not fingerprints:
+        raise FarmError(f"no device of {farm} could be opened: see `latbench farm status {farm}`")
+    if table and len(fingerprints) > 1 and "{group}" not in str(table):
+        raise FarmError(f"{farm} has {len(fingerprints)} device groups ({', '.join(fingerprints)}), which would all "
+                        f"write the one table {table}: put {{group}} in the path (e.g. tables/{{group}}.parquet) or "
+                        "pick one with --group")
+    return [(device_or_farm(device, farm, fp, mix_units), Path(str(table).replace("{group}", fp)) if table else None)
+            for fp in fingerprints]
 
 
 def predict(model: str, arch: Optional[Path] = typer.Option(None, help="architecture JSON (default: the full model)"),
@@ -101,6 +129,8 @@ def measure(model: Path = typer.Argument(..., help="an exported model: .onnx or 
             device: str = typer.Option(DEFAULT_DEVICE, help=DEVICE_HELP),
             store: Path = typer.Option(Path(api.DEFAULT_STORE), help="SQLite measurement store"),
             threads: int = typer.Option(1, help="runtime threads"),
+            farm: Optional[Path] = typer.Option(None, help=FARM_HELP),
+            group: Optional[str] = typer.Option(None, help=GROUP_HELP),
             progress: bool = typer.Option(True)) -> None:
     """Measure one model file end to end with latbench's protocol; the result is stored by the file's content.
 
@@ -109,6 +139,7 @@ def measure(model: Path = typer.Argument(..., help="an exported model: .onnx or 
     from dataclasses import asdict
 
     try:
+        device = device_or_farm(device, farm, group)
         m = api.measure_file(model, device, store, threads, progress=progress)
     except ERRORS as err:
         fail(err)
@@ -130,6 +161,9 @@ def validate(model: str, table: Path = typer.Option(..., help="latency table to 
              json_path: Optional[Path] = typer.Option(None, "--json", help="write the JSON report here"),
              csv: Optional[Path] = typer.Option(None, help="write all (predicted, measured) pairs here"),
              plot: Optional[Path] = typer.Option(None, help="write the predicted-vs-measured scatter plot (PNG)"),
+             farm: Optional[Path] = typer.Option(None, help=FARM_HELP),
+             group: Optional[str] = typer.Option(None, help=GROUP_HELP),
+             mix_units: bool = typer.Option(False, "--mix-units", help=MIX_HELP),
              progress: bool = typer.Option(True)) -> None:
     """Measure N random pruned networks end to end and compare with the table's predictions.
 
@@ -137,6 +171,8 @@ def validate(model: str, table: Path = typer.Option(..., help="latency table to 
     """
     try:
         spec = api.load_model(model)
+        if farm is not None:
+            device = device_or_farm(device, farm, group or LatencyTable.load(table).fingerprint, mix_units)
         report = api.validate_model(spec, table, device, store, n, seed, resolution, tuple(sparsity or (0.0,)),
                                     divisor, min_ratio, threads, progress)
         summary = report.write(json_path, csv, plot, title=f"{spec.name} on {device}")

@@ -12,7 +12,7 @@ from .. import api
 from ..devices import DEFAULT_DEVICE
 from ..tables.table import LatencyTable
 from ..validation import CalibrationFit
-from .common import DEVICE_HELP, ERRORS, console, fail
+from .common import DEVICE_HELP, ERRORS, FARM_HELP, GROUP_HELP, MIX_HELP, console, device_or_farm, fail
 
 table_app = typer.Typer(no_args_is_help=True, help="Build, inspect and import latency tables.")
 
@@ -94,12 +94,19 @@ def table_calibrate(path: Path = typer.Argument(..., help="table file (.parquet)
                     resolution: Optional[List[int]] = typer.Option(None, help="default: those of the last calibration"),
                     fit: CalibrationFit = typer.Option(CalibrationFit.line, help="line: scale + offset (relative least "
                                                                  "squares); ratio: the median ratio alone"),
-                    threads: int = typer.Option(1)) -> None:
+                    threads: int = typer.Option(1),
+                    farm: Optional[Path] = typer.Option(None, help=FARM_HELP),
+                    group: Optional[str] = typer.Option(None, help=GROUP_HELP),
+                    mix_units: bool = typer.Option(False, "--mix-units", help=MIX_HELP)) -> None:
     """Refit a table's whole-network calibration on networks measured now (the device drifts; see docs/measurement.md).
 
     Example: latbench table calibrate tables/host-litert-resnet56-32-dense.parquet resnet56 --device host:litert --seed 7
     """
     try:
+        if farm is not None:
+            from ..tables.table import LatencyTable
+
+            device = device_or_farm(device, farm, group or LatencyTable.load(path).fingerprint, mix_units)
         entry = api.recalibrate(path, api.load_model(model), device, store, n=networks, seed=seed,
                                 out=out or path, threads=threads, resolutions=resolution, fit=fit)
     except ERRORS as err:

@@ -31,12 +31,20 @@ def open_device(spec: str = DEFAULT_DEVICE, threads: int = 1, settings: MeasureS
             raise DeviceError(f"device {spec!r} contradicts kernels={options['kernels']!r}")
         options.setdefault("kernels", kernels or "xnnpack")
         return LiteRTDevice(threads=threads, settings=settings, **options)
+    if kind == "farm":
+        from ..farm.device import open_farm_device
+
+        return open_farm_device(spec, threads=threads, settings=settings, **options)
+    if kind == "sim":
+        from ..testing.simphone import open_simulated_phone
+
+        return open_simulated_phone(spec, settings=settings)
     if kind in ("tcp", "usb") or spec.split("?")[0] == "usb":
         from .android import open_android
 
         return open_android(spec, threads=threads, settings=settings, **options)
     raise DeviceError(f"unknown device {spec!r}; expected host:onnxruntime, host:litert[:builtin], tcp:HOST:PORT "
-                      f"or usb[:SERIAL]")
+                      f"or usb[:SERIAL], farm:FILE (a farm group)")
 
 
 def list_devices(tcp: Sequence[str] = (), phones: bool = True) -> list[DeviceInfo]:

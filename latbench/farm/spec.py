@@ -36,10 +36,10 @@ def check_device_spec(spec: str) -> str:
     from ..devices import HOST_DEVICES
 
     base = spec.split("?", 1)[0]
-    if base in HOST_DEVICES or _TCP.match(base) or (base.startswith("usb:") and len(base) > 4):
+    if base in HOST_DEVICES or _TCP.match(base) or (base.startswith(("usb:", "sim:")) and len(base) > 4):
         return spec
-    raise FarmError(f"unknown device {spec!r}: a farm device is usb:SERIAL, tcp:HOST:PORT or one of "
-                    f"{', '.join(HOST_DEVICES)}")
+    raise FarmError(f"unknown device {spec!r}: a farm device is usb:SERIAL, tcp:HOST:PORT, one of "
+                    f"{', '.join(HOST_DEVICES)}, or sim:NAME (a simulated phone, for scaling benchmarks)")
 
 
 @dataclass(frozen=True)

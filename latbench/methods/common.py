@@ -63,6 +63,24 @@ class JobOptions:
     progress: Annotated[bool, Opt(help="show progress bars", runtime=True)] = True
 
 
+FARM_HELP = ("measure on a farm instead of --device: its device group whose fingerprint is the table's, the work "
+             "spread over the group's units (README, \"Many phones\")")
+
+
+def farm_as_device(job) -> None:
+    """A job's ``farm`` (a farm file) becomes its measurement ``device``: the farm group of the table's
+    fingerprint (``farm:FILE?group=…``), so every measurement of the job goes through the farm."""
+    if not job.farm:
+        return
+    if job.device and not job.device.startswith("farm:"):
+        raise ValueError(f"give --farm or --device, not both (got --device {job.device})")
+    from ..farm.device import farm_device_spec
+    from ..tables.table import LatencyTable
+
+    group = LatencyTable.load(job.table).fingerprint if job.table and Path(job.table).exists() else None
+    object.__setattr__(job, "device", farm_device_spec(job.farm, group))
+
+
 @dataclass(frozen=True, kw_only=True)
 class SingleBudgetJob(JobOptions):
     """A job that prunes for exactly one budget (LcP, SP): ``budget_ms`` (latency), ``budget_ratio`` (of the
@@ -76,8 +94,10 @@ class SingleBudgetJob(JobOptions):
     budget_flops: Annotated[float | None, Gt(0), Opt(one_of="budget", help="budget in multiply-accumulates")] = None
     budget_params: Annotated[float | None, Gt(0), Opt(one_of="budget", help="budget in parameters")] = None
     device: Annotated[str | None, Opt(help="measure the full and the pruned network here", runtime=True)] = None
+    farm: Annotated[str | None, Opt(help=FARM_HELP, runtime=True)] = None
 
     def __post_init__(self) -> None:
+        farm_as_device(self)
         self.budget.check(self.table, self.device)
 
     @property

@@ -39,7 +39,7 @@ from ...recipe import Opt, aside_path, begin_folder_run
 from ..landing import LandingConfig, Proposal
 from ...search.budget import BudgetError
 from ...train.admm import ADMMConfig
-from ..common import (FullLatency, JobOptions, check_shipped, check_torch_device, console, export_pruned, exported,
+from ..common import (FARM_HELP, FullLatency, JobOptions, farm_as_device, check_shipped, check_torch_device, console, export_pruned, exported,
                       first, full_latency, land_on_device, load_parent, measure_architectures, network_report,
                       sample_batches, set_threads)
 from .evaluator import SupernetConfig
@@ -83,6 +83,7 @@ class JCWJob(JobOptions):
     admm: Annotated[ADMMConfig, Opt(flag="admm")] = field(
         default_factory=lambda: ADMMConfig(dense_epochs=1, admm_epochs=2, finetune_epochs=1, eval_size=1000))
     device: Annotated[str | None, Opt(help="measure the full network and every retrained one", runtime=True)] = None
+    farm: Annotated[str | None, Opt(help=FARM_HELP, runtime=True)] = None
     measure_front: Annotated[bool, Opt(help="with --device, also measure every front member", runtime=True)] = False
     anchor: Annotated[bool, Opt(help="start the population with the full and the narrowest network")] = True
     bn_images: Annotated[int, Ge(1), Opt(help="images to recalibrate BN of a supernet slice before retraining")] = 512
@@ -91,6 +92,7 @@ class JCWJob(JobOptions):
     landing: Annotated[LandingConfig, Opt(flag="")] = field(default_factory=LandingConfig)
 
     def __post_init__(self) -> None:
+        farm_as_device(self)
         object.__setattr__(self, "budgets_ms", tuple(dict.fromkeys(float(b) for b in self.budgets_ms)))
         object.__setattr__(self, "budget_ratios", tuple(dict.fromkeys(float(r) for r in self.budget_ratios)))
         budgets = bool(self.budgets_ms or self.budget_ratios)
