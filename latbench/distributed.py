@@ -68,6 +68,25 @@ def check_ray(address: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> N
 
 
 @contextlib.contextmanager
+def _loopback_bootstrap(ray, loopback: bool) -> Iterator[dict]:
+    """Joining a cluster whose head is on 127.0.0.1: Ray rewrites a loopback address to the machine's outward IP
+    before connecting (``resolve_ip_for_localhost``), where a head bound to loopback does not answer; for the
+    duration of ``ray.init`` Ray is told to keep loopback (its own switch for single-machine clusters)."""
+    if not loopback:
+        yield {}
+        return
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    before = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    if constants is not None and before is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield {"_node_ip_address": "127.0.0.1"}
+    finally:
+        if constants is not None and before is not None:
+            constants.ENABLE_RAY_CLUSTER = before
+
+
+@contextlib.contextmanager
 def ray_session(address: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                 resources: Mapping[str, float] | None = None) -> Iterator[object]:
     """Ray connected for the duration of the block (see the module docstring); yields the ``ray`` module.
@@ -82,9 +101,8 @@ def ray_session(address: str | None = None, timeout: float = DEFAULT_TIMEOUT,
     try:
         if address:
             endpoint = _endpoint(address)
-            if endpoint and endpoint[0] in ("127.0.0.1", "localhost"):   # a cluster on this machine: stay on loopback
-                kwargs["_node_ip_address"] = "127.0.0.1"
-            ray.init(address=address, **kwargs)
+            with _loopback_bootstrap(ray, bool(endpoint and endpoint[0] in ("127.0.0.1", "localhost"))) as extra:
+                ray.init(address=address, **kwargs, **extra)
         else:
             ray.init(_node_ip_address="127.0.0.1", resources=dict(resources or {}), **kwargs)
     except Exception as err:     # Ray raises ConnectionError, RuntimeError, ValueError … depending on the cause
