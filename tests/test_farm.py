@@ -348,3 +348,26 @@ devices = ["{spec['X2']}", "{spec['Y1']}"]
         cluster.shutdown()
         for p in phones.values():
             p.stop()
+
+
+def test_bad_farm_input_is_one_clear_line(tmp_path):
+    """A Ray address that does not answer; two device groups that would write one table; --farm with --device
+    on a pruning job."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    dead = _write(tmp_path, 'ray_address = "127.0.0.1:1"\n[[nodes]]\nname = "a"\ndevices = ["host:litert"]\n',
+                  "dead.toml")
+    for args in (["farm", "status", str(dead)], ["profile", "resnet20", "--farm", str(dead)]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and "Ray cluster at 127.0.0.1:1 is unreachable" in one_line(result), args
+        assert "Traceback" not in result.output
+    two = _write(tmp_path, '[[nodes]]\nname = "a"\ndevices = ["sim:p1?model=X", "sim:p2?model=Y"]\n', "two.toml")
+    result = CliRunner().invoke(app, ["profile", "resnet20", "--farm", str(two), "--table", str(tmp_path / "t.parquet"),
+                                      "--no-progress"])
+    assert result.exit_code == 2 and "2 device groups" in one_line(result) and "{group}" in one_line(result)
+    assert not (tmp_path / "t.parquet").exists() and not ray.is_initialized()
+    result = CliRunner().invoke(app, ["prune", "lcp", "--checkpoint", "x.safetensors", "--out", str(tmp_path / "o"),
+                                      "--budget-ms", "1", "--farm", str(two), "--device", "host:litert"])
+    assert result.exit_code == 2 and "give --farm or --device, not both" in one_line(result)
