@@ -138,6 +138,7 @@ def _worker_class():
     return Worker
 
 
+@pytest.mark.slow     # a Ray instance starts: seconds, not the fast tier
 def test_every_batch_is_done_once_despite_a_failing_unit_and_a_killed_one(local_ray):
     from latbench.farm.work import Batch, FaultKind, run_batches
 
@@ -167,6 +168,7 @@ def test_every_batch_is_done_once_despite_a_failing_unit_and_a_killed_one(local_
     assert report.done_by["killed"] > 0                                    # restarted by Ray, it worked on
 
 
+@pytest.mark.slow     # a Ray instance starts: seconds, not the fast tier
 def test_a_group_without_working_units_stops_with_their_errors(local_ray):
     from latbench.farm.work import Batch, run_batches
 
@@ -194,6 +196,7 @@ def test_unit_outliers_are_flagged_and_kept_out_unless_mixed():
         judge_units(two, unit_ratios({"u1": [1.0, 2.0], "u3": [1.3, 2.6]}), threshold=0.10, mix_units=False)
 
 
+@pytest.mark.slow     # a Ray instance starts: seconds, not the fast tier
 def test_simulated_phones_share_the_work_of_one_group_and_record_their_units(tmp_path, local_ray):
     """A farm group of three simulated phones as one device: artifacts come back in order, spread over the
     units; the units and their ratios are in the store's environment (a table's provenance)."""
@@ -350,6 +353,7 @@ devices = ["{spec['X2']}", "{spec['Y1']}"]
             p.stop()
 
 
+@pytest.mark.slow     # a Ray instance starts: seconds, not the fast tier
 def test_bad_farm_input_is_one_clear_line(tmp_path):
     """A Ray address that does not answer; two device groups that would write one table; --farm with --device
     on a pruning job."""
@@ -371,3 +375,51 @@ def test_bad_farm_input_is_one_clear_line(tmp_path):
     result = CliRunner().invoke(app, ["prune", "lcp", "--checkpoint", "x.safetensors", "--out", str(tmp_path / "o"),
                                       "--budget-ms", "1", "--farm", str(two), "--device", "host:litert"])
     assert result.exit_code == 2 and "give --farm or --device, not both" in one_line(result)
+
+
+@pytest.mark.slow
+def test_a_lost_node_marks_its_units_gone_and_the_work_goes_on():
+    """Two nodes on 127.0.0.1; the worker node is removed while its unit holds a batch: after the timeout the
+    unit is reported gone ("node lost"), its batch is re-queued and every batch is done once."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from latbench.distributed import ray_session
+    from latbench.farm.work import Batch, FaultKind, run_batches
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"node_ip_address": "127.0.0.1", "num_cpus": 1,
+                                                            "resources": {"latbench-node:a": 1000.0}})
+    try:
+        node_b = cluster.add_node(node_ip_address="127.0.0.1", num_cpus=1, resources={"latbench-node:b": 1000.0})
+        with ray_session(cluster.address) as ray_:
+            worker = _worker_class()
+            agents = {node: ray_.remote(num_cpus=0, max_restarts=-1, max_task_retries=0,
+                                        resources={f"latbench-node:{node}": 0.001})(worker).remote(delay)
+                      for node, delay in (("a", 0.05), ("b", 2.0))}
+            names = {"a/phone": agents["a"], "b/phone": agents["b"]}
+            ray_.get([a.work.remote([0]) for a in agents.values()])          # both started on their nodes
+            results = {}
+
+            def keep(index, batch, result):
+                results[index] = result
+                if len(results) == 3:
+                    cluster.remove_node(node_b)                              # b is mid-batch (2 s per batch)
+
+            def alive(agent: str) -> bool:
+                resource = f"latbench-node:{agent.split('/')[0]}"
+                return any(n["Alive"] and resource in n["Resources"] for n in ray_.nodes())
+
+            batches = [Batch("X", (i,)) for i in range(12)]
+            report = run_batches(ray_, names, {"a/phone": "X", "b/phone": "X"}, batches, "work", keep,
+                                 timeout_s=8.0, node_alive=alive, poll_s=0.2)
+        assert results == {i: [2 * i] for i in range(12)}
+        lost = [f for f in report.faults if f.agent == "b/phone"]
+        assert lost and {f.kind for f in lost} <= {FaultKind.NODE_LOST, FaultKind.AGENT_DIED, FaultKind.QUARANTINED}
+        assert "b/phone" in report.gone or "b/phone" in report.quarantined, report.faults   # out of the work
+        assert report.done_by["a/phone"] >= 9
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
