@@ -8,7 +8,8 @@ from latbench.layers import layer_points
 from latbench.models import Architecture, get_model
 from latbench.predictor import Predictor
 from latbench.search.budget import Budget, BudgetError, CostGrid, IncrementalCost
-from latbench.methods.lcp.search import (EvolutionConfig, FilterRanking, learn_compensation, naive_prune, reachable_minimum,
+from latbench.methods.lcp.search import (EvolutionConfig, FilterRanking, fill_back, learn_compensation, naive_prune,
+                                 reachable_minimum,
                                  uniform_prune)
 from latbench.tables.table import LatencyTable, OutOfGridError
 
@@ -64,6 +65,31 @@ def test_incremental_updates_equal_full_recompute(r18, kind):
         widths[g] -= 16
         running.shrink(g, 16)
     assert running.value == pytest.approx(grid.total(widths), rel=1e-9)
+
+
+def test_fill_back_adds_the_best_ranked_removed_units_that_still_fit(r18):
+    """The closed loop's growth for LcP/naïve: after naïve pruning, removed units are restored best-ranked first
+    whenever the network stays within the budget; each group keeps a prefix of its ranked channels."""
+    spec, pred = r18
+    grid = CostGrid.from_predictor(pred, 224, step=16)
+    ranking = FilterRanking.from_metrics(spec, random_metrics(spec), unit=16)
+    full = grid.total(ranking.full)
+    beta = np.random.default_rng(3).normal(0.0, ranking.sigma)
+    grew = 0
+    for ratio in (0.35, 0.5, 0.7):
+        budget = Budget("latency", ratio * full)
+        plan = naive_prune(ranking, grid, budget, beta)
+        filled = fill_back(ranking, grid, budget, plan, beta)
+        assert plan.cost <= filled.cost <= budget.value
+        assert filled.cost == pytest.approx(grid.total(filled.widths))
+        assert all(plan.widths[g] <= filled.widths[g] <= w for g, w in zip(ranking.groups, ranking.full))
+        # Nothing removed fits any more: widening any group by one unit would break the budget.
+        for i, g in enumerate(ranking.groups):
+            if filled.widths[g] < ranking.full[i]:
+                wider = dict(filled.widths, **{g: filled.widths[g] + 16})
+                assert grid.total(wider) > budget.value, g
+        grew += filled.cost > plan.cost
+    assert grew                                   # the greedy stop left room somewhere
 
 
 def test_naive_pruning_removes_lowest_ranked_channels_until_within_budget(r18):

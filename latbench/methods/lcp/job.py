@@ -113,7 +113,7 @@ def run_lcp(job: LcPJob) -> dict:
     from ...data import load_dataset
     from ...train import evaluate
     from ...train.importance import layer_filter_scores, recalibrate_bn
-    from .search import (EvolutionConfig, FilterRanking, learn_compensation, naive_prune, reachable_minimum,
+    from .search import (EvolutionConfig, FilterRanking, fill_back, learn_compensation, naive_prune, reachable_minimum,
                          uniform_prune)
 
     set_threads(job.threads)
@@ -162,7 +162,10 @@ def run_lcp(job: LcPJob) -> dict:
 
         def propose(target: float) -> Proposal:
             at = Budget("latency", max(target, floor_cost))
-            p = uniform_prune(ranking, grid, at) if job.method == "uniform" else naive_prune(ranking, grid, at, beta)
+            if job.method == "uniform":
+                p = uniform_prune(ranking, grid, at)
+            else:                     # the ranking's next units, and then any better-ranked one that still fits
+                p = fill_back(ranking, grid, at, naive_prune(ranking, grid, at, beta), beta)
             return Proposal(p.architecture(resolution), p.cost, target)
 
         landing = land_on_device(spec, budget.value, propose, Proposal(arch, plan.cost, budget.value), table,

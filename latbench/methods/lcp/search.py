@@ -156,6 +156,29 @@ def naive_prune(ranking: FilterRanking, grid: CostGrid, budget: Budget, beta: np
     return PrunePlan(ranking.spec, dict(zip(ranking.groups, widths.tolist())), grid.total(widths), removed)
 
 
+def fill_back(ranking: FilterRanking, grid: CostGrid, budget: Budget, plan: PrunePlan,
+              beta: np.ndarray | None = None) -> PrunePlan:
+    """``plan`` (naïve pruning with ``beta``) grown by the best-ranked removed units that still fit within
+    ``budget``: naïve pruning stops at the first removal that meets the budget, and when that removal was a
+    large unit (a residual stage's channels touch many layers) the budget left unused can hold smaller,
+    lower-ranked units. Widening a group by one unit restores its best-ranked removed unit, so the ranking's
+    order within each group is kept. The closed loop grows networks this way (issue 15)."""
+    owners, sizes = ranking.removal_sequence(beta)
+    removed = plan.removed_units
+    widths = np.array([plan.widths[g] for g in ranking.groups])
+    cost, added = grid.total(widths), 0
+    for g, size in zip(owners[:removed][::-1], sizes[:removed][::-1]):
+        if widths[g] + size > ranking.full[g]:
+            continue
+        widths[g] += size
+        grown = grid.total(widths)
+        if grown <= budget.value:
+            cost, added = grown, added + 1
+        else:
+            widths[g] -= size
+    return PrunePlan(ranking.spec, dict(zip(ranking.groups, widths.tolist())), cost, removed - added)
+
+
 def uniform_prune(ranking: FilterRanking, grid: CostGrid, budget: Budget, resolution_steps: int = 2000) -> PrunePlan:
     """Baseline: one width ratio for every group (rounded down to the unit, at least the floor), the largest
     ratio whose network is within the budget."""
