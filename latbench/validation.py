@@ -92,6 +92,36 @@ def _measure_keyed(todo: dict, device: Device, store: MeasurementStore, batch_si
     return {k: medians[k] * scale for k in todo}
 
 
+def measure_beside(todo: dict, anchor: tuple[str, int, object], device: Device, store: MeasurementStore,
+                   progress: bool = True, console: Console | None = None,
+                   reference_ms: float | None = None) -> dict[str, tuple[float, float]]:
+    """Measure each ``{key: (input size, make model bytes)}`` in one batch with ``anchor`` = ``(key, input size,
+    make model bytes)`` (their runs interleaved round by round), so that slow drift of the device cancels in
+    their ratio; returns ``{key: (its median, the anchor's median beside it)}`` in the unit of
+    ``reference_ms``. Both are stored (the anchor as ``ANCHOR@KEY``): a rerun measures only missing pairs."""
+    console = console or Console(stderr=True)
+    env_id = environment_of(device, store, reference_ms)
+    scale = reference_ms / device.reference_ms if reference_ms and getattr(device, "reference_ms", None) else 1.0
+    point = lambda hw: LayerPoint(0, 0, 0.0, hw)  # noqa: E731 - networks have no layer point
+    anchor_key, anchor_hw, make_anchor = anchor
+    own = lambda k: f"{k}|beside:{anchor_key}"  # noqa: E731 - keys of their own: never mixed with lone runs
+    pair = lambda k: f"{anchor_key}|anchor-of:{k}"  # noqa: E731
+    missing = [k for k, (hw, _) in todo.items() if not store.has(env_id, own(k), point(hw))]
+    fmt = device.model_format
+    with _progress(console, progress) as bar:
+        task = bar.add_task("networks beside the anchor", total=len(missing))
+        anchor_model = make_anchor() if missing else None
+        for k in missing:
+            beside, item = device.measure([Artifact(pair(k), anchor_model, kind="network", format=fmt),
+                                           Artifact(own(k), todo[k][1](), kind="network", format=fmt)])
+            # A pair is one observation: stored together or not at all.
+            store.put_together(env_id, [(own(k), point(todo[k][0]), item), (pair(k), point(anchor_hw), beside)])
+            bar.advance(task, 1)
+    medians = {r.signature: r.measurement.median_ms
+               for r in store.rows(env_id, [*map(own, todo), *map(pair, todo)])}
+    return {k: (medians[own(k)] * scale, medians[pair(k)] * scale) for k in todo}
+
+
 @dataclass
 class ValidationReport:
     frame: pd.DataFrame

@@ -105,3 +105,33 @@ def test_a_failed_final_check_reopens_the_search_for_a_smaller_network():
     assert result.upper_ms <= 0.8 and result.status != LandingStatus.over_budget
     assert result.steps[result.chosen].widths["g"] < 80
     assert ((80,), 1) in device.calls                             # 80 was checked again and refused
+
+
+def test_networks_measured_beside_the_full_network_are_scaled_by_their_ratio_to_it(tmp_path,
+                                                                                    resnet56_litert_table):
+    """The closed loop's measurements: each network in one interleaved batch with the full network, reported as
+    the ratio times the full latency the budget came from; both stored together; a rerun measures nothing."""
+    from latbench.methods.common import Anchor, measure_architectures
+    from latbench.models import get_model
+    from latbench.store import MeasurementStore
+    from latbench.tables.table import LatencyTable
+
+    spec = get_model("resnet56")
+    table = LatencyTable.load(resnet56_litert_table)
+    full = Architecture.full(spec, 32)
+    half = Architecture(spec.name, 32, {g: max(8, w // 2) for g, w in spec.groups.items()})
+    store = tmp_path / "s.db"
+    anchor = Anchor(full, 10.0)                       # any latency the budget was taken from
+    first = measure_architectures(spec, [half, full], table, "host:litert", str(store), progress=False,
+                                  anchor=anchor)
+    with MeasurementStore(store) as st:
+        (env_id, _, count), = st.environments()
+        keys = [r.signature for r in st.rows(env_id)]
+    assert count == 4 and sum("|beside:" in k for k in keys) == sum("|anchor-of:" in k for k in keys) == 2
+    assert first[1] == pytest.approx(10.0, rel=0.1)   # the full network beside itself: the anchor's latency
+    assert 0.1 < first[0] / first[1] < 0.9            # half the widths: a fraction of the full network
+    again = measure_architectures(spec, [half, full], table, "host:litert", str(store), progress=False,
+                                  anchor=anchor)
+    assert list(first) == list(again)
+    with MeasurementStore(store) as st:
+        assert len(st.rows(env_id)) == 4                                         # nothing measured twice

@@ -28,7 +28,8 @@ def checkpoint(untrained_resnet56_checkpoint):
 
 def stored_medians(store: Path, signature: str) -> list[float]:
     with sqlite3.connect(store) as db:
-        return [r[0] for r in db.execute("SELECT median_ms FROM measurements WHERE signature=?", (signature,))]
+        return [r[0] for r in db.execute("SELECT median_ms FROM measurements WHERE signature=? OR signature LIKE ?",
+                                              (signature, signature + "|beside:%"))]
 
 
 def prune(*args):

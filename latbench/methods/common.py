@@ -304,51 +304,103 @@ def check_table_device(table: LatencyTable, device: str) -> None:
         pass
 
 
+@dataclass(frozen=True)
+class Anchor:
+    """The full network, measured beside every network of a closed loop and every shipped file: on a host whose
+    speed drifts by 10 % within minutes, the ratio of two networks timed in one interleaved batch stays within
+    ≈1 % (docs/measurement.md). A result is reported as that ratio times ``full_ms``, the full network's latency
+    the budget was taken from — so "50 % of the full network" means 50 % of it *now*."""
+
+    arch: Architecture
+    full_ms: float
+
+
+def _anchored(todo: dict, anchor: Anchor, spec: ModelSpec, dev, st, table, progress: bool) -> dict[str, float]:
+    from ..export import export_network_for
+    from ..models import materialize
+    from ..validation import measure_beside, network_key, table_reference_ms
+
+    a = anchor.arch
+    pairs = measure_beside(todo, (network_key(a), a.resolution,
+                                  lambda: export_network_for(dev.model_format, materialize(a, spec), a)),
+                           dev, st, progress=progress, reference_ms=table_reference_ms(table))
+    return {k: item / beside * anchor.full_ms for k, (item, beside) in pairs.items()}
+
+
 def measure_architectures(spec: ModelSpec, archs: Sequence[Architecture], table: LatencyTable, device: str,
-                          store: str, progress: bool = True, repeat: int = 0) -> np.ndarray:
+                          store: str, progress: bool = True, repeat: int = 0, anchor: Anchor | None = None) -> np.ndarray:
     """End-to-end latency of ``archs`` on ``device`` in the table's unit (stored, so reruns reuse it);
-    ``repeat`` > 0: measured again."""
+    ``repeat`` > 0: measured again; ``anchor``: each measured beside the full network (:class:`Anchor`)."""
+    from ..export import export_network_for
+    from ..models import materialize
     from ..store import MeasurementStore
-    from ..validation import measure_networks, table_reference_ms
+    from ..validation import _repeat_key, measure_networks, network_key, table_reference_ms
 
     with _device_of(table, device) as dev:
         dev.prepare()
         with MeasurementStore(store) as st:
-            return measure_networks(spec, list(archs), dev, st, progress=progress,
-                                    reference_ms=table_reference_ms(table), repeat=repeat)
+            if anchor is None:
+                return measure_networks(spec, list(archs), dev, st, progress=progress,
+                                        reference_ms=table_reference_ms(table), repeat=repeat)
+            keys = [_repeat_key(network_key(a), repeat) for a in archs]
+            todo = {k: (a.resolution, lambda a=a: export_network_for(dev.model_format, materialize(a, spec), a))
+                    for k, a in zip(keys, archs)}
+            values = _anchored(todo, anchor, spec, dev, st, table, progress)
+            return np.array([values[k] for k in keys])
 
 
 def measure_shipped(folders: Sequence[Path], table: LatencyTable, device: str, store: str,
-                    progress: bool = True, repeat: int = 0) -> np.ndarray:
+                    progress: bool = True, repeat: int = 0, anchor: Anchor | None = None,
+                    spec: ModelSpec | None = None) -> np.ndarray:
     """End-to-end latency of the model each of ``folders`` ships (``pruned.onnx`` or ``pruned.tflite``, the
     device's format) in the table's unit: the file itself, with its trained weights and zero pattern, not a
-    re-export of its architecture."""
+    re-export of its architecture; ``anchor`` (with ``spec``): each measured beside the full network."""
     from ..store import MeasurementStore
-    from ..validation import measure_models, table_reference_ms
+    from ..validation import _repeat_key, file_key, measure_models, table_reference_ms
 
     with _device_of(table, device) as dev:
         models = [(Path(f) / f"pruned.{dev.model_format}").read_bytes() for f in folders]
         dev.prepare()
         with MeasurementStore(store) as st:
-            return measure_models(models, dev, st, progress=progress, reference_ms=table_reference_ms(table),
-                                  repeat=repeat)
+            if anchor is None:
+                return measure_models(models, dev, st, progress=progress, reference_ms=table_reference_ms(table),
+                                      repeat=repeat)
+            keys = [_repeat_key(file_key(m), repeat) for m in models]
+            todo = {k: (0, lambda m=m: m) for k, m in zip(keys, models)}
+            values = _anchored(todo, anchor, spec or _spec_of(anchor), dev, st, table, progress)
+            return np.array([values[k] for k in keys])
+
+
+def _spec_of(anchor: Anchor) -> ModelSpec:
+    from ..models import get_model
+
+    return get_model(anchor.arch.model)
 
 
 def land_on_device(spec: ModelSpec, budget_ms: float, propose, start, table: LatencyTable, device: str, store: str,
-                   config):
+                   config, anchor: Anchor | None = None):
     """:func:`latbench.methods.landing.land` on ``device``: the method's ``propose(target_ms)`` and its search's
-    own ``start`` proposal, measured whole (stored in ``store``: a rerun measures nothing twice)."""
+    own ``start`` proposal, measured whole (stored in ``store``: a rerun measures nothing twice), each beside
+    the full network when ``anchor`` is given."""
     from .landing import land
 
-    console.print(f"landing on {budget_ms:.4f} ms measured on {device} (band {config.band:g}–1)")
+    console.print(f"landing on {budget_ms:.4f} ms measured on {device} (band {config.band:g}–1"
+                  + (", each network beside the full one)" if anchor else ")"))
     return land(budget_ms, propose, lambda archs, repeat: measure_architectures(
-        spec, archs, table, device, store, progress=False, repeat=repeat), config, start)
+        spec, archs, table, device, store, progress=False, repeat=repeat, anchor=anchor), config, start)
 
 
 def check_shipped(folder: Path, table: LatencyTable, device: str, store: str, repeats: int,
-                  progress: bool = True) -> list[float]:
-    """The shipped file of ``folder`` measured ``repeats`` times (the final check: its spread counts)."""
-    return [float(measure_shipped([folder], table, device, store, progress, repeat=r)[0]) for r in range(repeats)]
+                  progress: bool = True, anchor: Anchor | None = None) -> list[float]:
+    """The shipped file of ``folder`` measured ``repeats`` times (the final check: its spread counts), each
+    beside the full network when ``anchor`` is given."""
+    return [float(measure_shipped([folder], table, device, store, progress, repeat=r, anchor=anchor)[0])
+            for r in range(repeats)]
+
+
+def anchor_of(full: "FullLatency", spec: ModelSpec, resolution: int) -> Anchor | None:
+    """The job's anchor: the full network at its measured latency (None when it was not measured)."""
+    return Anchor(Architecture.full(spec, resolution), full.measured) if full.measured else None
 
 
 def checkpoint_for(path: Path, arch: Architecture) -> Path:
@@ -391,7 +443,7 @@ def network_report(*, spec: ModelSpec, method: str, checkpoint: str, table: str 
     }
 
 
-__all__ = ["check_shipped", "checkpoint_for", "land_on_device", "BudgetRequest", "EXPORT_FORMATS", "FinetuneRecipe", "FullLatency", "JobOptions", "SingleBudgetJob",
+__all__ = ["Anchor", "anchor_of", "check_shipped", "checkpoint_for", "land_on_device", "BudgetRequest", "EXPORT_FORMATS", "FinetuneRecipe", "FullLatency", "JobOptions", "SingleBudgetJob",
            "check_table_device",
            "check_torch_device", "console", "export_once", "export_pruned", "exported", "first", "full_latency", "load_parent",
            "measure_architectures", "measure_shipped", "network_report", "sample_batches", "set_threads"]

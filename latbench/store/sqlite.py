@@ -169,6 +169,21 @@ class MeasurementStore:
                  json.dumps(m.conditions, sort_keys=True) if m.conditions is not None else None))
             return cur.rowcount == 1
 
+    def put_together(self, env_id: int, rows: list[tuple[str, LayerPoint, Measurement]]) -> bool:
+        """Store measurements that only mean something together (a network and the anchor measured beside it)
+        in one transaction: all or none. ``False`` (nothing stored) when any key is already there."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            if any(self.has(env_id, sig, point) for sig, point, _ in rows):
+                return False
+            for sig, point, m in rows:
+                self._db.execute(
+                    f"INSERT INTO measurements ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (env_id, sig, point.in_channels, point.out_channels, float(point.sparsity), point.input_hw,
+                     m.median_ms, m.p10_ms, m.p90_ms, m.iqr_ms, m.runs, m.rounds, m.outliers, time.time(),
+                     json.dumps(m.conditions, sort_keys=True) if m.conditions is not None else None))
+            return True
+
     def has(self, env_id: int, signature: str, point: LayerPoint) -> bool:
         return self._db.execute(
             "SELECT 1 FROM measurements WHERE env_id=? AND signature=? AND in_channels=? AND out_channels=? "

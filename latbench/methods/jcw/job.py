@@ -39,7 +39,7 @@ from ...recipe import Opt, aside_path, begin_folder_run
 from ..landing import LandingConfig, Proposal
 from ...search.budget import BudgetError
 from ...train.admm import ADMMConfig
-from ..common import (FARM_HELP, FullLatency, JobOptions, farm_as_device, check_shipped, check_torch_device, console, export_pruned, exported,
+from ..common import (FARM_HELP, Anchor, FullLatency, JobOptions, farm_as_device, check_shipped, check_torch_device, console, export_pruned, exported,
                       first, full_latency, land_on_device, load_parent, measure_architectures, network_report,
                       sample_batches, set_threads)
 from .evaluator import SupernetConfig
@@ -340,6 +340,7 @@ def run_jcw(job: JCWJob) -> dict:
                                   checkpoint=out / "supernet.safetensors", device=job.torch_device)
     search = JCWSearch(spec, predictor, evaluator, config)
     measured_full = full_latency(spec, data.resolution, table, None, job.device, job.store, job.progress).measured
+    beside = Anchor(Architecture.full(spec, data.resolution), measured_full) if measured_full else None
     previous = _previous_scores(out / "front.jsonl")        # read before the search rewrites the file
     console.print(f"[bold]{job.method}[/]: population {config.population}, {config.generations} generations, "
                   f"{search.encoding.dim} genes ({len(search.encoding.sparse_layers)} sparsity genes)")
@@ -359,7 +360,7 @@ def run_jcw(job: JCWJob) -> dict:
                   f"predicted (full network {result.full_latency_ms:.3g} ms); retraining {len(choices)}")
     landings = {}
     if job.device and job.landing.land:
-        choices, landings = _land_choices(choices, front, spec, table, job)
+        choices, landings = _land_choices(choices, front, spec, table, job, beside)
 
     test = first(data.test, job.test_images)
     reports, done = {}, {}
@@ -380,7 +381,7 @@ def run_jcw(job: JCWJob) -> dict:
     if job.device and choices:                      # the files we ship, measured again: their spread counts
         for c in choices:
             repeats[c.label] = check_shipped(out / c.label, table, job.device, job.store,
-                                             job.landing.repeats if c.label in landings else 1, job.progress)
+                                             job.landing.repeats if c.label in landings else 1, job.progress, beside)
             measured[c.label] = float(np.median(repeats[c.label]))
     for choice in choices:
         arch, row, training = choice.architecture, front.iloc[choice.front_index], reports[choice.label]
@@ -415,7 +416,8 @@ def run_jcw(job: JCWJob) -> dict:
     return summary
 
 
-def _land_choices(choices: list[Choice], front: pd.DataFrame, spec, table, job: JCWJob) -> tuple[list[Choice], dict]:
+def _land_choices(choices: list[Choice], front: pd.DataFrame, spec, table, job: JCWJob,
+                  beside: Anchor | None = None) -> tuple[list[Choice], dict]:
     """Each budget's choice landed on its budget as measured (:mod:`latbench.methods.landing`), widening or
     narrowing *along the front*: a target proposes the most accurate member predicted within it. A folder
     retrained earlier for another member (a run without the device) is moved aside, not lost."""
@@ -432,7 +434,8 @@ def _land_choices(choices: list[Choice], front: pd.DataFrame, spec, table, job: 
             landed.append(choice)
             continue
         start = Proposal(choice.architecture, float(latency[choice.front_index]), choice.budget_ms)
-        result = land_on_device(spec, choice.budget_ms, propose, start, table, job.device, job.store, job.landing)
+        result = land_on_device(spec, choice.budget_ms, propose, start, table, job.device, job.store, job.landing,
+                                beside)
         index = next(i for i, a in enumerate(front.architecture) if a == result.arch)
         landings[choice.label] = result
         landed.append(replace(choice, architecture=result.arch, front_index=index))

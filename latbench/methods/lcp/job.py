@@ -30,7 +30,7 @@ from ...predictor import Predictor
 from ...recipe import Choice, Opt, begin_folder_run
 from ...search.budget import Budget, CostGrid
 from ...tables.table import LatencyTable
-from ..common import (FinetuneRecipe, SingleBudgetJob, check_shipped, checkpoint_for, console, export_once, first,
+from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, check_shipped, checkpoint_for, console, export_once, first,
                       full_latency, land_on_device, load_parent, network_report, sample_batches, set_threads)
 from ..landing import LandingConfig, Proposal
 
@@ -169,7 +169,7 @@ def run_lcp(job: LcPJob) -> dict:
             return Proposal(p.architecture(resolution), p.cost, target)
 
         landing = land_on_device(spec, budget.value, propose, Proposal(arch, plan.cost, budget.value), table,
-                                 job.device, job.store, job.landing)
+                                 job.device, job.store, job.landing, anchor_of(full, spec, resolution))
         arch = Architecture(spec.name, resolution, landing.steps[landing.chosen].widths)
         console.print(f"landed: {landing.status} after {len(landing.steps)} measured step(s), widths {arch.widths}")
     atomic_write_text(out / "arch.json", arch.to_json())
@@ -189,7 +189,7 @@ def run_lcp(job: LcPJob) -> dict:
     measured, repeats = None, []
     if job.device and table is not None:            # the file we ship, measured again: its spread counts
         repeats = check_shipped(out, table, job.device, job.store, job.landing.repeats if landing else 1,
-                                job.progress)
+                                job.progress, anchor_of(full, spec, resolution))
         measured = float(np.median(repeats))
     report = {
         **network_report(spec=spec, method=job.method, checkpoint=job.checkpoint, table=job.table, device=job.device,

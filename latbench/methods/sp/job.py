@@ -40,7 +40,7 @@ from ...recipe import Choice, Opt, begin_folder_run
 from ...search.budget import Budget, BudgetError, CostGrid
 from ...supernet import DynamicNet, SearchSpace, StageAdaptors, recalibrate, stages_of
 from ...tables.table import LatencyTable, TableError
-from ..common import (FinetuneRecipe, SingleBudgetJob, check_shipped, check_table_device, check_torch_device,
+from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, check_shipped, check_table_device, check_torch_device,
                       checkpoint_for, console, export_pruned, exported, first, full_latency, land_on_device,
                       load_parent, network_report, sample_batches, set_threads)
 from ..landing import LandingConfig, Proposal
@@ -206,7 +206,7 @@ def run_sp(job: SPJob) -> dict:
 
         (out / "landing").mkdir(exist_ok=True)
         landing = land_on_device(spec, budget.value, propose, Proposal(arch, result.cost, budget.value), table,
-                                 job.device, job.store, job.landing)
+                                 job.device, job.store, job.landing, anchor_of(full, spec, resolution))
         arch = landing.arch
         console.print(f"landed: {landing.status} after {len(landing.steps)} measured step(s), widths {arch.widths}")
     if not (out / "arch.json").exists() or (out / "arch.json").read_text() != arch.to_json():
@@ -260,7 +260,7 @@ def run_sp(job: SPJob) -> dict:
     measured, repeats = None, []
     if job.device and table is not None:            # the file we ship, measured again: its spread counts
         repeats = check_shipped(out, table, job.device, job.store, job.landing.repeats if landing else 1,
-                                job.progress)
+                                job.progress, anchor_of(full, spec, resolution))
         measured = float(np.median(repeats))
 
     inherited = phases.get("start", {}).get("inherited")
