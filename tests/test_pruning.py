@@ -75,6 +75,13 @@ def test_lcp_job_end_to_end_with_device_measurement_and_resume(checkpoint, resne
     assert logits.shape == (1, 10) and (out / "pruned.tflite").stat().st_size > 0
     # What was measured is the file the job ships, not a re-export of its architecture.
     assert stored_medians(tmp_path / "store.db", file_key((out / "pruned.tflite").read_bytes()))
+    with sqlite3.connect(tmp_path / "store.db") as db:    # every landing step and shipped check beside the full net
+        keys = [r[0] for r in db.execute("SELECT signature FROM measurements")]
+    alone = [k for k in keys if "|" not in k]             # only the full network itself, for the budget
+    assert len(alone) == 1 and alone[0].startswith("net:"), alone
+    beside = [k for k in keys if "|beside:" in k]
+    assert len(beside) == sum("|anchor-of:" in k for k in keys) >= \
+        len({json.dumps(s["widths"], sort_keys=True) for s in landing["steps"]}) + 3
     state = json.loads((out / "lcp-state.json").read_text())
     assert len(state["history"]) == 8   # candidates pruned to the same network share one evaluation:
     assert len(fitness_calls) == len({json.dumps(c["widths"], sort_keys=True) for c in state["history"]})

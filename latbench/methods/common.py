@@ -398,6 +398,11 @@ def check_shipped(folder: Path, table: LatencyTable, device: str, store: str, re
             for r in range(repeats)]
 
 
+def budget_kind_is_latency(job) -> bool:
+    """A latency budget (ms or ratio): the closed loop then measures the full network too, as its anchor."""
+    return job.budget_ms is not None or job.budget_ratio is not None
+
+
 def anchor_of(full: "FullLatency", spec: ModelSpec, resolution: int) -> Anchor | None:
     """The job's anchor: the full network at its measured latency (None when it was not measured)."""
     return Anchor(Architecture.full(spec, resolution), full.measured) if full.measured else None
@@ -443,7 +448,7 @@ def network_report(*, spec: ModelSpec, method: str, checkpoint: str, table: str 
     }
 
 
-__all__ = ["Anchor", "anchor_of", "check_shipped", "checkpoint_for", "land_on_device", "BudgetRequest", "EXPORT_FORMATS", "FinetuneRecipe", "FullLatency", "JobOptions", "SingleBudgetJob",
+__all__ = ["Anchor", "anchor_of", "budget_kind_is_latency", "check_shipped", "checkpoint_for", "land_on_device", "BudgetRequest", "EXPORT_FORMATS", "FinetuneRecipe", "FullLatency", "JobOptions", "SingleBudgetJob",
            "check_table_device",
            "check_torch_device", "console", "export_once", "export_pruned", "exported", "first", "full_latency", "load_parent",
            "measure_architectures", "measure_shipped", "network_report", "sample_batches", "set_threads"]

@@ -30,7 +30,7 @@ from ...predictor import Predictor
 from ...recipe import Choice, Opt, begin_folder_run
 from ...search.budget import Budget, CostGrid
 from ...tables.table import LatencyTable
-from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, check_shipped, checkpoint_for, console, export_once, first,
+from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, budget_kind_is_latency, check_shipped, checkpoint_for, console, export_once, first,
                       full_latency, land_on_device, load_parent, network_report, sample_batches, set_threads)
 from ..landing import LandingConfig, Proposal
 
@@ -128,7 +128,7 @@ def run_lcp(job: LcPJob) -> dict:
     unit = job.unit or (int(table.meta.get("channel_multiple", 1)) if table is not None else 1)
 
     full = full_latency(spec, resolution, table, predictor, job.device, job.store, job.progress,
-                        measure=job.budget_ratio is not None)
+                        measure=job.budget_ratio is not None or (job.landing.land and budget_kind_is_latency(job)))
     budget = job.budget.resolve(full)
     grid = CostGrid.for_budget(spec, budget, resolution, predictor, step=unit)
 

@@ -40,7 +40,7 @@ from ...recipe import Choice, Opt, begin_folder_run
 from ...search.budget import Budget, BudgetError, CostGrid
 from ...supernet import DynamicNet, SearchSpace, StageAdaptors, recalibrate, stages_of
 from ...tables.table import LatencyTable, TableError
-from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, check_shipped, check_table_device, check_torch_device,
+from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, budget_kind_is_latency, check_shipped, check_table_device, check_torch_device,
                       checkpoint_for, console, export_pruned, exported, first, full_latency, land_on_device,
                       load_parent, network_report, sample_batches, set_threads)
 from ..landing import LandingConfig, Proposal
@@ -157,7 +157,7 @@ def run_sp(job: SPJob) -> dict:
         check_table_device(table, job.device)                     # TableError: measured on another device
 
     full = full_latency(spec, resolution, table, predictor, job.device, job.store, job.progress,
-                        measure=job.budget_ratio is not None)
+                        measure=job.budget_ratio is not None or (job.landing.land and budget_kind_is_latency(job)))
     budget = job.budget.resolve(full)
     floor = float(costs.total(smallest.widths))
     if budget.value < floor:
