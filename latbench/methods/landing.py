@@ -143,17 +143,21 @@ def land(budget_ms: float, propose: Callable[[float], Proposal],
                 break                               # landed, or the method has nothing in between
             proposal = propose(next_target(proposal))
         # The final check: the largest network within budget whose repeated measurements all are.
-        failed = proposal
+        failed = None
         for key in sorted((k for k, m in measured.items() if m <= high), key=measured.get, reverse=True):
             repeats = [measured[key]] + [float(measure([proposals[key].arch], r)[0]) for r in range(1, config.repeats)]
             result.chosen, result.repeats, result.arch = first_step[key], repeats, proposals[key].arch
             if max(repeats) <= high:
                 result.status = LandingStatus.in_band if np.median(repeats) >= low else LandingStatus.no_unit_fits
-                return result
+                if result.status is LandingStatus.in_band or failed is None or left == 0:
+                    return result
+                break         # a larger network failed its check and this one is below the band: look in between
             measured[key], failed = max(repeats), proposals[key]   # its spread reaches over: it counts as over
         if left == 0:
             break
-        proposal = propose(next_target(failed))
+        proposal = propose(next_target(failed or proposal))
+    if result.chosen is not None and result.status is LandingStatus.no_unit_fits:
+        return result                               # rounds used up: the largest network that passed its check
     if result.chosen is None:                       # nothing measured within budget
         key = min(first_step, key=lambda k: result.steps[first_step[k]].measured_ms)
         result.chosen, result.arch = first_step[key], proposals[key].arch
