@@ -48,7 +48,9 @@ class LandingConfig:
     land: Annotated[bool, Opt(help="close the loop: measure the pruned network on --device and grow or shrink it "
                                    "until it lands in [band, 1] × the budget")] = True
     band: Annotated[float, Gt(0), Lt(1), Opt(help="land in [band, 1] × the budget")] = 0.95
-    aim: Annotated[float, Gt(0), Le(1), Opt(help="where in the band a corrected target aims")] = 0.975
+    # Below the band's centre: the chosen network's repeats and the shipped file's repeats must all stay within
+    # the budget, and on the host they spread by 2–3 % (LcP acceptance, issue 15).
+    aim: Annotated[float, Gt(0), Le(1), Opt(help="where in the band a corrected target aims")] = 0.965
     max_measurements: Annotated[int, Ge(1), Opt(help="networks measured at most while landing")] = 8
     repeats: Annotated[int, Ge(1), Opt(help="measurements of the chosen network (the final check)")] = 3
 
