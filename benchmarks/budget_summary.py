@@ -37,6 +37,8 @@ def collect(folders: list[Path]) -> tuple[list[dict], list[float]]:
     rows, meta_seconds = [], []
     for folder in folders:
         for path in sorted(folder.rglob("*report.json")):      # also copies named <run>-report.json
+            if any("~" in part for part in path.relative_to(folder).parts):
+                continue                                      # a run moved aside (recipe.aside_path): superseded
             report = json.loads(path.read_text())
             if report.get("method") == "ofar":
                 for c in report["cohort"]:
