@@ -88,7 +88,7 @@ def _run(exp: FarmScaling, folder: Path, n: int, kill: int = 0) -> dict:
             for k in killers:
                 k.start()
             t0 = time.perf_counter()
-            dev._run(batches, "measure_artifacts", keep)
+            dev.run_on_units(batches, "measure_artifacts", keep)
             seconds = time.perf_counter() - t0
             for k in killers:
                 k.join()

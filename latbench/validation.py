@@ -43,6 +43,23 @@ def _repeat_key(key: str, repeat: int) -> str:
     return f"{key}#{repeat}" if repeat else key
 
 
+def network_todo(spec: ModelSpec, archs: Sequence[Architecture], keys: Sequence[str], fmt: str) -> dict:
+    """``{key: (input size, make the exported random-weight network)}`` for :func:`_measure_keyed` and
+    :func:`measure_beside` (exported only when it must be measured)."""
+    return {k: (a.resolution, lambda a=a: export_network_for(fmt, materialize(a, spec), a)) for k, a in zip(keys, archs)}
+
+
+def _network_env(device: Device, store: MeasurementStore, reference_ms: float | None) -> tuple[int, float]:
+    """The store environment of ``device`` and the factor from its reference unit to ``reference_ms``'s."""
+    env_id = environment_of(device, store, reference_ms)
+    scale = reference_ms / device.reference_ms if reference_ms and getattr(device, "reference_ms", None) else 1.0
+    return env_id, scale
+
+
+def _network_point(hw: int) -> LayerPoint:
+    return LayerPoint(0, 0, 0.0, hw)       # networks have no layer point: only their input size
+
+
 def measure_networks(spec: ModelSpec, archs: Sequence[Architecture], device: Device, store: MeasurementStore,
                      batch_size: int = 8, progress: bool = True, console: Console | None = None,
                      reference_ms: float | None = None, repeat: int = 0) -> np.ndarray:
@@ -54,7 +71,7 @@ def measure_networks(spec: ModelSpec, archs: Sequence[Architecture], device: Dev
     """
     fmt = device.model_format
     keys = [_repeat_key(network_key(a), repeat) for a in archs]
-    todo = {k: (a.resolution, lambda a=a: export_network_for(fmt, materialize(a, spec), a)) for k, a in zip(keys, archs)}
+    todo = network_todo(spec, archs, keys, fmt)
     measured = _measure_keyed(todo, device, store, batch_size, progress, console, reference_ms)
     return np.array([measured[k] for k in keys])
 
@@ -75,9 +92,8 @@ def _measure_keyed(todo: dict, device: Device, store: MeasurementStore, batch_si
     """Measure ``{key: (input size, make model bytes)}`` end to end, skipping what the store holds;
     returns every key's median in the unit of ``reference_ms`` (default the device's own)."""
     console = console or Console(stderr=True)
-    env_id = environment_of(device, store, reference_ms)
-    scale = reference_ms / device.reference_ms if reference_ms and getattr(device, "reference_ms", None) else 1.0
-    point = lambda hw: LayerPoint(0, 0, 0.0, hw)  # noqa: E731 - networks have no layer point
+    env_id, scale = _network_env(device, store, reference_ms)
+    point = _network_point
     missing = [k for k, (hw, _) in todo.items() if not store.has(env_id, k, point(hw))]
     fmt = device.model_format
     with _progress(console, progress) as bar:
@@ -100,9 +116,8 @@ def measure_beside(todo: dict, anchor: tuple[str, int, object], device: Device, 
     their ratio; returns ``{key: (its median, the anchor's median beside it)}`` in the unit of
     ``reference_ms``. Both are stored (the anchor as ``ANCHOR@KEY``): a rerun measures only missing pairs."""
     console = console or Console(stderr=True)
-    env_id = environment_of(device, store, reference_ms)
-    scale = reference_ms / device.reference_ms if reference_ms and getattr(device, "reference_ms", None) else 1.0
-    point = lambda hw: LayerPoint(0, 0, 0.0, hw)  # noqa: E731 - networks have no layer point
+    env_id, scale = _network_env(device, store, reference_ms)
+    point = _network_point
     anchor_key, anchor_hw, make_anchor = anchor
     own = lambda k: f"{k}|beside:{anchor_key}"  # noqa: E731 - keys of their own: never mixed with lone runs
     pair = lambda k: f"{anchor_key}|anchor-of:{k}"  # noqa: E731

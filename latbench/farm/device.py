@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlencode
 from ..devices.base import Artifact, Measurement, MeasureSettings
 from .groups import DEFAULT_UNIT_THRESHOLD, DeviceGroup, group_devices, judge_units, unit_ratios
 from .spec import Farm, FarmError, load_farm
-from .work import Batch, Fault, WorkReport, run_batches, split
+from .work import Batch, Fault, WorkReport, error_line, run_batches, split
 
 #: Model-independent layer points every unit measures to compare itself with its group: a 3×3 conv, a
 #: depthwise conv and a pointwise conv of MobileNet-like sizes.
@@ -96,7 +96,7 @@ class FarmGroupDevice:
             try:
                 medians[agent] = [m.median_ms for m in self.ray.get(ref, timeout=self.timeout_s)]
             except Exception as err:
-                self.group.excluded[agent] = f"failed the unit check: {_short(err)}"
+                self.group.excluded[agent] = f"failed the unit check: {error_line(err)}"
                 self.log(f"{agent}: {self.group.excluded[agent]}")
         if medians:
             judge_units(self.group, unit_ratios(medians), self.unit_threshold, self.mix_units)
@@ -139,7 +139,7 @@ class FarmGroupDevice:
             for position, m in zip(batches[index].items, result):
                 out[position] = m
 
-        self._run(payload, "measure_artifacts", keep)
+        self.run_on_units(payload, "measure_artifacts", keep)
         return out  # type: ignore[return-value]
 
     def measure_points_into(self, items: Sequence[tuple], put: Callable[[tuple, Measurement], None]) -> None:
@@ -152,9 +152,10 @@ class FarmGroupDevice:
             for item, m in zip(batch.items, result):
                 put(item, m)
 
-        self._run(batches, "measure_points", keep)
+        self.run_on_units(batches, "measure_points", keep)
 
-    def _run(self, batches: list[Batch], method: str, keep) -> None:
+    def run_on_units(self, batches: list[Batch], method: str, keep) -> None:
+        """``batches`` on the group's working units (``method`` of the agents), ``keep`` on the driver per result."""
         working = {a: self.agents[a] for a in self.group.working}
         report = run_batches(self.ray, working, {a: self.group.fingerprint for a in working}, batches, method, keep,
                              args={self.group.fingerprint: (self.reference_ms,)}, max_failures=self.max_failures,
@@ -206,7 +207,7 @@ def _identify(ray, agents: dict, timeout_s: float) -> tuple[list[DeviceGroup], d
         try:
             identities[name] = ray.get(ref, timeout=timeout_s)
         except Exception as err:            # a device that cannot be opened is reported, the others work
-            identities[name], errors[name] = None, _short(err)
+            identities[name], errors[name] = None, error_line(err)
     return group_devices(identities, errors)
 
 
@@ -229,11 +230,6 @@ def farm_device_spec(farm: str | Path, group: str | None = None, mix_units: bool
     query = {k: v for k, v in (("group", group), ("mix_units", "1" if mix_units else None)) if v}
     return f"farm:{farm}" + (f"?{urlencode(query)}" if query else "")
 
-
-def _short(err: BaseException) -> str:
-    cause = getattr(err, "cause", None) or err
-    lines = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"
 
 
 def open_farm_device(spec: str, threads: int = 1, settings: MeasureSettings | None = None,

@@ -79,7 +79,8 @@ def _ray_errors(ray) -> tuple[tuple[type, ...], tuple[type, ...]]:
     return died, (exc.RayTaskError,)
 
 
-def _cause(err: BaseException) -> str:
+def error_line(err: BaseException) -> str:
+    """A Ray error as one line: the type and last line of what the device or agent raised."""
     cause = getattr(err, "cause", None) or err
     text = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {text[-1] if text else ''}"
@@ -149,11 +150,11 @@ def run_batches(ray, agents: Mapping[str, Any], group_of: Mapping[str, Hashable]
                 result = ray.get(ref)
             except died_errors as err:
                 failures[agent] += 1
-                fault(agent, FaultKind.AGENT_DIED, index, _cause(err))
+                fault(agent, FaultKind.AGENT_DIED, index, error_line(err))
                 requeue(index, agent)
             except task_errors as err:
                 failures[agent] += 1
-                fault(agent, FaultKind.DEVICE_ERROR, index, _cause(err))
+                fault(agent, FaultKind.DEVICE_ERROR, index, error_line(err))
                 requeue(index, agent)
             else:
                 failures[agent] = 0
@@ -188,4 +189,4 @@ def split(items: Sequence, size: int) -> list[tuple]:
     return [tuple(items[i:i + size]) for i in range(0, len(items), max(1, size))]
 
 
-__all__ = ["Batch", "Fault", "FaultKind", "WorkReport", "run_batches", "split"]
+__all__ = ["Batch", "Fault", "FaultKind", "WorkReport", "error_line", "run_batches", "split"]

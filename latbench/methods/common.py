@@ -316,14 +316,11 @@ class Anchor:
 
 
 def _anchored(todo: dict, anchor: Anchor, spec: ModelSpec, dev, st, table, progress: bool) -> dict[str, float]:
-    from ..export import export_network_for
-    from ..models import materialize
-    from ..validation import measure_beside, network_key, table_reference_ms
+    from ..validation import measure_beside, network_key, network_todo, table_reference_ms
 
-    a = anchor.arch
-    pairs = measure_beside(todo, (network_key(a), a.resolution,
-                                  lambda: export_network_for(dev.model_format, materialize(a, spec), a)),
-                           dev, st, progress=progress, reference_ms=table_reference_ms(table))
+    key = network_key(anchor.arch)
+    (hw, make), = network_todo(spec, [anchor.arch], [key], dev.model_format).values()
+    pairs = measure_beside(todo, (key, hw, make), dev, st, progress=progress, reference_ms=table_reference_ms(table))
     return {k: item / beside * anchor.full_ms for k, (item, beside) in pairs.items()}
 
 
@@ -331,10 +328,8 @@ def measure_architectures(spec: ModelSpec, archs: Sequence[Architecture], table:
                           store: str, progress: bool = True, repeat: int = 0, anchor: Anchor | None = None) -> np.ndarray:
     """End-to-end latency of ``archs`` on ``device`` in the table's unit (stored, so reruns reuse it);
     ``repeat`` > 0: measured again; ``anchor``: each measured beside the full network (:class:`Anchor`)."""
-    from ..export import export_network_for
-    from ..models import materialize
     from ..store import MeasurementStore
-    from ..validation import _repeat_key, measure_networks, network_key, table_reference_ms
+    from ..validation import _repeat_key, measure_networks, network_key, network_todo, table_reference_ms
 
     with _device_of(table, device) as dev:
         dev.prepare()
@@ -343,9 +338,8 @@ def measure_architectures(spec: ModelSpec, archs: Sequence[Architecture], table:
                 return measure_networks(spec, list(archs), dev, st, progress=progress,
                                         reference_ms=table_reference_ms(table), repeat=repeat)
             keys = [_repeat_key(network_key(a), repeat) for a in archs]
-            todo = {k: (a.resolution, lambda a=a: export_network_for(dev.model_format, materialize(a, spec), a))
-                    for k, a in zip(keys, archs)}
-            values = _anchored(todo, anchor, spec, dev, st, table, progress)
+            values = _anchored(network_todo(spec, archs, keys, dev.model_format), anchor, spec, dev, st, table,
+                               progress)
             return np.array([values[k] for k in keys])
 
 
