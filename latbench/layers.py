@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .models.spec import LayerDef, ModelSpec
+from .models.spec import CONV_KINDS, LayerDef, ModelSpec, channels_tied, output_hw
 
 AXES = ("in_channels", "out_channels", "sparsity", "input_hw")
 
@@ -24,13 +24,19 @@ class LayerSignature:
     residual: bool = False
     fixed_in: int | None = None
     fixed_out: int | None = None
+    groups: int = 1
+    op: str = ""
 
     @property
     def key(self) -> str:
-        """A stable, readable identifier, e.g. ``conv_k3_s1_p1_relu_add``."""
+        """A stable, readable identifier, e.g. ``conv_k3_s1_p1_relu_add`` or ``op_k1_s1_p0_none_xconcat2``."""
         parts = [self.kind, f"k{self.kernel}", f"s{self.stride}", f"p{self.padding}", self.act]
         if self.residual:
             parts.append("add")
+        if self.groups != 1:
+            parts.append(f"g{self.groups}")
+        if self.op:
+            parts.append(f"x{self.op}")
         if self.fixed_in is not None:
             parts.append(f"in{self.fixed_in}")
         if self.fixed_out is not None:
@@ -44,7 +50,9 @@ class LayerSignature:
             kind, k, s, p, act, *rest = parts
             sig = cls(kind, int(k[1:]), int(s[1:]), int(p[1:]), act, "add" in rest,
                       next((int(r[2:]) for r in rest if r.startswith("in")), None),
-                      next((int(r[3:]) for r in rest if r.startswith("out")), None))
+                      next((int(r[3:]) for r in rest if r.startswith("out")), None),
+                      next((int(r[1:]) for r in rest if r.startswith("g")), 1),
+                      next((r[1:] for r in rest if r.startswith("x")), ""))
         except (ValueError, IndexError) as err:
             raise ValueError(f"not a layer signature key: {key!r}") from err
         if sig.key != key:
@@ -53,8 +61,8 @@ class LayerSignature:
 
     @property
     def channels_tied(self) -> bool:
-        """Depthwise convs and pools have out_channels == in_channels."""
-        return self.kind in ("depthwise", "maxpool", "avgpool")
+        """Depthwise convs, pools and most ops have out_channels == in_channels."""
+        return channels_tied(self.kind, self.op)
 
     @property
     def variable_axes(self) -> tuple[str, ...]:
@@ -64,16 +72,14 @@ class LayerSignature:
             axes.append("in_channels")
         if self.fixed_out is None and not self.channels_tied:
             axes.append("out_channels")
-        if self.kind in ("conv", "depthwise", "pointwise"):
+        if self.kind in CONV_KINDS:
             axes.append("sparsity")
         if self.kind != "linear":
             axes.append("input_hw")
         return tuple(axes)
 
     def output_hw(self, hw: int) -> int:
-        if self.kind == "avgpool":
-            return 1
-        return (hw + 2 * self.padding - self.kernel) // self.stride + 1
+        return 1 if self.kind == "avgpool" else output_hw(self.kind, self.op, self.kernel, self.stride, self.padding, hw)
 
     def point(self, **axes) -> "LayerPoint":
         """Complete the fixed/tied axes of a point given its variable axes."""
@@ -112,7 +118,7 @@ def signature_of(layer: LayerDef) -> LayerSignature:
     if kind == "pointwise" and layer.kernel != 1:
         kind = "conv"
     return LayerSignature(kind, layer.kernel, layer.stride, layer.padding, layer.act, layer.residual is not None,
-                          layer.fixed_in, layer.fixed_out)
+                          layer.fixed_in, layer.fixed_out, layer.groups, layer.op)
 
 
 def layer_points(spec: ModelSpec, widths: dict[str, int], sparsity: dict[str, float], resolution: int):

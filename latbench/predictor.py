@@ -163,10 +163,16 @@ class Predictor:
             shape_sp = len(points["sparsity"]) if has_sp else 1
             grid = np.asarray(grid, dtype=float).reshape(shape_in, shape_out, shape_sp)
             strides = (shape_out * shape_sp, shape_sp, 1)
+            in_offset = 0
             if "in_channels" in axes:
-                matrix[groups.index(layer.in_group), l] += strides[0]
-                ranges.append((layer.name, "in_channels", groups.index(layer.in_group),
-                               *knot_range(self.table, sig.key, hw[layer.name], "in_channels")))
+                # A concatenated input (imported networks) reads several groups and fixed channels: its width is
+                # their sum, still linear in the width matrix.
+                cols = tuple(groups.index(g) for g in (layer.in_group, *layer.in_extra))
+                for col in cols:
+                    matrix[col, l] += strides[0]
+                in_offset = layer.in_offset // step * strides[0]
+                ranges.append((layer.name, "in_channels", cols[0] if len(cols) == 1 and not layer.in_offset
+                               else (cols, layer.in_offset), *knot_range(self.table, sig.key, hw[layer.name], "in_channels")))
             if "out_channels" in axes:
                 matrix[groups.index(layer.out_group), l] += strides[1]
                 ranges.append((layer.name, "out_channels", groups.index(layer.out_group),
@@ -179,7 +185,7 @@ class Predictor:
             delta[..., :-1] = np.diff(grid, axis=-1)
             chunks.append(grid.ravel())
             deltas.append(delta.ravel())
-            offsets.append(pos)
+            offsets.append(pos + in_offset)
             pos += grid.size
         return _Compiled(np.concatenate(chunks), np.concatenate(deltas), np.array(offsets, dtype=float), matrix,
                          n_sparse, sp_inv, sp_max, ranges)
@@ -193,7 +199,8 @@ class Predictor:
     def _step(self, widths: np.ndarray) -> int:
         """8 when every full width and every width of the population is a multiple of 8, else 1."""
         full = np.array(list(self.spec.groups.values()))
-        if widths.size and not (full % 8).any() and not (widths % 8).any():
+        offsets = np.array([layer.in_offset for layer in self.layers])
+        if widths.size and not (full % 8).any() and not (widths % 8).any() and not (offsets % 8).any():
             return 8
         return 1
 
@@ -203,7 +210,11 @@ class Predictor:
         s_lo = sparsity.min(axis=0) if sparsity.size else None
         s_hi = sparsity.max(axis=0) if sparsity.size else None
         for name, axis, col, lo, hi in c.ranges:
-            vmin, vmax = (w_lo[col], w_hi[col]) if col >= 0 else (s_lo[-1 - col], s_hi[-1 - col])
+            if isinstance(col, tuple):          # a concatenation: the sum of its groups and fixed channels
+                total = widths[:, list(col[0])].sum(axis=1) + col[1]
+                vmin, vmax = total.min(), total.max()
+            else:
+                vmin, vmax = (w_lo[col], w_hi[col]) if col >= 0 else (s_lo[-1 - col], s_hi[-1 - col])
             if vmin < lo - 1e-9 or vmax > hi + 1e-9:
                 bad = vmin if vmin < lo - 1e-9 else vmax
                 raise OutOfGridError(f"layer {name!r} of {self.spec.name} at resolution {resolution}: {axis}={bad:g} "

@@ -23,12 +23,17 @@ def _check(fmt: str) -> None:
 def export_layer_variant(fmt: str, sig: "LayerSignature", point: "LayerPoint", seed: int = 0) -> bytes:
     """A one-layer model of ``sig`` at ``point`` in format ``fmt``."""
     _check(fmt)
-    if fmt == "tflite":
-        from .tflite import layer_variant_tflite
-
-        return layer_variant_tflite(sig, point, seed)
     from .onnx import layer_variant_onnx
 
+    if fmt == "tflite":
+        from .tflite import layer_variant_tflite, writes_natively
+
+        if writes_natively(sig):
+            return layer_variant_tflite(sig, point, seed)
+        # Kernels of imported networks (SE, grouped convs, hard-swish, ops): the ONNX kernel, converted
+        from .onnx_tflite import onnx_to_tflite
+
+        return onnx_to_tflite(layer_variant_onnx(sig, point, seed))
     return layer_variant_onnx(sig, point, seed)
 
 

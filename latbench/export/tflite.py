@@ -383,6 +383,12 @@ def network_to_tflite(net: GraphNet, resolution: int, sparse: bool | Mapping[str
 # ------------------------------------------------------------------------------------- layer variants
 
 
+def writes_natively(sig: LayerSignature) -> bool:
+    """Whether :func:`layer_variant_tflite` writes ``sig`` itself (the zoo's layers); other kernels are written
+    as ONNX and converted (:mod:`latbench.export.onnx_tflite`)."""
+    return sig.kind in VARIANT_KINDS and sig.act in _FUSED and sig.groups == 1 and not sig.op
+
+
 def _check_variant(sig: LayerSignature, point: LayerPoint) -> None:
     if sig.kind not in VARIANT_KINDS:
         raise TFLiteExportError(f"{sig.key}: unsupported layer kind {sig.kind!r}; expected one of {VARIANT_KINDS}")

@@ -10,9 +10,40 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 CONV_KINDS = ("conv", "depthwise", "pointwise")
-POOL_KINDS = ("maxpool", "avgpool")
-LAYER_KINDS = CONV_KINDS + POOL_KINDS + ("linear",)
-ACTIVATIONS = ("none", "relu", "relu6")
+POOL_KINDS = ("maxpool", "avgpool", "avgpool2d")   # avgpool: global, to N×C; avgpool2d: a k×k window
+# Kernels of imported networks (latbench.models.onnx_graph): "se" is a squeeze-excitation block measured as one
+# kernel (its out_channels axis is the squeeze width; its output keeps the input's channels); "op" is an op that
+# pruning does not choose widths for (concat, add, mul, channel shuffle, resize, …), described by ``op``.
+LAYER_KINDS = CONV_KINDS + POOL_KINDS + ("linear", "se", "op")
+ACTIVATIONS = ("none", "relu", "relu6", "hswish", "hsigmoid", "sigmoid", "silu", "gelu", "leakyrelu", "prelu", "tanh")
+
+
+def op_scale(op: str) -> float:
+    """The spatial factor an op kernel applies: ``x2`` in a resize op's name doubles H and W."""
+    for part in op.split("-"):
+        if part.startswith("x") and part[1:].replace(".", "", 1).isdigit():
+            return float(part[1:])
+    return 1.0
+
+
+def channels_tied(kind: str, op: str = "") -> bool:
+    """Kernels whose output has their input's channels: depthwise convs, pools, and ops other than slicing."""
+    if kind == "op":
+        return True       # slices and splits too: their cost follows the channels they read
+    return kind in ("depthwise",) + POOL_KINDS
+
+
+def output_hw(kind: str, op: str, kernel: int, stride: int, padding: int, hw: int) -> int:
+    """Output height (= width) of a layer of ``kind`` on an ``hw``×``hw`` input."""
+    if kind in ("avgpool", "linear"):
+        return 1
+    if kind == "se":
+        return hw
+    if kind == "op":
+        if op.startswith("pad"):
+            return hw + 2 * int(op[3:].split("-")[0])
+        return 1 if op.startswith(("flatten", "gap", "softmax")) else int(hw * op_scale(op))
+    return (hw + 2 * padding - kernel) // stride + 1
 
 
 @dataclass(frozen=True)
@@ -36,6 +67,11 @@ class LayerDef:
     residual: str | None = None
     fixed_in: int | None = None
     fixed_out: int | None = None
+    groups: int = 1                      # conv groups other than depthwise (RegNet's grouped convs)
+    op: str = ""                         # what an "op" kernel does, e.g. "concat2", "shuffle2", "resize-nearest-x2"
+    extra_inputs: tuple[str, ...] = ()   # further tensors an op reads (concat, add and mul inputs beyond the first)
+    in_extra: tuple[str, ...] = ()       # further groups whose channels are concatenated to in_group's
+    in_offset: int = 0                   # fixed channels concatenated to the grouped ones (not in the signature)
 
     def __post_init__(self) -> None:
         if self.kind not in LAYER_KINDS:
@@ -44,6 +80,11 @@ class LayerDef:
             raise ValueError(f"layer {self.name!r}: unknown activation {self.act!r}; expected one of {ACTIVATIONS}")
         if (self.in_group is None) == (self.fixed_in is None):
             raise ValueError(f"layer {self.name!r}: give exactly one of in_group / fixed_in")
+        if (self.in_extra or self.in_offset) and self.in_group is None:
+            raise ValueError(f"layer {self.name!r}: in_extra / in_offset add to in_group; give in_group")
+        if (self.kind == "op" and not self.op) or (self.op and self.kind not in ("op", "se")):
+            raise ValueError(f"layer {self.name!r}: an op kernel needs ``op`` (a squeeze-excitation names its gate "
+                             "there); other kinds have none")
         if self.kind in ("depthwise",) + POOL_KINDS and self.out_group != self.in_group:
             raise ValueError(f"layer {self.name!r}: a {self.kind} layer keeps its input width (out_group == in_group)")
 
@@ -57,9 +98,7 @@ class LayerDef:
         return self.kind in CONV_KINDS
 
     def output_hw(self, hw: int) -> int:
-        if self.kind == "avgpool" or self.kind == "linear":
-            return 1
-        return (hw + 2 * self.padding - self.kernel) // self.stride + 1
+        return output_hw(self.kind, self.op, self.kernel, self.stride, self.padding, hw)
 
 
 @dataclass(frozen=True)
@@ -73,14 +112,16 @@ class ModelSpec:
     in_channels: int = 3
     num_classes: int = 1000
     description: str = ""
+    source: str = ""                  # the ONNX file an imported model came from (pruned variants are cut from it)
+    remainder: tuple[str, ...] = ()   # nodes no kernel covers (--skip-unsupported): timed together as one remainder
 
     def __post_init__(self) -> None:
         seen = {"input"}
         for layer in self.layers:
-            for src in (layer.input, layer.residual):
+            for src in (layer.input, layer.residual, *layer.extra_inputs):
                 if src is not None and src not in seen:
                     raise ValueError(f"model {self.name!r}: layer {layer.name!r} reads {src!r} before it is computed")
-            for g in (layer.in_group, layer.out_group):
+            for g in (layer.in_group, layer.out_group, *layer.in_extra):
                 if g is not None and g not in self.groups:
                     raise ValueError(f"model {self.name!r}: layer {layer.name!r} uses unknown group {g!r}")
             seen.add(layer.name)
@@ -118,8 +159,16 @@ class ModelSpec:
         return out
 
     def channels(self, widths: dict[str, int], layer: LayerDef) -> tuple[int, int]:
-        cin = layer.fixed_in if layer.in_group is None else widths[layer.in_group]
-        cout = layer.fixed_out if layer.out_group is None else widths[layer.out_group]
+        if layer.in_group is None:
+            cin = layer.fixed_in
+        else:
+            cin = widths[layer.in_group] + sum(widths[g] for g in layer.in_extra) + layer.in_offset
+        if layer.fixed_out is not None:
+            cout = layer.fixed_out
+        elif channels_tied(layer.kind, layer.op):
+            cout = cin        # a concatenated input stays concatenated
+        else:
+            cout = widths[layer.out_group]
         return int(cin), int(cout)
 
     @property

@@ -9,6 +9,7 @@ between two knots disagrees with the interpolation by more than a threshold.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,6 +69,13 @@ class GridSlice:
         return int(np.prod([len(self.knots[a]) for a in self.axes])) if self.axes else 1
 
 
+def _channel_multiple_of(sig: LayerSignature) -> int:
+    """Channel counts a kernel can take: grouped convs keep their groups, a shuffle its groups."""
+    if sig.op.startswith("shuffle"):
+        return int(sig.op[len("shuffle"):] or 1)
+    return sig.groups
+
+
 def _merge(a: tuple, b: tuple) -> tuple:
     return tuple(sorted(set(a) | set(b)))
 
@@ -96,8 +104,9 @@ def design_grid(specs: list[ModelSpec], resolutions: dict[str, tuple[int, ...]] 
                         lattice = SPARSITY_LATTICE
                         start = sparsities or (COARSE_SPARSITIES if adaptive else DENSE_SPARSITIES)
                     else:
-                        lattice = channel_lattice(full[axis], channel_points, channel_multiple)
-                        start = coarse_channels(full[axis], channel_points, channel_multiple) if adaptive else lattice
+                        multiple = math.lcm(channel_multiple, _channel_multiple_of(sig))
+                        lattice = channel_lattice(full[axis], channel_points, multiple)
+                        start = coarse_channels(full[axis], channel_points, multiple) if adaptive else lattice
                     s.knots[axis] = _merge(s.knots.get(axis, ()), tuple(start))
                     s.lattice[axis] = _merge(s.lattice.get(axis, ()), tuple(lattice) + tuple(start))
     return sorted(slices.values(), key=lambda s: s.key)
