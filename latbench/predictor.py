@@ -114,16 +114,45 @@ class Predictor:
                              f"input sizes are {sizes}); profile one of them or pass --resolution")
         return covered
 
-    def calibration(self) -> tuple[float, float]:
-        """(scale, offset_ms) fitted on whole networks measured on the device (identity when absent).
+    def calibration(self, source: str | None = None) -> tuple[float, float]:
+        """(scale, offset_ms) from the sum of lookups to the whole network (identity when nothing is fitted).
 
         It carries what no single layer shows: the session's dispatch, layout conversions between layers,
-        cache effects of a whole network (see docs/measurement.md).
+        cache effects of a whole network (see docs/measurement.md). ``source`` picks the fit: ``"model"``, this
+        model's own networks (``latbench table calibrate``); ``"device"``, whole networks of the *other* models the
+        table was calibrated on (:func:`latbench.validation.fit_device_calibration`: a scale, a cost per kernel
+        and one per network, so it transfers to a model never measured whole); ``"none"``, the bare sum;
+        default: the model's own fit when there is one, else the device's.
         """
-        entry = self.table.meta.get("calibration", {}).get(self.spec.name)
-        if not entry:
-            return 1.0, 0.0
-        return float(entry["scale"]), float(entry["offset_ms"])
+        source = source or self.calibration_source
+        if source == "model":
+            entry = self.table.meta.get("calibration", {}).get(self.spec.name)
+            if not entry:
+                raise TableError(f"the table has no calibration on {self.spec.name}'s own networks; run "
+                                 f"latbench table calibrate TABLE {self.spec.name} --device …")
+            return float(entry["scale"]), float(entry["offset_ms"])
+        if source == "device":
+            fit = self.device_calibration()
+            if fit is None:
+                raise TableError("the table has whole-network samples of fewer than 2 other models; calibrate it on "
+                                 "more models (latbench table calibrate TABLE MODEL --device …)")
+            return fit["scale"], fit["per_kernel_ms"] * len(self.layers) + fit["offset_ms"]
+        return 1.0, 0.0
+
+    @property
+    def calibration_source(self) -> str:
+        """``"model"``, ``"device"`` or ``"none"``: the fit :meth:`calibration` uses by default."""
+        if self.table.meta.get("calibration", {}).get(self.spec.name):
+            return "model"
+        return "device" if self.device_calibration() is not None else "none"
+
+    def device_calibration(self) -> dict | None:
+        """The device's fit on every other model's calibration networks (cached), or None with fewer than 2."""
+        if not hasattr(self, "_device_fit"):
+            from .validation import fit_device_calibration
+
+            self._device_fit = fit_device_calibration(self.table, exclude=self.spec.name)
+        return self._device_fit
 
     def _compile(self, resolution: int, step: int = 1) -> _Compiled:
         """Lay out every layer's grid on the channel counts ``0, step, 2·step, …`` (``step`` divides every

@@ -13,7 +13,7 @@ import pandas as pd
 from rich.console import Console
 
 from .devices.base import Artifact, Device
-from .export import export_network_for
+from .export import export_imported_network, export_network_for
 from .files import atomic_save_figure, atomic_write_json, atomic_write_text
 from .recipe import Choice
 from .layers import LayerPoint
@@ -46,6 +46,8 @@ def _repeat_key(key: str, repeat: int) -> str:
 def network_todo(spec: ModelSpec, archs: Sequence[Architecture], keys: Sequence[str], fmt: str) -> dict:
     """``{key: (input size, make the exported random-weight network)}`` for :func:`_measure_keyed` and
     :func:`measure_beside` (exported only when it must be measured)."""
+    if spec.source:       # an imported model: its own graph, pruned
+        return {k: (a.resolution, lambda a=a: export_imported_network(fmt, spec, a)) for k, a in zip(keys, archs)}
     return {k: (a.resolution, lambda a=a: export_network_for(fmt, materialize(a, spec), a)) for k, a in zip(keys, archs)}
 
 
@@ -236,6 +238,32 @@ def fit_calibration(raw: np.ndarray, measured: np.ndarray, fit: str = "line") ->
     return float(scale), float(offset)
 
 
+def fit_device_calibration(table, exclude: str | None = None, min_models: int = 2) -> dict | None:
+    """A device's own correction from the sum of kernel lookups to a whole network, learnt across models.
+
+    Every model's calibration entry keeps its networks' (sum of lookups, measured) pairs and its number of
+    kernels N. Over the models other than ``exclude`` this fits measured ≈ scale·sum + per_kernel·N + offset by
+    relative least squares: a kernel timed alone pays a per-run dispatch and, on onnxruntime, the layout
+    conversions a network pays once (docs/measurement.md), so part of the gap is per kernel, not proportional.
+    Returns None when fewer than ``min_models`` models have samples.
+    """
+    rows, models = [], []
+    for name, entry in (table.meta.get("calibration") or {}).items():
+        if name == exclude or not entry.get("samples") or not entry.get("kernels"):
+            continue
+        models.append(name)
+        rows += [(raw, entry["kernels"], measured) for raw, measured in entry["samples"]]
+    if len(models) < min_models:
+        return None
+    raw, kernels, measured = (np.array(col, dtype=float) for col in zip(*rows))
+    design = np.column_stack([raw, kernels, np.ones_like(raw)]) / measured[:, None]
+    (scale, per_kernel, offset), *_ = np.linalg.lstsq(design, np.ones_like(measured), rcond=None)
+    fitted = scale * raw + per_kernel * kernels + offset
+    return {"scale": float(scale), "per_kernel_ms": float(per_kernel), "offset_ms": float(offset),
+            "models": sorted(models), "networks": len(rows),
+            "fit_error": float(np.sqrt(np.mean(((fitted - measured) / measured) ** 2)))}
+
+
 def calibration_architectures(spec: ModelSpec, n: int, seed: int, resolutions: Sequence[int],
                               divisor: int = 8) -> list[Architecture]:
     """The full network, then half of the rest with every group's width uniform in [0.25, 1]·c (what validation
@@ -273,9 +301,12 @@ def calibrate(spec: ModelSpec, table, device: Device, store: MeasurementStore, n
     measured = measure_networks(spec, archs, device, store, progress=progress, reference_ms=table_reference_ms(table))
     ratios = measured / raw
     scale, offset = fit_calibration(raw, measured, fit)
+    kernels = len(Predictor(spec, table).layers)
     entry = {"fit": fit if offset else "ratio", "scale": scale, "offset_ms": offset, "median_ratio": float(np.median(ratios)),
              "networks": len(archs), "resolutions": list(res), "seed": seed,
              "ratio_spread": [float(ratios.min()), float(ratios.max())],
+             # what fit_device_calibration learns from to predict other models: (sum of lookups, measured) pairs
+             "kernels": kernels, "samples": [[float(r), float(m)] for r, m in zip(raw, measured)],
              "fitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     table.meta.setdefault("calibration", {})[spec.name] = entry
     return entry

@@ -13,7 +13,7 @@ from .. import api
 from ..devices import DEFAULT_DEVICE
 from ..files import atomic_write_text
 from ..models import Architecture
-from ..tables.table import LatencyTable
+from ..tables.table import LatencyTable, TableError
 from rich.markup import escape
 
 from .common import DEVICE_HELP, ERRORS, FARM_HELP, GROUP_HELP, MIX_HELP, console, device_or_farm, fail, settings
@@ -118,11 +118,23 @@ def predict(model: str, arch: Optional[Path] = typer.Option(None, help="architec
         a = Architecture.load(arch) if arch else Architecture.full(spec)
         p = Predictor(spec, LatencyTable.load(table), clamp=clamp)
         ms = float(p.predict(a)[0])
+        bare = float(p.predict(a, calibrated=False)[0])
+        # The three figures: the bare sum of kernel lookups, the device's correction learnt on other models'
+        # networks, and this model's own calibration (each only when the table has it).
+        figures = {"sum_of_layers_ms": bare}
+        for source in ("device", "model"):
+            try:
+                scale, offset = p.calibration(source)
+                figures[f"{source}_calibrated_ms"] = bare * scale + offset
+            except TableError:
+                figures[f"{source}_calibrated_ms"] = None
         if breakdown:
             console.print(p.breakdown(a).to_string())
     except ERRORS as err:
         fail(err)
-    console.print_json(json.dumps({"model": spec.name, "resolution": a.resolution, "predicted_ms": ms}))
+    console.print_json(json.dumps({"model": spec.name, "resolution": a.resolution, "predicted_ms": ms,
+                                   "calibration": p.calibration_source, **figures,
+                                   "remainder_nodes": len(spec.remainder)}))
 
 
 def measure(model: Path = typer.Argument(..., help="an exported model: .onnx or .tflite"),

@@ -5,6 +5,7 @@ that the ONNX path does not load the TFLite schema bindings and vice versa.
 """
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from ..devices.base import MODEL_FORMATS
@@ -12,6 +13,7 @@ from ..devices.base import MODEL_FORMATS
 if TYPE_CHECKING:
     from ..layers import LayerPoint, LayerSignature
     from ..models.arch import Architecture
+    from ..models.spec import ModelSpec
     from ..models.torch_net import GraphNet
 
 
@@ -50,6 +52,31 @@ def export_sparse_wrapper(fmt: str, sig: "LayerSignature", point: "LayerPoint",
     return sparse_wrapper_tflite(sig, point, seed) if needs_sparse_wrapper(sig, point) else None
 
 
+def export_imported_network(fmt: str, spec: "ModelSpec", arch: "Architecture") -> bytes:
+    """A pruned variant of an imported model (``spec.source``, an ONNX file) at ``arch``'s widths: the user's own
+    graph with its weights sliced (:func:`latbench.models.onnx_channels.prune_onnx`), in format ``fmt``."""
+    _check(fmt)
+    from ..models.onnx_channels import prune_onnx
+
+    model, channels = _imported_graph(spec.source, spec.input_shape)
+    pruned = prune_onnx(model, channels, dict(arch.widths))
+    if fmt == "tflite":
+        from .onnx_tflite import onnx_to_tflite
+
+        return onnx_to_tflite(pruned)
+    return pruned.SerializeToString()
+
+
+@functools.lru_cache(maxsize=4)
+def _imported_graph(source: str, input_shape: tuple[int, ...]):
+    """The normalised graph and its channel groups, read once per file (validation exports many variants)."""
+    from ..models.onnx_channels import analyse_channels
+    from ..models.onnx_load import load_user_onnx
+
+    model = load_user_onnx(source, input_shape=input_shape or None)
+    return model, analyse_channels(model)
+
+
 def export_network_for(fmt: str, net: "GraphNet", arch: "Architecture") -> bytes:
     """``net`` (materialised from ``arch``) in format ``fmt`` at ``arch.resolution``; TFLite stores the
     convs that ``arch`` makes sparse compressed (CSR + DENSIFY)."""
@@ -64,4 +91,4 @@ def export_network_for(fmt: str, net: "GraphNet", arch: "Architecture") -> bytes
     return export_network(net, arch.resolution, net.block(stem.name).conv.in_channels)  # 1 for grey images
 
 
-__all__ = ["export_layer_variant", "export_network_for", "export_sparse_wrapper"]
+__all__ = ["export_imported_network", "export_layer_variant", "export_network_for", "export_sparse_wrapper"]

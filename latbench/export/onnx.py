@@ -141,10 +141,10 @@ def _op_kernel(sig: LayerSignature, point: LayerPoint, rng: np.random.Generator)
         nodes.append(helper.make_node("Resize", ["x", "", "scales"], [y], mode=mode, **extra))
         out_shape = [1, c, int(hw * factor), int(hw * factor)]
     elif base == "pad":
-        p = count
-        inits.append(const("pads", [0, 0, p, p, 0, 0, p, p], np.int64))
+        before, after = int(params[0]), int(params[1])
+        inits.append(const("pads", [0, 0, before, before, 0, 0, after, after], np.int64))
         nodes.append(helper.make_node("Pad", ["x", "pads"], [y], mode="constant"))
-        out_shape = [1, c, hw + 2 * p, hw + 2 * p]
+        out_shape = [1, c, hw + before + after, hw + before + after]
     elif base == "softmax":
         inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c])]
         nodes.append(helper.make_node("Softmax", ["x"], [y], axis=1))

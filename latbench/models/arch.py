@@ -3,6 +3,7 @@ per prunable conv and an input resolution — with a stable JSON form."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -90,6 +91,9 @@ class Architecture:
             if not 1 <= width <= spec.groups[group]:
                 raise ArchitectureError(
                     f"group {group!r}: width {width} outside 1..{spec.groups[group]} (the full width of {spec.name!r})")
+            if width % spec.multiples.get(group, 1):
+                raise ArchitectureError(f"group {group!r}: width {width} is not a multiple of "
+                                        f"{spec.multiples[group]} (its grouped convs keep their number of groups)")
         bad = set(self.sparsity) - set(spec.sparsifiable_layers)
         if bad:
             raise ArchitectureError(f"sparsity given for {sorted(bad)}, which are not prunable convs of {spec.name!r}")
@@ -117,8 +121,9 @@ def random_architectures(spec: ModelSpec, n: int, seed: int = 0, min_ratio: floa
         for group, full in spec.groups.items():
             lo = max(1, int(np.ceil(min_ratio * full)))
             w = int(rng.integers(lo, max(lo, int(max_ratio * full)) + 1))
-            if divisor > 1:
-                w = int(min(full, max(divisor, divisor * round(w / divisor))))
+            step = math.lcm(divisor, spec.multiples.get(group, 1))
+            if step > 1:
+                w = int(min(full, max(step, step * round(w / step))))
             widths[group] = w
         sparsity = {name: float(rng.choice(sparsities)) for name in spec.sparsifiable_layers}
         archs.append(Architecture(spec.name, int(rng.choice(resolutions)), widths, sparsity))

@@ -21,6 +21,7 @@ A node no rule covers stops the import with its name and op, or with ``skip_unsu
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -397,8 +398,9 @@ class _Partition:
         missing = [i for i in ins if i not in self.made_by]
         if missing:
             raise self._err(node, f"concatenates {missing[0]!r}, which no supported op produced")
+        # A concat's cost is the copy of what it writes; beyond 4 inputs (DenseNet) the count is timed as 4
         return _Kernel(node.name, "op", ins[0], node.output[0], [node], extra_inputs=tuple(ins[1:]),
-                       op=f"concat{len(ins)}")
+                       op=f"concat{min(len(ins), 4)}")
 
     def _slice(self, node, x: str) -> _Kernel:
         cin = (self.g.shapes.get(x) or [0, 0])[1]
@@ -449,17 +451,17 @@ class _Partition:
         p = [int(v) for v in np.asarray(pads).reshape(-1)]
         if len(p) != 8 or p[0] or p[1] or p[4] or p[5]:
             raise self._err(node, f"pads {p}; only spatial padding of an N×C×H×W tensor is supported")
-        if len({p[2], p[3], p[6], p[7]}) > 1:
-            raise self._err(node, f"pads H/W asymmetrically {p}; export with symmetric padding")
-        return _Kernel(node.name, "op", x, node.output[0], [node], op=f"pad{p[2]}")
+        if p[2] != p[3] or p[6] != p[7]:
+            raise self._err(node, f"pads H and W differently {p}; latbench tables assume square inputs")
+        # TF 'SAME' padding pads after more than before at stride 2: both amounts are in the kernel's name
+        return _Kernel(node.name, "op", x, node.output[0], [node], op=f"pad-{p[2]}-{p[6]}")
 
 
-def load_model_graph(path: str | Path, input_shape: Sequence[int] | None = None,
-                     weights: bool = False) -> onnx.ModelProto:
+def load_model_graph(path: str | Path, input_shape: Sequence[int] | None = None) -> onnx.ModelProto:
     """The normalised graph of an ONNX file (:func:`latbench.models.onnx_load.load_user_onnx`)."""
     from .onnx_load import load_user_onnx
 
-    return load_user_onnx(path, input_shape=input_shape, weights=weights)
+    return load_user_onnx(path, input_shape=input_shape)
 
 
 def _prunable_in(segments, groups: dict) -> tuple[str | None, tuple[str, ...], int]:
@@ -500,6 +502,7 @@ def spec_from_graph(model: onnx.ModelProto, path: Path, skip_unsupported: bool =
     except channel_error as err:
         raise OnnxModelError(f"{path.name}: {err}") from err
     groups = {name: grp.width for name, grp in channels.groups.items() if grp.prunable}
+    multiples = {name: grp.multiple for name, grp in channels.groups.items() if grp.prunable and grp.multiple > 1}
     layers = []
     for k in part.kernels:
         in_group, in_extra, offset = _prunable_in(channels.tensors[k.input], groups)
@@ -527,9 +530,13 @@ def spec_from_graph(model: onnx.ModelProto, path: Path, skip_unsupported: bool =
     res = int(in_shape[2])
     if in_shape[2] != in_shape[3]:
         raise OnnxModelError(f"{path.name}: input {in_shape} is not square; latbench tables assume H = W")
-    return ModelSpec(path.stem, tuple(layers), groups, resolutions=(res,), in_channels=int(in_shape[1]),
+    # The file's digest in the name: measurements of its networks are stored under the model's name, and two
+    # files called model.onnx are different models.
+    digest = hashlib.sha256(model.SerializeToString()).hexdigest()[:8]
+    return ModelSpec(f"{path.stem}-{digest}", tuple(layers), groups, resolutions=(res,), in_channels=int(in_shape[1]),
                      num_classes=0, description=f"imported from {path.name}", source=str(path),
-                     remainder=tuple(part.remainder))
+                     remainder=tuple(part.remainder), multiples=multiples,
+                     input_shape=tuple(int(d) for d in in_shape))
 
 
 def remainder_model(model: onnx.ModelProto, nodes: Sequence[str]) -> onnx.ModelProto:

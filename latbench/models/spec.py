@@ -40,8 +40,9 @@ def output_hw(kind: str, op: str, kernel: int, stride: int, padding: int, hw: in
     if kind == "se":
         return hw
     if kind == "op":
-        if op.startswith("pad"):
-            return hw + 2 * int(op[3:].split("-")[0])
+        if op.startswith("pad-"):         # pad-BEFORE-AFTER
+            before, after = op.split("-")[1:3]
+            return hw + int(before) + int(after)
         return 1 if op.startswith(("flatten", "gap", "softmax")) else int(hw * op_scale(op))
     return (hw + 2 * padding - kernel) // stride + 1
 
@@ -114,6 +115,8 @@ class ModelSpec:
     description: str = ""
     source: str = ""                  # the ONNX file an imported model came from (pruned variants are cut from it)
     remainder: tuple[str, ...] = ()   # nodes no kernel covers (--skip-unsupported): timed together as one remainder
+    multiples: dict[str, int] = field(default_factory=dict, hash=False)  # widths a group must be a multiple of
+    input_shape: tuple[int, ...] = ()  # an imported model's fixed N×C×H×W input
 
     def __post_init__(self) -> None:
         seen = {"input"}
