@@ -26,10 +26,12 @@ from .validation import calibrate as calibrate_table
 DEFAULT_STORE = "runs/measurements.db"
 
 
-def load_model(name_or_path: str) -> ModelSpec:
-    """A zoo model by name, or the layers of an ONNX file."""
+def load_model(name_or_path: str, input_shape: Sequence[int] | None = None,
+               skip_unsupported: bool = False) -> ModelSpec:
+    """A zoo model by name, or the kernels of an ONNX file (``input_shape`` fixes a dynamic input;
+    ``skip_unsupported`` times ops no kernel covers together as a measured remainder)."""
     if name_or_path.endswith(".onnx") or Path(name_or_path).exists():
-        return spec_from_onnx(name_or_path)
+        return spec_from_onnx(name_or_path, input_shape=input_shape, skip_unsupported=skip_unsupported)
     return get_model(name_or_path)
 
 
@@ -76,6 +78,9 @@ def build_table(specs: Sequence[ModelSpec], device: str = DEFAULT_DEVICE, store:
             lattice = {s.key: {a: set(v) for a, v in s.lattice.items() if a != "sparsity"} for s in slices}
             meta = {"models": [s.name for s in specs], "channel_multiple": channel_multiple, **(extra_meta or {})}
             table, frame = table_from_store(st, env_id, [s.key for s in slices], meta, lattice)
+            for spec in specs:
+                if spec.remainder:
+                    table.meta.setdefault("remainder", {})[spec.name] = measure_remainder(spec, dev, st, progress)
             if calibrate:
                 for spec in specs:
                     calibrate_table(spec, table, dev, st, n=calibrate, resolutions=resolutions, progress=progress,
@@ -85,6 +90,23 @@ def build_table(specs: Sequence[ModelSpec], device: str = DEFAULT_DEVICE, store:
     if out:
         table.save(out, frame)
     return table
+
+
+def measure_remainder(spec: ModelSpec, device, store: MeasurementStore, progress: bool = True) -> dict:
+    """Time the ops of an imported model no kernel covers (``--skip-unsupported``) as one subgraph at full width;
+    the predictor adds it to every network of the model."""
+    from .models.onnx_graph import load_model_graph, remainder_model
+    from .validation import measure_models
+
+    graph = remainder_model(load_model_graph(spec.source, spec.input_shape or None), spec.remainder)
+    if device.model_format == "tflite":
+        from .export.onnx_tflite import onnx_to_tflite
+
+        data = onnx_to_tflite(graph)
+    else:
+        data = graph.SerializeToString()
+    ms = float(measure_models([data], device, store, progress=progress)[0])
+    return {"ms": ms, "nodes": list(spec.remainder)}
 
 
 def _check_fit(fit: str) -> None:

@@ -275,10 +275,22 @@ class Predictor:
                 end = start + chunk
                 part[start:end] = self._predict_rows(c, widths[start:end] // step, sparsity[start:end])
             out[rows] = part
+        out += self.remainder_ms
         if calibrated:
             scale, offset = self.calibration()
             out = out * scale + offset
         return out
+
+    @property
+    def remainder_ms(self) -> float:
+        """The measured time of the ops no kernel covers (``--skip-unsupported``), the same for every width."""
+        if not self.spec.remainder:
+            return 0.0
+        entry = (self.table.meta.get("remainder") or {}).get(self.spec.name)
+        if entry is None:
+            raise TableError(f"{self.spec.name} has {len(self.spec.remainder)} op(s) no kernel covers, timed as a "
+                             "remainder when its table is built; rebuild the table with --skip-unsupported")
+        return float(entry["ms"])
 
     @staticmethod
     def _predict_rows(c: _Compiled, widths: np.ndarray, sparsity: np.ndarray) -> np.ndarray:

@@ -53,3 +53,21 @@ def fail(err: Exception) -> None:
 
 def settings(rounds: int, runs: int, warmup: int) -> MeasureSettings:
     return MeasureSettings(warmup=warmup, rounds=rounds, runs_per_round=runs)
+
+
+def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
+    """``--input-shape 1,3,224,224`` → (1, 3, 224, 224); a clear error for anything else."""
+    if not text:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise typer.BadParameter(f"--input-shape {text!r}: give N,C,H,W as four positive integers, e.g. 1,3,224,224")
+    return shape
+
+
+INPUT_SHAPE_HELP = "an ONNX model's input N,C,H,W when its graph leaves sizes dynamic, e.g. 1,3,224,224"
+SKIP_HELP = ("ONNX ops no kernel covers are timed together as one measured remainder of the network "
+             "(default: stop and name the op)")

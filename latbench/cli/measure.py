@@ -16,7 +16,8 @@ from ..models import Architecture
 from ..tables.table import LatencyTable, TableError
 from rich.markup import escape
 
-from .common import DEVICE_HELP, ERRORS, FARM_HELP, GROUP_HELP, MIX_HELP, console, device_or_farm, fail, settings
+from .common import (DEVICE_HELP, ERRORS, FARM_HELP, GROUP_HELP, INPUT_SHAPE_HELP, MIX_HELP, SKIP_HELP, console,
+                     device_or_farm, fail, parse_input_shape, settings)
 
 
 def devices(tcp: Optional[List[str]] = typer.Option(None, help="also probe the phone at HOST:PORT (repeatable; "
@@ -60,6 +61,8 @@ def profile(model: str = typer.Argument(..., help="zoo model name (e.g. mobilene
             group: Optional[str] = typer.Option(None, help="with --farm: profile only this device group "
                                                            "(default: every group, one table each)"),
             mix_units: bool = typer.Option(False, "--mix-units", help=MIX_HELP),
+            input_shape: Optional[str] = typer.Option(None, help=INPUT_SHAPE_HELP),
+            skip_unsupported: bool = typer.Option(False, "--skip-unsupported", help=SKIP_HELP),
             progress: bool = typer.Option(True, help="show progress bars")) -> None:
     """Measure the layer variants MODEL needs on DEVICE. Resumes by default: a killed run restarted with the
     same arguments measures only what is missing.
@@ -67,7 +70,7 @@ def profile(model: str = typer.Argument(..., help="zoo model name (e.g. mobilene
     Example: latbench profile mobilenet_v2 --device host:onnxruntime --resolution 224 --table tables/mbv2.parquet
     """
     try:
-        spec = api.load_model(model)
+        spec = api.load_model(model, parse_input_shape(input_shape), skip_unsupported)
         for dev, out in _profile_targets(device, farm, group, mix_units, table):
             report = api.profile(spec, dev, store, resolution, adaptive=adaptive and not dense, threshold=threshold,
                                  channel_points=channel_points, sparsities=sparsity, threads=threads,
@@ -106,7 +109,9 @@ def _profile_targets(device: str, farm: Optional[Path], group: Optional[str], mi
 def predict(model: str, arch: Optional[Path] = typer.Option(None, help="architecture JSON (default: the full model)"),
             table: Path = typer.Option(..., help="latency table (.parquet)"),
             clamp: bool = typer.Option(False, help="clamp queries outside the grid instead of failing"),
-            breakdown: bool = typer.Option(False, help="print per-layer latencies")) -> None:
+            breakdown: bool = typer.Option(False, help="print per-layer latencies"),
+            input_shape: Optional[str] = typer.Option(None, help=INPUT_SHAPE_HELP),
+            skip_unsupported: bool = typer.Option(False, "--skip-unsupported", help=SKIP_HELP)) -> None:
     """Predict the latency of one architecture from a table.
 
     Example: latbench predict mobilenet_v2 --arch arch.json --table tables/host-ort-mobilenet_v2.parquet
@@ -114,7 +119,7 @@ def predict(model: str, arch: Optional[Path] = typer.Option(None, help="architec
     from ..predictor import Predictor
 
     try:
-        spec = api.load_model(model)
+        spec = api.load_model(model, parse_input_shape(input_shape), skip_unsupported)
         a = Architecture.load(arch) if arch else Architecture.full(spec)
         p = Predictor(spec, LatencyTable.load(table), clamp=clamp)
         ms = float(p.predict(a)[0])
@@ -176,13 +181,15 @@ def validate(model: str, table: Path = typer.Option(..., help="latency table to 
              farm: Optional[Path] = typer.Option(None, help=FARM_HELP),
              group: Optional[str] = typer.Option(None, help=GROUP_HELP),
              mix_units: bool = typer.Option(False, "--mix-units", help=MIX_HELP),
+             input_shape: Optional[str] = typer.Option(None, help=INPUT_SHAPE_HELP),
+             skip_unsupported: bool = typer.Option(False, "--skip-unsupported", help=SKIP_HELP),
              progress: bool = typer.Option(True)) -> None:
     """Measure N random pruned networks end to end and compare with the table's predictions.
 
     Example: latbench validate mobilenet_v2 --table tables/host-ort-mobilenet_v2.parquet --n 100 --json report.json
     """
     try:
-        spec = api.load_model(model)
+        spec = api.load_model(model, parse_input_shape(input_shape), skip_unsupported)
         if farm is not None:
             device = device_or_farm(device, farm, group or LatencyTable.load(table).fingerprint, mix_units)
         report = api.validate_model(spec, table, device, store, n, seed, resolution, tuple(sparsity or (0.0,)),

@@ -518,8 +518,6 @@ def spec_from_graph(model: onnx.ModelProto, path: Path, skip_unsupported: bool =
             fixed_out = None
         else:
             out_group, fixed_out = None, channels.channels(k.mid if k.kind == "se" else k.output)
-        if k.kind == "depthwise" and (in_extra or offset and in_group is not None):
-            in_group, in_extra, offset, fixed_in, out_group = None, (), 0, channels.channels(k.input), None
         made = {t: part.made_by[t] for t in (k.input, k.residual, *k.extra_inputs) if t}
         layers.append(LayerDef(
             k.name, k.kind, made[k.input], in_group, out_group, kernel=k.kernel, stride=k.stride, padding=k.padding,
