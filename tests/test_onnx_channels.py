@@ -36,7 +36,8 @@ def _randomise_bn(module: nn.Module, seed: int = 0) -> nn.Module:
     return module.eval()
 
 
-def export(module: nn.Module, tmp_path, size: int = 16, seed: int = 0) -> onnx.ModelProto:
+def export(module: nn.Module, tmp_path, size: int = 16, seed: int = 0, raw: bool = False) -> onnx.ModelProto:
+    """The module's legacy ONNX export, normalised by ``load_user_onnx`` (``raw``: only shape inference)."""
     torch.manual_seed(seed)
     module = _randomise_bn(module, seed)
     f = io.BytesIO()
@@ -45,7 +46,7 @@ def export(module: nn.Module, tmp_path, size: int = 16, seed: int = 0) -> onnx.M
         torch.onnx.export(module, torch.randn(1, 3, size, size), f, dynamo=False, opset_version=17,
                           do_constant_folding=True, input_names=["image"], output_names=["logits"])
     model = onnx.load_from_string(f.getvalue())
-    if load_user_onnx is not None:
+    if load_user_onnx is not None and not raw:
         path = tmp_path / "model.onnx"
         onnx.save(model, str(path))
         return load_user_onnx(path)
@@ -297,6 +298,25 @@ class Shuffle(nn.Module):
         return self.fc(self.conv(x).mean((2, 3)))
 
 
+class SplitResizePad(nn.Module):
+    """chunk() of a concat along its segments (prunable), chunk() inside a segment (not), Resize, Pad."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = cbr(3, 8), cbr(3, 8), cbr(3, 12)
+        self.conv = cbr(8, 8)
+        self.up = cbr(16, 16, 1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x1, x2 = torch.split(torch.cat([self.a(x), self.b(x)], 1), [8, 8], 1)
+        c1, c2, c3 = torch.split(self.c(x), [4, 4, 4], 1)
+        y = torch.cat([self.conv(x1) + x2, c1 * c3, c2], 1)
+        y = nn.functional.interpolate(nn.functional.max_pool2d(y, 2), scale_factor=2.0, mode="nearest")
+        y = nn.functional.pad(y, (1, 1, 1, 1))
+        return self.fc(self.up(y).mean((2, 3)))
+
+
 class Classifier(nn.Module):
     def __init__(self):
         super().__init__()
@@ -409,6 +429,28 @@ def test_channel_shuffle_not_prunable(tmp_path):
     check_pruning(model, graph, 4)
 
 
+def test_split_resize_pad(tmp_path):
+    model = export(SplitResizePad(), tmp_path)
+    assert {"Split", "Resize", "Pad"} <= {n.op_type for n in model.graph.node}
+    graph = analyse_channels(model)
+    a, b, c, conv, up = (group_of(model, "Conv", k) for k in ("/a/", "/b/", "/c/", "/conv/", "/up/"))
+    split_c = [n.name for n in model.graph.node if n.op_type == "Split"][1]
+    assert graph.prunable_groups() == {a: 8, b: 8, up: 16}      # conv is coupled with b by the Add
+    assert graph.groups[c].reason == f"sliced by {split_c}"
+    widths = check_pruning(model, graph, 5)
+    assert set(widths) == {a, b, up}
+
+
+@pytest.mark.parametrize("module", [InvertedResidualSE, GhostNetLike])
+def test_raw_exports_with_constant_nodes(module, tmp_path):
+    """Straight from the exporter (Constant nodes, no loader): same groups as the normalised graph."""
+    model = export(module(), tmp_path, raw=True)
+    graph = analyse_channels(model)
+    if load_user_onnx is not None:
+        assert graph.groups == analyse_channels(export(module(), tmp_path)).groups
+    check_pruning(model, graph, 10 if module is InvertedResidualSE else 6, rounds=2)
+
+
 def test_classifier_and_flatten_not_prunable(tmp_path):
     model = export(Classifier(), tmp_path)
     graph = analyse_channels(model)
@@ -490,9 +532,16 @@ def test_timm_models_prune_and_run(name, tmp_path_factory):
     x = np.random.default_rng(0).standard_normal((1, 3, 96, 96)).astype(np.float32)
     ref = run(model, x)
     np.testing.assert_array_equal(run(prune_onnx(model, graph, {}), x), ref)
-    widths = random_widths(graph, np.random.default_rng(1), low=0.5)
+    rng = np.random.default_rng(1)
+    widths = random_widths(graph, rng, low=0.5)
     out = run(prune_onnx(model, graph, widths), x)
     assert out.shape == ref.shape == (1, 1000)
     assert np.isfinite(out).all()
+    # equivalence: the dropped channels made to do nothing, the pruned model computes what the full one does
+    keep = random_keep(graph, widths, rng)
+    neutral = neutralise_dropped(model, graph, keep)
+    want = run(neutral, x)
+    scale = float(np.abs(want).max())
+    np.testing.assert_allclose(run(prune_onnx(neutral, graph, widths, keep), x), want, rtol=1e-3, atol=1e-4 * scale)
     fixed = {n: g.reason for n, g in graph.groups.items() if not g.prunable}
     print(f"\n{name}: {len(graph.groups)} groups, {len(graph.prunable_groups())} prunable; non-prunable: {fixed}")
