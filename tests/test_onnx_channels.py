@@ -160,9 +160,10 @@ def check_pruning(model, graph, classes: int, size: int = 16, rounds: int = 3, s
         keep = random_keep(graph, widths, rng)
         neutral = neutralise_dropped(model, graph, keep)
         want = run(neutral, x)
-        np.testing.assert_allclose(run(prune_onnx(neutral, graph, widths, keep), x), want, rtol=1e-4, atol=1e-5)
+        tol = 1e-5 * float(np.abs(want).max())      # float sums in another order; a wrong channel is ~1e-2
+        np.testing.assert_allclose(run(prune_onnx(neutral, graph, widths, keep), x), want, rtol=1e-5, atol=tol)
         by_importance = prune_onnx(neutral, graph, widths)
-        np.testing.assert_allclose(run(by_importance, x), want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(run(by_importance, x), want, rtol=1e-5, atol=tol)
         for t in pruned.graph.value_info:
             if t.name in graph.tensors:
                 assert t.type.tensor_type.shape.dim[1].dim_value == graph.channels(t.name, widths), t.name
@@ -443,8 +444,10 @@ def test_split_resize_pad(tmp_path):
 
 @pytest.mark.parametrize("module", [InvertedResidualSE, GhostNetLike])
 def test_raw_exports_with_constant_nodes(module, tmp_path):
-    """Straight from the exporter (Constant nodes, no loader): same groups as the normalised graph."""
+    """Straight from the exporter (Constant nodes, no loader, no value_info): same groups as the normalised
+    graph."""
     model = export(module(), tmp_path, raw=True)
+    del model.graph.value_info[:]
     graph = analyse_channels(model)
     if load_user_onnx is not None:
         assert graph.groups == analyse_channels(export(module(), tmp_path)).groups
@@ -542,6 +545,6 @@ def test_timm_models_prune_and_run(name, tmp_path_factory):
     neutral = neutralise_dropped(model, graph, keep)
     want = run(neutral, x)
     scale = float(np.abs(want).max())
-    np.testing.assert_allclose(run(prune_onnx(neutral, graph, widths, keep), x), want, rtol=1e-3, atol=1e-4 * scale)
+    np.testing.assert_allclose(run(prune_onnx(neutral, graph, widths, keep), x), want, rtol=1e-4, atol=1e-5 * scale)
     fixed = {n: g.reason for n, g in graph.groups.items() if not g.prunable}
     print(f"\n{name}: {len(graph.groups)} groups, {len(graph.prunable_groups())} prunable; non-prunable: {fixed}")

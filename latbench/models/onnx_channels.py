@@ -218,7 +218,8 @@ class _Analyser:
         gid = len(self.parent)
         self.parent.append(gid)
         self.width.append(width)
-        self.producer.append((node.name, lo, lo + width, width if full is None else full))
+        self.producer.append((node.name or f"{node.op_type}_{self.node_index}", lo, lo + width,
+                              width if full is None else full))
         self.order.append(order if order is not None else (self.node_index, lo))
         self.prunable[gid], self.reasons[gid], self.multiple[gid], self.min_width[gid] = True, [], 1, 1
         self.members[gid] = [gid]
@@ -707,6 +708,8 @@ def analyse_channels(model: onnx.ModelProto) -> ChannelGraph:
                    key=lambda r: a.order[r])
     groups = {}
     for r in roots:
+        if a.prunable[r] and a.multiple[r] >= a.width[r] > 1:
+            a.mark(r, "grouped conv with one channel per conv group: only the full width fits")
         reason = "; ".join(a.reasons[r]) if not a.prunable[r] else ""
         groups[name(r)] = ChannelGroup(name(r), a.width[r], a.prunable[r], a.multiple[r],
                                        max(1, a.min_width[r]), reason)
@@ -860,8 +863,12 @@ class _Pruner:
             elif op in _NORM_PARAMS:
                 for k in _NORM_PARAMS[op]:
                     self.take(node, k, self.idx(node.input[0]), 0)
-            elif op in _ELEMENTWISE or op == "Concat":
+            elif op in _ELEMENTWISE:
                 self.broadcast_consts(node)
+            elif op == "Concat" and node.output[0] in self.graph.tensors:
+                rank = len(self.m.shape(node.output[0]))
+                if _norm_axis(int(_attrs(node).get("axis", 0)), rank) != 1:
+                    self.broadcast_consts(node)      # concatenated along H/W: constants carry the channels
 
     def broadcast_consts(self, node) -> None:
         y = node.output[0]
@@ -1017,10 +1024,16 @@ def prune_onnx(model: onnx.ModelProto, graph: ChannelGraph, widths: Mapping[str,
     chosen = _choose(graph, model, widths, keep)
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    if _needs_inference(out):
+        out = shape_inference.infer_shapes(out)
     if chosen:
         _Pruner(out, graph, chosen).run()
     g = out.graph
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    nodes = [n for n in g.node if n.op_type != "Constant" or any(o in used for o in n.output)]
+    if len(nodes) != len(g.node):               # Constant nodes whose values were replaced by sliced copies
+        del g.node[:]
+        g.node.extend(nodes)
     kept = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
     g.initializer.extend(kept)
