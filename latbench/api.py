@@ -35,6 +35,24 @@ def load_model(name_or_path: str, input_shape: Sequence[int] | None = None,
     return get_model(name_or_path)
 
 
+def load_torch_module(module, example_input, path: str | Path, skip_unsupported: bool = False) -> ModelSpec:
+    """A torch ``nn.Module`` as latbench reads any CNN: exported with ``example_input`` to the ONNX file ``path``
+    (torch's exporter, opset 17; written atomically), then imported from it, so that profiling, validation and
+    pruned variants work on the file as on any user's ONNX model."""
+    import io
+
+    import torch
+
+    from .files import atomic_write_bytes
+
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(module.eval(), (example_input,), buf, input_names=["input"], output_names=["output"],
+                          opset_version=17, dynamo=False, do_constant_folding=True)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return spec_from_onnx(path, skip_unsupported=skip_unsupported)
+
+
 def profile(spec: ModelSpec, device: str = DEFAULT_DEVICE, store: str | Path = DEFAULT_STORE,
             resolutions: Sequence[int] | None = None, adaptive: bool = True, threshold: float = 0.08,
             channel_points: int = 8, sparsities: Sequence[float] | None = None, threads: int = 1,

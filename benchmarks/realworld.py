@@ -1,0 +1,170 @@
+"""Real-world CNNs (issue 13): import, profile and predict public architectures latbench never saw, on both host
+runtimes, and check the predictions against the files measured whole.
+
+The models are timm 1.0.31's definitions with random weights, exported as a user would (torch's legacy exporter,
+opset 17, 224×224; ``tests/realworld_models.py``). Per runtime:
+
+1. each model is imported (``latbench.models.onnx_graph``) and its kernels profiled adaptively at its own
+   resolution; one table holds every model's kernels;
+2. the full network and ``variants`` random pruned variants of it (its own graph with weights sliced,
+   ``latbench.models.onnx_channels``) are measured end to end;
+3. predictions: the bare sum of kernel lookups; **device-calibrated**, the correction
+   :func:`latbench.validation.fit_device_calibration` learns on the *other* models' networks (leave one model out:
+   no whole network of the model predicted is used); and model-calibrated, the same fit on the model's own
+   networks (in-sample, for reference).
+
+    python benchmarks/realworld.py                 # all models, both runtimes; hours on 2 cores, resumable
+    python benchmarks/realworld.py --set models='["mobilenet_v3_small","resnet18"]' --set runtimes='["host:onnxruntime"]'
+
+Writes ``benchmarks/results/realworld/summary.json`` (one row per model and runtime) and per-run files under
+``out``. Every measurement is in the SQLite store, so a rerun resumes.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+from annotated_types import Ge
+
+from latbench.cli.options import script_main
+from latbench.files import atomic_write_json
+from latbench.recipe import Opt, resolved
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RealWorld:
+    models: Annotated[tuple[str, ...], Opt(help="families of tests/realworld_models.py (default: all)")] = ()
+    runtimes: Annotated[tuple[str, ...], Opt(help="host devices")] = ("host:onnxruntime", "host:litert")
+    variants: Annotated[int, Ge(0), Opt(help="random pruned variants measured per model")] = 20
+    seed: int = 0
+    min_ratio: float = 0.5
+    out: str = "runs/realworld"
+    summary: str = "benchmarks/results/realworld/summary.json"
+
+
+def _hits(pred: np.ndarray, meas: np.ndarray, tol: float) -> float:
+    return float(np.mean(np.abs(pred / meas - 1) <= tol)) if len(meas) else 0.0
+
+
+def _profile_model(name: str, device: str, out: Path, store: Path) -> dict:
+    """Export, import and profile one model; returns its row so far (``imported`` False with the error)."""
+    from realworld_models import REALWORLD, export_timm_onnx
+
+    from latbench import api
+    from latbench.models.onnx_graph import OnnxModelError
+
+    path = out / "models" / f"{REALWORLD[name]}.onnx"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_timm_onnx(REALWORLD[name], path)
+    row = {"model": name, "timm": REALWORLD[name], "runtime": device, "file": str(path)}
+    try:
+        spec = api.load_model(str(path))
+    except OnnxModelError as err:
+        return {**row, "imported": False, "error": str(err)}
+    start = time.perf_counter()
+    report = api.profile(spec, device, store, progress=False)
+    return {**row, "imported": True, "spec": spec, "layers": len(spec.layers), "groups": len(spec.groups),
+            "measurements": report.measured + report.skipped, "profile_s": time.perf_counter() - start}
+
+
+def _run_runtime(exp: RealWorld, device: str, names: list[str]) -> list[dict]:
+    from latbench import api
+    from latbench.devices import open_device
+    from latbench.models import Architecture, random_architectures
+    from latbench.predictor import Predictor
+    from latbench.store import MeasurementStore
+    from latbench.validation import fit_device_calibration, measure_networks
+
+    out = ROOT / exp.out / device.replace(":", "-")
+    store = out / "measurements.db"
+    rows = [_profile_model(name, device, ROOT / exp.out, store) for name in names]
+    specs = [r["spec"] for r in rows if r["imported"]]
+    table = api.build_table(specs, device, store, out / "table.parquet", calibrate=0, progress=False)
+    dev = open_device(device)
+    samples: dict[str, dict] = {}
+    try:
+        with MeasurementStore(store) as st:
+            for r in rows:
+                if not r["imported"]:
+                    continue
+                spec = r["spec"]
+                archs = [Architecture.full(spec)] + random_architectures(
+                    spec, exp.variants, seed=exp.seed, min_ratio=exp.min_ratio, divisor=8)
+                pred = Predictor(spec, table)
+                r["bare"] = pred.predict(archs, calibrated=False)
+                r["measured"] = measure_networks(spec, archs, dev, st, progress=False)
+                samples[spec.name] = {"kernels": len(pred.layers),
+                                      "samples": [[float(a), float(b)] for a, b in zip(r["bare"], r["measured"])]}
+                print(f"{device} {r['model']}: full {r['bare'][0]:.3f} ms summed, {r['measured'][0]:.3f} ms measured",
+                      flush=True)
+    finally:
+        dev.close()
+    results = []
+    for r in rows:
+        if not r["imported"]:
+            results.append({k: r[k] for k in ("model", "timm", "runtime", "imported", "error")})
+            continue
+        name = r["spec"].name
+        n_kernels = samples[name]["kernels"]
+        device_fit = fit_device_calibration({"calibration": samples}, exclude=name)
+        own_fit = fit_device_calibration({"calibration": {name: samples[name]}}, min_models=1)
+        bare, meas = np.asarray(r["bare"]), np.asarray(r["measured"])
+
+        def apply(fit):
+            return bare * fit["scale"] + fit["per_kernel_ms"] * n_kernels + fit["offset_ms"]
+
+        dev_pred, own_pred = apply(device_fit), apply(own_fit)
+        variants = slice(1, None)
+        results.append({
+            "model": r["model"], "timm": r["timm"], "runtime": device, "imported": True, "layers": r["layers"],
+            "groups": r["groups"], "measurements": r["measurements"], "profile_s": round(r["profile_s"], 1),
+            "full_pred_ms": float(dev_pred[0]), "full_meas_ms": float(meas[0]), "full_bare_ms": float(bare[0]),
+            "full_model_calibrated_ms": float(own_pred[0]),
+            "full_error": float(dev_pred[0] / meas[0] - 1), "full_bare_error": float(bare[0] / meas[0] - 1),
+            "variants": int(len(meas) - 1),
+            "variants_within_10pct": _hits(dev_pred[variants], meas[variants], 0.10),
+            "variants_within_5pct": _hits(dev_pred[variants], meas[variants], 0.05),
+            "variants_bare_within_10pct": _hits(bare[variants], meas[variants], 0.10),
+            "variants_model_calibrated_within_10pct": _hits(own_pred[variants], meas[variants], 0.10),
+            "device_fit": {k: device_fit[k] for k in ("scale", "per_kernel_ms", "offset_ms", "models", "networks")},
+        })
+    atomic_write_json(out / "results.json", results, indent=1)
+    return results
+
+
+def main(exp: RealWorld) -> None:
+    from realworld_models import REALWORLD, timm_available
+
+    if not timm_available():
+        raise SystemExit("timm is not installed: pip install --no-deps timm==1.0.31 (see .ci/run)")
+    names = list(exp.models or REALWORLD)
+    unknown = [n for n in names if n not in REALWORLD]
+    if unknown:
+        raise SystemExit(f"unknown model(s) {unknown}; choose from {sorted(REALWORLD)}")
+    rows = []
+    for device in exp.runtimes:
+        rows += _run_runtime(exp, device, names)
+    full = [r for r in rows if r.get("imported")]
+    errors = np.array([abs(r["full_error"]) for r in full])
+    totals = {
+        "imported": f"{len(full)}/{len(rows)}",
+        "full_within_10pct": float(np.mean(errors <= 0.10)) if len(errors) else 0.0,
+        "full_within_5pct": float(np.mean(errors <= 0.05)) if len(errors) else 0.0,
+        "full_bare_within_10pct": float(np.mean([abs(r["full_bare_error"]) <= 0.10 for r in full])) if full else 0.0,
+    }
+    atomic_write_json(ROOT / exp.summary, rows, indent=1)
+    atomic_write_json((ROOT / exp.summary).with_name("totals.json"), {**totals, "settings": resolved(exp)}, indent=1)
+    print(json.dumps(totals, indent=1))
+
+
+if __name__ == "__main__":
+    script_main(RealWorld, main, doc=__doc__)
