@@ -101,8 +101,10 @@ def design_grid(specs: list[ModelSpec], resolutions: dict[str, tuple[int, ...]] 
                 full = {"in_channels": cin, "out_channels": cout}
                 for axis in s.axes:
                     if axis == "sparsity":
-                        lattice = SPARSITY_LATTICE
-                        start = sparsities or (COARSE_SPARSITIES if adaptive else DENSE_SPARSITIES)
+                        lattice = (0.0,) if spec.source and not sparsities else SPARSITY_LATTICE
+                        # An imported model is pruned by channels: its table spans sparsity only when asked
+                        start = sparsities or ((0.0,) if spec.source else
+                                               COARSE_SPARSITIES if adaptive else DENSE_SPARSITIES)
                     else:
                         multiple = math.lcm(channel_multiple, _channel_multiple_of(sig))
                         lattice = channel_lattice(full[axis], channel_points, multiple)
