@@ -53,19 +53,24 @@ def load_torch_module(module, example_input, path: str | Path, skip_unsupported:
     return spec_from_onnx(path, skip_unsupported=skip_unsupported)
 
 
-def profile(spec: ModelSpec, device: str = DEFAULT_DEVICE, store: str | Path = DEFAULT_STORE,
+def profile(spec: ModelSpec | Sequence[ModelSpec], device: str = DEFAULT_DEVICE, store: str | Path = DEFAULT_STORE,
             resolutions: Sequence[int] | None = None, adaptive: bool = True, threshold: float = 0.08,
             channel_points: int = 8, sparsities: Sequence[float] | None = None, threads: int = 1,
             channel_multiple: int | None = None,
-            settings: MeasureSettings | None = None, progress: bool = True) -> ProfileReport:
-    """Measure every slice ``spec`` needs on ``device``; resumes from whatever ``store`` already holds."""
-    res = {spec.name: tuple(resolutions)} if resolutions else None
+            settings: MeasureSettings | None = None, progress: bool = True,
+            table: str | Path | None = None) -> ProfileReport:
+    """Measure every slice ``spec`` (one model or several, profiled as one grid) needs on ``device``; resumes
+    from whatever ``store`` already holds. With ``table``, an existing table of this device the models will be
+    added to, its slices' knots join the grid (a slice shared with its models stays one complete grid)."""
+    specs = [spec] if isinstance(spec, ModelSpec) else list(spec)
+    res = {s.name: tuple(resolutions) for s in specs} if resolutions else None
     dev = open_device(device, threads=threads, settings=settings)
     channel_multiple = channel_multiple or getattr(dev, "channel_multiple", 1)
-    slices = design_grid([spec], res, adaptive=adaptive, channel_points=channel_points,
-                         sparsities=tuple(sparsities) if sparsities else None, channel_multiple=channel_multiple)
     try:
         dev.prepare()
+        slices = design_grid(specs, res, adaptive=adaptive, channel_points=channel_points,
+                             sparsities=tuple(sparsities) if sparsities else None,
+                             channel_multiple=channel_multiple, existing=_same_device_table(table, dev))
         with MeasurementStore(store) as st:
             report = Profiler(dev, st, progress=progress).run(slices, adaptive=adaptive, threshold=threshold)
         if hasattr(dev, "work_summary"):        # a farm group: who measured what, every fault
@@ -92,10 +97,13 @@ def build_table(specs: Sequence[ModelSpec], device: str = DEFAULT_DEVICE, store:
         with MeasurementStore(store) as st:
             env_id = environment_of(dev, st)
             res = {s.name: tuple(resolutions) for s in specs} if resolutions else None
-            slices = design_grid(list(specs), res, channel_multiple=channel_multiple)
+            slices = design_grid(list(specs), res, channel_multiple=channel_multiple,
+                                 existing=_same_device_table(out, dev))
             lattice = {s.key: {a: set(v) for a, v in s.lattice.items() if a != "sparsity"} for s in slices}
             meta = {"models": [s.name for s in specs], "channel_multiple": channel_multiple, **(extra_meta or {})}
             table, frame = table_from_store(st, env_id, [s.key for s in slices], meta, lattice)
+            if out and Path(out).exists():
+                table, frame = _merge_previous(table, frame, Path(out), {s.name for s in specs})
             for spec in specs:
                 if spec.remainder:
                     table.meta.setdefault("remainder", {})[spec.name] = measure_remainder(spec, dev, st, progress)
@@ -108,6 +116,41 @@ def build_table(specs: Sequence[ModelSpec], device: str = DEFAULT_DEVICE, store:
     if out:
         table.save(out, frame)
     return table
+
+
+def _same_device_table(path: str | Path | None, device) -> LatencyTable | None:
+    """The table at ``path`` when it exists and was measured on ``device`` (same fingerprint)."""
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        table = LatencyTable.load(path)
+    except (TableError, OSError, ValueError):
+        return None
+    return table if table.fingerprint == device.fingerprint() else None
+
+
+def _merge_previous(table: LatencyTable, frame: pd.DataFrame, path: Path,
+                    rebuilt: set[str]) -> tuple[LatencyTable, pd.DataFrame]:
+    """A table of this device already at ``path`` keeps its other models: their slices, calibrations (whose
+    networks teach the device's correction for models never measured whole) and remainders. A table of another
+    device, or an unreadable one, is replaced."""
+    try:
+        previous = LatencyTable.load(path)
+        old_frame = pd.read_parquet(path)
+    except (TableError, OSError, ValueError):
+        return table, frame
+    if previous.fingerprint != table.fingerprint:
+        return table, frame
+    new_slices = set(zip(frame["signature"], frame["input_hw"]))
+    keep = [key not in new_slices for key in zip(old_frame["signature"], old_frame["input_hw"])]
+    merged = pd.concat([frame, old_frame[keep][frame.columns]], ignore_index=True)
+    meta = dict(table.meta)
+    meta["models"] = list(dict.fromkeys(previous.meta.get("models", []) + meta.get("models", [])))
+    for key in ("calibration", "remainder"):
+        kept = {k: v for k, v in (previous.meta.get(key) or {}).items() if k not in rebuilt}
+        if kept or meta.get(key):
+            meta[key] = {**kept, **(meta.get(key) or {})}
+    return LatencyTable.from_frame(merged, meta), merged
 
 
 def measure_remainder(spec: ModelSpec, device, store: MeasurementStore, progress: bool = True) -> dict:

@@ -75,7 +75,7 @@ def profile(model: str = typer.Argument(..., help="zoo model name (e.g. mobilene
             report = api.profile(spec, dev, store, resolution, adaptive=adaptive and not dense, threshold=threshold,
                                  channel_points=channel_points, sparsities=sparsity, threads=threads,
                                  channel_multiple=channel_multiple,
-                                 settings=settings(rounds, runs, warmup), progress=progress)
+                                 settings=settings(rounds, runs, warmup), progress=progress, table=out)
             console.print_json(json.dumps({**({"device": dev} if farm else {}), **report.to_dict()}))
             if out:
                 api.build_table([spec], dev, store, out, resolution, threads, calibrate=calibrate,

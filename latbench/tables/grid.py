@@ -82,11 +82,13 @@ def _merge(a: tuple, b: tuple) -> tuple:
 
 def design_grid(specs: list[ModelSpec], resolutions: dict[str, tuple[int, ...]] | None = None, adaptive: bool = False,
                 channel_points: int = 8, sparsities: tuple[float, ...] | None = None,
-                channel_multiple: int = 1) -> list[GridSlice]:
+                channel_multiple: int = 1, existing=None) -> list[GridSlice]:
     """The slices needed to predict every layer of ``specs`` at their resolutions.
 
     Layers sharing a signature and an input size share one slice, whose channel knots are the union of
-    each layer's knots (so a layer is measured once however many models contain it).
+    each layer's knots (so a layer is measured once however many models contain it). ``existing`` (a
+    :class:`~latbench.tables.table.LatencyTable` these specs will be added to) contributes its slices' knots
+    too, so that a slice two models share stays one complete grid covering both.
     """
     slices: dict[tuple[str, int], GridSlice] = {}
     for spec in specs:
@@ -111,6 +113,13 @@ def design_grid(specs: list[ModelSpec], resolutions: dict[str, tuple[int, ...]] 
                         start = coarse_channels(full[axis], channel_points, multiple) if adaptive else lattice
                     s.knots[axis] = _merge(s.knots.get(axis, ()), tuple(start))
                     s.lattice[axis] = _merge(s.lattice.get(axis, ()), tuple(lattice) + tuple(start))
+    for key, s in slices.items():
+        old = (existing.slices if existing is not None else {}).get(key)
+        for axis, knots in zip(old.axes, old.knots) if old is not None else ():
+            if axis in s.knots:
+                values = tuple(float(v) if axis == "sparsity" else int(v) for v in knots)
+                s.knots[axis] = _merge(s.knots[axis], values)
+                s.lattice[axis] = _merge(s.lattice[axis], values)
     return sorted(slices.values(), key=lambda s: s.key)
 
 
