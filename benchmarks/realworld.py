@@ -106,8 +106,10 @@ def _run_runtime(exp: RealWorld, device: str, names: list[str]) -> list[dict]:
                 if not r["imported"]:
                     continue
                 spec = r["spec"]
+                # widths on the device's channel block, as the table was profiled (what validate draws)
                 archs = [Architecture.full(spec)] + random_architectures(
-                    spec, exp.variants, seed=exp.seed, min_ratio=exp.min_ratio, divisor=8)
+                    spec, exp.variants, seed=exp.seed, min_ratio=exp.min_ratio,
+                    divisor=int(table.meta.get("channel_multiple", 1)))
                 pred = Predictor(spec, table)
                 r["bare"] = pred.predict(archs, calibrated=False)
                 r["measured"] = measure_networks(spec, archs, dev, st, progress=False)
