@@ -179,3 +179,48 @@ def test_a_torch_module_with_an_example_input_imports_like_its_onnx_file(tmp_pat
     spec = load_torch_module(Block().eval(), torch.zeros(1, 3, 32, 32), tmp_path / "block.onnx")
     assert [layer.kind for layer in spec.layers] == ["conv", "se", "avgpool", "linear"]
     assert spec.layers[0].act == "hswish" and spec.groups
+
+
+def _two_conv_model(path, width):
+    """input 3 → conv 3×3 (width) → ReLU → conv 1×1 (width → 8): two models of different widths share both
+    kernels' signatures, so one table must hold one complete grid per shared slice."""
+    rng = np.random.default_rng(width)
+    w1 = numpy_helper.from_array(rng.standard_normal((width, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((8, width, 1, 1)).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="c2")]
+    onnx.save(_graph(nodes, [w1, w2], in_shape=(1, 3, 16, 16)), path)
+    return path
+
+
+def test_a_second_model_joins_a_device_table_and_is_predicted_with_the_device_correction(tmp_path):
+    """Profile two models into one table (each calibrated on its own networks), then a third with --calibrate 0:
+    the table keeps every model's slices and calibration, covers the shared slices for all three, and predicts
+    the third with the correction learnt on the other two (a model never measured whole)."""
+    store, table = tmp_path / "s.db", tmp_path / "t.parquet"
+    quick = ["--device", "host:onnxruntime", "--store", str(store), "--table", str(table), "--no-progress",
+             "--rounds", "2", "--runs", "3", "--warmup", "1", "--channel-multiple", "8"]
+    paths = [_two_conv_model(tmp_path / f"m{w}.onnx", w) for w in (32, 64, 48)]
+    for path, calibrate in zip(paths, ("4", "4", "0")):
+        result = runner.invoke(app, ["profile", str(path), "--calibrate", calibrate, *quick])
+        assert result.exit_code == 0, result.output
+    from latbench.predictor import Predictor
+    from latbench.tables.table import LatencyTable
+
+    loaded = LatencyTable.load(table)
+    specs = [spec_from_onnx(p) for p in paths]
+    assert set(loaded.meta["calibration"]) == {specs[0].name, specs[1].name}
+    for spec in specs:          # every model's kernels, at full and at half width, inside the one table
+        arch = Architecture.full(spec)
+        half = Architecture(spec.name, arch.resolution, {g: max(8, w // 2) for g, w in spec.groups.items()})
+        Predictor(spec, loaded).predict([arch, half])
+    third = Predictor(specs[2], loaded)
+    assert third.calibration_source == "device"
+    fit = third.device_calibration()
+    calibrated = sum(len(loaded.meta["calibration"][s.name]["samples"]) for s in specs[:2])
+    assert fit["models"] == sorted(s.name for s in specs[:2]) and fit["networks"] == calibrated >= 6
+    result = runner.invoke(app, ["predict", str(paths[2]), "--table", str(table)])
+    out = json.loads(result.output[result.output.index("{"):])
+    assert out["calibration"] == "device" and out["model_calibrated_ms"] is None
+    assert out["predicted_ms"] == pytest.approx(out["device_calibrated_ms"])

@@ -233,15 +233,23 @@ def _slice_from_rows(sig: LayerSignature, hw: int, rows: pd.DataFrame) -> TableS
         if len(rows) == full:
             break
         # Drop the knot whose hyperplane is least complete; check points measured by refinement that
-        # were not adopted as knots end here.
+        # were not adopted as knots end here. Interior knots go first: the extremes are the slice's range (a
+        # slice two models refined separately has interior knots only one of them measured across).
         worst = None
-        for a, k in zip(axes, knots):
-            expected = full // len(k)
-            counts = rows.groupby(a).size()
-            v = counts.idxmin()
-            gap = 1 - counts[v] / expected
-            if gap > 0 and (worst is None or gap > worst[0]):
-                worst = (gap, a, v)
+        for interior in (True, False):
+            for a, k in zip(axes, knots):
+                expected = full // len(k)
+                counts = rows.groupby(a).size()
+                if interior:
+                    counts = counts[(counts.index != k[0]) & (counts.index != k[-1])]
+                if counts.empty:
+                    continue
+                v = counts.idxmin()
+                gap = 1 - counts[v] / expected
+                if gap > 0 and (worst is None or gap > worst[0]):
+                    worst = (gap, a, v)
+            if worst is not None:
+                break
         if worst is None:
             break
         rows = rows[rows[worst[1]] != worst[2]]
