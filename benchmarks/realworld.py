@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated
 
 import numpy as np
@@ -126,8 +127,8 @@ def _run_runtime(exp: RealWorld, device: str, names: list[str]) -> list[dict]:
             continue
         name = r["spec"].name
         n_kernels = samples[name]["kernels"]
-        device_fit = fit_device_calibration({"calibration": samples}, exclude=name)
-        own_fit = fit_device_calibration({"calibration": {name: samples[name]}}, min_models=1)
+        device_fit = fit_device_calibration(SimpleNamespace(meta={"calibration": samples}), exclude=name)
+        own_fit = fit_device_calibration(SimpleNamespace(meta={"calibration": {name: samples[name]}}), min_models=1)
         bare, meas = np.asarray(r["bare"]), np.asarray(r["measured"])
 
         def apply(fit):
