@@ -87,7 +87,7 @@ def _run_runtime(exp: RealWorld, device: str, names: list[str]) -> list[dict]:
     from latbench import api
     from latbench.devices import open_device
     from latbench.models import Architecture, random_architectures
-    from latbench.predictor import Predictor
+    from latbench.predictor import KERNEL_CATEGORIES, Population, Predictor
     from latbench.store import MeasurementStore
     from latbench.validation import fit_device_calibration, measure_networks
 
@@ -113,9 +113,10 @@ def _run_runtime(exp: RealWorld, device: str, names: list[str]) -> list[dict]:
                     divisor=int(table.meta.get("channel_multiple", 1)))
                 pred = Predictor(spec, table)
                 r["bare"] = pred.predict(archs, calibrated=False)
+                r["sums"] = pred.kernel_sums(Population.from_architectures(spec, archs))
                 r["measured"] = measure_networks(spec, archs, dev, st, progress=False)
-                samples[spec.name] = {"kernels": len(pred.layers),
-                                      "samples": [[float(a), float(b)] for a, b in zip(r["bare"], r["measured"])]}
+                samples[spec.name] = {"kernel_samples": [[*map(float, row), float(m)]
+                                                         for row, m in zip(r["sums"], r["measured"])]}
                 print(f"{device} {r['model']}: full {r['bare'][0]:.3f} ms summed, {r['measured'][0]:.3f} ms measured",
                       flush=True)
     finally:
@@ -126,13 +127,12 @@ def _run_runtime(exp: RealWorld, device: str, names: list[str]) -> list[dict]:
             results.append({k: r[k] for k in ("model", "timm", "runtime", "imported", "error")})
             continue
         name = r["spec"].name
-        n_kernels = samples[name]["kernels"]
         device_fit = fit_device_calibration(SimpleNamespace(meta={"calibration": samples}), exclude=name)
         own_fit = fit_device_calibration(SimpleNamespace(meta={"calibration": {name: samples[name]}}), min_models=1)
         bare, meas = np.asarray(r["bare"]), np.asarray(r["measured"])
 
         def apply(fit):
-            return bare * fit["scale"] + fit["per_kernel_ms"] * n_kernels + fit["offset_ms"]
+            return r["sums"] @ np.array([fit["scales"][c] for c in KERNEL_CATEGORIES]) + fit["offset_ms"]
 
         dev_pred, own_pred = apply(device_fit), apply(own_fit)
         variants = slice(1, None)
@@ -147,7 +147,7 @@ def _run_runtime(exp: RealWorld, device: str, names: list[str]) -> list[dict]:
             "variants_within_5pct": _hits(dev_pred[variants], meas[variants], 0.05),
             "variants_bare_within_10pct": _hits(bare[variants], meas[variants], 0.10),
             "variants_model_calibrated_within_10pct": _hits(own_pred[variants], meas[variants], 0.10),
-            "device_fit": {k: device_fit[k] for k in ("scale", "per_kernel_ms", "offset_ms", "models", "networks")},
+            "device_fit": {k: device_fit[k] for k in ("scales", "offset_ms", "models", "networks", "fit_error")},
         })
     atomic_write_json(out / "results.json", results, indent=1)
     return results
@@ -165,14 +165,26 @@ def main(exp: RealWorld) -> None:
     rows = []
     for device in exp.runtimes:
         rows += _run_runtime(exp, device, names)
-    full = [r for r in rows if r.get("imported")]
-    errors = np.array([abs(r["full_error"]) for r in full])
-    totals = {
-        "imported": f"{len(full)}/{len(rows)}",
-        "full_within_10pct": float(np.mean(errors <= 0.10)) if len(errors) else 0.0,
-        "full_within_5pct": float(np.mean(errors <= 0.05)) if len(errors) else 0.0,
-        "full_bare_within_10pct": float(np.mean([abs(r["full_bare_error"]) <= 0.10 for r in full])) if full else 0.0,
-    }
+    totals = {}
+    for device in exp.runtimes:
+        ours = [r for r in rows if r["runtime"] == device]
+        full = [r for r in ours if r.get("imported")]
+        errors = np.array([abs(r["full_error"]) for r in full])
+        weights = np.array([r["variants"] for r in full], dtype=float)
+
+        def pooled(key):
+            return float(np.average([r[key] for r in full], weights=weights)) if weights.sum() else 0.0
+
+        totals[device] = {
+            "imported": f"{len(full)}/{len(ours)}",
+            "full_within_10pct": float(np.mean(errors <= 0.10)) if len(errors) else 0.0,
+            "full_within_5pct": float(np.mean(errors <= 0.05)) if len(errors) else 0.0,
+            "full_bare_within_10pct": float(np.mean([abs(r["full_bare_error"]) <= 0.10 for r in full])) if full else 0.0,
+            "variants_within_10pct": pooled("variants_within_10pct"),
+            "variants_within_5pct": pooled("variants_within_5pct"),
+            "variants_bare_within_10pct": pooled("variants_bare_within_10pct"),
+            "variants_model_calibrated_within_10pct": pooled("variants_model_calibrated_within_10pct"),
+        }
     atomic_write_json(ROOT / exp.summary, rows, indent=1)
     atomic_write_json((ROOT / exp.summary).with_name("totals.json"), {**totals, "settings": resolved(exp)}, indent=1)
     print(json.dumps(totals, indent=1))

@@ -20,6 +20,17 @@ from .models.spec import ModelSpec
 from .tables.table import LatencyTable, OutOfGridError, TableError, knot_range, resample_signature
 
 
+# Kernel categories the device calibration scales separately: a kernel timed alone and inside a network differ
+# by an amount that depends on what it is (dense convs ≈ 1, memory-bound 1×1 / depthwise kernels less).
+KERNEL_CATEGORIES = ("conv", "pointwise", "depthwise", "se", "op", "other")
+
+
+def kernel_category(layer) -> str:
+    if layer.kind == "conv":
+        return "conv" if layer.groups == 1 else "depthwise"    # grouped convs behave like depthwise ones
+    return layer.kind if layer.kind in KERNEL_CATEGORIES else "other"
+
+
 @dataclass
 class Population:
     """Architectures as arrays: ``widths`` (N, groups), ``sparsity`` (N, sparsifiable convs), ``resolution`` (N,).
@@ -68,6 +79,7 @@ class _Compiled:
         """Index of the last lattice cell's lower end (a sparsity on the last knot blends with weight 1)."""
         return np.maximum(self.sp_max_index - 1, 0).astype(np.intp)
     ranges: list                # per layer: (name, axis, column, lo, hi) checks
+    layers: tuple = ()          # layer names in the layout's order
 
 
 class Predictor:
@@ -132,12 +144,24 @@ class Predictor:
                                  f"latbench table calibrate TABLE {self.spec.name} --device …")
             return float(entry["scale"]), float(entry["offset_ms"])
         if source == "device":
-            fit = self.device_calibration()
-            if fit is None:
-                raise TableError("the table has whole-network samples of fewer than 2 other models; calibrate it on "
-                                 "more models (latbench table calibrate TABLE MODEL --device …)")
-            return fit["scale"], fit["per_kernel_ms"] * len(self.layers) + fit["offset_ms"]
+            # per-category scales folded into one scale at the full network (what cost grids use; predict()
+            # applies them per category exactly)
+            fit = self._device_fit_or_raise()
+            full = Population.from_architectures(self.spec, [Architecture.full(self.spec)])
+            sums = self.kernel_sums(full)[0]
+            return float(sums @ self._device_scales(fit) / max(sums.sum(), 1e-12)), fit["offset_ms"]
         return 1.0, 0.0
+
+    def _device_fit_or_raise(self) -> dict:
+        fit = self.device_calibration()
+        if fit is None:
+            raise TableError("the table has whole-network samples of fewer than 2 other models; calibrate it on "
+                             "more models (latbench table calibrate TABLE MODEL --device …)")
+        return fit
+
+    @staticmethod
+    def _device_scales(fit: dict) -> np.ndarray:
+        return np.array([fit["scales"].get(c, 1.0) for c in KERNEL_CATEGORIES])
 
     @property
     def calibration_source(self) -> str:
@@ -217,7 +241,7 @@ class Predictor:
             offsets.append(pos + in_offset)
             pos += grid.size
         return _Compiled(np.concatenate(chunks), np.concatenate(deltas), np.array(offsets, dtype=float), matrix,
-                         n_sparse, sp_inv, sp_max, ranges)
+                         n_sparse, sp_inv, sp_max, ranges, tuple(layer.name for layer in layout))
 
     def compiled(self, resolution: int, step: int = 1) -> _Compiled:
         key = (int(resolution), int(step))
@@ -249,8 +273,13 @@ class Predictor:
                 raise OutOfGridError(f"layer {name!r} of {self.spec.name} at resolution {resolution}: {axis}={bad:g} "
                                      f"is outside the table's grid [{lo:g}, {hi:g}]; measure a wider grid or use clamp=True")
 
-    def predict_population(self, pop: Population, chunk: int = 1024, calibrated: bool = True) -> np.ndarray:
-        """Latency (ms) of every architecture in ``pop``; ``calibrated=False`` gives the bare sum of lookups."""
+    def predict_population(self, pop: Population, chunk: int = 1024, calibrated: bool = True,
+                           source: str | None = None) -> np.ndarray:
+        """Latency (ms) of every architecture in ``pop``; ``calibrated=False`` gives the bare sum of lookups,
+        ``source`` picks the calibration (:meth:`calibration`)."""
+        if calibrated and (source or self.calibration_source) == "device":
+            fit = self._device_fit_or_raise()
+            return self.kernel_sums(pop) @ self._device_scales(fit) + fit["offset_ms"]
         n = len(pop)
         if pop.widths.shape != (n, len(self.spec.groups)):
             raise ArchitectureError(f"widths must have shape (N, {len(self.spec.groups)}) for {self.spec.name!r}, "
@@ -277,7 +306,7 @@ class Predictor:
             out[rows] = part
         out += self.remainder_ms
         if calibrated:
-            scale, offset = self.calibration()
+            scale, offset = self.calibration(source)
             out = out * scale + offset
         return out
 
@@ -293,23 +322,43 @@ class Predictor:
         return float(entry["ms"])
 
     @staticmethod
-    def _predict_rows(c: _Compiled, widths: np.ndarray, sparsity: np.ndarray) -> np.ndarray:
+    def _predict_rows(c: _Compiled, widths: np.ndarray, sparsity: np.ndarray, by: np.ndarray | None = None) -> np.ndarray:
+        """The sum of lookups per row, or with ``by`` (layers × K, in the compiled layout) K partial sums."""
         idx = widths.astype(float) @ c.matrix + c.offsets          # exact: integers far below 2**53
+        reduce = (lambda v: v.sum(axis=1)) if by is None else (lambda v: v @ by[:v.shape[1]])  # noqa: E731
         if c.n_sparse and sparsity.size and np.any(sparsity):
             pos = sparsity * c.sp_inv_step
             lo = np.minimum(pos.astype(np.intp), c.sp_last_cell)   # truncation == floor: pos ≥ 0
             i = idx.astype(np.intp)
             i[:, :c.n_sparse] += lo
-            blend = ((pos - lo) * np.take(c.delta, i[:, :c.n_sparse])).sum(axis=1)
-            return np.take(c.flat, i).sum(axis=1) + blend
-        return np.take(c.flat, idx.astype(np.intp)).sum(axis=1)
+            blend = reduce((pos - lo) * np.take(c.delta, i[:, :c.n_sparse]))
+            return reduce(np.take(c.flat, i)) + blend
+        return reduce(np.take(c.flat, idx.astype(np.intp)))
 
-    def predict(self, archs: Sequence[Architecture] | Architecture, calibrated: bool = True) -> np.ndarray:
+    def kernel_sums(self, pop: Population) -> np.ndarray:
+        """(N, len(KERNEL_CATEGORIES)): each architecture's sum of lookups per kernel category (what the device
+        calibration scales separately), the remainder counted with "op"."""
+        out = np.zeros((len(pop), len(KERNEL_CATEGORIES)))
+        for res in np.unique(pop.resolution):
+            rows = np.flatnonzero(pop.resolution == res)
+            widths, sparsity = pop.widths[rows], pop.sparsity[rows]
+            step = self._step(widths)
+            c = self.compiled(int(res), step)
+            by = np.zeros((len(c.layers), len(KERNEL_CATEGORIES)))
+            for i, name in enumerate(c.layers):
+                by[i, KERNEL_CATEGORIES.index(kernel_category(self.spec.layer(name)))] = 1.0
+            out[rows] = self._predict_rows(c, widths // step, sparsity, by)
+        out[:, KERNEL_CATEGORIES.index("op")] += self.remainder_ms
+        return out
+
+    def predict(self, archs: Sequence[Architecture] | Architecture, calibrated: bool = True,
+                source: str | None = None) -> np.ndarray:
         if isinstance(archs, Architecture):
             archs = [archs]
         for a in archs:
             a.validate(self.spec)
-        return self.predict_population(Population.from_architectures(self.spec, archs), calibrated=calibrated)
+        return self.predict_population(Population.from_architectures(self.spec, archs), calibrated=calibrated,
+                                       source=source)
 
     def breakdown(self, arch: Architecture) -> pd.DataFrame:
         """Per-layer latency of one architecture (slow path, for reports)."""

@@ -20,7 +20,7 @@ from .layers import LayerPoint
 from .models.arch import Architecture
 from .models.spec import ModelSpec
 from .models.torch_net import materialize
-from .predictor import Predictor
+from .predictor import Population, Predictor
 from .profiling import _progress, environment_of
 from .store import MeasurementStore
 
@@ -239,28 +239,36 @@ def fit_calibration(raw: np.ndarray, measured: np.ndarray, fit: str = "line") ->
 
 
 def fit_device_calibration(table, exclude: str | None = None, min_models: int = 2) -> dict | None:
-    """A device's own correction from the sum of kernel lookups to a whole network, learnt across models.
+    """A device's own correction from kernel lookups to a whole network, learnt across models.
 
-    Every model's calibration entry keeps its networks' (sum of lookups, measured) pairs and its number of
-    kernels N. Over the models other than ``exclude`` this fits measured ≈ scale·sum + per_kernel·N + offset by
-    relative least squares: a kernel timed alone pays a per-run dispatch and, on onnxruntime, the layout
-    conversions a network pays once (docs/measurement.md), so part of the gap is per kernel, not proportional.
-    Returns None when fewer than ``min_models`` models have samples.
+    Every model's calibration entry keeps, per network, its sums of lookups by kernel category
+    (:data:`latbench.predictor.KERNEL_CATEGORIES`) and the measured latency. Over the models other than
+    ``exclude`` this fits measured ≈ Σ_c scale_c · sum_c + offset by relative least squares: how much a kernel
+    timed alone differs from the same kernel inside a network depends on what it is (on onnxruntime a dense 3×3
+    conv ≈ 1, memory-bound 1×1 and depthwise kernels ≈ 0.8; benchmarks/realworld.py), so one scale does not carry
+    from a ResNet to a MobileNet. Categories no other model has keep scale 1. Returns None when fewer than
+    ``min_models`` models have samples.
     """
+    from .predictor import KERNEL_CATEGORIES
+
     rows, models = [], []
     for name, entry in (table.meta.get("calibration") or {}).items():
-        if name == exclude or not entry.get("samples") or not entry.get("kernels"):
+        if name == exclude or not entry.get("kernel_samples"):
             continue
         models.append(name)
-        rows += [(raw, entry["kernels"], measured) for raw, measured in entry["samples"]]
+        rows += entry["kernel_samples"]
     if len(models) < min_models:
         return None
-    raw, kernels, measured = (np.array(col, dtype=float) for col in zip(*rows))
-    design = np.column_stack([raw, kernels, np.ones_like(raw)]) / measured[:, None]
-    (scale, per_kernel, offset), *_ = np.linalg.lstsq(design, np.ones_like(measured), rcond=None)
-    fitted = scale * raw + per_kernel * kernels + offset
-    return {"scale": float(scale), "per_kernel_ms": float(per_kernel), "offset_ms": float(offset),
-            "models": sorted(models), "networks": len(rows),
+    data = np.array(rows, dtype=float)
+    sums, measured = data[:, :-1], data[:, -1]
+    present = np.flatnonzero(sums.max(axis=0) > 0)
+    design = np.column_stack([sums[:, present], np.ones(len(measured))]) / measured[:, None]
+    coef, *_ = np.linalg.lstsq(design, np.ones_like(measured), rcond=None)
+    scales = {c: 1.0 for c in KERNEL_CATEGORIES}
+    for col, value in zip(present, coef[:-1]):
+        scales[KERNEL_CATEGORIES[col]] = float(value)
+    fitted = sums @ np.array([scales[c] for c in KERNEL_CATEGORIES]) + coef[-1]
+    return {"scales": scales, "offset_ms": float(coef[-1]), "models": sorted(models), "networks": len(rows),
             "fit_error": float(np.sqrt(np.mean(((fitted - measured) / measured) ** 2)))}
 
 
@@ -301,12 +309,13 @@ def calibrate(spec: ModelSpec, table, device: Device, store: MeasurementStore, n
     measured = measure_networks(spec, archs, device, store, progress=progress, reference_ms=table_reference_ms(table))
     ratios = measured / raw
     scale, offset = fit_calibration(raw, measured, fit)
-    kernels = len(Predictor(spec, table).layers)
+    predictor = Predictor(spec, table)
+    sums = predictor.kernel_sums(Population.from_architectures(spec, archs))
     entry = {"fit": fit if offset else "ratio", "scale": scale, "offset_ms": offset, "median_ratio": float(np.median(ratios)),
              "networks": len(archs), "resolutions": list(res), "seed": seed,
              "ratio_spread": [float(ratios.min()), float(ratios.max())],
              # what fit_device_calibration learns from to predict other models: (sum of lookups, measured) pairs
-             "kernels": kernels, "samples": [[float(r), float(m)] for r, m in zip(raw, measured)],
+             "kernel_samples": [[*map(float, row), float(m)] for row, m in zip(sums, measured)],
              "fitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     table.meta.setdefault("calibration", {})[spec.name] = entry
     return entry

@@ -218,7 +218,7 @@ def test_a_second_model_joins_a_device_table_and_is_predicted_with_the_device_co
     third = Predictor(specs[2], loaded)
     assert third.calibration_source == "device"
     fit = third.device_calibration()
-    calibrated = sum(len(loaded.meta["calibration"][s.name]["samples"]) for s in specs[:2])
+    calibrated = sum(len(loaded.meta["calibration"][s.name]["kernel_samples"]) for s in specs[:2])
     assert fit["models"] == sorted(s.name for s in specs[:2]) and fit["networks"] == calibrated >= 6
     result = runner.invoke(app, ["predict", str(paths[2]), "--table", str(table)])
     out = json.loads(result.output[result.output.index("{"):])

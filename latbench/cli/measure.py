@@ -129,8 +129,7 @@ def predict(model: str, arch: Optional[Path] = typer.Option(None, help="architec
         figures = {"sum_of_layers_ms": bare}
         for source in ("device", "model"):
             try:
-                scale, offset = p.calibration(source)
-                figures[f"{source}_calibrated_ms"] = bare * scale + offset
+                figures[f"{source}_calibrated_ms"] = float(p.predict(a, source=source)[0])
             except TableError:
                 figures[f"{source}_calibrated_ms"] = None
         if breakdown:
