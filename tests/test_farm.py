@@ -144,7 +144,9 @@ def test_every_batch_is_done_once_despite_a_failing_unit_and_a_killed_one(local_
 
     ray = local_ray
     remote = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(_worker_class())
-    agents = {"good": remote.remote(0.05), "broken": remote.remote(0.0, True), "killed": remote.remote(0.3),
+    # The unit to kill takes 3 s a batch: when the others have returned 6 results it is still on its first batch,
+    # however loaded the machine (at 0.3 s it could be between batches, and a kill then is no fault).
+    agents = {"good": remote.remote(0.05), "broken": remote.remote(0.0, True), "killed": remote.remote(3.0),
               "other-model": remote.remote(0.01)}
     group_of = {"good": "X", "broken": "X", "killed": "X", "other-model": "Y"}
     batches = [Batch("X", (i, i + 100)) for i in range(30)] + [Batch("Y", (i,)) for i in range(5)]
@@ -153,7 +155,7 @@ def test_every_batch_is_done_once_despite_a_failing_unit_and_a_killed_one(local_
     def keep(index, batch, result):
         assert index not in results                   # handed over once
         results[index] = result
-        if len(results) == 6:       # the slow unit (0.3 s a batch) is mid-batch: it takes the next one at once
+        if len(results) == 6:       # the slow unit is mid-batch: its batch goes back to the queue
             ray.kill(agents["killed"], no_restart=False)
 
     report = run_batches(ray, agents, group_of, batches, "work", keep, max_failures=3, poll_s=0.1)
