@@ -277,9 +277,6 @@ class Predictor:
                            source: str | None = None) -> np.ndarray:
         """Latency (ms) of every architecture in ``pop``; ``calibrated=False`` gives the bare sum of lookups,
         ``source`` picks the calibration (:meth:`calibration`)."""
-        if calibrated and (source or self.calibration_source) == "device":
-            fit = self._device_fit_or_raise()
-            return self.kernel_sums(pop) @ self._device_scales(fit) + fit["offset_ms"]
         n = len(pop)
         if pop.widths.shape != (n, len(self.spec.groups)):
             raise ArchitectureError(f"widths must have shape (N, {len(self.spec.groups)}) for {self.spec.name!r}, "
@@ -287,6 +284,9 @@ class Predictor:
         full = np.array(list(self.spec.groups.values()))
         if n and ((pop.widths.min(axis=0) < 1).any() or (pop.widths.max(axis=0) > full).any()):
             raise ArchitectureError(f"widths outside 1..full width for {self.spec.name!r}")
+        if calibrated and (source or self.calibration_source) == "device":
+            fit = self._device_fit_or_raise()      # per-category scales: the sums by category, range-checked
+            return self.kernel_sums(pop) @ self._device_scales(fit) + fit["offset_ms"]
         out = np.empty(n)
         resolutions = np.unique(pop.resolution)
         for res in resolutions:
@@ -344,6 +344,8 @@ class Predictor:
             widths, sparsity = pop.widths[rows], pop.sparsity[rows]
             step = self._step(widths)
             c = self.compiled(int(res), step)
+            if not self.clamp:
+                self._check(c, widths, sparsity, int(res))
             by = np.zeros((len(c.layers), len(KERNEL_CATEGORIES)))
             for i, name in enumerate(c.layers):
                 by[i, KERNEL_CATEGORIES.index(kernel_category(self.spec.layer(name)))] = 1.0

@@ -49,13 +49,17 @@ def random_layer_weights(sig: LayerSignature, point: LayerPoint, seed: int = 0) 
     return w.astype(np.float32), (0.1 * rng.standard_normal(cout)).astype(np.float32)
 
 
+def _const(name: str, value, dtype=np.float32):
+    """An initializer ``name`` holding ``value`` (float32 unless ``dtype`` says otherwise)."""
+    return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+
 def _act_nodes(act: str, x: str, y: str, channels: int, rng: np.random.Generator) -> tuple[list, list]:
     """(nodes, initializers) computing ``y = act(x)`` the way torch's exporter writes each activation."""
-    const = lambda name, v: numpy_helper.from_array(np.asarray(v, dtype=np.float32), name)  # noqa: E731
     if act == "none":
         return [helper.make_node("Identity", [x], [y])], []
     if act == "relu6":
-        return [helper.make_node("Clip", [x, f"{y}_lo", f"{y}_hi"], [y])], [const(f"{y}_lo", 0.0), const(f"{y}_hi", 6.0)]
+        return [helper.make_node("Clip", [x, f"{y}_lo", f"{y}_hi"], [y])], [_const(f"{y}_lo", 0.0), _const(f"{y}_hi", 6.0)]
     simple = {"relu": "Relu", "hswish": "HardSwish", "sigmoid": "Sigmoid", "tanh": "Tanh"}
     if act in simple:
         return [helper.make_node(simple[act], [x], [y])], []
@@ -64,7 +68,7 @@ def _act_nodes(act: str, x: str, y: str, channels: int, rng: np.random.Generator
     if act == "leakyrelu":
         return [helper.make_node("LeakyRelu", [x], [y], alpha=0.01)], []
     if act == "prelu":
-        slope = const(f"{y}_slope", 0.25 + 0.01 * rng.standard_normal((channels, 1, 1)))
+        slope = _const(f"{y}_slope", 0.25 + 0.01 * rng.standard_normal((channels, 1, 1)))
         return [helper.make_node("PRelu", [x, slope.name], [y])], [slope]
     if act == "silu":
         return [helper.make_node("Sigmoid", [x], [f"{y}_s"]), helper.make_node("Mul", [x, f"{y}_s"], [y])], []
@@ -72,7 +76,7 @@ def _act_nodes(act: str, x: str, y: str, channels: int, rng: np.random.Generator
         nodes = [helper.make_node("Div", [x, f"{y}_r2"], [f"{y}_d"]), helper.make_node("Erf", [f"{y}_d"], [f"{y}_e"]),
                  helper.make_node("Add", [f"{y}_e", f"{y}_one"], [f"{y}_a"]),
                  helper.make_node("Mul", [x, f"{y}_a"], [f"{y}_m"]), helper.make_node("Mul", [f"{y}_m", f"{y}_half"], [y])]
-        return nodes, [const(f"{y}_r2", np.sqrt(2.0)), const(f"{y}_one", 1.0), const(f"{y}_half", 0.5)]
+        return nodes, [_const(f"{y}_r2", np.sqrt(2.0)), _const(f"{y}_one", 1.0), _const(f"{y}_half", 0.5)]
     raise ExportError(f"no ONNX form for activation {act!r}")
 
 
@@ -83,14 +87,13 @@ def _op_kernel(sig: LayerSignature, point: LayerPoint, rng: np.random.Generator)
     shape = [1, c, hw, hw]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
     inputs, nodes, inits = [x], [], []
-    const = lambda n, v, dt=np.float32: numpy_helper.from_array(np.asarray(v, dtype=dt), n)  # noqa: E731
     act = params[-1] if params and params[-1] in ACTIVATION_NAMES else "none"
     out_shape, y = list(shape), "pre"
     base = name.rstrip("0123456789")
     count = int(name[len(base):]) if name[len(base):] else 0
     if base == "bn":
-        inits += [const("scale", 1 + 0.1 * rng.standard_normal(c)), const("bias", 0.1 * rng.standard_normal(c)),
-                  const("mean", 0.1 * rng.standard_normal(c)), const("var", 1 + 0.1 * rng.random(c))]
+        inits += [_const("scale", 1 + 0.1 * rng.standard_normal(c)), _const("bias", 0.1 * rng.standard_normal(c)),
+                  _const("mean", 0.1 * rng.standard_normal(c)), _const("var", 1 + 0.1 * rng.random(c))]
         nodes.append(helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], [y]))
     elif base in ("add", "sub", "mul", "div", "max", "min"):
         inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, shape))
@@ -99,7 +102,7 @@ def _op_kernel(sig: LayerSignature, point: LayerPoint, rng: np.random.Generator)
         inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, c, 1, 1]))
         nodes.append(helper.make_node("Mul", ["x", "r"], [y]))
     elif base in ("addc", "subc", "mulc", "divc", "maxc", "minc"):
-        inits.append(const("k", 1.5))
+        inits.append(_const("k", 1.5))
         nodes.append(helper.make_node(base[:-1].capitalize(), ["x", "k"], [y]))
     elif base == "concat":
         widths = [c // count + (i < c % count) for i in range(count)]
@@ -107,19 +110,19 @@ def _op_kernel(sig: LayerSignature, point: LayerPoint, rng: np.random.Generator)
         nodes.append(helper.make_node("Concat", [i.name for i in inputs], [y], axis=1))
     elif base == "split":
         widths = [c // count + (i < c % count) for i in range(count)]
-        inits.append(const("sizes", widths, np.int64))
+        inits.append(_const("sizes", widths, np.int64))
         outs = [f"part{i}" for i in range(count)]
         nodes.append(helper.make_node("Split", ["x", "sizes"], outs, axis=1))
         return inputs, nodes, inits, [(outs[i], [1, w, hw, hw]) for i, w in enumerate(widths)]
     elif base == "slice":
         kept = max(1, int(round(c * int(params[0][1:]) / 100)))
-        inits += [const("starts", [0], np.int64), const("ends", [kept], np.int64), const("axes", [1], np.int64)]
+        inits += [_const("starts", [0], np.int64), _const("ends", [kept], np.int64), _const("axes", [1], np.int64)]
         nodes.append(helper.make_node("Slice", ["x", "starts", "ends", "axes"], [y]))
         out_shape = [1, kept, hw, hw]
     elif base == "shuffle":
         if c % count:
             raise ExportError(f"{sig.key}: {c} channels do not split into {count} shuffle groups")
-        inits += [const("s5", [1, count, c // count, hw, hw], np.int64), const("s4", shape, np.int64)]
+        inits += [_const("s5", [1, count, c // count, hw, hw], np.int64), _const("s4", shape, np.int64)]
         nodes += [helper.make_node("Reshape", ["x", "s5"], ["r5"]),
                   helper.make_node("Transpose", ["r5"], ["t5"], perm=[0, 2, 1, 3, 4]),
                   helper.make_node("Reshape", ["t5", "s4"], [y])]
@@ -127,7 +130,7 @@ def _op_kernel(sig: LayerSignature, point: LayerPoint, rng: np.random.Generator)
         nodes.append(helper.make_node("Flatten", ["x"], [y], axis=1))
         out_shape = [1, c * hw * hw]
     elif base == "reshape":
-        inits.append(const("s3", [1, c, hw * hw], np.int64))
+        inits.append(_const("s3", [1, c, hw * hw], np.int64))
         nodes.append(helper.make_node("Reshape", ["x", "s3"], [y]))
         out_shape = [1, c, hw * hw]
     elif base == "gap":
@@ -135,14 +138,14 @@ def _op_kernel(sig: LayerSignature, point: LayerPoint, rng: np.random.Generator)
         out_shape = [1, c, 1, 1]
     elif base == "resize":
         mode, factor = params[0], float(params[1][1:])
-        inits.append(const("scales", [1, 1, factor, factor]))
+        inits.append(_const("scales", [1, 1, factor, factor]))
         extra = ({"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"} if mode == "nearest"
                  else {"coordinate_transformation_mode": "pytorch_half_pixel"})
         nodes.append(helper.make_node("Resize", ["x", "", "scales"], [y], mode=mode, **extra))
         out_shape = [1, c, int(hw * factor), int(hw * factor)]
     elif base == "pad":
         before, after = int(params[0]), int(params[1])
-        inits.append(const("pads", [0, 0, before, before, 0, 0, after, after], np.int64))
+        inits.append(_const("pads", [0, 0, before, before, 0, 0, after, after], np.int64))
         nodes.append(helper.make_node("Pad", ["x", "pads"], [y], mode="constant"))
         out_shape = [1, c, hw + before + after, hw + before + after]
     elif base == "softmax":
