@@ -8,10 +8,10 @@ from latbench.models import Architecture
 WIDTHS = tuple(range(8, 129, 8))          # one group, 8 … 128 channels in units of 8
 
 
-def ladder(ms_per_channel: float = 0.01):
+def ladder(ms_per_channel: float = 0.01, widths=WIDTHS):
     """The method: the widest width whose *predicted* latency meets the target (at least the narrowest)."""
     def propose(target: float) -> Proposal:
-        fitting = [w for w in WIDTHS if w * ms_per_channel <= target] or [WIDTHS[0]]
+        fitting = [w for w in widths if w * ms_per_channel <= target] or [widths[0]]
         w = fitting[-1]
         return Proposal(Architecture("toy", 32, {"g": w}), w * ms_per_channel, target)
     return propose
@@ -138,3 +138,42 @@ def test_networks_measured_beside_the_full_network_are_scaled_by_their_ratio_to_
     assert list(first) == list(again)
     with MeasurementStore(store) as st:
         assert len(st.rows(env_id)) == 4                                         # nothing measured twice
+
+
+FINE = tuple(range(8, 129, 2))            # a method with a finer unit (2 channels)
+
+
+def test_the_loop_keeps_headroom_below_the_budget_for_the_shipped_files_check():
+    """A network measured just under the budget (above the headroom) is not chosen when a smaller one lands in
+    [band, headroom]: the shipped file is measured again later and spreads by a few %."""
+    result = land(0.8, ladder(widths=FINE), Device(1.0), LandingConfig(repeats=2))
+    assert result.steps[0].widths == {"g": 80} and result.steps[0].measured_ms == pytest.approx(0.8)
+    assert result.status == LandingStatus.in_band
+    assert result.upper_ms <= 0.985 * 0.8 and result.measured_ms >= 0.95 * 0.8
+    assert result.steps[result.chosen].widths["g"] < 80
+
+
+def test_a_network_whose_repeats_fall_below_the_band_is_grown_not_shipped():
+    """The first measurement of 80 was high by chance (in band); its repeat puts its median below the band: the
+    loop grows the network from that median instead of stopping with a network below the band."""
+    class Lucky(Device):
+        def __call__(self, archs, repeat):
+            self.calls.append((tuple(a.widths["g"] for a in archs), repeat))
+            return [0.80 if a.widths["g"] == 80 and not repeat else a.widths["g"] * 0.0092 for a in archs]
+
+    device = Lucky(1.0)
+    result = land(0.82, ladder(widths=FINE), device, LandingConfig(repeats=2), start=ladder(widths=FINE)(0.8))
+    assert result.steps[0].widths == {"g": 80} and ((80,), 1) in device.calls
+    assert result.status == LandingStatus.in_band and result.steps[result.chosen].widths["g"] > 80
+    assert 0.95 * 0.82 <= result.measured_ms and result.upper_ms <= 0.82
+
+
+def test_an_empty_band_is_refused_when_the_recipe_is_read():
+    from latbench.methods.lcp.job import LcPJob
+    from latbench.recipe import RecipeError, build_job
+
+    with pytest.raises(ValueError, match="headroom"):
+        LandingConfig(band=0.95, headroom=0.9)
+    with pytest.raises(RecipeError, match="headroom above the band"):
+        build_job(LcPJob, {"checkpoint": "x.safetensors", "budget_flops": 1e6,
+                           "landing": {"band": 0.99, "headroom": 0.98}})

@@ -166,11 +166,36 @@ def test_uniform_baseline_keeps_one_ratio(r18):
     spec, pred = r18
     grid = CostGrid.analytic(spec, "flops", 224, step=16)
     ranking = FilterRanking.from_metrics(spec, random_metrics(spec), unit=16)
-    plan = uniform_prune(ranking, grid, Budget("flops", 0.5 * grid.total(ranking.full)))
+    budget = Budget("flops", 0.5 * grid.total(ranking.full))
+    plan = uniform_prune(ranking, grid, budget, fill=False)
     # One ratio r explains every width: w = 16·floor(r·full / 16) (or the floor), i.e. r lies in every interval.
     lo = max(plan.widths[g] / w for g, w in spec.groups.items() if plan.widths[g] > 16)
     hi = min((plan.widths[g] + 16) / w for g, w in spec.groups.items())
-    assert lo < hi and plan.cost <= 0.5 * grid.total(ranking.full)
+    assert lo < hi and plan.cost <= budget.value
+    # Filled: the leftover budget bought units, at most one per group, and the plan still fits.
+    filled = uniform_prune(ranking, grid, budget)
+    gained = {g: filled.widths[g] - plan.widths[g] for g in spec.groups}
+    assert set(gained.values()) <= {0, 16} and any(gained.values())
+    assert plan.cost < filled.cost <= budget.value
+
+
+def test_filled_uniform_lands_closer_to_a_latency_budget_than_the_ratio_alone(r18):
+    spec, pred = r18
+    grid = CostGrid.from_predictor(pred, 224, step=16)
+    ranking = FilterRanking.from_metrics(spec, random_metrics(spec), unit=16)
+    full = grid.total(ranking.full)
+    for ratio in (0.45, 0.6, 0.75):
+        budget = Budget("latency", ratio * full)
+        coarse, filled = uniform_prune(ranking, grid, budget, fill=False), uniform_prune(ranking, grid, budget)
+        assert coarse.cost <= filled.cost <= budget.value
+        # what is left is less than the cheapest unit any group could still gain
+        widths = np.array([filled.widths[g] for g in ranking.groups])
+        for g in range(len(widths)):
+            if widths[g] < ranking.full[g]:
+                grown = widths.copy()
+                grown[g] += 16
+                assert grid.total(grown) > budget.value or filled.widths[ranking.groups[g]] > coarse.widths[
+                    ranking.groups[g]]
 
 
 def _synthetic_fitness(spec):

@@ -179,9 +179,14 @@ def fill_back(ranking: FilterRanking, grid: CostGrid, budget: Budget, plan: Prun
     return PrunePlan(ranking.spec, dict(zip(ranking.groups, widths.tolist())), cost, removed - added)
 
 
-def uniform_prune(ranking: FilterRanking, grid: CostGrid, budget: Budget, resolution_steps: int = 2000) -> PrunePlan:
+def uniform_prune(ranking: FilterRanking, grid: CostGrid, budget: Budget, resolution_steps: int = 2000,
+                  fill: bool = True) -> PrunePlan:
     """Baseline: one width ratio for every group (rounded down to the unit, at least the floor), the largest
-    ratio whose network is within the budget."""
+    ratio whose network is within the budget. With ``fill`` the rounding's leftover budget is spent as evenly
+    as the unit allows: in one pass from the group kept narrowest relative to its full width (the widest first
+    among equals), each group gains one unit if it still fits — no group strays more than a unit from the
+    ratio. Without it the next ratio up can cost a whole stage's unit at once, and the baseline would be
+    compared at a lower latency than the methods it is a baseline for (issue 15)."""
     if budget.value < reachable_minimum(ranking, grid):
         naive_prune(ranking, grid, budget)  # raises the explanatory error
     ratios = np.linspace(1.0, 0.0, resolution_steps + 1)
@@ -190,8 +195,18 @@ def uniform_prune(ranking: FilterRanking, grid: CostGrid, budget: Budget, resolu
     widths = np.where(ratios[:, None] == 1.0, ranking.full, np.maximum(ranking.floors, rounded)).astype(int)
     costs = grid.totals(widths)
     ok = np.flatnonzero(costs <= budget.value)
-    best = widths[ok[0]] if ok.size else ranking.floors
-    return PrunePlan(ranking.spec, dict(zip(ranking.groups, best.tolist())), grid.total(best),
+    best = (widths[ok[0]] if ok.size else ranking.floors).copy()
+    cost = grid.total(best)
+    if fill:       # one pass: each group gains at most one unit, so none strays more than a unit from the ratio
+        for g in np.lexsort((-ranking.full, best / ranking.full)):      # narrowest share first; widest on ties
+            step = min(u, ranking.full[g] - best[g])
+            best[g] += step
+            grown = grid.total(best)
+            if grown <= budget.value:
+                cost = grown
+            else:                          # this group's unit does not fit: a cheaper one further on may
+                best[g] -= step
+    return PrunePlan(ranking.spec, dict(zip(ranking.groups, best.tolist())), cost,
                      int(np.ceil((ranking.full - best) / u).sum()))
 
 
