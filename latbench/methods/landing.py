@@ -50,15 +50,15 @@ class LandingConfig:
     chosen network's measurements in all (the final check)."""
 
     land: Annotated[bool, Opt(help="close the loop: measure the pruned network on --device and grow or shrink it "
-                                   "until it lands in [band, 1] × the budget")] = True
-    band: Annotated[float, Gt(0), Lt(1), Opt(help="land in [band, 1] × the budget")] = 0.95
+                                   "until it lands between band and headroom × the budget")] = True
+    band: Annotated[float, Gt(0), Lt(1), Opt(help="the lowest landing point, as a fraction of the budget")] = 0.95
     # Below the band's centre: the chosen network's repeats and the shipped file's repeats must all stay within
     # the budget, and on the host they spread by 2–3 % (LcP acceptance, issue 15).
     aim: Annotated[float, Gt(0), Le(1), Opt(help="where in the band a corrected target aims")] = 0.965
     # The shipped file is measured again in a later sitting, after fine-tuning: its anchored repeats moved by up to
     # 2–3 % from the loop's (LcP acceptance, issue 15), so the loop lands at most this far up the band.
-    headroom: Annotated[float, Gt(0), Le(1), Opt(help="the loop lands in [band, headroom] × the budget, leaving "
-                                                     "room for the shipped file's own repeated check")] = 0.985
+    headroom: Annotated[float, Gt(0), Le(1), Opt(help="the highest landing point, as a fraction of the "
+                                                     "budget: room for the shipped file's own repeated check")] = 0.985
     max_measurements: Annotated[int, Ge(1), Opt(help="networks measured at most while landing")] = 8
     repeats: Annotated[int, Ge(1), Opt(help="measurements of the chosen network (the final check)")] = 3
 
