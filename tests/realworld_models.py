@@ -72,9 +72,11 @@ def timm_name(name: str) -> str:
     return REALWORLD.get(name, name)
 
 
-def export_timm_onnx(name: str, path: str | Path, resolution: int = 224, opset: int = 17, seed: int = 0) -> Path:
+def export_timm_onnx(name: str, path: str | Path, resolution: int = 224, opset: int = 17, seed: int = 0,
+                     in_chans: int = 3, num_classes: int = 1000) -> Path:
     """Export timm model ``name`` (a family name from :data:`REALWORLD` or a timm name) with random weights to
-    ``path`` with torch's legacy (TorchScript) exporter; the file appears atomically (temp file + rename)."""
+    ``path`` with torch's legacy (TorchScript) exporter; the file appears atomically (temp file + rename).
+    ``in_chans``/``num_classes``: e.g. 1 and 10 for a model a user trains on Fashion-MNIST."""
     import torch
     _ensure_torchvision()
     import timm
@@ -82,8 +84,8 @@ def export_timm_onnx(name: str, path: str | Path, resolution: int = 224, opset: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = timm.create_model(timm_name(name), pretrained=False, num_classes=1000).eval()
-    x = torch.randn(1, 3, resolution, resolution)
+    model = timm.create_model(timm_name(name), pretrained=False, num_classes=num_classes, in_chans=in_chans).eval()
+    x = torch.randn(1, in_chans, resolution, resolution)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

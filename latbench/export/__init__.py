@@ -59,12 +59,16 @@ def export_imported_network(fmt: str, spec: "ModelSpec", arch: "Architecture") -
     from ..models.onnx_channels import prune_onnx
 
     model, channels = _imported_graph(spec.source, spec.input_shape)
-    pruned = prune_onnx(model, channels, dict(arch.widths))
+    return _graph_in(fmt, prune_onnx(model, channels, dict(arch.widths)))
+
+
+def _graph_in(fmt: str, model) -> bytes:
+    """An ONNX graph as ``fmt`` bytes (TFLite through latbench's converter)."""
     if fmt == "tflite":
         from .onnx_tflite import onnx_to_tflite
 
-        return onnx_to_tflite(pruned)
-    return pruned.SerializeToString()
+        return onnx_to_tflite(model)
+    return model.SerializeToString()
 
 
 @functools.lru_cache(maxsize=4)
@@ -81,6 +85,8 @@ def export_network_for(fmt: str, net: "GraphNet", arch: "Architecture") -> bytes
     """``net`` (materialised from ``arch``) in format ``fmt`` at ``arch.resolution``; TFLite stores the
     convs that ``arch`` makes sparse compressed (CSR + DENSIFY)."""
     _check(fmt)
+    if hasattr(net, "to_onnx"):       # an imported model's network (OnnxNet): its own graph, trained weights
+        return _graph_in(fmt, net.to_onnx())
     if fmt == "tflite":
         from .tflite import network_to_tflite
 

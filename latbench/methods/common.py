@@ -21,7 +21,7 @@ The method-specific steps live with each method; the steps around them live here
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Mapping, Sequence
 
@@ -52,8 +52,10 @@ class JobOptions:
     all), the torch ``threads`` of this process (the job is the application; see :func:`set_threads`) and
     whether to show progress bars."""
 
-    model: Annotated[str, Opt(help="zoo model of the checkpoint")] = "resnet56"
-    checkpoint: Annotated[str, Opt(help="trained full network (.safetensors from `latbench train`)", input=True)]
+    model: Annotated[str, Opt(help="zoo model of the checkpoint, or an ONNX file (the model it holds, with its "
+                                  "weights)")] = "resnet56"
+    checkpoint: Annotated[str | None, Opt(help="trained full network (.safetensors from `latbench train`); an "
+                                               "ONNX --model is its own", input=True)] = None
     out: Annotated[str, Opt(help="folder for everything the job writes (it resumes from there)")]
     data: Annotated[str, Opt(help="data set: fashion-mnist, mnist, cifar10, cifar100 or imagefolder")] = "fashion-mnist"
     data_dir: Annotated[str | None, Opt(help="folder with the data set files (default: its usual place)")] = None
@@ -130,12 +132,29 @@ def check_torch_device(name: str) -> torch.device:
 
 # ---- the checkpoint ------------------------------------------------------------------------------------
 
-def load_parent(checkpoint: str | Path, model: str):
+def load_parent(checkpoint: str | Path | None, model: str):
     """The trained full network of ``checkpoint`` (a :class:`~latbench.models.GraphNet`, eval mode); refused
-    when it holds another model or an already pruned (narrower or sparse) network."""
+    when it holds another model or an already pruned (narrower or sparse) network. An imported model
+    (``model`` an ONNX file) is its own parent — the file's weights (an :class:`~latbench.models.onnx_torch.OnnxNet`)
+    — unless ``checkpoint`` holds a network of it trained since."""
     from ..models.zoo import get_model
     from ..train import load_checkpoint
 
+    if str(model).endswith(".onnx"):
+        from ..api import load_model
+        from ..models.onnx_torch import full_network
+
+        spec = load_model(str(model))
+        if not checkpoint:
+            return full_network(spec).eval()
+        parent, arch, _ = load_checkpoint(checkpoint)
+        if parent.spec.name != spec.name:
+            raise ValueError(f"{checkpoint} holds a {parent.spec.name}, not {model} ({spec.name})")
+        if arch.widths != dict(spec.groups) or arch.sparsity:
+            raise ValueError(f"{checkpoint} is already pruned ({arch.widths}); start from the full network")
+        return parent
+    if not checkpoint:
+        raise ValueError(f"the zoo model {model} needs --checkpoint: a trained full network (latbench train)")
     parent, arch, _ = load_checkpoint(checkpoint)
     if parent.spec.name != model:
         raise ValueError(f"{checkpoint} holds a {parent.spec.name}, not a {model}")
@@ -313,6 +332,7 @@ class Anchor:
 
     arch: Architecture
     full_ms: float
+    spec: ModelSpec | None = field(default=None, compare=False)    # the model (an imported one is no zoo name)
 
 
 def _anchored(todo: dict, anchor: Anchor, spec: ModelSpec, dev, st, table, progress: bool) -> dict[str, float]:
@@ -368,7 +388,7 @@ def measure_shipped(folders: Sequence[Path], table: LatencyTable, device: str, s
 def _spec_of(anchor: Anchor) -> ModelSpec:
     from ..models import get_model
 
-    return get_model(anchor.arch.model)
+    return anchor.spec or get_model(anchor.arch.model)
 
 
 def land_on_device(spec: ModelSpec, budget_ms: float, propose, start, table: LatencyTable, device: str, store: str,
@@ -378,7 +398,7 @@ def land_on_device(spec: ModelSpec, budget_ms: float, propose, start, table: Lat
     the full network when ``anchor`` is given."""
     from .landing import land
 
-    console.print(f"landing on {budget_ms:.4f} ms measured on {device} (band {config.band:g}–1"
+    console.print(f"landing on {budget_ms:.4f} ms measured on {device} (band {config.band:g}–{config.headroom:g}"
                   + (", each network beside the full one)" if anchor else ")"))
     return land(budget_ms, propose, lambda archs, repeat: measure_architectures(
         spec, archs, table, device, store, progress=False, repeat=repeat, anchor=anchor), config, start)
@@ -399,7 +419,7 @@ def budget_kind_is_latency(job) -> bool:
 
 def anchor_of(full: "FullLatency", spec: ModelSpec, resolution: int) -> Anchor | None:
     """The job's anchor: the full network at its measured latency (None when it was not measured)."""
-    return Anchor(Architecture.full(spec, resolution), full.measured) if full.measured else None
+    return Anchor(Architecture.full(spec, resolution), full.measured, spec) if full.measured else None
 
 
 def checkpoint_for(path: Path, arch: Architecture) -> Path:

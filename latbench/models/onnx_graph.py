@@ -531,8 +531,10 @@ def spec_from_graph(model: onnx.ModelProto, path: Path, skip_unsupported: bool =
     # The file's digest in the name: measurements of its networks are stored under the model's name, and two
     # files called model.onnx are different models.
     digest = hashlib.sha256(model.SerializeToString()).hexdigest()[:8]
+    out_shape = g.shapes.get(model.graph.output[0].name) or []
+    classes = int(out_shape[-1]) if len(out_shape) == 2 and out_shape[-1] else 0   # a classifier's N×K logits
     return ModelSpec(f"{path.stem}-{digest}", tuple(layers), groups, resolutions=(res,), in_channels=int(in_shape[1]),
-                     num_classes=0, description=f"imported from {path.name}", source=str(path),
+                     num_classes=classes, description=f"imported from {path.name}", source=str(path),
                      remainder=tuple(part.remainder), multiples=multiples,
                      input_shape=tuple(int(d) for d in in_shape))
 

@@ -58,9 +58,12 @@ class OnnxNet(nn.Module):
     >>> onnx.save(net.to_onnx(), "trained.onnx")           # doctest: +SKIP
     """
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, spec=None, widths: Mapping[str, int] | None = None) -> None:
         super().__init__()
         self.model = model
+        # What the zoo's GraphNet carries too: the imported model's spec and this network's group widths.
+        self.spec, self.widths = spec, dict(widths or (spec.groups if spec is not None else {}))
+        self._bn_forwards: int | None = None      # counting forwards: BN statistics as a cumulative average
         graph = model.graph
         inits = {t.name: t for t in graph.initializer}
         self.input_name = next(i.name for i in graph.input if i.name not in inits)
@@ -115,6 +118,13 @@ class OnnxNet(nn.Module):
         raise OnnxModelError(f"input {name!r} must be a constant here (the graph computes it at run time)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        try:
+            return self._run(x)
+        finally:
+            if self._bn_forwards is not None and self.training:
+                self._bn_forwards += 1
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         values: dict[str, torch.Tensor] = {self.input_name: x}
         left = dict(self._readers)
         for node in self.nodes:
@@ -147,6 +157,88 @@ class OnnxNet(nn.Module):
         if node is None or node.op_type not in ("Conv", "Gemm", "MatMul"):
             raise KeyError(f"no Conv/Gemm/MatMul node {node_name!r}")
         return self.tensor(node.input[1])
+
+    def filter_weight(self, layer: str) -> torch.Tensor:
+        """The weight whose rows are the filters of kernel ``layer``'s output channels: its conv's, or for a
+        squeeze-excitation kernel (named after its pooling node) the first conv/fc after that node — the
+        one that writes the squeeze width."""
+        by_name = {n.name: n for n in self.nodes}
+        node = by_name.get(layer)
+        if node is None:
+            raise KeyError(f"no node {layer!r} in this graph")
+        if node.op_type != "Conv":
+            readers: dict[str, list] = {}
+            for n in self.nodes:
+                for i in n.input:
+                    readers.setdefault(i, []).append(n)
+            frontier, seen = list(node.output), set()
+            while frontier:
+                nxt = [n for t in frontier for n in readers.get(t, []) if n.name not in seen]
+                hit = next((n for n in nxt if n.op_type in ("Conv", "Gemm", "MatMul")), None)
+                if hit is not None:
+                    node = hit
+                    break
+                seen.update(n.name for n in nxt)
+                frontier = [o for n in nxt for o in n.output]
+            else:
+                raise KeyError(f"no conv or fc follows node {layer!r}")
+        w = self.tensor(node.input[1])
+        if node.op_type == "Gemm" and not _attrs(node).get("transB", 0) or node.op_type == "MatMul":
+            return w.t()
+        return w
+
+    def channel_graph(self):
+        """The channel groups of this graph (:func:`~latbench.models.onnx_channels.analyse_channels`); the
+        structure never changes with training, so it is analysed once."""
+        if getattr(self, "_channels", None) is None:
+            from .onnx_channels import analyse_channels
+
+            self._channels = analyse_channels(self.model)
+        return self._channels
+
+    def batch_norms(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(running mean, running variance) of every BatchNormalization node."""
+        return [(self.tensor(n.input[3]), self.tensor(n.input[4])) for n in self.nodes
+                if n.op_type == "BatchNormalization" and n.input[3] in self._tensor_keys]
+
+    @torch.no_grad()
+    def cumulative_bn(self, on: bool) -> None:
+        """On: reset BN statistics and average them over the following training-mode forwards (torch's
+        ``momentum=None``), to re-estimate them for a pruned network; off: back to the graph's momentum."""
+        self._bn_forwards = 0 if on else None
+        if on:
+            for mean, var in self.batch_norms():
+                mean.zero_()
+                var.fill_(1.0)
+
+
+def full_network(spec) -> OnnxNet:
+    """The imported model ``spec`` came from, with the file's own weights (its ``source``)."""
+    from pathlib import Path
+
+    from .onnx_graph import load_model_graph
+
+    return OnnxNet(load_model_graph(Path(spec.source), spec.input_shape or None), spec, spec.groups)
+
+
+@torch.no_grad()
+def materialize_imported(arch, spec, parent: OnnxNet | None = None,
+                         importance: Mapping[str, np.ndarray] | None = None) -> OnnxNet:
+    """The imported model cut to ``arch`` (:func:`latbench.models.materialize` for a model with a
+    ``source``): the graph of ``parent`` (default: the file itself) with every group at its width, keeping the
+    first channels of ``importance[group]`` (most important first; default the graph's own L1·|γ| ranking),
+    weights sliced by :func:`~latbench.models.onnx_channels.prune_onnx`; ``arch``'s sparsity as real zeros."""
+    from .onnx_channels import prune_onnx
+    from .torch_net import apply_sparsity
+
+    arch.validate(spec)
+    parent = parent if parent is not None else full_network(spec)
+    keep = {g: np.sort(np.asarray(importance[g][:w])) for g, w in arch.widths.items()
+            if importance is not None and g in importance and w < spec.groups[g]}
+    net = OnnxNet(prune_onnx(parent.to_onnx(), parent.channel_graph(), arch.widths, keep), spec, arch.widths)
+    for layer, sparsity in arch.sparsity.items():
+        apply_sparsity(net.filter_weight(layer), sparsity)
+    return net.eval()
 
 
 # ---- ops: (net, node, inputs) → output(s); a constant input arrives as its tensor, an absent one as None ---------
@@ -188,8 +280,9 @@ def _conv(net, node, a):
 
 def _batchnorm(net, node, a):
     at = _attrs(node)
-    return F.batch_norm(a[0], a[3], a[4], a[1], a[2], training=net.training,
-                        momentum=1.0 - at.get("momentum", 0.9), eps=at.get("epsilon", 1e-5))
+    momentum = 1.0 - at.get("momentum", 0.9) if net._bn_forwards is None else 1.0 / (net._bn_forwards + 1)
+    return F.batch_norm(a[0], a[3], a[4], a[1], a[2], training=net.training, momentum=momentum,
+                        eps=at.get("epsilon", 1e-5))
 
 
 def _gemm(net, node, a):
@@ -410,4 +503,4 @@ _OPS: Mapping[str, Callable] = {
 }
 
 
-__all__ = ["OnnxNet"]
+__all__ = ["OnnxNet", "full_network", "materialize_imported"]

@@ -99,6 +99,11 @@ class GraphNet(nn.Module):
     def block(self, name: str) -> nn.Module:
         return self.blocks[name.replace(".", "_")]
 
+    def filter_weight(self, layer: str) -> torch.Tensor:
+        """The weight of ``layer``: one row per output channel (what filter metrics score)."""
+        module = self.block(layer)
+        return module.conv.weight if isinstance(module, ConvBlock) else module.weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values = {"input": x}
         # Tensors are released once no later layer reads them, to keep memory flat on deep nets.
@@ -145,10 +150,17 @@ def materialize(arch: Architecture, spec: ModelSpec, parent: GraphNet | None = N
 
     With ``parent``, weights are sliced from it: in each group the channels kept are the first
     ``width`` of ``importance[group]`` (most important first; identity order when absent).
-    Weight sparsity is applied as real zeros: the smallest-magnitude weights of each conv. Random weights come
+    Weight sparsity is applied as real zeros: the smallest-magnitude weights of each conv. An imported model
+    (``spec.source``, issue 13) is cut from its own graph with the file's weights (or ``parent``'s, an
+    :class:`~latbench.models.onnx_torch.OnnxNet`): see :func:`~latbench.models.onnx_torch.materialize_imported`.
+    Random weights come
     from a generator seeded with ``seed``: the same seed gives the same network, and torch's global RNG is
     left alone (LcP materializes hundreds of candidates inside a seeded run).
     """
+    if spec.source:     # an imported model: its own graph cut to the widths (an OnnxNet)
+        from .onnx_torch import materialize_imported
+
+        return materialize_imported(arch, spec, parent, importance)
     arch.validate(spec)
     generator = torch.Generator().manual_seed(seed)
     in_channels = None

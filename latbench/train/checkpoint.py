@@ -30,6 +30,8 @@ class CheckpointError(ValueError):
 
 def stem_in_channels(net: GraphNet) -> int:
     """Input channels of the network's stem (1 for grey images, 3 for RGB)."""
+    if net.spec.source:                 # an imported model: its graph's input
+        return int(net.spec.in_channels)
     stem = next(layer for layer in net.spec.layers if layer.fixed_in is not None)
     return int(net.block(stem.name).conv.in_channels)
 
@@ -55,6 +57,8 @@ def save_checkpoint(path: str | Path, net: GraphNet, *, arch: Architecture | Non
                     tensors[f"optim.{names[id(p)]}.momentum_buffer"] = buf.detach().contiguous()
     header = {**dict(meta or {}), "format": FORMAT, "model": net.spec.name, "num_classes": net.spec.num_classes,
               "in_channels": stem_in_channels(net), "arch": arch.to_dict()}
+    if net.spec.source:     # an imported model: rebuilt from its ONNX file, cut to the widths (load_checkpoint)
+        header["source"] = {"path": str(Path(net.spec.source).resolve()), "input_shape": list(net.spec.input_shape)}
     with atomic_output(path) as tmp:
         save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(header)})
     return path
@@ -95,12 +99,37 @@ def load_checkpoint(path: str | Path) -> tuple[GraphNet, Architecture, dict]:
     eval mode."""
     path = Path(path)
     meta = read_checkpoint_meta(path)
+    if meta.get("source"):
+        return _load_imported(path, meta)
     try:
         spec = get_model(meta["model"], num_classes=int(meta["num_classes"]))
         arch = Architecture.from_dict(meta["arch"]).validate(spec)
     except (KeyError, ArchitectureError) as err:
         raise CheckpointError(f"{path}: metadata does not describe a zoo network ({err})") from err
     net = GraphNet(spec, arch.widths, int(meta["in_channels"]))
+    load_weights(path, net)
+    return net.eval(), arch, meta
+
+
+def _load_imported(path: Path, meta: dict):
+    """A checkpoint of an imported model's network: its graph cut from the ONNX file it names, then its weights."""
+    from ..models import materialize
+    from ..models.onnx_graph import OnnxModelError, spec_from_onnx
+
+    source = meta["source"]
+    try:
+        spec = spec_from_onnx(source["path"], input_shape=source.get("input_shape") or None)
+    except (OSError, OnnxModelError) as err:
+        raise CheckpointError(f"{path} holds a network of the imported model {source['path']}, which cannot be "
+                              f"read now ({err}); put that ONNX file back at that path") from err
+    if spec.name != meta["model"]:
+        raise CheckpointError(f"{path} holds a network of {meta['model']}, but {source['path']} is now another "
+                              f"model ({spec.name}): the file changed since the checkpoint was written")
+    try:
+        arch = Architecture.from_dict(meta["arch"]).validate(spec)
+    except (KeyError, ArchitectureError) as err:
+        raise CheckpointError(f"{path}: metadata does not describe a network of {spec.name} ({err})") from err
+    net = materialize(arch, spec)
     load_weights(path, net)
     return net.eval(), arch, meta
 

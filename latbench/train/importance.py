@@ -26,12 +26,14 @@ from ..data import BatchLoader, ImageDataset
 from ..models import CONV_KINDS, GraphNet, LayerDef
 
 METRICS = ("l1", "l2", "taylor")
+SCORED_KINDS = (*CONV_KINDS, "linear", "se")
 Batches = ImageDataset | Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 def _scored_layers(net: GraphNet) -> list[LayerDef]:
-    """Conv layers whose output channels belong to a prunable group."""
-    return [layer for layer in net.spec.layers if layer.kind in CONV_KINDS and layer.out_group]
+    """Conv and fc layers whose output channels belong to a prunable group (and, in an imported network,
+    the squeeze-excitation kernels, whose first conv writes the squeeze width)."""
+    return [layer for layer in net.spec.layers if layer.out_group and layer.kind in SCORED_KINDS]
 
 
 def _batches(data: Batches, batch_size: int, seed: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -46,7 +48,7 @@ def _reduce_per_filter(t: torch.Tensor) -> torch.Tensor:
 
 def _taylor_scores(net: GraphNet, layers: list[LayerDef], data: Batches, batches: int, batch_size: int,
                    seed: int) -> dict[str, np.ndarray]:
-    weights = [net.block(layer.name).conv.weight for layer in layers]
+    weights = [net.filter_weight(layer.name) for layer in layers]
     totals = [torch.zeros(w.shape[0], dtype=torch.float64) for w in weights]
     # Train-mode forward (batch statistics, as during fine-tuning); BN buffers are restored afterwards so
     # that scoring has no side effects on the network.
@@ -74,7 +76,7 @@ def _taylor_scores(net: GraphNet, layers: list[LayerDef], data: Batches, batches
 @torch.no_grad()
 def _weight_scores(net: GraphNet, layers: list[LayerDef], metric: str) -> dict[str, np.ndarray]:
     op = torch.abs if metric == "l1" else torch.square
-    return {layer.name: _reduce_per_filter(op(net.block(layer.name).conv.weight)).double().numpy() for layer in layers}
+    return {layer.name: _reduce_per_filter(op(net.filter_weight(layer.name))).double().numpy() for layer in layers}
 
 
 def layer_filter_scores(net: GraphNet, metric: str = "l1", data: Batches | None = None, batches: int = 4,
@@ -126,6 +128,9 @@ def recalibrate_bn(net: nn.Module, data: Batches, batches: int | None = 50, batc
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
+    graphs = [m for m in net.modules() if hasattr(m, "cumulative_bn")]     # imported graphs' BN nodes (OnnxNet)
+    for m in graphs:
+        m.cumulative_bn(True)
     net.train()
     images = 0
     try:
@@ -137,6 +142,8 @@ def recalibrate_bn(net: nn.Module, data: Batches, batches: int | None = 50, batc
     finally:
         for m, momentum in saved:
             m.momentum = momentum
+        for m in graphs:
+            m.cumulative_bn(False)
         net.train(was_training)
     if images == 0:
         raise ValueError("recalibrate_bn: no data")

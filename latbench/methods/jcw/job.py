@@ -340,7 +340,7 @@ def run_jcw(job: JCWJob) -> dict:
                                   checkpoint=out / "supernet.safetensors", device=job.torch_device)
     search = JCWSearch(spec, predictor, evaluator, config)
     measured_full = full_latency(spec, data.resolution, table, None, job.device, job.store, job.progress).measured
-    beside = Anchor(Architecture.full(spec, data.resolution), measured_full) if measured_full else None
+    beside = Anchor(Architecture.full(spec, data.resolution), measured_full, spec) if measured_full else None
     previous = _previous_scores(out / "front.jsonl")        # read before the search rewrites the file
     console.print(f"[bold]{job.method}[/]: population {config.population}, {config.generations} generations, "
                   f"{search.encoding.dim} genes ({len(search.encoding.sparse_layers)} sparsity genes)")

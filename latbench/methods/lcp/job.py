@@ -130,7 +130,9 @@ def run_lcp(job: LcPJob) -> dict:
     full = full_latency(spec, resolution, table, predictor, job.device, job.store, job.progress,
                         measure=job.budget_ratio is not None or (job.landing.land and budget_kind_is_latency(job)))
     budget = job.budget.resolve(full)
-    grid = CostGrid.for_budget(spec, budget, resolution, predictor, step=unit)
+    # Widths move in units but a group whose full width is no multiple of the unit first drops the remainder
+    # (FilterRanking.grid_step): the grid must hold those widths too.
+    grid = CostGrid.for_budget(spec, budget, resolution, predictor, step=int(np.gcd.reduce([unit, *spec.groups.values()])))
 
     t0 = time.perf_counter()
     metrics = layer_filter_scores(parent, job.metric, data=data.train)

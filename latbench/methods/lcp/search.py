@@ -67,7 +67,8 @@ class FilterRanking:
         if unit < 1:
             raise BudgetError(f"the pruning unit must be a positive number of channels, got {unit}")
         groups = list(spec.groups)
-        layers = tuple(ly.name for ly in spec.layers if ly.out_group is not None and ly.has_weights)
+        # (an imported network's squeeze-excitation kernels write their squeeze width: they are producers too)
+        layers = tuple(ly.name for ly in spec.layers if ly.out_group is not None and (ly.has_weights or ly.kind == "se"))
         missing = [name for name in layers if name not in metrics]
         if missing:
             raise ValueError(f"no filter metric for layer(s) {missing[:3]} of {spec.name}; compute metrics for every "

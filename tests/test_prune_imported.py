@@ -1,0 +1,126 @@
+"""Pruning a user's ONNX model (issue 13): LcP on an independently written CNN (timm's MobileNetV3 with SE blocks
+and hard-swish, 1 input channel, 10 classes, 32×32) read from its ONNX file — the file's weights are the parent,
+the pruned network is its own graph cut to the widths, fine-tuned in torch (OnnxNet) on real Fashion-MNIST and
+shipped as ONNX and TFLite with the trained weights."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from latbench.api import load_model
+from latbench.cli import app
+from latbench.data import FASHION_MNIST_DIR
+from latbench.models.onnx_channels import analyse_channels, prune_onnx
+from latbench.models.onnx_load import load_user_onnx
+from latbench.models.onnx_torch import OnnxNet
+from latbench.search.budget import CostGrid
+from latbench.train import load_checkpoint
+from latbench.train.checkpoint import CheckpointError
+from realworld_models import export_timm_onnx, timm_available
+
+pytestmark = [pytest.mark.skipif(not (Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz").exists(),
+                                 reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)"),
+              pytest.mark.skipif(not timm_available(), reason="timm is not installed (pip install --no-deps timm)")]
+QUICK = ["--pool", "4", "--candidates", "8", "--fitness-images", "64", "--bn-images", "64", "--finetune-steps", "3",
+         "--test-images", "128", "--threads", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def user_model(tmp_path_factory) -> Path:
+    """What a user brings: a timm MobileNetV3 for grey 32×32 images and 10 classes, as an ONNX file."""
+    return export_timm_onnx("mobilenetv3_small_050", tmp_path_factory.mktemp("user") / "mnv3.onnx", resolution=32,
+                            in_chans=1, num_classes=10)
+
+
+def prune(*args):
+    return CliRunner().invoke(app, ["prune", "lcp", *map(str, args)])
+
+
+def run(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_lcp_prunes_an_onnx_model_to_a_flops_budget_and_ships_its_own_graph_trained(user_model, tmp_path):
+    spec = load_model(str(user_model))
+    full = CostGrid.analytic(spec, "flops", 32).total(spec.groups)
+    out = tmp_path / "lcp"
+    result = prune("--model", user_model, "--budget-flops", 0.6 * full, "--out", out, *QUICK)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"] == spec.name and report["flops"] <= 0.6 * full
+    widths = report["architecture"]["widths"]
+    assert any(w < spec.groups[g] for g, w in widths.items())
+    # SE squeeze widths are ranked by their own conv's filters, not removed first as if worthless
+    se = [g for g in spec.groups if "/se/" in g]
+    assert se and any(widths[g] > 0.1 * spec.groups[g] + 8 for g in se)
+    # The shipped ONNX file is the user's graph cut to those widths (same ops, same order) with trained weights:
+    model = load_user_onnx(user_model)
+    cut = prune_onnx(model, analyse_channels(model), widths)
+    shipped = onnx.load(out / "pruned.onnx")
+    assert [n.op_type for n in shipped.graph.node] == [n.op_type for n in cut.graph.node]
+    trained, arch, meta = load_checkpoint(out / "pruned.safetensors")
+    assert isinstance(trained, OnnxNet) and arch.widths == widths and meta["source"]["path"] == str(user_model)
+    x = np.random.default_rng(0).standard_normal((1, 1, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        ours = trained(torch.from_numpy(x)).numpy()
+    shipped_out = run(ort.InferenceSession(str(out / "pruned.onnx")), x)
+    np.testing.assert_allclose(shipped_out, ours, rtol=1e-3, atol=1e-4)
+    assert not np.allclose(run(ort.InferenceSession(cut.SerializeToString()), x), ours, atol=1e-5)  # fine-tuned
+    from ai_edge_litert.interpreter import Interpreter
+
+    lite = Interpreter(str(out / "pruned.tflite"))
+    lite.allocate_tensors()
+    inp, outp = lite.get_input_details()[0], lite.get_output_details()[0]
+    lite.set_tensor(inp["index"], x.transpose(0, 2, 3, 1) if list(inp["shape"]) == [1, 32, 32, 1] else x)
+    lite.invoke()
+    np.testing.assert_allclose(lite.get_tensor(outp["index"]).reshape(1, -1), shipped_out, rtol=1e-3, atol=1e-3)
+    # A rerun finds the run finished and ships the same file.
+    before = (out / "pruned.onnx").read_bytes()
+    again = prune("--model", user_model, "--budget-flops", 0.6 * full, "--out", out, *QUICK)
+    assert again.exit_code == 0, again.output
+    assert (out / "pruned.onnx").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_lcp_lands_an_onnx_model_on_a_latency_budget_measured_on_the_device(user_model, tmp_path):
+    """Profiled into a table here, pruned to 90 % of its measured latency, landed by the closed loop on
+    host:onnxruntime and the shipped file measured again."""
+    table, store = tmp_path / "t.parquet", tmp_path / "store.db"
+    profiled = CliRunner().invoke(app, ["profile", str(user_model), "--device", "host:onnxruntime", "--table", str(table),
+                                        "--store", str(store), "--calibrate", "4", "--no-progress"])
+    assert profiled.exit_code == 0, profiled.output
+    out = tmp_path / "lcp"
+    result = prune("--model", user_model, "--table", table, "--budget-ratio", 0.9, "--device", "host:onnxruntime",
+                   "--store", store, "--out", out, *QUICK)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    landing = report["landing"]
+    assert landing["steps"] and all(s["measured_ms"] > 0 for s in landing["steps"])
+    assert landing["status"] in ("in band", "no unit fits", "over budget")
+    assert len(report["shipped_repeats_ms"]) == 3 and report["measured_ms"] > 0
+    assert report["architecture"]["widths"] == landing["architecture"]["widths"]
+
+
+def test_an_imported_models_checkpoint_names_its_onnx_file_and_says_when_it_is_gone(user_model, tmp_path):
+    moved = tmp_path / "mnv3.onnx"
+    shutil.copy(user_model, moved)
+    out = tmp_path / "lcp"
+    spec = load_model(str(moved))
+    full = CostGrid.analytic(spec, "flops", 32).total(spec.groups)
+    result = prune("--model", moved, "--budget-flops", 0.8 * full, "--out", out, "--method", "naive", *QUICK)
+    assert result.exit_code == 0, result.output
+    moved.unlink()
+    with pytest.raises(CheckpointError, match="put that ONNX file back"):
+        load_checkpoint(out / "pruned.safetensors")
+
+
+def test_a_zoo_model_still_needs_its_checkpoint(tmp_path):
+    result = prune("--model", "resnet20", "--budget-flops", 1e6, "--out", tmp_path / "x", *QUICK)
+    assert result.exit_code != 0 and "needs --checkpoint" in result.output
+    assert "Traceback" not in result.output
