@@ -25,8 +25,20 @@ from .profiling import _progress, environment_of
 from .store import MeasurementStore
 
 
-def network_key(arch: Architecture) -> str:
-    return "net:" + arch.model + ":" + hashlib.sha256(arch.to_json().encode()).hexdigest()[:16]
+def network_key(arch: Architecture, spec: ModelSpec | None = None) -> str:
+    """Store key of ``arch``'s network; a ``spec`` whose input has other channels than its zoo stem (a network
+    trained on grey images) keys its networks apart: their stem conv is another kernel."""
+    key = "net:" + arch.model + ":" + hashlib.sha256(arch.to_json().encode()).hexdigest()[:16]
+    stem = stem_channels(spec) if spec is not None else None
+    return key if stem is None or stem == spec.in_channels else f"{key}|in{spec.in_channels}"
+
+
+def stem_channels(spec: ModelSpec) -> int | None:
+    """Input channels the zoo's stem layer is written for (None for an imported model: its graph's own)."""
+    if spec.source:
+        return None
+    stem = next((layer for layer in spec.layers if layer.fixed_in is not None), None)
+    return None if stem is None else int(stem.fixed_in)
 
 
 def table_reference_ms(table) -> float | None:
@@ -72,7 +84,7 @@ def measure_networks(spec: ModelSpec, archs: Sequence[Architecture], device: Dev
     own store keys (a repeated measurement, e.g. to see its spread).
     """
     fmt = device.model_format
-    keys = [_repeat_key(network_key(a), repeat) for a in archs]
+    keys = [_repeat_key(network_key(a, spec), repeat) for a in archs]
     todo = network_todo(spec, archs, keys, fmt)
     measured = _measure_keyed(todo, device, store, batch_size, progress, console, reference_ms)
     return np.array([measured[k] for k in keys])

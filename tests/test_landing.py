@@ -149,7 +149,7 @@ def test_the_loop_keeps_headroom_below_the_budget_for_the_shipped_files_check():
     result = land(0.8, ladder(widths=FINE), Device(1.0), LandingConfig(repeats=2))
     assert result.steps[0].widths == {"g": 80} and result.steps[0].measured_ms == pytest.approx(0.8)
     assert result.status == LandingStatus.in_band
-    assert result.upper_ms <= 0.985 * 0.8 and result.measured_ms >= 0.95 * 0.8
+    assert result.upper_ms <= LandingConfig().headroom * 0.8 and result.measured_ms >= 0.95 * 0.8
     assert result.steps[result.chosen].widths["g"] < 80
 
 

@@ -102,3 +102,21 @@ def test_architectures_that_do_not_fit_the_model_get_a_clear_error(mutate, messa
 def test_unknown_model_names_list_the_zoo():
     with pytest.raises(KeyError, match="resnet18"):
         get_model("vgg16")
+
+
+def test_networks_measured_for_a_grey_checkpoint_have_its_stem_and_their_own_store_keys(tmp_path):
+    """A network trained on grey images ships with a 1-channel stem; what the closed loop measures (a network
+    materialized from the job's spec, without the parent) must have that stem too, and be stored apart from
+    the zoo's 3-channel networks of the same widths."""
+    from latbench.train import load_checkpoint, save_checkpoint
+    from latbench.validation import network_key
+
+    spec = get_model("resnet20")
+    grey = build(spec, in_channels=1)
+    path = save_checkpoint(tmp_path / "grey.safetensors", grey)
+    parent, arch, _ = load_checkpoint(path)
+    assert parent.spec.in_channels == 1
+    net = materialize(arch, parent.spec)                        # as the loop builds it: no parent weights
+    assert net.block(next(ly.name for ly in spec.layers if ly.fixed_in)).conv.in_channels == 1
+    assert network_key(arch, parent.spec) == network_key(arch) + "|in1" != network_key(arch, spec)
+    assert network_key(arch, spec) == network_key(arch)          # the zoo's own stem: keys as before

@@ -77,8 +77,10 @@ def test_lcp_job_end_to_end_with_device_measurement_and_resume(checkpoint, resne
     assert stored_medians(tmp_path / "store.db", file_key((out / "pruned.tflite").read_bytes()))
     with sqlite3.connect(tmp_path / "store.db") as db:    # every landing step and shipped check beside the full net
         keys = [r[0] for r in db.execute("SELECT signature FROM measurements")]
-    alone = [k for k in keys if "|" not in k]             # only the full network itself, for the budget
+    alone = [k for k in keys if "|beside:" not in k and "|anchor-of:" not in k]   # the full network, for the budget
     assert len(alone) == 1 and alone[0].startswith("net:"), alone
+    # ... with the checkpoint's grey stem, as shipped: every network the loop measures has it
+    assert alone[0].endswith("|in1") and all("|in1" in k for k in keys if k.startswith("net:"))
     beside = [k for k in keys if "|beside:" in k]
     assert len(beside) == sum("|anchor-of:" in k for k in keys) >= \
         len({json.dumps(s["widths"], sort_keys=True) for s in landing["steps"]}) + 3

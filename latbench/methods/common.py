@@ -338,7 +338,7 @@ class Anchor:
 def _anchored(todo: dict, anchor: Anchor, spec: ModelSpec, dev, st, table, progress: bool) -> dict[str, float]:
     from ..validation import measure_beside, network_key, network_todo, table_reference_ms
 
-    key = network_key(anchor.arch)
+    key = network_key(anchor.arch, spec)
     (hw, make), = network_todo(spec, [anchor.arch], [key], dev.model_format).values()
     pairs = measure_beside(todo, (key, hw, make), dev, st, progress=progress, reference_ms=table_reference_ms(table))
     return {k: item / beside * anchor.full_ms for k, (item, beside) in pairs.items()}
@@ -357,7 +357,7 @@ def measure_architectures(spec: ModelSpec, archs: Sequence[Architecture], table:
             if anchor is None:
                 return measure_networks(spec, list(archs), dev, st, progress=progress,
                                         reference_ms=table_reference_ms(table), repeat=repeat)
-            keys = [_repeat_key(network_key(a), repeat) for a in archs]
+            keys = [_repeat_key(network_key(a, spec), repeat) for a in archs]
             values = _anchored(network_todo(spec, archs, keys, dev.model_format), anchor, spec, dev, st, table,
                                progress)
             return np.array([values[k] for k in keys])

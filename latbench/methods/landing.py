@@ -54,18 +54,18 @@ class LandingConfig:
     band: Annotated[float, Gt(0), Lt(1), Opt(help="the lowest landing point, as a fraction of the budget")] = 0.95
     # Below the band's centre: the chosen network's repeats and the shipped file's repeats must all stay within
     # the budget, and on the host they spread by 2–3 % (LcP acceptance, issue 15).
-    aim: Annotated[float, Gt(0), Le(1), Opt(help="where in the band a corrected target aims")] = 0.965
-    # The shipped file is measured again in a later sitting, after fine-tuning: its anchored repeats moved by up to
-    # 2–3 % from the loop's (LcP acceptance, issue 15), so the loop lands at most this far up the band.
+    aim: Annotated[float, Gt(0), Le(1), Opt(help="where in the band a corrected target aims")] = 0.96
+    # The shipped file is measured again in a later sitting, after fine-tuning: on the 2-core hosts one anchored
+    # measurement of a network moves by ±2–3 % from the next (issue 15), so the loop lands at most this far up.
     headroom: Annotated[float, Gt(0), Le(1), Opt(help="the highest landing point, as a fraction of the "
-                                                     "budget: room for the shipped file's own repeated check")] = 0.985
+                                                     "budget: room for the shipped file's own repeated check")] = 0.975
     max_measurements: Annotated[int, Ge(1), Opt(help="networks measured at most while landing")] = 8
     repeats: Annotated[int, Ge(1), Opt(help="measurements of the chosen network (the final check)")] = 3
 
     def __post_init__(self) -> None:
         if not self.band < self.headroom:
             raise ValueError(f"the landing band [{self.band:g}, {self.headroom:g}] × the budget is empty: choose a "
-                             f"headroom above the band (e.g. --band 0.95 --headroom 0.985)")
+                             f"headroom above the band (e.g. --band 0.95 --headroom 0.975)")
 
 
 @dataclass(frozen=True)

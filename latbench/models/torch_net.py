@@ -163,10 +163,10 @@ def materialize(arch: Architecture, spec: ModelSpec, parent: GraphNet | None = N
         return materialize_imported(arch, spec, parent, importance)
     arch.validate(spec)
     generator = torch.Generator().manual_seed(seed)
-    in_channels = None
-    if parent is not None:
-        stem = next(layer for layer in spec.layers if layer.fixed_in is not None)
-        in_channels = parent.block(stem.name).conv.in_channels
+    stem = next(layer for layer in spec.layers if layer.fixed_in is not None)
+    # The stem reads the parent's channels, else the spec's input (1 for a network trained on grey images:
+    # what the closed loop measures must be what ships).
+    in_channels = parent.block(stem.name).conv.in_channels if parent is not None else spec.in_channels
     net = GraphNet(spec, arch.widths, in_channels, generator=generator)
     if parent is None:
         randomize_bn(net, generator=generator)   # non-trivial BN statistics, so that exported graphs exercise BN folding for real

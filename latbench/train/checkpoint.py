@@ -8,6 +8,7 @@ history.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,9 @@ def load_checkpoint(path: str | Path) -> tuple[GraphNet, Architecture, dict]:
     if meta.get("source"):
         return _load_imported(path, meta)
     try:
-        spec = get_model(meta["model"], num_classes=int(meta["num_classes"]))
+        # The spec describes the network as trained: its input channels (1 for grey images) and classes.
+        spec = dataclasses.replace(get_model(meta["model"], num_classes=int(meta["num_classes"])),
+                                   in_channels=int(meta["in_channels"]))
         arch = Architecture.from_dict(meta["arch"]).validate(spec)
     except (KeyError, ArchitectureError) as err:
         raise CheckpointError(f"{path}: metadata does not describe a zoo network ({err})") from err
