@@ -65,7 +65,7 @@ def test_the_final_check_counts_the_spread_of_repeated_measurements():
     smaller measured network passes its check but is below the band, so the loop first looks in between (88)
     and ships the largest network that passes."""
     device = Device(0.8, drift=0.04)      # 96 ch measures 0.768, then 0.808 when measured again
-    result = land(0.8, ladder(), device, LandingConfig(repeats=2))
+    result = land(0.8, ladder(), device, LandingConfig(repeats=2, aim=0.965, headroom=0.985))
     assert [s.widths["g"] for s in result.steps] == [80, 96, 88, 88]      # 88 again: nothing else in between
     assert result.steps[result.chosen].widths == {"g": 88} and result.repeats == pytest.approx([0.704, 0.744])
     assert result.status == LandingStatus.no_unit_fits and result.upper_ms <= 0.8
@@ -162,7 +162,8 @@ def test_a_network_whose_repeats_fall_below_the_band_is_grown_not_shipped():
             return [0.80 if a.widths["g"] == 80 and not repeat else a.widths["g"] * 0.0092 for a in archs]
 
     device = Lucky(1.0)
-    result = land(0.82, ladder(widths=FINE), device, LandingConfig(repeats=2), start=ladder(widths=FINE)(0.8))
+    result = land(0.82, ladder(widths=FINE), device, LandingConfig(repeats=2, aim=0.965, headroom=0.985),
+                  start=ladder(widths=FINE)(0.8))
     assert result.steps[0].widths == {"g": 80} and ((80,), 1) in device.calls
     assert result.status == LandingStatus.in_band and result.steps[result.chosen].widths["g"] > 80
     assert 0.95 * 0.82 <= result.measured_ms and result.upper_ms <= 0.82
