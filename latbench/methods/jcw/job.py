@@ -314,6 +314,7 @@ def run_jcw(job: JCWJob) -> dict:
     """Run ``job`` end to end (or continue it); writes everything to ``job.out`` and returns the summary
     (also ``summary.json``). Every chosen architecture gets a ``report.json`` in its folder."""
     from ...data import load_dataset
+    from ...models.zoo import get_model
     from ...predictor import Predictor
     from ...tables.table import LatencyTable
     from .evaluator import SupernetEvaluator
@@ -327,9 +328,9 @@ def run_jcw(job: JCWJob) -> dict:
     if job.search.resolution not in (None, data.resolution):
         raise ValueError(f"the search's resolution {job.search.resolution} differs from the data's "
                          f"{data.resolution}; the retrained network runs at the data's resolution")
-    # The parent's spec: its input channels and classes are what the device runs (the closed loop measures what
-    # ships); architectures only name widths and sparsities.
-    spec = parent.spec
+    # The table was measured with the zoo's classifier; the parent's input channels are what the device runs (the
+    # closed loop measures what ships). Architectures only name widths and sparsities.
+    spec = replace(get_model(job.model), in_channels=parent.spec.in_channels)
     table = LatencyTable.load(job.table)
     predictor = Predictor(spec, table)
     config = replace(job.search, resolution=data.resolution)
