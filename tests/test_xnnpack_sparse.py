@@ -73,6 +73,9 @@ def _twins(tmp_path: Path, sparsity: float) -> tuple[Path, Path]:
 def _env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    # numpy's OpenBLAS picks its kernels from the host's real CPU features, which user-mode qemu lets through: on
+    # an AVX-512 host it chose AVX-512 kernels and died with SIGILL under -cpu Nehalem. Name the core instead.
+    env["OPENBLAS_CORETYPE"] = "NEHALEM"
     return env
 
 
