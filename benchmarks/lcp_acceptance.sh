@@ -16,7 +16,7 @@ out=${OUT:-runs/lcp-acceptance}
 store=${STORE:-runs/r56/litert.db}
 mkdir -p "$out"
 # 1. The full network's latency, measured once on the quiet machine: the budgets are fractions of it.
-full_ms=$(LEADRUN=1 python benchmarks/full_latency.py "$table" "$device" "$store")
+full_ms=$(LEADRUN=1 python benchmarks/full_latency.py "$table" "$device" "$store" --checkpoint "$ckpt")
 echo "full ResNet-56 on $device: $full_ms ms" | tee "$out/full.txt"
 run() {  # method ratio [extra options]: the recipe search/METHOD-resnet56-PCT.toml at the measured budget in ms
   local m=$1 r=$2; shift 2

@@ -27,7 +27,7 @@ results=${RESULTS:-benchmarks/results/sp}
 mkdir -p "$out" "$results"
 # 1. The full network's latency, measured once on the quiet machine: the budgets are fractions of it.
 if [ ! -f "$out/full.txt" ]; then
-  full_ms=$(python benchmarks/full_latency.py "$table" "$device" "$store")
+  full_ms=$(python benchmarks/full_latency.py "$table" "$device" "$store" --checkpoint "$ckpt")
   echo "full ResNet-56 on $device: $full_ms ms" > "$out/full.txt"
 fi
 full_ms=$(awk '{print $(NF-1)}' "$out/full.txt")
