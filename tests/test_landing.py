@@ -178,3 +178,18 @@ def test_an_empty_band_is_refused_when_the_recipe_is_read():
     with pytest.raises(RecipeError, match="headroom above the band"):
         build_job(LcPJob, {"checkpoint": "x.safetensors", "budget_flops": 1e6,
                            "landing": {"band": 0.99, "headroom": 0.98}})
+
+
+def test_a_network_above_the_headroom_but_within_budget_beats_one_below_the_band():
+    """Nothing lands in [band, headroom]: 80 ch measures 0.99 × budget, 76 ch 0.94 ×. The final check tries the
+    one above the headroom first — its repeats stay within budget, so it ships in band — before settling for a
+    network below the band."""
+    class Steps(Device):
+        def __call__(self, archs, repeat):
+            self.calls.append((tuple(a.widths["g"] for a in archs), repeat))
+            return [{80: 0.792, 76: 0.752, 84: 0.84}.get(a.widths["g"], a.widths["g"] * 0.0098) for a in archs]
+
+    device = Steps(1.0)
+    result = land(0.8, ladder(widths=(8, 76, 80, 84)), device, LandingConfig(repeats=2))
+    assert result.status == LandingStatus.in_band and result.steps[result.chosen].widths == {"g": 80}
+    assert result.upper_ms <= 0.8 and ((80,), 1) in device.calls

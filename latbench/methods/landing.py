@@ -12,8 +12,8 @@ the user paid for and did not get — or above the budget. :func:`land` closes t
    the device just said (``target × aim·budget / measured``); once one network is over ``headroom × budget``
    and one under, the target is bisected between them. A target that proposes a network already measured ends
    the search: no unit of the method's granularity fits in between ("no unit fits");
-4. the final check: the largest network measured within ``headroom × budget`` (else within the budget) gets a
-   repeated measurement, and counts as within budget only if the *largest* of the repeats is (the
+4. the final check: the largest network measured in ``[band, headroom] × budget`` (else one between the
+   headroom and the budget, else the largest below the band) gets a repeated measurement, and counts as within budget only if the *largest* of the repeats is (the
    measurement's own spread). One whose repeats put it over the budget counts as over and the search looks
    for a smaller one; one whose repeats put it below the band (its first measurement was high by chance)
    counts at its median and the search grows it again. ``headroom`` keeps the loop's choice below the budget
@@ -164,10 +164,15 @@ def land(budget_ms: float, propose: Callable[[float], Proposal],
             if low <= m <= ceiling or reused:
                 break                               # landed, or the method has nothing in between
             proposal = propose(next_target(proposal))
-        # The final check: the largest network within the headroom (else within budget) whose repeats all are.
+        # The final check, in order: the largest network in [band, headroom]; then those between the headroom and
+        # the budget, nearest the headroom first (in band if their repeats stay within budget); then the largest
+        # below the band.
+        def preference(k: str) -> tuple[int, float]:
+            m = measured[k]
+            return (0, -m) if low <= m <= ceiling else (1, m) if m > ceiling else (2, -m)
+
         reopen_from = None
-        for key in sorted((k for k, m in measured.items() if m <= high), key=lambda k: (measured[k] > ceiling,
-                                                                                       -measured[k])):
+        for key in sorted((k for k, m in measured.items() if m <= high), key=preference):
             repeats = repeats_of(key)
             if max(repeats) > high:                 # its spread reaches over: it counts as over
                 measured[key], reopen_from = max(repeats), proposals[key]
