@@ -65,7 +65,7 @@ def test_lcp_prunes_an_onnx_model_to_a_flops_budget_and_ships_its_own_graph_trai
     shipped = onnx.load(out / "pruned.onnx")
     assert [n.op_type for n in shipped.graph.node] == [n.op_type for n in cut.graph.node]
     trained, arch, meta = load_checkpoint(out / "pruned.safetensors")
-    assert isinstance(trained, OnnxNet) and arch.widths == widths and meta["source"]["path"] == str(user_model)
+    assert isinstance(trained, OnnxNet) and arch.widths == widths and meta["source"]["path"] == str(user_model.resolve())
     x = np.random.default_rng(0).standard_normal((1, 1, 32, 32)).astype(np.float32)
     with torch.no_grad():
         ours = trained(torch.from_numpy(x)).numpy()

@@ -147,18 +147,14 @@ def load_parent(checkpoint: str | Path | None, model: str):
         spec = load_model(str(model))
         if not checkpoint:
             return full_network(spec).eval()
-        parent, arch, _ = load_checkpoint(checkpoint)
-        if parent.spec.name != spec.name:
-            raise ValueError(f"{checkpoint} holds a {parent.spec.name}, not {model} ({spec.name})")
-        if arch.widths != dict(spec.groups) or arch.sparsity:
-            raise ValueError(f"{checkpoint} is already pruned ({arch.widths}); start from the full network")
-        return parent
-    if not checkpoint:
+    elif not checkpoint:
         raise ValueError(f"the zoo model {model} needs --checkpoint: a trained full network (latbench train)")
+    else:
+        spec = get_model(model)
     parent, arch, _ = load_checkpoint(checkpoint)
-    if parent.spec.name != model:
+    if parent.spec.name != spec.name:
         raise ValueError(f"{checkpoint} holds a {parent.spec.name}, not a {model}")
-    if arch.widths != dict(get_model(parent.spec.name).groups) or arch.sparsity:
+    if arch.widths != dict(spec.groups) or arch.sparsity:
         raise ValueError(f"{checkpoint} is already pruned ({arch.widths}); start from the full network")
     return parent
 

@@ -13,8 +13,8 @@ the user paid for and did not get — or above the budget. :func:`land` closes t
    and one under, the target is bisected between them. A target that proposes a network already measured ends
    the search: no unit of the method's granularity fits in between ("no unit fits");
 4. the final check: the largest network measured in ``[band, headroom] × budget`` (else one between the
-   headroom and the budget, else the largest below the band) gets a repeated measurement, and counts as within budget only if the *largest* of the repeats is (the
-   measurement's own spread). One whose repeats put it over the budget counts as over and the search looks
+   headroom and the budget, else the largest below the band) gets a repeated measurement, and counts as
+   within budget only if the *largest* of the repeats is (the measurement's own spread). One whose repeats put it over the budget counts as over and the search looks
    for a smaller one; one whose repeats put it below the band (its first measurement was high by chance)
    counts at its median and the search grows it again. ``headroom`` keeps the loop's choice below the budget
    by about the spread that the shipped file's own repeated check (a later sitting) shows.

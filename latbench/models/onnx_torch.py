@@ -151,19 +151,11 @@ class OnnxNet(nn.Module):
                 tensor.CopyFrom(numpy_helper.from_array(value.astype(dtype), tensor.name))
         return out
 
-    def weight_of(self, node_name: str) -> torch.Tensor:
-        """The weight parameter of the Conv/Gemm/MatMul node ``node_name``."""
-        node = next((n for n in self.nodes if n.name == node_name), None)
-        if node is None or node.op_type not in ("Conv", "Gemm", "MatMul"):
-            raise KeyError(f"no Conv/Gemm/MatMul node {node_name!r}")
-        return self.tensor(node.input[1])
-
     def filter_weight(self, layer: str) -> torch.Tensor:
         """The weight whose rows are the filters of kernel ``layer``'s output channels: its conv's, or for a
         squeeze-excitation kernel (named after its pooling node) the first conv/fc after that node — the
         one that writes the squeeze width."""
-        by_name = {n.name: n for n in self.nodes}
-        node = by_name.get(layer)
+        node = next((n for n in self.nodes if n.name == layer), None)
         if node is None:
             raise KeyError(f"no node {layer!r} in this graph")
         if node.op_type != "Conv":

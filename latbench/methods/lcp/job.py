@@ -113,8 +113,8 @@ def run_lcp(job: LcPJob) -> dict:
     from ...data import load_dataset
     from ...train import evaluate
     from ...train.importance import layer_filter_scores, recalibrate_bn
-    from .search import (EvolutionConfig, FilterRanking, fill_back, learn_compensation, naive_prune, reachable_minimum,
-                         uniform_prune)
+    from .search import (EvolutionConfig, FilterRanking, fill_back, grid_step, learn_compensation, naive_prune,
+                         reachable_minimum, uniform_prune)
 
     set_threads(job.threads)
     out = Path(job.out)
@@ -130,9 +130,7 @@ def run_lcp(job: LcPJob) -> dict:
     full = full_latency(spec, resolution, table, predictor, job.device, job.store, job.progress,
                         measure=job.budget_ratio is not None or (job.landing.land and budget_kind_is_latency(job)))
     budget = job.budget.resolve(full)
-    # Widths move in units but a group whose full width is no multiple of the unit first drops the remainder
-    # (FilterRanking.grid_step): the grid must hold those widths too.
-    grid = CostGrid.for_budget(spec, budget, resolution, predictor, step=int(np.gcd.reduce([unit, *spec.groups.values()])))
+    grid = CostGrid.for_budget(spec, budget, resolution, predictor, step=grid_step(unit, spec.groups.values()))
 
     t0 = time.perf_counter()
     metrics = layer_filter_scores(parent, job.metric, data=data.train)

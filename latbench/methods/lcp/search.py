@@ -33,6 +33,12 @@ from ...models.spec import ModelSpec
 from ...search.budget import Budget, BudgetError, CostGrid, IncrementalCost
 
 
+def grid_step(unit: int, full_widths) -> int:
+    """The coarsest cost-grid step holding every width pruning in ``unit`` channels produces: a group whose full
+    width is no multiple of the unit first drops the remainder."""
+    return int(np.gcd.reduce(np.concatenate([[unit], np.asarray(list(full_widths), dtype=int)])))
+
+
 @dataclass
 class FilterRanking:
     """Channels of every group, least important first, and what ``β`` adds to their scores.
@@ -105,7 +111,7 @@ class FilterRanking:
     @property
     def grid_step(self) -> int:
         """The coarsest cost-grid step on which every width this ranking produces lies."""
-        return int(np.gcd.reduce(np.concatenate([[self.unit], self.full])))
+        return grid_step(self.unit, self.full)
 
     def removal_sequence(self, beta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Group index and size (channels) of every removable unit, in the order naïve pruning removes them."""
