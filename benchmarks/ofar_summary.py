@@ -17,6 +17,26 @@ def _entries(report: dict | None) -> list[dict]:
     return [] if report is None else report["cohort"]
 
 
+def side_by_side(ofar: dict | None, no_ta: dict | None, usnet: dict | None, lcp: list[dict]) -> list[dict]:
+    """One row per (device, budget): each method's test accuracy and measured latency at that budget."""
+    def by_key(report):
+        return {(c["device"], c["budget_ratio"]): c for c in _entries(report)}
+    rows = []
+    mine, without, uniform = by_key(ofar), by_key(no_ta), by_key(usnet)
+    for (device, ratio), c in sorted(mine.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
+        row = {"device": device, "budget_ratio": ratio, "budget_ms": c.get("budget_ms")}
+        for name, entry in (("ofar", c), ("ofar_no_ta", without.get((device, ratio))),
+                            ("usnet", uniform.get((device, ratio)))):
+            row[name] = None if entry is None else {"test_acc": entry["test_acc"], "resolution": entry["resolution"],
+                                                    "measured_ms": entry.get("measured_ms")}
+        same = [e for e in lcp if e["device"] == device and c.get("budget_ms") is not None
+                and abs(e["budget_ms"] - c["budget_ms"]) <= 1e-9 * max(1.0, c["budget_ms"])]
+        row["lcp"] = ({"test_acc": same[0]["test_acc"], "resolution": None, "measured_ms": same[0]["measured_ms"]}
+                      if same else None)
+        rows.append(row)
+    return rows
+
+
 def main(root: str) -> dict:
     root = Path(root)
     ofar, no_ta, usnet = (_load(root / name / "report.json") for name in ("ofar", "ofar-no-ta", "usnet"))
@@ -40,6 +60,7 @@ def main(root: str) -> dict:
                                  "measured_ms": report["measured_ms"], "seconds": seconds})
     seconds = (ofar or {}).get("seconds", {})
     return {"cohort": cohort, "ablation_ta": ablation, "baselines": baselines,
+            "side_by_side": side_by_side(ofar, no_ta, usnet, baselines["lcp"]),
             "seconds": {"search": seconds.get("search"), "joint_training": seconds.get("joint_training"),
                         "ofar_total": sum(v for v in seconds.values() if v) if seconds else None,
                         "lcp_total": lcp_seconds},
