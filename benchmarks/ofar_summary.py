@@ -1,6 +1,7 @@
 """benchmarks/results/ofar/summary.json from the folders benchmarks/ofar_acceptance.sh wrote (issue 12's format).
 
     python benchmarks/ofar_summary.py runs/ofar-acceptance > benchmarks/results/ofar/summary.json
+    python benchmarks/ofar_summary.py --markdown benchmarks/results/ofar/summary.json   # the README's table
 """
 from __future__ import annotations
 
@@ -68,5 +69,25 @@ def main(root: str) -> dict:
             "unstable_rates": (ofar or {}).get("search", {}).get("unstable", [])}
 
 
+def markdown(summary: dict) -> str:
+    """The README's side-by-side table: test accuracy (measured ms) per method at each (device, budget)."""
+    def cell(entry: dict | None) -> str:
+        if entry is None:
+            return "–"
+        ms = entry.get("measured_ms")
+        res = f" @{entry['resolution']}" if entry.get("resolution") else ""
+        return f"{100 * entry['test_acc']:.2f} %{res} ({'–' if ms is None else format(ms, '.3f')} ms)"
+    lines = ["| device | budget | OFAR | OFAR without assistants | US-Net (uniform, sandwich) | LcP |",
+             "|---|---|---|---|---|---|"]
+    for row in summary["side_by_side"]:
+        budget = f"{100 * row['budget_ratio']:.0f} % ({row['budget_ms']:.3f} ms)"
+        lines.append(f"| {row['device']} | {budget} | " + " | ".join(
+            cell(row[k]) for k in ("ofar", "ofar_no_ta", "usnet", "lcp")) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1]), indent=2))
+    if sys.argv[1] == "--markdown":
+        print(markdown(json.loads(Path(sys.argv[2]).read_text())))
+    else:
+        print(json.dumps(main(sys.argv[1]), indent=2))

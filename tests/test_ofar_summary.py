@@ -1,0 +1,60 @@
+"""benchmarks/ofar_summary.py: issue 12's summary from the folders the acceptance script writes — each method's
+entry lands in the row of its (device, budget), LcP is matched by its budget in ms, costs add up."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("ofar_summary", ROOT / "benchmarks" / "ofar_summary.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _entry(device, ratio, budget_ms, acc, ms, resolution=32):
+    return {"device": device, "budget_ratio": ratio, "budget_ms": budget_ms, "resolution": resolution,
+            "arch": {"resolution": resolution}, "test_acc": acc, "predicted_ms": ms, "measured_ms": ms}
+
+
+def _write(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def test_summary_puts_every_method_in_the_row_of_its_device_and_budget(tmp_path):
+    summary = _script()
+    budgets = {("host:litert", 0.7): 1.4, ("host:litert", 0.4): 0.8, ("host:onnxruntime", 0.7): 1.5}
+    for name, acc in (("ofar", 0.9), ("ofar-no-ta", 0.8), ("usnet", 0.7)):
+        cohort = [_entry(d, r, b, acc - (0.7 - r) / 10, b * 0.97, resolution=28 if r < 0.5 else 32)
+                  for (d, r), b in budgets.items()]
+        if name == "usnet":
+            cohort = cohort[:2]                              # one (device, budget) the baseline did not reach
+        _write(tmp_path / name / "report.json", {"cohort": cohort, "unmet": [],
+                                                  "seconds": {"search": 10.0, "joint_training": 30.0},
+                                                  "search": {"unstable": []}})
+    for i, ((device, _), budget_ms) in enumerate(budgets.items()):
+        folder = tmp_path / "lcp" / f"run{i}"
+        _write(folder / "report.json", {"device": device, "budget": {"kind": "latency", "value": budget_ms},
+                                        "test_accuracy": {"finetuned": 0.5 + i / 100}, "measured_ms": budget_ms})
+        (folder / "seconds.txt").write_text("20\n")
+
+    out = summary.main(str(tmp_path))
+    rows = {(r["device"], r["budget_ratio"]): r for r in out["side_by_side"]}
+    assert set(rows) == set(budgets)
+    low = rows[("host:litert", 0.4)]
+    assert low["ofar"]["test_acc"] == 0.9 - 0.03 and low["ofar"]["resolution"] == 28
+    assert low["ofar_no_ta"]["test_acc"] == 0.8 - 0.03
+    assert low["lcp"]["test_acc"] == 0.51 and low["lcp"]["measured_ms"] == 0.8
+    assert rows[("host:onnxruntime", 0.7)]["usnet"] is None
+    assert out["seconds"]["lcp_total"] == 60.0 and out["seconds"]["ofar_total"] == 40.0
+    assert len(out["ablation_ta"]["with"]) == 3 and len(out["baselines"]["lcp"]) == 3
+
+    table = summary.markdown(out).splitlines()
+    assert len(table) == 2 + len(budgets)
+    assert "| host:litert | 40 % (0.800 ms) | 87.00 % @28 (0.776 ms)" in table[3]
+    assert table[-1].endswith("| – | 52.00 % (1.500 ms) |")      # no US-Net entry; LcP at 1.5 ms
