@@ -193,3 +193,14 @@ def test_a_network_above_the_headroom_but_within_budget_beats_one_below_the_band
     result = land(0.8, ladder(widths=(8, 76, 80, 84)), device, LandingConfig(repeats=2))
     assert result.status == LandingStatus.in_band and result.steps[result.chosen].widths == {"g": 80}
     assert result.upper_ms <= 0.8 and ((80,), 1) in device.calls
+
+
+def test_over_budget_reports_the_repeats_that_refused_the_network():
+    """Every network within budget at first measures over it when repeated (spread): the report says over budget
+    with the repeats it counted, not the first measurement alone (which read as within budget)."""
+    device = Device(0.9, drift=0.2)       # 8 ch: 0.072 at first, 0.272 again; the budget 0.1 fits only 8 ch
+    result = land(0.1, ladder(), device, LandingConfig(repeats=3))
+    assert result.status == LandingStatus.over_budget
+    assert result.steps[result.chosen].widths == {"g": 8}
+    assert result.repeats == pytest.approx([0.072, 0.272, 0.272])
+    assert result.upper_ms > 0.1 and result.to_dict()["measured_over_budget"] > 1

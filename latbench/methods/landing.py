@@ -189,10 +189,12 @@ def land(budget_ms: float, propose: Callable[[float], Proposal],
         proposal = propose(next_target(reopen_from))
     if result.chosen is not None and result.status is LandingStatus.no_unit_fits:
         return result                               # rounds used up: the largest network that passed its check
-    if result.chosen is None:                       # nothing measured within budget
-        key = min(first_step, key=lambda k: result.steps[first_step[k]].measured_ms)
+    if result.chosen is None:                       # nothing passed within budget
+        # the least by what it counts with (a checked network's worst repeat), reported with those repeats, so a
+        # network refused for its spread never shows as within budget by its first measurement alone
+        key = min(first_step, key=measured.get)
         result.chosen, result.arch = first_step[key], proposals[key].arch
-        result.repeats = [result.steps[result.chosen].measured_ms]
+        result.repeats = checked.get(key, [result.steps[result.chosen].measured_ms])
     result.status = LandingStatus.over_budget
     return result
 
