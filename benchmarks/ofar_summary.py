@@ -30,10 +30,12 @@ def side_by_side(ofar: dict | None, no_ta: dict | None, usnet: dict | None, lcp:
                             ("usnet", uniform.get((device, ratio)))):
             row[name] = None if entry is None else {"test_acc": entry["test_acc"], "resolution": entry["resolution"],
                                                     "measured_ms": entry.get("measured_ms")}
-        same = [e for e in lcp if e["device"] == device and c.get("budget_ms") is not None
-                and abs(e["budget_ms"] - c["budget_ms"]) <= 1e-9 * max(1.0, c["budget_ms"])]
-        row["lcp"] = ({"test_acc": same[0]["test_acc"], "resolution": None, "measured_ms": same[0]["measured_ms"]}
-                      if same else None)
+        same = [e for e in lcp if e["device"] == device and (
+                e.get("budget_ratio") == ratio if "unreachable" in e else c.get("budget_ms") is not None
+                and abs(e["budget_ms"] - c["budget_ms"]) <= 1e-9 * max(1.0, c["budget_ms"]))]
+        row["lcp"] = None if not same else (
+            {"unreachable": same[0]["unreachable"]} if "unreachable" in same[0] else
+            {"test_acc": same[0]["test_acc"], "resolution": None, "measured_ms": same[0]["measured_ms"]})
         rows.append(row)
     return rows
 
@@ -53,6 +55,11 @@ def main(root: str) -> dict:
     for folder in sorted((root / "lcp").glob("*")):
         report = _load(folder / "report.json")
         if report is None:
+            if (folder / "unreachable.txt").exists():   # a budget below LcP's floor at the base resolution
+                device, ratio = folder.name.rsplit("-", 1)
+                baselines["lcp"].append({"device": f"host:{device}", "budget_ratio": float(ratio), "test_acc": None,
+                                         "measured_ms": None,
+                                         "unreachable": (folder / "unreachable.txt").read_text().strip()})
             continue
         seconds = float((folder / "seconds.txt").read_text()) if (folder / "seconds.txt").exists() else None
         lcp_seconds += seconds or 0.0
@@ -74,6 +81,8 @@ def markdown(summary: dict) -> str:
     def cell(entry: dict | None) -> str:
         if entry is None:
             return "–"
+        if "unreachable" in entry:
+            return "unreachable at its resolution"
         ms = entry.get("measured_ms")
         res = f" @{entry['resolution']}" if entry.get("resolution") else ""
         return f"{100 * entry['test_acc']:.2f} %{res} ({'–' if ms is None else format(ms, '.3f')} ms)"

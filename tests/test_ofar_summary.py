@@ -43,6 +43,17 @@ def test_summary_puts_every_method_in_the_row_of_its_device_and_budget(tmp_path)
                                         "test_accuracy": {"finetuned": 0.5 + i / 100}, "measured_ms": budget_ms})
         (folder / "seconds.txt").write_text("20\n")
 
+    unreachable = tmp_path / "lcp" / "onnxruntime-0.4"
+    unreachable.mkdir()
+    (unreachable / "unreachable.txt").write_text("error: a latency budget of 0.7 ms is below what pruning can reach")
+    budgets_with_lcp_floor = {**budgets, ("host:onnxruntime", 0.4): 0.7}
+    for name in ("ofar", "ofar-no-ta"):                      # OFAR reaches it by a lower resolution
+        path = tmp_path / name / "report.json"
+        report = json.loads(path.read_text())
+        report["cohort"].append(_entry("host:onnxruntime", 0.4, 0.7, 0.6, 0.69, resolution=20))
+        path.write_text(json.dumps(report))
+    budgets = budgets_with_lcp_floor
+
     out = summary.main(str(tmp_path))
     rows = {(r["device"], r["budget_ratio"]): r for r in out["side_by_side"]}
     assert set(rows) == set(budgets)
@@ -52,9 +63,12 @@ def test_summary_puts_every_method_in_the_row_of_its_device_and_budget(tmp_path)
     assert low["lcp"]["test_acc"] == 0.51 and low["lcp"]["measured_ms"] == 0.8
     assert rows[("host:onnxruntime", 0.7)]["usnet"] is None
     assert out["seconds"]["lcp_total"] == 60.0 and out["seconds"]["ofar_total"] == 40.0
-    assert len(out["ablation_ta"]["with"]) == 3 and len(out["baselines"]["lcp"]) == 3
+    assert len(out["ablation_ta"]["with"]) == 4 and len(out["baselines"]["lcp"]) == 4
+    assert "below what pruning" in rows[("host:onnxruntime", 0.4)]["lcp"]["unreachable"]
+    assert rows[("host:onnxruntime", 0.7)]["lcp"]["test_acc"] == 0.52
 
     table = summary.markdown(out).splitlines()
     assert len(table) == 2 + len(budgets)
     assert "| host:litert | 40 % (0.800 ms) | 87.00 % @28 (0.776 ms)" in table[3]
-    assert table[-1].endswith("| – | 52.00 % (1.500 ms) |")      # no US-Net entry; LcP at 1.5 ms
+    assert table[-2].endswith("| – | 52.00 % (1.500 ms) |")      # no US-Net entry; LcP at 1.5 ms
+    assert table[-1].endswith("| unreachable at its resolution |")
