@@ -1016,11 +1016,23 @@ class _Pruner:
         self.set_const(node, 2, ends)
 
 
+def kept_channels(order: Sequence[int], width: int, full: int, blocks: int = 1) -> np.ndarray:
+    """The channels of a group kept at ``width``, in their original order: the first ``width`` of ``order``
+    (most important first); a group of ``blocks`` conv groups keeps the first ``width / blocks`` of each block
+    in that order (grouped convs need equal counts). Nested: a narrower width keeps a subset of a wider one's."""
+    order = np.asarray(order, dtype=np.int64)
+    if blocks <= 1:
+        return np.sort(order[:width])
+    size, per = full // blocks, width // blocks
+    return np.sort(np.concatenate([order[order // size == b][:per] for b in range(blocks)]))
+
+
 def prune_onnx(model: onnx.ModelProto, graph: ChannelGraph, widths: Mapping[str, int],
-               keep: Mapping[str, Sequence[int]] | None = None) -> onnx.ModelProto:
+               keep: Mapping[str, Sequence[int]] | None = None, check: bool = True) -> onnx.ModelProto:
     """A copy of ``model`` in which every prunable group keeps ``widths[g]`` channels (full when absent): the
     channels ``keep[g]`` when given, else the ``widths[g]`` most important ones (:func:`channel_importance`),
-    in their original order. ``graph`` is :func:`analyse_channels` of ``model``."""
+    in their original order. ``graph`` is :func:`analyse_channels` of ``model``. ``check=False`` skips the
+    final shape inference and ONNX check (for a graph that is only read, not shipped: the supernet's)."""
     chosen = _choose(graph, model, widths, keep)
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -1041,6 +1053,8 @@ def prune_onnx(model: onnx.ModelProto, graph: ChannelGraph, widths: Mapping[str,
     del g.input[:]
     g.input.extend(inputs)
     del g.value_info[:]
+    if not check:
+        return out
     try:
         out = shape_inference.infer_shapes(out, strict_mode=True)
         onnx.checker.check_model(out)

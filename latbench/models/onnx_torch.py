@@ -64,6 +64,7 @@ class OnnxNet(nn.Module):
         # What the zoo's GraphNet carries too: the imported model's spec and this network's group widths.
         self.spec, self.widths = spec, dict(widths or (spec.groups if spec is not None else {}))
         self._bn_forwards: int | None = None      # counting forwards: BN statistics as a cumulative average
+        self._program = None                      # a pruned variant being run (OnnxSupernet)
         graph = model.graph
         inits = {t.name: t for t in graph.initializer}
         self.input_name = next(i.name for i in graph.input if i.name not in inits)
@@ -111,6 +112,8 @@ class OnnxNet(nn.Module):
         """A constant input's value as a numpy array (``None`` when the input is absent)."""
         if not name:
             return None
+        if self._program is not None and name in self._program.consts:   # a pruned variant's own constants
+            return self._program.consts[name]
         if name in self.consts:
             return self.consts[name]
         if name in self._tensor_keys:
@@ -125,19 +128,33 @@ class OnnxNet(nn.Module):
                 self._bn_forwards += 1
 
     def _run(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        values: dict[str, torch.Tensor] = {self.input_name: x}
-        left = dict(self._readers)
-        for node in self.nodes:
-            args = [None if not n else values[n] if n in values else
-                    self.tensor(n) if n in self._tensor_keys else n for n in node.input]
+        return self._execute(x, self.nodes, self.input_name, self.output_names, self._readers,
+                             lambda n: self.tensor(n) if n in self._tensor_keys else None)
+
+    def _execute(self, x: torch.Tensor, nodes, input_name: str, output_names, readers: Mapping[str, int],
+                 tensor: Callable[[str], torch.Tensor | None]) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Run ``nodes`` on ``x``; ``tensor(name)`` gives an initializer's tensor (``None``: a constant that
+        :meth:`_const` reads)."""
+        values: dict[str, torch.Tensor] = {input_name: x}
+        left = dict(readers)
+        for node in nodes:
+            args = []
+            for n in node.input:
+                if not n:
+                    args.append(None)
+                elif n in values:
+                    args.append(values[n])
+                else:
+                    t = tensor(n)
+                    args.append(n if t is None else t)
             outs = _OPS[node.op_type](self, node, args)
             for name, value in zip(node.output, outs if isinstance(outs, (list, tuple)) else (outs,)):
                 values[name] = value
             for n in node.input:       # release tensors no later node reads (deep nets stay flat in memory)
                 left[n] = left.get(n, 1) - 1
-                if left[n] == 0 and n not in self.output_names and n != self.input_name:
+                if left[n] == 0 and n not in output_names and n != input_name:
                     values.pop(n, None)
-        outputs = tuple(values[n] for n in self.output_names)
+        outputs = tuple(values[n] for n in output_names)
         return outputs[0] if len(outputs) == 1 else outputs
 
     def to_onnx(self) -> onnx.ModelProto:
@@ -155,29 +172,9 @@ class OnnxNet(nn.Module):
         """The weight whose rows are the filters of kernel ``layer``'s output channels: its conv's, or for a
         squeeze-excitation kernel (named after its pooling node) the first conv/fc after that node — the
         one that writes the squeeze width."""
-        node = next((n for n in self.nodes if n.name == layer), None)
-        if node is None:
-            raise KeyError(f"no node {layer!r} in this graph")
-        if node.op_type != "Conv":
-            readers: dict[str, list] = {}
-            for n in self.nodes:
-                for i in n.input:
-                    readers.setdefault(i, []).append(n)
-            frontier, seen = list(node.output), set()
-            while frontier:
-                nxt = [n for t in frontier for n in readers.get(t, []) if n.name not in seen]
-                hit = next((n for n in nxt if n.op_type in ("Conv", "Gemm", "MatMul")), None)
-                if hit is not None:
-                    node = hit
-                    break
-                seen.update(n.name for n in nxt)
-                frontier = [o for n in nxt for o in n.output]
-            else:
-                raise KeyError(f"no conv or fc follows node {layer!r}")
-        w = self.tensor(node.input[1])
-        if node.op_type == "Gemm" and not _attrs(node).get("transB", 0) or node.op_type == "MatMul":
-            return w.t()
-        return w
+        name, transposed = filter_source(self.nodes, layer)
+        w = self.tensor(name)
+        return w.t() if transposed else w
 
     def channel_graph(self):
         """The channel groups of this graph (:func:`~latbench.models.onnx_channels.analyse_channels`); the
@@ -204,6 +201,32 @@ class OnnxNet(nn.Module):
                 var.fill_(1.0)
 
 
+def filter_source(nodes, layer: str) -> tuple[str, bool]:
+    """(initializer, transposed) of the weight holding kernel ``layer``'s filters among ``nodes`` (see
+    :meth:`OnnxNet.filter_weight`); ``transposed``: the filters are its columns (Gemm without transB, MatMul)."""
+    node = next((n for n in nodes if n.name == layer), None)
+    if node is None:
+        raise KeyError(f"no node {layer!r} in this graph")
+    if node.op_type != "Conv":
+        readers: dict[str, list] = {}
+        for n in nodes:
+            for i in n.input:
+                readers.setdefault(i, []).append(n)
+        frontier, seen = list(node.output), set()
+        while frontier:
+            nxt = [n for t in frontier for n in readers.get(t, []) if n.name not in seen]
+            hit = next((n for n in nxt if n.op_type in ("Conv", "Gemm", "MatMul")), None)
+            if hit is not None:
+                node = hit
+                break
+            seen.update(n.name for n in nxt)
+            frontier = [o for n in nxt for o in n.output]
+        else:
+            raise KeyError(f"no conv or fc follows node {layer!r}")
+    transposed = node.op_type == "Gemm" and not _attrs(node).get("transB", 0) or node.op_type == "MatMul"
+    return node.input[1], transposed
+
+
 def full_network(spec) -> OnnxNet:
     """The imported model ``spec`` came from, with the file's own weights (its ``source``)."""
     from pathlib import Path
@@ -220,14 +243,15 @@ def materialize_imported(arch, spec, parent: OnnxNet | None = None,
     ``source``): the graph of ``parent`` (default: the file itself) with every group at its width, keeping the
     first channels of ``importance[group]`` (most important first; default the graph's own L1·|γ| ranking),
     weights sliced by :func:`~latbench.models.onnx_channels.prune_onnx`; ``arch``'s sparsity as real zeros."""
-    from .onnx_channels import prune_onnx
+    from .onnx_channels import kept_channels, prune_onnx
     from .torch_net import apply_sparsity
 
     arch.validate(spec)
     parent = parent if parent is not None else full_network(spec)
-    keep = {g: np.sort(np.asarray(importance[g][:w])) for g, w in arch.widths.items()
-            if importance is not None and g in importance and w < spec.groups[g]}
-    net = OnnxNet(prune_onnx(parent.to_onnx(), parent.channel_graph(), arch.widths, keep), spec, arch.widths)
+    graph = parent.channel_graph()
+    keep = {g: kept_channels(importance[g], w, graph.groups[g].width, graph.groups[g].multiple)
+            for g, w in arch.widths.items() if importance is not None and g in importance and w < spec.groups[g]}
+    net = OnnxNet(prune_onnx(parent.to_onnx(), graph, arch.widths, keep), spec, arch.widths)
     for layer, sparsity in arch.sparsity.items():
         apply_sparsity(net.filter_weight(layer), sparsity)
     return net.eval()

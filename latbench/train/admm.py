@@ -35,7 +35,7 @@ from ..data import Augment, DataSplits, ImageDataset
 from ..models import Architecture, GraphNet
 from ..recipe import Opt
 from ..supernet.ops import magnitude_keep
-from .checkpoint import CheckpointError, load_weights, read_checkpoint_meta, save_checkpoint
+from .checkpoint import CheckpointError, load_weights, read_checkpoint_meta, save_checkpoint, stem_in_channels
 from .loop import SCHEDULES, Schedule, evaluate, train
 
 #: Keep-masks (``True`` = weight kept) of sparsified convs, by layer name.
@@ -259,14 +259,20 @@ def _train_phase(net: GraphNet, train_set: ImageDataset, epochs: int, lr: float,
 
 
 def _conv_weights(net: GraphNet, names) -> dict[str, torch.nn.Parameter]:
-    return {name: net.block(name).conv.weight for name in names}
+    """The weight of every named conv (``filter_weight``: a zoo network's block, an imported graph's initializer)."""
+    weights = {name: net.filter_weight(name) for name in names}
+    for name, w in weights.items():
+        if not w.is_leaf:
+            raise ValueError(f"layer {name!r} keeps its filters as the columns of a matrix; weight sparsity is "
+                             "not available for it (leave its sparsity at 0)")
+    return weights
 
 
 @torch.no_grad()
 def apply_masks(net: GraphNet, masks: Masks) -> None:
     """Zero the pruned weights (``mask == False``) of ``net``'s convs in place."""
     for name, mask in masks.items():
-        net.block(name).conv.weight.mul_(mask)
+        net.filter_weight(name).mul_(mask)
 
 
 def finetune_with_masks(net: GraphNet, masks: Masks, train_set: ImageDataset, epochs: int, lr: float,
@@ -297,14 +303,13 @@ def _check_inputs(net: GraphNet, arch: Architecture, train_set: ImageDataset) ->
     if dict(net.widths) != dict(arch.widths):
         raise ValueError(f"the network has widths {net.widths}, the architecture {dict(arch.widths)}; retrain the "
                          "sub-network itself: evaluator.extract(arch, sparse=False) or materialize(arch, spec, parent)")
-    stem = next(layer for layer in net.spec.layers if layer.fixed_in is not None)
-    if net.block(stem.name).conv.in_channels != train_set.channels:
-        raise ValueError(f"the network reads {net.block(stem.name).conv.in_channels} channels, {train_set.name} has "
+    if stem_in_channels(net) != train_set.channels:
+        raise ValueError(f"the network reads {stem_in_channels(net)} channels, {train_set.name} has "
                          f"{train_set.channels}")
 
 
 def _achieved_sparsity(net: GraphNet, names) -> dict[str, float]:
-    return {n: float((net.block(n).conv.weight == 0).float().mean()) for n in names}
+    return {n: float((net.filter_weight(n) == 0).float().mean()) for n in names}
 
 
 def admm_retrain(net: GraphNet, arch: Architecture, data: DataSplits | ImageDataset, config: ADMMConfig | None = None,
@@ -388,7 +393,7 @@ def admm_retrain(net: GraphNet, arch: Architecture, data: DataSplits | ImageData
 
     # Masks are recovered from the pruned weights: each sparsified conv holds at least round(s·n) zeros
     # (per block), so the magnitude mask selects exactly that many of them — the same zero pattern.
-    masks = {name: magnitude_keep(net.block(name).conv.weight, s, cfg.sparsity_block) for name, s in sparse.items()}
+    masks = {name: magnitude_keep(net.filter_weight(name), s, cfg.sparsity_block) for name, s in sparse.items()}
     if done <= PHASES.index("finetune") and cfg.finetune_epochs > 0:
         started = time.perf_counter()
         steps, loss = finetune_with_masks(net, masks, train_set, cfg.finetune_epochs, cfg.finetune_lr or cfg.lr,

@@ -40,7 +40,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ...data import Augment, BatchLoader, DataSplits
 from ...models import Architecture, GraphNet
 from ...recipe import Choice, Opt
-from ...supernet import DynamicBatchNorm2d, DynamicNet, PopulationSampler, SubnetBN, cross_entropy, recalibrate, resize
+from ...supernet import (DynamicBatchNorm2d, DynamicNet, PopulationSampler, SubnetBN, cross_entropy, recalibrate, resize,
+                         supernet_from)
 from ...train.checkpoint import (CheckpointError, load_optimizer_state, load_weights, read_checkpoint_meta,
                                 save_checkpoint, stem_in_channels)
 from ...train.loop import TrainConfig, evaluate, make_optimizer, train
@@ -216,7 +217,7 @@ class SupernetEvaluator:
                              f"supernet expects {stem_channels} and {parent.spec.num_classes} — build the parent "
                              "with in_channels=data.in_channels and get_model(name, num_classes=data.num_classes)")
         self.device = torch.device(device)
-        self.net = DynamicNet.from_parent(parent, order, device=self.device, sparsity_block=cfg.sparsity_block)
+        self.net = supernet_from(parent, order, device=self.device, sparsity_block=cfg.sparsity_block)
         for module in self.net.modules():         # training leaves the shared BN statistics alone
             if isinstance(module, DynamicBatchNorm2d):
                 module.track_running_stats = False

@@ -329,8 +329,9 @@ def run_jcw(job: JCWJob) -> dict:
         raise ValueError(f"the search's resolution {job.search.resolution} differs from the data's "
                          f"{data.resolution}; the retrained network runs at the data's resolution")
     # The table was measured with the zoo's classifier; the parent's input channels are what the device runs (the
-    # closed loop measures what ships). Architectures only name widths and sparsities.
-    spec = replace(get_model(job.model), in_channels=parent.spec.in_channels)
+    # closed loop measures what ships). Architectures only name widths and sparsities. An imported model's spec is
+    # its file's, the one its table was profiled from.
+    spec = parent.spec if parent.spec.source else replace(get_model(job.model), in_channels=parent.spec.in_channels)
     table = LatencyTable.load(job.table)
     predictor = Predictor(spec, table)
     config = replace(job.search, resolution=data.resolution)
