@@ -3,6 +3,7 @@ and hard-swish, 1 input channel, 10 classes, 32×32) read from its ONNX file —
 the pruned network is its own graph cut to the widths, fine-tuned in torch (OnnxNet) on real Fashion-MNIST and
 shipped as ONNX and TFLite with the trained weights."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -124,3 +125,44 @@ def test_a_zoo_model_still_needs_its_checkpoint(tmp_path):
     result = prune("--model", "resnet20", "--budget-flops", 1e6, "--out", tmp_path / "x", *QUICK)
     assert result.exit_code != 0 and "needs --checkpoint" in result.output
     assert "Traceback" not in result.output
+
+
+JCW_TINY = ["--population", "4", "--generations", "1", "--supernet-steps", "2", "--supernet-batch-size", "16",
+            "--eval-images", "32", "--bn-batches", "1", "--admm-steps-per-epoch", "2", "--admm-batch-size", "16",
+            "--admm-update-every", "1", "--admm-rho", "0.5", "--bn-images", "32", "--test-images", "64",
+            "--threads", "1", "--no-progress"]
+
+
+@pytest.mark.slow
+def test_jcw_searches_an_onnx_models_supernet_and_ships_its_own_graph_trained(user_model, tmp_path):
+    """JCW on a user's ONNX file (issue 13): the weight-sharing supernet is the file's graph (OnnxSupernet),
+    searched against a table profiled from that file, the chosen widths and sparsities retrained with ADMM
+    and shipped as the user's graph cut to them, with the trained weights and the sparsity as real zeros."""
+    table, store = tmp_path / "t.parquet", tmp_path / "store.db"
+    profiled = CliRunner().invoke(app, ["profile", str(user_model), "--device", "host:onnxruntime", "--table",
+                                        str(table), "--store", str(store), "--calibrate", "0", "--no-progress"])
+    assert profiled.exit_code == 0, profiled.output
+    out = tmp_path / "jcw"
+    result = CliRunner().invoke(app, ["prune", "jcw", "--model", str(user_model), "--table", str(table),
+                                      "--budget-ratio", "0.9", "--sparsity-where", "measured", "--out", str(out),
+                                      *JCW_TINY])
+    assert result.exit_code == 0, result.output
+    genes = re.search(r"\((\d+) sparsity genes\)", result.output)
+    assert genes and int(genes.group(1)) > 0                  # the convs' sparsities were searched too
+    report = json.loads((out / "budget-0.9" / "report.json").read_text())
+    spec = load_model(str(user_model))
+    assert report["model"] == spec.name and report["predicted_ms"] <= report["budget"]["value"]
+    widths, sparsity = report["architecture"]["widths"], report["architecture"]["sparsity"]
+    model = load_user_onnx(user_model)
+    cut = prune_onnx(model, analyse_channels(model), widths)
+    shipped = onnx.load(out / "budget-0.9" / "pruned.onnx")
+    assert [n.op_type for n in shipped.graph.node] == [n.op_type for n in cut.graph.node]
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in shipped.graph.initializer}
+    for layer, s in sparsity.items():                      # the sparsity the search chose, as zeros in the file
+        if s > 0:
+            node = next(n for n in shipped.graph.node if n.name == layer)
+            w = weights[node.input[1]]
+            assert (w == 0).mean() >= s - 0.02, layer
+    x = np.random.default_rng(0).standard_normal((1, 1, 32, 32)).astype(np.float32)
+    assert np.isfinite(run(ort.InferenceSession(str(out / "budget-0.9" / "pruned.onnx")), x)).all()
+    assert report["test_accuracy"]["finetuned"] >= 0.0 and report["admm_history"]["phases"]
