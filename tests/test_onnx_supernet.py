@@ -143,3 +143,29 @@ def test_an_impossible_width_is_refused_by_name(models):
         net(torch.zeros(1, 1, 32, 32), Architecture(spec.name, 32, widths))
     with pytest.raises(ValueError, match="'l1'"):
         OnnxSupernet.from_parent(full_network(spec), "l2")
+
+
+@needs_timm
+def test_filter_scores_of_a_depthwise_conv_over_a_concatenation_go_to_each_group(models):
+    """GhostNet's ghost modules concatenate two groups and a depthwise conv reads both: its filters' scores are
+    split by the concatenation's segments (LcP's filter ranking used to fail there)."""
+    from latbench.train.importance import channel_importance, group_scores, layer_filter_scores
+
+    spec = load_model(str(models("ghostnet_100")))
+    net = full_network(spec)
+    layer = next(l for l in spec.layers if l.kind == "depthwise" and l.in_extra)
+    scores, per_layer = channel_importance(net, "l1"), layer_filter_scores(net, "l1")
+    assert set(scores) == set(spec.groups) and all(len(scores[g]) == w for g, w in spec.groups.items())
+    node = next(n for n in net.nodes if n.name == layer.name)
+    segments = net.channel_graph().tensors[node.output[0]]
+    assert len(segments) > 1 and len(per_layer[layer.name]) == sum(seg.width for seg in segments)
+    expected, pos = {}, 0
+    for seg in segments:             # e.g. [A, A]: a ghost module's primary half and its cheap (depthwise) half
+        expected[seg.group] = expected.get(seg.group, 0) + per_layer[layer.name][pos:pos + seg.width]
+        pos += seg.width
+    without = dict(per_layer)
+    without[layer.name] = np.zeros_like(per_layer[layer.name])
+    rest = group_scores(net, without)
+    for group, value in expected.items():
+        if group is not None:
+            np.testing.assert_allclose(scores[group] - rest[group], value, rtol=1e-9, atol=1e-9)

@@ -98,9 +98,30 @@ def group_scores(net: GraphNet, layer_scores: Mapping[str, np.ndarray]) -> dict[
     """Sum per-layer filter scores into per-channel scores of each channel group."""
     scores = {g: np.zeros(w, dtype=np.float64) for g, w in net.widths.items()}
     for layer in _scored_layers(net):
-        if layer.name in layer_scores:
-            scores[layer.out_group] += np.asarray(layer_scores[layer.name], dtype=np.float64)
+        if layer.name not in layer_scores:
+            continue
+        values = np.asarray(layer_scores[layer.name], dtype=np.float64)
+        if len(values) == len(scores[layer.out_group]):
+            scores[layer.out_group] += values
+            continue
+        # A depthwise kernel of an imported graph reading a concatenation (GhostNet's ghost modules): its filters
+        # span several groups, in the order of its input tensor's segments.
+        pos = 0
+        for segment in _output_segments(net, layer):
+            if segment.group in scores:
+                scores[segment.group] += values[pos:pos + segment.width]
+            pos += segment.width
     return scores
+
+
+def _output_segments(net, layer: LayerDef):
+    channel_graph = getattr(net, "channel_graph", None)
+    node = next((n for n in getattr(net, "nodes", ()) if n.name == layer.name), None)
+    segments = channel_graph().tensors.get(node.output[0]) if channel_graph and node is not None else None
+    if not segments or sum(s.width for s in segments) != len(net.filter_weight(layer.name)):
+        raise ValueError(f"layer {layer.name!r}: its {len(net.filter_weight(layer.name))} filters do not match its "
+                         f"channel group {layer.out_group!r}; it cannot be scored")
+    return segments
 
 
 def channel_importance(net: GraphNet, metric: str = "l1", data: Batches | None = None, batches: int = 4,
