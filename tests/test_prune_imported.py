@@ -140,7 +140,8 @@ def test_jcw_searches_an_onnx_models_supernet_and_ships_its_own_graph_trained(us
     and shipped as the user's graph cut to them, with the trained weights and the sparsity as real zeros."""
     table, store = tmp_path / "t.parquet", tmp_path / "store.db"
     profiled = CliRunner().invoke(app, ["profile", str(user_model), "--device", "host:onnxruntime", "--table",
-                                        str(table), "--store", str(store), "--calibrate", "0", "--no-progress"])
+                                        str(table), "--store", str(store), "--calibrate", "0", "--sparsity", "0",
+                                        "--sparsity", "0.9", "--no-progress"])   # an imported table spans sparsity when asked
     assert profiled.exit_code == 0, profiled.output
     out = tmp_path / "jcw"
     result = CliRunner().invoke(app, ["prune", "jcw", "--model", str(user_model), "--table", str(table),
