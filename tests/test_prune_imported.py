@@ -146,6 +146,7 @@ def test_jcw_searches_an_onnx_models_supernet_and_ships_its_own_graph_trained(us
     out = tmp_path / "jcw"
     result = CliRunner().invoke(app, ["prune", "jcw", "--model", str(user_model), "--table", str(table),
                                       "--budget-ratio", "0.9", "--sparsity-where", "measured", "--out", str(out),
+                                      "--min-width-ratio", "0.25", "--coupled-min-width-ratio", "0.25",
                                       *JCW_TINY])
     assert result.exit_code == 0, result.output
     genes = re.search(r"\((\d+) sparsity genes\)", result.output)
