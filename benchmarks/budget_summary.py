@@ -3,7 +3,7 @@ measured on the shipped file, and what LcP's meta-learning cost.
 
     python benchmarks/budget_summary.py runs/lcp-acceptance runs/jcw-acceptance [--out benchmarks/results/budget]
 
-Reads every ``report.json`` below the given folders (LcP/naïve/uniform/SP jobs and the architectures of JCW
+Reads every report (``report.json``, or a committed copy of one) below the given folders (LcP/naïve/uniform/SP jobs and the architectures of JCW
 jobs; OFAR cohorts from their ``report.json``) and writes ``summary.json``:
 ``{"networks": [{"method", "budget_ratio", "budget_ms", "measured_ms", "measured_upper_ms", "iterations",
 "status"}], "fraction_in_band", "over_budget", "lcp_meta_seconds"}``. A network is in band when its shipped
@@ -36,10 +36,13 @@ def _row(method: str, budget: dict, report: dict, landing: dict | None) -> dict 
 def collect(folders: list[Path]) -> tuple[list[dict], list[float]]:
     rows, meta_seconds = [], []
     for folder in folders:
-        for path in sorted(folder.rglob("*report.json")):      # also copies named <run>-report.json
+        # Reports in run folders (report.json) and the copies committed under benchmarks/results (any name).
+        for path in sorted(folder.rglob("*.json")):
             if any("~" in part for part in path.relative_to(folder).parts):
                 continue                                      # a run moved aside (recipe.aside_path): superseded
             report = json.loads(path.read_text())
+            if not isinstance(report, dict):
+                continue
             if report.get("method") == "ofar":
                 for c in report["cohort"]:
                     if c.get("measured_ms") is not None:
