@@ -1,0 +1,45 @@
+"""benchmarks/budget_summary.py: issue 15's summary of how close every pruned network lands to its budget, from
+run folders (report.json) and committed report copies of any name; in band = shipped median in [0.95, 1] × budget
+with every repeat within it; over = a repeat above it."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("budget_summary", ROOT / "benchmarks" / "budget_summary.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _report(method, budget_ms, repeats, iterations=2, status="in band"):
+    return {"method": method, "budget": {"kind": "latency", "value": budget_ms, "ratio": 0.5},
+            "measured_ms": sorted(repeats)[len(repeats) // 2], "shipped_repeats_ms": repeats,
+            "landing": {"iterations": iterations, "status": status}, "search": {"seconds": 12.5}}
+
+
+def test_networks_in_band_over_budget_and_the_meta_learning_time(tmp_path):
+    script = _script()
+    run = tmp_path / "runs" / "lcp-0.5"
+    run.mkdir(parents=True)
+    (run / "report.json").write_text(json.dumps(_report("lcp", 1.0, [0.97, 0.98, 0.99])))          # in band
+    committed = tmp_path / "results"
+    committed.mkdir()
+    (committed / "uniform-0.5.json").write_text(json.dumps(_report("uniform", 1.0, [0.96, 0.99, 1.02])))  # over
+    (committed / "naive-0.5.json").write_text(json.dumps(_report("naive", 1.0, [0.90, 0.91, 0.92])))     # below
+    (committed / "summary.json").write_text(json.dumps({"method": "lcp", "networks": []}))  # not a report
+    aside = tmp_path / "runs" / "lcp-0.7~1"
+    aside.mkdir()
+    (aside / "report.json").write_text(json.dumps(_report("lcp", 1.0, [0.5])))                 # superseded
+    rows, meta = script.collect([tmp_path / "runs", committed])
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"lcp", "uniform", "naive"}
+    assert by["lcp"]["in_band"] and not by["lcp"]["over_budget"]
+    assert by["uniform"]["over_budget"] and not by["uniform"]["in_band"]
+    assert not by["naive"]["in_band"] and not by["naive"]["over_budget"]
+    assert by["lcp"]["iterations"] == 2 and meta == [12.5]
