@@ -80,6 +80,13 @@ class OnnxSupernet(OnnxNet):
             if sorted(o.tolist()) != list(range(g.width)):
                 raise ValueError(f"order of group {name!r} must be a permutation of 0..{g.width - 1}")
             self.order[name] = o
+        # Cut tensors are traced back to their source by name (prune_onnx appends "_pruned"); a graph whose own
+        # names already look like that would be ambiguous.
+        clash = sorted(n for n in self._tensor_keys if _PRUNED_SUFFIX.search(n)
+                       and _PRUNED_SUFFIX.sub("", n) in self._tensor_keys)
+        if clash:
+            raise ValueError(f"initializers {clash[:3]} end in '_pruned' beside a tensor of the same stem; rename them "
+                             "in the ONNX file to build a supernet of it")
         self.in_channels = int(spec.in_channels)
         self._cache_size = cache
         self._programs: OrderedDict[tuple, _Program] = OrderedDict()
