@@ -7,6 +7,9 @@ every fault re-queued and reported.
   :meth:`~latbench.farm.agents.DeviceAgent.connect` reopen the device), so a phone that comes back rejoins.
   After ``max_failures`` failures in a row it is quarantined with its last error.
 * **An agent that died** (its process was killed): Ray restarts it (``max_restarts=-1``), its batch is re-queued.
+  While Ray restarts it, calls fail at once as "temporarily unavailable": those are re-queued too but do not count
+  as failures; the agent gets no work for a back-off (1, 2, 4 … 30 s) and is given up (gone) only when it has been
+  unavailable for ``timeout_s`` (a restart takes seconds, longer on a loaded machine).
 * **A node lost**: its agents cannot come back; a batch that outlives ``timeout_s`` on a dead node marks its
   devices gone and is re-queued.
 
@@ -71,6 +74,10 @@ class WorkReport:
         return out
 
 
+class _Never(Exception):
+    """Stands for an exception type this Ray does not have (nothing raises it)."""
+
+
 def _ray_errors(ray) -> tuple[tuple[type, ...], tuple[type, ...]]:
     """(errors meaning the agent's process died, errors raised by the work itself)."""
     exc = ray.exceptions
@@ -94,12 +101,15 @@ def run_batches(ray, agents: Mapping[str, Any], group_of: Mapping[str, Hashable]
     calling ``agent.<method>.remote(batch.items, *args[group])``; ``on_result(index, batch, result)`` on the
     driver as each finishes. Raises :class:`FarmError` when a group's work is left with no working agent."""
     died_errors, task_errors = _ray_errors(ray)
+    unavailable_errors = tuple(e for e in died_errors if e.__name__ == "ActorUnavailableError") or (_Never,)
     t0 = time.monotonic()
     report = WorkReport(batches=len(batches), done_by={a: 0 for a in agents})
     queue = collections.deque(range(len(batches)))
     done: set[int] = set()
     avoid: dict[int, str] = {}                       # a re-queued batch goes to a sibling first
     failures = collections.Counter()
+    unavailable_since: dict[str, float] = {}         # agents Ray is restarting: since when, and
+    cooling: dict[str, float] = {}                   # no work for them before this time (back-off)
     healthy = set(agents)
     pending: dict[Any, tuple[str, int, float]] = {}  # object ref → (agent, batch index, started)
     busy: set[str] = set()
@@ -126,7 +136,10 @@ def run_batches(ray, agents: Mapping[str, Any], group_of: Mapping[str, Hashable]
         return None
 
     while queue or pending:
+        now = time.monotonic()
         for agent in sorted(healthy - busy):
+            if cooling.get(agent, 0.0) > now:
+                continue
             index = take(agent)
             if index is None:
                 continue
@@ -141,6 +154,8 @@ def run_batches(ray, agents: Mapping[str, Any], group_of: Mapping[str, Hashable]
                             + "; ".join(f"{a}: {e}" for a, e in lost.items())
                             + ". What was measured is kept: fix the devices and run the same command again")
         if not pending:
+            waits = [t - time.monotonic() for a, t in cooling.items() if a in healthy]
+            time.sleep(min([poll_s, *[w for w in waits if w > 0]]) if waits else 0.0)
             continue
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll_s)
         for ref in ready:
@@ -148,6 +163,17 @@ def run_batches(ray, agents: Mapping[str, Any], group_of: Mapping[str, Hashable]
             busy.discard(agent)
             try:
                 result = ray.get(ref)
+            except unavailable_errors as err:        # Ray is restarting the agent: it comes back
+                now = time.monotonic()
+                since = unavailable_since.setdefault(agent, now)
+                cooling[agent] = now + min(30.0, 2.0 ** min(5, int(now - since).bit_length()))
+                fault(agent, FaultKind.AGENT_DIED, index, error_line(err))
+                requeue(index, agent)
+                if now - since > timeout_s and agent in healthy:
+                    healthy.discard(agent)
+                    report.gone.append(agent)
+                    fault(agent, FaultKind.TIMEOUT, index, f"unavailable for more than {timeout_s:g} s")
+                continue
             except died_errors as err:
                 failures[agent] += 1
                 fault(agent, FaultKind.AGENT_DIED, index, error_line(err))
@@ -158,6 +184,8 @@ def run_batches(ray, agents: Mapping[str, Any], group_of: Mapping[str, Hashable]
                 requeue(index, agent)
             else:
                 failures[agent] = 0
+                unavailable_since.pop(agent, None)
+                cooling.pop(agent, None)
                 if index not in done:
                     done.add(index)
                     report.done_by[agent] += 1
