@@ -425,3 +425,72 @@ def test_a_lost_node_marks_its_units_gone_and_the_work_goes_on():
         if ray.is_initialized():
             ray.shutdown()
         cluster.shutdown()
+
+
+class _FakeRay:
+    """Just enough of Ray for run_batches: each call's outcome is scripted per agent (a value, or an exception
+    raised by ``get``), every call is ready at once."""
+
+    class exceptions:
+        class RayActorError(Exception):
+            pass
+
+        class ActorUnavailableError(Exception):
+            pass
+
+        class RayTaskError(Exception):
+            pass
+
+    def __init__(self, script):
+        self.script, self.calls = script, []
+
+    def agent(self, name):
+        ray = self
+
+        class Method:
+            def remote(self, items):
+                ray.calls.append(name)
+                outcome = ray.script[name].pop(0) if ray.script[name] else "ok"
+                return (name, tuple(items), outcome)
+
+        return type("Agent", (), {"work": Method()})()
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref):
+        name, items, outcome = ref
+        if isinstance(outcome, Exception):
+            raise outcome
+        return [2 * x for x in items]
+
+
+def test_an_agent_ray_is_restarting_waits_and_is_not_quarantined_while_its_sibling_is_down():
+    """Seen under load: the killed agent answered 'restarting' three times in a row while its sibling's phone was
+    off, and both were quarantined. Restarting is not a failure: the agent waits (back-off) and comes back."""
+    from latbench.farm.work import Batch, FaultKind, run_batches
+
+    exc = _FakeRay.exceptions
+    restarting = [exc.ActorUnavailableError("The actor is restarting") for _ in range(5)]
+    down = [exc.RayTaskError("nothing accepts ADB connections") for _ in range(10)]
+    ray = _FakeRay({"X1": list(restarting), "X2": list(down)})
+    agents = {"X1": ray.agent("X1"), "X2": ray.agent("X2")}
+    batches = [Batch("X", (i,)) for i in range(4)]
+    results = {}
+    report = run_batches(ray, agents, {"X1": "X", "X2": "X"}, batches, "work",
+                         lambda i, b, r: results.__setitem__(i, r), max_failures=3, poll_s=0.01, backoff_s=0.001)
+    assert results == {i: [2 * i] for i in range(4)}
+    assert list(report.quarantined) == ["X2"] and report.done_by["X1"] == 4
+    kinds = [(f.agent, f.kind) for f in report.faults]
+    assert kinds.count(("X1", FaultKind.AGENT_DIED)) == 5 and ("X1", FaultKind.QUARANTINED) not in kinds
+    assert report.requeued == sum(k in (FaultKind.DEVICE_ERROR, FaultKind.AGENT_DIED) for _, k in kinds)
+
+
+def test_an_agent_unavailable_for_longer_than_the_timeout_is_given_up():
+    from latbench.farm.work import Batch, run_batches
+
+    exc = _FakeRay.exceptions
+    ray = _FakeRay({"X1": [exc.ActorUnavailableError("restarting") for _ in range(10_000)]})
+    with pytest.raises(FarmError, match="no working device is left for group X"):
+        run_batches(ray, {"X1": ray.agent("X1")}, {"X1": "X"}, [Batch("X", (1,))], "work", lambda *a: None,
+                    poll_s=0.01, backoff_s=0.001, timeout_s=0.05)

@@ -96,10 +96,12 @@ def error_line(err: BaseException) -> str:
 def run_batches(ray, agents: Mapping[str, Any], group_of: Mapping[str, Hashable], batches: Sequence[Batch],
                 method: str, on_result: Callable[[int, Batch, Any], None], *, args: Mapping[Hashable, tuple] = {},
                 max_failures: int = 3, timeout_s: float = 600.0, node_alive: Callable[[str], bool] | None = None,
-                on_fault: Callable[[Fault], None] | None = None, poll_s: float = 1.0) -> WorkReport:
+                on_fault: Callable[[Fault], None] | None = None, poll_s: float = 1.0,
+                backoff_s: float = 1.0) -> WorkReport:
     """Run every batch on an agent of its group (``agents``: name → actor handle; ``group_of``: name → group),
     calling ``agent.<method>.remote(batch.items, *args[group])``; ``on_result(index, batch, result)`` on the
-    driver as each finishes. Raises :class:`FarmError` when a group's work is left with no working agent."""
+    driver as each finishes. Raises :class:`FarmError` when a group's work is left with no working agent.
+    ``backoff_s``: the first wait before an agent Ray is restarting gets work again (doubling, at most 30 s)."""
     died_errors, task_errors = _ray_errors(ray)
     unavailable_errors = tuple(e for e in died_errors if e.__name__ == "ActorUnavailableError") or (_Never,)
     t0 = time.monotonic()
@@ -166,7 +168,7 @@ def run_batches(ray, agents: Mapping[str, Any], group_of: Mapping[str, Hashable]
             except unavailable_errors as err:        # Ray is restarting the agent: it comes back
                 now = time.monotonic()
                 since = unavailable_since.setdefault(agent, now)
-                cooling[agent] = now + min(30.0, 2.0 ** min(5, int(now - since).bit_length()))
+                cooling[agent] = now + min(30.0, backoff_s * 2.0 ** min(5, int((now - since) / backoff_s).bit_length()))
                 fault(agent, FaultKind.AGENT_DIED, index, error_line(err))
                 requeue(index, agent)
                 if now - since > timeout_s and agent in healthy:
