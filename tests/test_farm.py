@@ -123,13 +123,16 @@ def _worker_class():
     function so that Ray ships the class by value: the test module is not importable in its workers.)"""
 
     class Worker:
-        def __init__(self, delay: float = 0.0, failing: bool = False) -> None:
-            self.delay, self.failing, self.calls = delay, failing, 0
+        def __init__(self, delay: float = 0.0, failing: bool = False, started: str | None = None) -> None:
+            self.delay, self.failing, self.calls, self.started = delay, failing, 0, started
 
         def work(self, items: list) -> list:
+            import pathlib
             import time
 
             self.calls += 1
+            if self.started:                              # tells the test this worker is inside a batch now
+                pathlib.Path(self.started).touch()
             time.sleep(self.delay)
             if self.failing:
                 raise RuntimeError("the phone was unplugged")
@@ -139,15 +142,20 @@ def _worker_class():
 
 
 @pytest.mark.slow     # a Ray instance starts: seconds, not the fast tier
-def test_every_batch_is_done_once_despite_a_failing_unit_and_a_killed_one(local_ray):
+def test_every_batch_is_done_once_despite_a_failing_unit_and_a_killed_one(local_ray, tmp_path):
+    import threading
+    import time
+
     from latbench.farm.work import Batch, FaultKind, run_batches
 
     ray = local_ray
     remote = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(_worker_class())
-    # The unit to kill takes 3 s a batch: when the others have returned 6 results it is still on its first batch,
-    # however loaded the machine (at 0.3 s it could be between batches, and a kill then is no fault).
-    agents = {"good": remote.remote(0.05), "broken": remote.remote(0.0, True), "killed": remote.remote(3.0),
-              "other-model": remote.remote(0.01)}
+    # The unit to kill takes 3 s a batch and is killed as soon as it has started one, so the kill always hits a
+    # batch in flight however slowly its process starts (killed before it starts, Ray would simply run the batch
+    # on the restarted process: no fault to see).
+    started = tmp_path / "killed-started"
+    agents = {"good": remote.remote(0.05), "broken": remote.remote(0.0, True),
+              "killed": remote.remote(3.0, False, str(started)), "other-model": remote.remote(0.01)}
     group_of = {"good": "X", "broken": "X", "killed": "X", "other-model": "Y"}
     batches = [Batch("X", (i, i + 100)) for i in range(30)] + [Batch("Y", (i,)) for i in range(5)]
     results: dict[int, list] = {}
@@ -155,10 +163,17 @@ def test_every_batch_is_done_once_despite_a_failing_unit_and_a_killed_one(local_
     def keep(index, batch, result):
         assert index not in results                   # handed over once
         results[index] = result
-        if len(results) == 6:       # the slow unit is mid-batch: its batch goes back to the queue
-            ray.kill(agents["killed"], no_restart=False)
 
+    def kill_when_started():
+        deadline = time.monotonic() + 120
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ray.kill(agents["killed"], no_restart=False)  # mid-batch: its batch goes back to the queue
+
+    killer = threading.Thread(target=kill_when_started, daemon=True)
+    killer.start()
     report = run_batches(ray, agents, group_of, batches, "work", keep, max_failures=3, poll_s=0.1)
+    killer.join(timeout=5)
     assert results == {i: [2 * x for x in b.items] for i, b in enumerate(batches)}
     assert "broken" in report.quarantined and "unplugged" in report.quarantined["broken"]
     kinds = [(f.agent, f.kind) for f in report.faults]
@@ -242,6 +257,7 @@ def test_a_two_node_farm_profiles_each_group_once_through_a_lost_phone_and_a_kil
     re-queued); both faults are in the report. Every grid point is stored once per group, with the keys a
     single-device run plans."""
     import threading
+    import time
     import time
 
     import ray
