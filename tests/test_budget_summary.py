@@ -1,20 +1,9 @@
 """benchmarks/budget_summary.py: issue 15's summary of how close every pruned network lands to its budget, from
 run folders (report.json) and committed report copies of any name; in band = shipped median in [0.95, 1] × budget
 with every repeat within it; over = a repeat above it."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("budget_summary", ROOT / "benchmarks" / "budget_summary.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from benchmark_scripts import load_benchmark_script
 
 
 def _report(method, budget_ms, repeats, iterations=2, status="in band"):
@@ -24,7 +13,7 @@ def _report(method, budget_ms, repeats, iterations=2, status="in band"):
 
 
 def test_networks_in_band_over_budget_and_the_meta_learning_time(tmp_path):
-    script = _script()
+    script = load_benchmark_script("budget_summary")
     run = tmp_path / "runs" / "lcp-0.5"
     run.mkdir(parents=True)
     (run / "report.json").write_text(json.dumps(_report("lcp", 1.0, [0.97, 0.98, 0.99])))          # in band

@@ -1,19 +1,9 @@
 """benchmarks/ofar_summary.py: issue 12's summary from the folders the acceptance script writes — each method's
 entry lands in the row of its (device, budget), LcP is matched by its budget in ms, costs add up."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("ofar_summary", ROOT / "benchmarks" / "ofar_summary.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from benchmark_scripts import load_benchmark_script
 
 
 def _entry(device, ratio, budget_ms, acc, ms, resolution=32):
@@ -27,7 +17,7 @@ def _write(path: Path, data) -> None:
 
 
 def test_summary_puts_every_method_in_the_row_of_its_device_and_budget(tmp_path):
-    summary = _script()
+    summary = load_benchmark_script("ofar_summary")
     budgets = {("host:litert", 0.7): 1.4, ("host:litert", 0.4): 0.8, ("host:onnxruntime", 0.7): 1.5}
     for name, acc in (("ofar", 0.9), ("ofar-no-ta", 0.8), ("usnet", 0.7)):
         cohort = [_entry(d, r, b, acc - (0.7 - r) / 10, b * 0.97, resolution=28 if r < 0.5 else 32)
