@@ -254,3 +254,24 @@ def test_sparsity_is_searched_only_where_the_table_credits_it(spec, jcw_dir):
     assert len(phone_enc.sparse_layers) == len(spec.sparsifiable_layers)
     with pytest.raises(SearchError, match="sparsity_where"):
         SearchConfig(sparsity_where="everywhere")
+
+
+def test_between_two_front_members_fills_the_gap_within_the_target(spec, host):
+    """JCW's closed loop lands between front members: the architecture furthest from the faster member towards
+    the slower one whose prediction fits the target, so every target in the gap gets its own network."""
+    search = JCWSearch(spec, host, SyntheticEvaluator(spec), SearchConfig(population=4, generations=1))
+    encoding = search.encoding
+    low, high = encoding.architectures(encoding.decode(np.array([[0.3] * encoding.dim, [0.9] * encoding.dim])))
+    low_ms, high_ms = host.predict([low, high])
+    grown = []
+    for target in np.linspace(low_ms, high_ms, 7)[1:-1]:
+        pop, predicted = search.between(low, high, target)
+        arch = encoding.architectures(pop)[0]
+        assert predicted <= target and predicted == pytest.approx(host.predict([arch])[0])
+        assert all(low.widths[g] <= arch.widths[g] <= high.widths[g] for g in spec.groups)
+        assert all(min(low.sparsity[k], high.sparsity[k]) <= s <= max(low.sparsity[k], high.sparsity[k])
+                   for k, s in arch.sparsity.items())
+        grown.append(predicted)
+    assert len(set(grown)) >= 4 and grown == sorted(grown)         # finer than the two members
+    pop, predicted = search.between(low, high, 0.5 * low_ms)       # nothing fits: the faster member itself
+    assert encoding.architectures(pop)[0] == low and predicted == pytest.approx(low_ms)

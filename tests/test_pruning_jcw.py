@@ -200,21 +200,32 @@ def test_dense_architectures_train_their_admm_epochs_dense():
 
 @pytest.mark.slow
 def test_budget_choices_land_along_the_front_on_the_device(checkpoint, resnet56_litert_table, tmp_path):
-    """With --device, each budget's front member is measured and replaced by a wider or narrower member when
-    the device disagrees with the prediction; an earlier retraining of another member is moved aside."""
+    """With --device, each budget's network is measured and replaced by a wider or narrower one when the device
+    disagrees with the prediction: a front member grown towards the next slower member as far as the target
+    allows, scored like the members; an earlier retraining of another architecture is moved aside."""
+    from latbench.methods.jcw.evaluator import SubnetScore
     from latbench.methods.jcw.job import Choice, _land_choices
+    from latbench.methods.jcw.search import JCWSearch, SearchConfig, SearchResult, SearchTiming, SyntheticEvaluator
     from latbench.methods.landing import LandingConfig
     from latbench.predictor import Predictor
     from latbench.tables.table import LatencyTable
 
+    class Scored(SyntheticEvaluator):
+        def score(self, arch):
+            loss = float(self.evaluate([arch])[0])
+            return SubnetScore(loss, 1.0 - loss)
+
     spec = get_model("resnet56")
     table = LatencyTable.load(resnet56_litert_table)
+    predictor = Predictor(spec, table)
+    search = JCWSearch(spec, predictor, Scored(spec), SearchConfig(population=4, generations=1, channel_only=True))
+    result = SearchResult(search.encoding, [], SearchTiming(), search.full_latency_ms)
     archs = [Architecture(spec.name, 32, {g: max(8, int(w * r) // 8 * 8) for g, w in spec.groups.items()})
              for r in (0.25, 0.5, 0.75, 1.0)]
-    predicted = Predictor(spec, table).predict(archs)
+    predicted = predictor.predict(archs)
     front = pd.DataFrame({"architecture": archs, "latency_ms": predicted, "val_accuracy": [0.5, 0.6, 0.7, 0.8],
                           "loss": [1.0, 0.8, 0.6, 0.4]})
-    budget = float(predicted[2]) * 1.05             # the 0.75× member is predicted within it
+    budget = float(predicted[2] + 0.6 * (predicted[3] - predicted[2]))     # in the gap between two members
     job = JCWJob(checkpoint=str(checkpoint), table=str(resnet56_litert_table), out=str(tmp_path / "jcw"),
                  budgets_ms=(budget,), device="host:litert", store=str(tmp_path / "store.db"), progress=False,
                  landing=LandingConfig(repeats=2))
@@ -222,11 +233,18 @@ def test_budget_choices_land_along_the_front_on_the_device(checkpoint, resnet56_
     earlier = tmp_path / "jcw" / "budget-x"
     earlier.mkdir(parents=True)
     (earlier / "arch.json").write_text(archs[0].to_json())          # retrained before for another member
-    landed, landings = _land_choices([choice], front, spec, table, job)
+    landed, landings, candidates = _land_choices([choice], front, search, result, search.evaluator, spec, table,
+                                                 job)
     result = landings["budget-x"]
-    assert result.steps[0].widths == archs[2].widths                # the budget's own choice measured first
-    assert landed[0].architecture == result.arch and landed[0].architecture in archs
-    assert landed[0].front_index == archs.index(result.arch)
+    first = result.steps[0]                          # the budget's proposal: grown from the 0.75× member
+    assert predicted[2] < first.predicted_ms <= budget and first.widths not in [a.widths for a in archs]
+    assert all(archs[2].widths[g] <= first.widths[g] <= archs[3].widths[g] for g in spec.groups)
+    assert landed[0].architecture == result.arch
+    row = candidates.iloc[landed[0].front_index]
+    assert row.architecture == result.arch and row.latency_ms == pytest.approx(predictor.predict([result.arch])[0])
+    grown = candidates.iloc[len(front):]
+    assert len(grown) >= 1 and all(b is not None for b in grown.grown_from)
+    assert np.allclose(grown.loss, search.evaluator.evaluate(list(grown.architecture)))
     median, upper = result.measured_ms, result.upper_ms
     assert str(result.status) == ("over budget" if upper > budget else "in band" if median >= 0.95 * budget
                                   else "no unit fits")

@@ -360,9 +360,10 @@ def run_jcw(job: JCWJob) -> dict:
         write_front(out / "front.jsonl", front, generation)
     console.print(f"front: {len(front)} architectures, {front.latency_ms.min():.3g}–{front.latency_ms.max():.3g} ms "
                   f"predicted (full network {result.full_latency_ms:.3g} ms); retraining {len(choices)}")
-    landings = {}
+    landings, candidates = {}, front.assign(grown_from=[None] * len(front))
     if job.device and job.landing.land:
-        choices, landings = _land_choices(choices, front, spec, table, job, beside)
+        choices, landings, candidates = _land_choices(choices, front, search, result, evaluator, spec, table, job,
+                                                      beside)
 
     test = first(data.test, job.test_images)
     reports, done = {}, {}
@@ -386,7 +387,7 @@ def run_jcw(job: JCWJob) -> dict:
                                              job.landing.repeats if c.label in landings else 1, job.progress, beside)
             measured[c.label] = float(np.median(repeats[c.label]))
     for choice in choices:
-        arch, row, training = choice.architecture, front.iloc[choice.front_index], reports[choice.label]
+        arch, row, training = choice.architecture, candidates.iloc[choice.front_index], reports[choice.label]
         predicted = float(row.latency_ms)
         measured_ms = measured.get(choice.label)
         tested = {k: (training["test_loss"][k], training["test_accuracy"][k]) for k in ("pruned", "finetuned")}
@@ -404,6 +405,8 @@ def run_jcw(job: JCWJob) -> dict:
             "search_seconds": result.timing.total_s,
             "search": {"generations": generation, "population": config.population, "front_size": len(front),
                        "channel_only": config.channel_only},
+            # None: a member of the front; (i, j): grown from member i towards member j (front.jsonl's order)
+            "between_front_members": None if row.grown_from is None else [int(k) for k in row.grown_from],
             "shipped_repeats_ms": repeats.get(choice.label, []),
             "measured_upper_ms": max(repeats[choice.label]) if choice.label in repeats else None,
             "within_budget": (max(repeats[choice.label]) <= choice.budget_ms
@@ -418,37 +421,51 @@ def run_jcw(job: JCWJob) -> dict:
     return summary
 
 
-def _land_choices(choices: list[Choice], front: pd.DataFrame, spec, table, job: JCWJob,
-                  beside: Anchor | None = None) -> tuple[list[Choice], dict]:
+def _land_choices(choices: list[Choice], front: pd.DataFrame, search, result: SearchResult, evaluator, spec, table,
+                  job: JCWJob, beside: Anchor | None = None) -> tuple[list[Choice], dict, pd.DataFrame]:
     """Each budget's choice landed on its budget as measured (:mod:`latbench.methods.landing`), widening or
-    narrowing *along the front*: a target proposes the most accurate member predicted within it. A folder
-    retrained earlier for another member (a run without the device) is moved aside, not lost."""
-    latency = front.latency_ms.to_numpy()
+    narrowing *along the front*: a target proposes the most accurate member predicted within it, grown towards
+    the next slower member as far as the target allows (:meth:`JCWSearch.between`), so the loop is not limited
+    to the front's gaps. Returns the landed choices, their landings and the front with the grown architectures
+    appended (scored by the supernet like the members; ``grown_from`` names the two members they lie between). A
+    folder retrained earlier for another architecture (a run without the device) is moved aside, not lost."""
+    candidates = front.assign(grown_from=[None] * len(front))
 
     def propose(target: float) -> Proposal:
+        latency = candidates.latency_ms.to_numpy()[: len(front)]
         i = best_within(latency, front.val_accuracy, front.loss, target)
-        i = int(np.argmin(latency)) if i is None else i
-        return Proposal(front.architecture.iloc[i], float(latency[i]), target)
+        slower = np.flatnonzero(latency > target)
+        if i is None or not slower.size:            # nothing within the target, or the full network fits
+            i = int(np.argmin(latency)) if i is None else i
+            return Proposal(front.architecture.iloc[i], float(latency[i]), target)
+        j = int(slower[np.argmin(latency[slower])])
+        pop, predicted = search.between(front.architecture.iloc[i], front.architecture.iloc[j], target)
+        arch = search.encoding.architectures(pop)[0]
+        if arch not in set(candidates.architecture):
+            loss, score = float(evaluator.evaluate([arch])[0]), evaluator.score(arch)    # the search's objective
+            row = result.frame(pop, [predicted], [loss]).assign(val_loss=score.loss, val_accuracy=score.accuracy,
+                                                                 grown_from=[(i, j)])
+            candidates.loc[len(candidates)] = row.iloc[0]
+        return Proposal(arch, predicted, target)
 
     landed, landings = [], {}
     for choice in choices:
         if choice.budget_ms is None:                # picks spread over the front have no budget to land on
             landed.append(choice)
             continue
-        start = Proposal(choice.architecture, float(latency[choice.front_index]), choice.budget_ms)
-        result = land_on_device(spec, choice.budget_ms, propose, start, table, job.device, job.store, job.landing,
-                                beside)
-        index = next(i for i, a in enumerate(front.architecture) if a == result.arch)
-        landings[choice.label] = result
-        landed.append(replace(choice, architecture=result.arch, front_index=index))
+        outcome = land_on_device(spec, choice.budget_ms, propose, None, table, job.device, job.store, job.landing,
+                                 beside)
+        index = next(i for i, a in enumerate(candidates.architecture) if a == outcome.arch)
+        landings[choice.label] = outcome
+        landed.append(replace(choice, architecture=outcome.arch, front_index=index))
         folder = Path(job.out) / choice.label
         if (folder / "arch.json").exists() and Architecture.load(folder / "arch.json", recover="delete that folder") \
-                != result.arch:
+                != outcome.arch:
             aside = aside_path(folder, "unlanded")
             folder.rename(aside)
-            console.print(f"{choice.label}: landed on another front member; the earlier retraining moved to {aside.name}")
-        console.print(f"{choice.label}: landed ({result.status}) after {len(result.steps)} step(s)")
-    return landed, landings
+            console.print(f"{choice.label}: landed on another architecture; the earlier retraining moved to {aside.name}")
+        console.print(f"{choice.label}: landed ({outcome.status}) after {len(outcome.steps)} step(s)")
+    return landed, landings, candidates
 
 
 def _anchors(spec, predictor, config: SearchConfig) -> tuple[Architecture, ...]:

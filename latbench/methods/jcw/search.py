@@ -402,11 +402,19 @@ class SearchResult:
         """The Pareto set: one row per architecture with latency, loss and densities, by latency."""
         record = record or self.final
         idx = record.front()
-        counts = conv_weight_counts(self.encoding.spec, record.widths[idx])
-        kept = ((1.0 - record.sparsity[idx]) * counts).sum(axis=1) / counts.sum(axis=1)
-        return pd.DataFrame({"architecture": self.front_architectures(record), "latency_ms": record.latency_ms[idx],
-                             "relative_latency": record.latency_ms[idx] / self.full_latency_ms,
-                             "loss": record.loss[idx], "density": record.density[idx], "weight_density": kept})
+        pop = Population(record.widths[idx], record.sparsity[idx], np.full(len(idx), self.encoding.resolution))
+        return self.frame(pop, record.latency_ms[idx], record.loss[idx])
+
+    def frame(self, pop: Population, latency_ms: np.ndarray, loss: np.ndarray) -> pd.DataFrame:
+        """One row per architecture of ``pop`` (the front's columns): predicted latency, absolute and relative to
+        the full network, the search's loss, density (1 − mean sparsity) and weight density (share of the dense
+        conv weights kept nonzero)."""
+        latency_ms = np.asarray(latency_ms, dtype=float)
+        counts = conv_weight_counts(self.encoding.spec, pop.widths)
+        kept = ((1.0 - pop.sparsity) * counts).sum(axis=1) / counts.sum(axis=1)
+        return pd.DataFrame({"architecture": self.encoding.architectures(pop), "latency_ms": latency_ms,
+                             "relative_latency": latency_ms / self.full_latency_ms, "loss": np.asarray(loss, float),
+                             "density": 1.0 - pop.sparsity.mean(axis=1), "weight_density": kept})
 
     def write_front(self, path: str | Path) -> Path:
         """The final Pareto set as JSON lines: the architecture's fields plus latency, loss and density."""
@@ -569,6 +577,25 @@ class JCWSearch:
                               f"(NaN/inf: {int(np.sum(~np.isfinite(loss))) if loss.size else 0}); "
                               f"expected {len(archs)} finite losses")
         return pop, latency, loss
+
+    # -- between front members -----------------------------------------------------------------------
+    def between(self, low: Architecture, high: Architecture, target_ms: float,
+                points: int = 129) -> tuple[Population, float]:
+        """The architecture furthest from ``low`` towards ``high`` on the genome segment between them whose
+        predicted latency is within ``target_ms`` (``low`` itself when no step fits), and its prediction.
+
+        A front has gaps (nine to thirteen members over a 3× latency range); a budget that falls in one gets a
+        network that widens or lowers the sparsity of the member below it in the direction of the member above,
+        which is the front's own trade-off. ``points`` samples of the segment are decoded and predicted in one
+        call; they snap to the search's channel multiple and sparsity lattice, so neighbouring samples often
+        decode to the same architecture."""
+        genomes = self.encoding.encode_architectures([low, high])
+        t = np.linspace(0.0, 1.0, points)[:, None]
+        pop = self.encoding.decode(genomes[0] + t * (genomes[1] - genomes[0]))
+        latency = self.predictor.predict_population(pop)
+        fits = np.flatnonzero(latency <= target_ms)
+        i = int(fits.max()) if fits.size else 0
+        return Population(pop.widths[i:i + 1], pop.sparsity[i:i + 1], pop.resolution[i:i + 1]), float(latency[i])
 
     # -- run ------------------------------------------------------------------------------------------
     def run(self, out_dir: str | Path | None = None, resume: bool = True, progress: bool = False) -> SearchResult:
