@@ -205,3 +205,32 @@ def test_over_budget_reports_the_repeats_that_refused_the_network():
     assert result.steps[result.chosen].widths == {"g": 8}
     assert result.repeats == pytest.approx([0.072, 0.272, 0.272])
     assert result.upper_ms > 0.1 and result.to_dict()["measured_over_budget"] > 1
+
+
+def test_the_confidence_bound_of_the_median_is_an_order_statistic():
+    from latbench.methods.landing import upper_bound_ms
+
+    assert upper_bound_ms([3.0, 1.0, 2.0]) == 3.0                   # three: the largest (P = 7/8)
+    nine = [1.0, 9.0, 2.0, 8.0, 3.0, 7.0, 4.0, 6.0, 5.0]
+    assert upper_bound_ms(nine) == 7.0                              # nine: the 7th smallest (P = 466/512)
+    assert upper_bound_ms([4.2]) == 4.2 and upper_bound_ms(nine, confidence=0.99) == 9.0
+    with pytest.raises(ValueError):
+        upper_bound_ms([])
+
+
+def test_one_outlier_among_nine_measurements_does_not_put_a_network_over_its_budget():
+    """A network measured at 0.975 × budget eight times and once 40 % slower (a spike) is in band with nine
+    measurements; with three, one of which is the spike, every network of the ladder but the smallest counts as
+    over, and the smallest is far below the band."""
+    class Spiky(Device):
+        def __call__(self, archs, repeat):
+            self.calls.append((tuple(a.widths["g"] for a in archs), repeat))
+            return [a.widths["g"] * 0.01 * (1.4 if repeat == 1 else 1.0) for a in archs]
+
+    widths = (8, 76, 78)
+    nine = land(0.8, ladder(widths=widths), Spiky(1.0), LandingConfig(repeats=9, headroom=0.98))
+    assert nine.status == LandingStatus.in_band and nine.steps[nine.chosen].widths == {"g": 78}
+    assert nine.upper_ms == pytest.approx(0.78) and max(nine.repeats) > 0.8
+    three = land(0.8, ladder(widths=widths), Spiky(1.0), LandingConfig(repeats=3, headroom=0.98))
+    assert three.status == LandingStatus.no_unit_fits and three.steps[three.chosen].widths == {"g": 8}
+    assert all(s.measured_ms > 0.8 for s in three.steps if s.widths != {"g": 8})

@@ -98,7 +98,7 @@ def test_lcp_lands_an_onnx_model_on_a_latency_budget_measured_on_the_device(user
     assert profiled.exit_code == 0, profiled.output
     out = tmp_path / "lcp"
     result = prune("--model", user_model, "--table", table, "--budget-ratio", 0.9, "--device", "host:onnxruntime",
-                   "--store", store, "--out", out, *QUICK)
+                   "--store", store, "--out", out, "--repeats", 3, *QUICK)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     landing = report["landing"]

@@ -373,7 +373,7 @@ def test_prune_sp_end_to_end_on_the_device_and_a_rerun_recomputes_nothing(r20_ch
     wanted = midway_latency_budget("resnet20", resnet56_litert_table)
     args = ["--model", "resnet20", "--checkpoint", r20_checkpoint, "--table", resnet56_litert_table,
             "--budget-ms", wanted, "--device", "host:litert", "--store", store, "--out", out, "--ray", *QUICK,
-            "--manager-generations", 2, "--train-images", 96]
+            "--manager-generations", 2, "--train-images", 96, "--repeats", 3]
     result = prune(*args)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())

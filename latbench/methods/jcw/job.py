@@ -36,7 +36,7 @@ from annotated_types import Ge
 from ...files import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from ...models.arch import Architecture
 from ...recipe import Opt, aside_path, begin_folder_run
-from ..landing import LandingConfig, Proposal
+from ..landing import LandingConfig, Proposal, upper_bound_ms
 from ...search.budget import BudgetError
 from ...train.admm import ADMMConfig
 from ..common import (FARM_HELP, Anchor, FullLatency, JobOptions, farm_as_device, check_shipped, check_torch_device, console, export_pruned, exported,
@@ -408,8 +408,8 @@ def run_jcw(job: JCWJob) -> dict:
             # None: a member of the front; (i, j): grown from member i towards member j (front.jsonl's order)
             "between_front_members": None if row.grown_from is None else [int(k) for k in row.grown_from],
             "shipped_repeats_ms": repeats.get(choice.label, []),
-            "measured_upper_ms": max(repeats[choice.label]) if choice.label in repeats else None,
-            "within_budget": (max(repeats[choice.label]) <= choice.budget_ms
+            "measured_upper_ms": upper_bound_ms(repeats[choice.label]) if choice.label in repeats else None,
+            "within_budget": (upper_bound_ms(repeats[choice.label]) <= choice.budget_ms
                               if choice.label in repeats and choice.budget_ms is not None else None),
             "landing": landings[choice.label].to_dict() if choice.label in landings else None,
             "recipe": recipe,

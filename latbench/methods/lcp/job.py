@@ -32,7 +32,7 @@ from ...search.budget import Budget, CostGrid
 from ...tables.table import LatencyTable
 from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, budget_kind_is_latency, check_shipped, checkpoint_for, console, export_once, first,
                       full_latency, land_on_device, load_parent, network_report, sample_batches, set_threads)
-from ..landing import LandingConfig, Proposal
+from ..landing import LandingConfig, Proposal, upper_bound_ms
 
 class LcPMethod(Choice):
     """What chooses the widths: LcP's learned compensations, or one of its baselines (everything else shared)."""
@@ -197,8 +197,8 @@ def run_lcp(job: LcPJob) -> dict:
                          measured_ms=measured, pruned=before, finetuned=after, test_images=len(test)),
         "unit": unit, "floor": job.floor, "metric": job.metric, "cost": plan.cost,
         "finetune": asdict(job.finetune), "search_seconds": search_seconds, "search": search,
-        "shipped_repeats_ms": repeats, "measured_upper_ms": max(repeats) if repeats else None,
-        "within_budget": (max(repeats) <= budget.value) if repeats and budget.kind == "latency" else None,
+        "shipped_repeats_ms": repeats, "measured_upper_ms": upper_bound_ms(repeats) if repeats else None,
+        "within_budget": (upper_bound_ms(repeats) <= budget.value) if repeats and budget.kind == "latency" else None,
         "landing": landing.to_dict() if landing else None, "recipe": recipe,
     }
     atomic_write_json(out / "report.json", report, indent=2)

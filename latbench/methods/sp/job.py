@@ -43,7 +43,7 @@ from ...tables.table import LatencyTable, TableError
 from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, budget_kind_is_latency, check_shipped, check_table_device, check_torch_device,
                       checkpoint_for, console, export_pruned, exported, first, full_latency, land_on_device,
                       load_parent, network_report, sample_batches, set_threads)
-from ..landing import LandingConfig, Proposal
+from ..landing import LandingConfig, Proposal, upper_bound_ms
 from .costs import StageCosts
 from .parallel import RayUnavailableError, check_ray
 from .search import SPSearchConfig, search
@@ -279,8 +279,8 @@ def run_sp(job: SPJob) -> dict:
                    "parallel": result.parallel, "config": cfg.to_dict()},
         "supernet": {"config": job.supernet.to_dict(), "steps": history.step,
                      "last": history.records[-1] if history.records else None},
-        "shipped_repeats_ms": repeats, "measured_upper_ms": max(repeats) if repeats else None,
-        "within_budget": (max(repeats) <= budget.value) if repeats and budget.kind == "latency" else None,
+        "shipped_repeats_ms": repeats, "measured_upper_ms": upper_bound_ms(repeats) if repeats else None,
+        "within_budget": (upper_bound_ms(repeats) <= budget.value) if repeats and budget.kind == "latency" else None,
         "landing": landing.to_dict() if landing else None,
         "recipe": recipe,
     }
