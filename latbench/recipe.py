@@ -369,15 +369,17 @@ def begin_run(job: Any, kind: str, record_path: str | Path, belongings: Iterable
 
     When ``record_path`` holds another recipe (a different digest: a changed field or input file), the old
     run — ``belongings``, the files or folder it wrote, the record included — is moved aside with the old
-    digest in its name (nothing is deleted) and the job starts anew. A record with the same digest means the
-    job resumes as usual. Output written before records existed is resumed as before."""
+    digest in its name (nothing is deleted) and the job starts anew. A record with the same digest, or with the
+    same recipe (runtime fields aside) and input files, means the job resumes as usual. Output written before records existed is resumed as before."""
     record_path = Path(record_path)
     record = run_record(job, kind)
     if record_path.exists():
         old = read_json(record_path, recover="delete it (the run then resumes without checking its recipe)")
-        if old.get("digest") != record["digest"]:
-            changed = _changed_fields(_essential(type(job), old.get("recipe", {})),
-                                      _essential(type(job), record["recipe"])) or ["an input file"]
+        changed = _changed_fields(_essential(type(job), old.get("recipe", {})), _essential(type(job), record["recipe"]))
+        # Compared by content, not only by digest: a record whose digest counted a field that has since become
+        # a runtime setting (e.g. the closed loop's) describes the same computation and resumes.
+        if old.get("digest") != record["digest"] and (changed or old.get("inputs") != record["inputs"]):
+            changed = changed or ["an input file"]
             moved = []
             for path in map(Path, belongings):
                 if path.exists():

@@ -272,3 +272,29 @@ def test_run_record_leaves_runtime_fields_out_of_the_digest(tmp_path):
     assert before != run_record(other, "lcp")["digest"]
     ckpt.write_bytes(b"other weights")                                  # the input file is part of it too
     assert run_record(job, "lcp")["digest"] != before
+
+
+def test_a_record_that_differs_only_in_what_is_now_runtime_resumes(tmp_path):
+    """A run recorded when the closed loop's settings still counted in the digest resumes: the recipes are the
+    same computation. A changed essential field or input file still moves the old run aside."""
+    from dataclasses import replace
+
+    from latbench.methods.landing import LandingConfig
+    from latbench.methods.lcp.job import LcPJob
+    from latbench.recipe import begin_folder_run
+
+    ckpt = tmp_path / "c.safetensors"
+    ckpt.write_bytes(b"weights")
+    out = tmp_path / "run"
+    job = LcPJob(checkpoint=str(ckpt), out=str(out), budget_flops=1e7)
+    begin_folder_run(job, "lcp", out, log=lambda m: None)
+    (out / "state.json").write_text("{}")
+    record = json.loads((out / "recipe.json").read_text())
+    record["digest"] = "0123456789abcdef"                # as an older digest that counted landing.repeats
+    (out / "recipe.json").write_text(json.dumps(record))
+    logged = []
+    begin_folder_run(replace(job, landing=LandingConfig(repeats=3)), "lcp", out, log=logged.append)
+    assert not logged and (out / "state.json").exists()
+    assert json.loads((out / "recipe.json").read_text())["digest"] == run_record(job, "lcp")["digest"]
+    begin_folder_run(replace(job, budget_flops=2e7), "lcp", out, log=logged.append)
+    assert "recipe changed (budget_flops)" in logged[0] and not (out / "state.json").exists()

@@ -51,22 +51,26 @@ class LandingStatus(Choice):
 class LandingConfig:
     """``band``, ``headroom``: land in ``[band, headroom] × budget``; ``aim``: where a corrected target aims;
     ``max_measurements``: networks measured at most; ``repeats``: measurements of each network (their median
-    decides, and its confidence bound :func:`upper_bound_ms` must be within the budget)."""
+    decides, and its confidence bound :func:`upper_bound_ms` must be within the budget).
 
-    land: Annotated[bool, Opt(help="close the loop: measure the pruned network on --device and grow or shrink it "
+    Runtime settings of a job (not part of its recipe's digest), like the device: the loop comes after the
+    search and the search is kept when they change; a landing on another network moves the earlier fine-tuning
+    aside."""
+
+    land: Annotated[bool, Opt(runtime=True, help="close the loop: measure the pruned network on --device and grow or shrink it "
                                    "until it lands between band and headroom × the budget")] = True
-    band: Annotated[float, Gt(0), Lt(1), Opt(help="the lowest landing point, as a fraction of the budget")] = 0.95
+    band: Annotated[float, Gt(0), Lt(1), Opt(runtime=True, help="the lowest landing point, as a fraction of the budget")] = 0.95
     # Below the band's centre: the chosen network's repeats and the shipped file's repeats must all stay within
     # the budget, and on the host they spread by 2–3 % (LcP acceptance, issue 15).
-    aim: Annotated[float, Gt(0), Le(1), Opt(help="where in the band a corrected target aims")] = 0.96
+    aim: Annotated[float, Gt(0), Le(1), Opt(runtime=True, help="where in the band a corrected target aims")] = 0.96
     # The shipped file is measured again in a later sitting, after fine-tuning: on the 2-core hosts one anchored
     # measurement of a network moves by ±2–3 % from the next (issue 15), so the loop lands at most this far up.
-    headroom: Annotated[float, Gt(0), Le(1), Opt(help="the highest landing point, as a fraction of the "
+    headroom: Annotated[float, Gt(0), Le(1), Opt(runtime=True, help="the highest landing point, as a fraction of the "
                                                      "budget: room for the shipped file's own repeated check")] = 0.975
-    max_measurements: Annotated[int, Ge(1), Opt(help="networks measured at most while landing")] = 8
+    max_measurements: Annotated[int, Ge(1), Opt(runtime=True, help="networks measured at most while landing")] = 8
     # Nine: two measurements of one ≈1 ms network a second apart differ by up to 10–18 % on a busy host; the
     # bound of nine is their 7th smallest, where with three it is their largest (issue 15's JCW rerun).
-    repeats: Annotated[int, Ge(1), Opt(help="measurements of each network: their median decides, and a one-sided "
+    repeats: Annotated[int, Ge(1), Opt(runtime=True, help="measurements of each network: their median decides, and a one-sided "
                                             "87.5 % confidence bound of it must be within the budget")] = 9
 
     def __post_init__(self) -> None:
