@@ -454,7 +454,7 @@ def test_prune_ofar_end_to_end_and_a_rerun_recomputes_nothing(tmp_path, checkpoi
     out = tmp_path / "ofar"
     args = ["--checkpoint", str(checkpoint), "--budget-ratio", "0.9", "--budget-ratio", "0.8", "--resolutions", "32",
             "--resolutions", "28", "--resolutions", "24", "--search-epochs", "2", "--steps-per-epoch", "2",
-            "--joint-epochs", "1", "--tau", "0.5", "--store", str(tmp_path / "store.db")]
+            "--joint-epochs", "1", "--tau", "0.5", "--store", str(tmp_path / "store.db"), "--repeats", "3"]
     result = _ofar(args, out, tables)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())

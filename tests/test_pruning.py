@@ -128,3 +128,28 @@ def test_unreachable_budget_fails_at_once_with_the_smallest_latency(checkpoint, 
 def test_exactly_one_budget_is_required(checkpoint, tmp_path):
     result = prune("--checkpoint", checkpoint, "--table", TABLE, "--out", tmp_path / "y", *QUICK)
     assert result.exit_code == 2 and "exactly one budget" in result.output
+
+
+@pytest.mark.slow
+def test_a_phone_that_cannot_be_reached_keeps_the_predicted_network_not_verified(checkpoint, tmp_path,
+                                                                                  monkeypatch):
+    """Issue 15: the closed loop's device is gone (nothing listens at the phone's address): the job still
+    prunes, fine-tunes and exports the network its search predicted, marks it "not verified" and prints how to
+    verify the shipped file later with ``latbench measure``."""
+    import socket
+
+    monkeypatch.setenv("LATBENCH_ADB_KEY", str(tmp_path / "adbkey"))
+    with socket.socket() as s:                   # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "lcp"
+    result = prune("--checkpoint", checkpoint, "--table", TABLE, "--budget-ms", 1.2, "--device", f"tcp:127.0.0.1:{port}",
+                   "--store", tmp_path / "store.db", "--out", out, *QUICK)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["landing"]["status"] == "not verified" and report["landing"]["steps"] == []
+    assert report["architecture"] == report["landing"]["architecture"]       # the predicted network, kept
+    assert report["measured_ms"] is None and report["within_budget"] is None and report["shipped_repeats_ms"] == []
+    assert report["predicted_ms"] <= 1.2 and (out / "pruned.tflite").exists()
+    said = " ".join(result.output.split())
+    assert "cannot be reached" in said and f"latbench measure {out / 'pruned.tflite'} --device tcp:127.0.0.1:{port}" in said

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .base import Artifact, Device, DeviceError, DeviceInfo, MeasureSettings, Measurement
+from .base import Artifact, Device, DeviceError, DeviceInfo, DeviceUnreachable, MeasureSettings, Measurement
 
 DEFAULT_DEVICE = "host:onnxruntime"
 HOST_DEVICES = ("host:onnxruntime", "host:litert", "host:litert:builtin")
@@ -65,5 +65,5 @@ def list_devices(tcp: Sequence[str] = (), phones: bool = True) -> list[DeviceInf
     return out
 
 
-__all__ = ["Artifact", "Device", "DeviceError", "DeviceInfo", "MeasureSettings", "Measurement", "open_device",
+__all__ = ["Artifact", "Device", "DeviceError", "DeviceInfo", "DeviceUnreachable", "MeasureSettings", "Measurement", "open_device",
            "list_devices", "DEFAULT_DEVICE", "HOST_DEVICES"]

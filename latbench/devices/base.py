@@ -9,6 +9,11 @@ class DeviceError(RuntimeError):
     """A device that cannot be reached, prepared or measured; the message says what to do."""
 
 
+class DeviceUnreachable(DeviceError):
+    """The device cannot be reached at all (no phone on the cable, nothing at the address, the link gone after
+    its reconnects): nothing was measured. A pruning job then keeps its predicted network, "not verified"."""
+
+
 MODEL_FORMATS = ("onnx", "tflite")
 
 

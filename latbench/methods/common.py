@@ -21,6 +21,7 @@ The method-specific steps live with each method; the steps around them live here
 from __future__ import annotations
 
 import contextlib
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Mapping, Sequence
@@ -183,10 +184,16 @@ def full_latency(spec: ModelSpec, resolution: int, table: LatencyTable | None, p
                  store: str, progress: bool, measure: bool = True) -> FullLatency:
     """The full network's latency: predicted when there is a table, measured on ``device`` when one is given
     and ``measure`` (a rerun reads the measurement from the store)."""
+    from ..devices import DeviceUnreachable
+
     full = Architecture.full(spec, resolution)
     measured = None
     if device and measure and table is not None:
-        measured = float(measure_architectures(spec, [full], table, device, store, progress)[0])
+        try:
+            measured = float(measure_architectures(spec, [full], table, device, store, progress)[0])
+        except DeviceUnreachable as err:
+            console.print(f"[yellow]{device} cannot be reached ({err}); a budget ratio is of the full network's "
+                          "predicted latency and the pruned network will not be verified on the device[/]")
     predicted = float(predictor.predict(full)[0]) if predictor is not None else None
     return FullLatency(measured, predicted)
 
@@ -314,9 +321,15 @@ def _device_of(table: LatencyTable, device: str) -> Iterator:
 
 
 def check_table_device(table: LatencyTable, device: str) -> None:
-    """Refuse a ``device`` other than the one ``table`` was measured on (before any training)."""
-    with _device_of(table, device):
-        pass
+    """Refuse a ``device`` other than the one ``table`` was measured on (before any training). A device that
+    cannot be reached cannot be checked: the job goes on and its network will be "not verified"."""
+    from ..devices import DeviceUnreachable
+
+    try:
+        with _device_of(table, device):
+            pass
+    except DeviceUnreachable as err:
+        console.print(f"[yellow]{device} cannot be reached ({err}); going on without it[/]")
 
 
 @dataclass(frozen=True)
@@ -392,20 +405,35 @@ def land_on_device(spec: ModelSpec, budget_ms: float, propose, start, table: Lat
     """:func:`latbench.methods.landing.land` on ``device``: the method's ``propose(target_ms)`` and its search's
     own ``start`` proposal, measured whole (stored in ``store``: a rerun measures nothing twice), each beside
     the full network when ``anchor`` is given."""
-    from .landing import land
+    from ..devices import DeviceUnreachable
+    from .landing import Landing, LandingStatus, land
 
     console.print(f"landing on {budget_ms:.4f} ms measured on {device} (band {config.band:g}–{config.headroom:g}"
                   + (", each network beside the full one)" if anchor else ")"))
-    return land(budget_ms, propose, lambda archs, repeat: measure_architectures(
-        spec, archs, table, device, store, progress=False, repeat=repeat, anchor=anchor), config, start)
+    try:
+        return land(budget_ms, propose, lambda archs, repeat: measure_architectures(
+            spec, archs, table, device, store, progress=False, repeat=repeat, anchor=anchor), config, start)
+    except DeviceUnreachable as err:                # keep the predicted network: what was measured is stored
+        console.print(f"[yellow]{device} cannot be reached ({err}): the predicted network is kept, not verified[/]")
+        arch = (start or propose(budget_ms)).arch
+        return Landing(budget_ms, config.band, status=LandingStatus.not_verified, arch=arch)
 
 
 def check_shipped(folder: Path, table: LatencyTable, device: str, store: str, repeats: int,
                   progress: bool = True, anchor: Anchor | None = None) -> list[float]:
     """The shipped file of ``folder`` measured ``repeats`` times (the final check: its spread counts), each
     beside the full network when ``anchor`` is given."""
-    return [float(measure_shipped([folder], table, device, store, progress, repeat=r, anchor=anchor)[0])
-            for r in range(repeats)]
+    from ..devices import DeviceUnreachable
+
+    try:
+        return [float(measure_shipped([folder], table, device, store, progress, repeat=r, anchor=anchor)[0])
+                for r in range(repeats)]
+    except DeviceUnreachable as err:
+        shipped = next((str(p) for p in (folder / "pruned.tflite", folder / "pruned.onnx") if p.exists()),
+                       str(folder / "pruned.tflite"))
+        console.print(f"[yellow]{device} cannot be reached ({err}): {shipped} is not verified; once it is back, "
+                      f"verify it with: latbench measure {shlex.quote(shipped)} --device {shlex.quote(device)}[/]")
+        return []
 
 
 def budget_kind_is_latency(job) -> bool:

@@ -10,7 +10,7 @@ import os
 from typing import Sequence
 
 from ..base import DeviceInfo
-from .connection import AdbConnection, AdbLinkError, AdbTarget, CommandError, UnauthorizedError
+from .connection import AdbConnection, AdbLinkError, AdbTarget, AdbUnreachable, CommandError, UnauthorizedError
 from .device import AndroidDevice, AndroidOptions, open_android
 
 TCP_ENV = "LATBENCH_ADB_TCP"   # comma-separated HOST:PORT addresses that `latbench devices` probes
@@ -57,5 +57,5 @@ def list_android_devices(tcp: Sequence[str] = ()) -> list[DeviceInfo]:
     return out
 
 
-__all__ = ["AdbConnection", "AdbLinkError", "AdbTarget", "AndroidDevice", "AndroidOptions", "CommandError",
+__all__ = ["AdbConnection", "AdbLinkError", "AdbTarget", "AdbUnreachable", "AndroidDevice", "AndroidOptions", "CommandError",
            "UnauthorizedError", "list_android_devices", "open_android", "probe", "tcp_addresses", "TCP_ENV"]

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..base import DeviceError
+from ..base import DeviceError, DeviceUnreachable
 
 DEFAULT_TCP_PORT = 5555
 KEY_ENV = "LATBENCH_ADB_KEY"
@@ -48,6 +48,10 @@ class AdbLinkError(DeviceError):
         super().__init__(message)
         self.transient = transient
         self.timeout = timeout
+
+
+class AdbUnreachable(AdbLinkError, DeviceUnreachable):
+    """No phone answers at the target (refused, no route, not on USB, or gone after the reconnects)."""
 
 
 class UnauthorizedError(AdbLinkError):
@@ -176,7 +180,7 @@ def adb_errors(target: AdbTarget | str, what: str, authorizing: Callable[[], boo
             raise UnauthorizedError(f"{target} did not accept this computer's ADB key ({adb_key_path()}): "
                                     f"{ACCEPT_PROMPT}") from err
         if isinstance(err, ConnectionRefusedError):
-            raise AdbLinkError(f"nothing accepts ADB connections at {target} ({detail}): check the address, "
+            raise AdbUnreachable(f"nothing accepts ADB connections at {target} ({detail}): check the address, "
                                f"that the phone is on the same network and that wireless debugging is on "
                                f"(or run `adb tcpip 5555` once over USB)", transient=True) from err
         if isinstance(err, (ConnectionError, TimeoutError, socket.gaierror, OSError)) and not isinstance(
@@ -187,7 +191,7 @@ def adb_errors(target: AdbTarget | str, what: str, authorizing: Callable[[], boo
             raise AdbLinkError(f"the link to {target} failed while {what}: {name}: {detail}", transient=True,
                                timeout=timeout) from err
         if name == "UsbDeviceNotFoundError":
-            raise AdbLinkError(f"no phone found on USB{' with serial ' + str(target)[4:] if ':' in str(target) else ''}: "
+            raise AdbUnreachable(f"no phone found on USB{' with serial ' + str(target)[4:] if ':' in str(target) else ''}: "
                                "plug it in, enable USB debugging (docs/android.md) and, on Linux, allow your "
                                "user to open it (udev rule, see docs/android.md)", transient=True) from err
         if name == "InvalidTransportError":
@@ -277,7 +281,7 @@ class AdbConnection:
                 raise
             except AdbLinkError as err:
                 if not err.transient or attempt == attempts:
-                    raise AdbLinkError(f"{self.target} is unreachable after {attempt} reconnect attempts: "
+                    raise AdbUnreachable(f"{self.target} is unreachable after {attempt} reconnect attempts: "
                                        f"{err}") from err
                 if log:
                     log(f"reconnect {attempt}/{attempts} to {self.target} failed ({err}); retrying in {wait:.1f} s")

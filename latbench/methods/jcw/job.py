@@ -385,7 +385,8 @@ def run_jcw(job: JCWJob) -> dict:
         for c in choices:
             repeats[c.label] = check_shipped(out / c.label, table, job.device, job.store,
                                              job.landing.repeats if c.label in landings else 1, job.progress, beside)
-            measured[c.label] = float(np.median(repeats[c.label]))
+            if repeats[c.label]:                    # none: the device cannot be reached
+                measured[c.label] = float(np.median(repeats[c.label]))
     for choice in choices:
         arch, row, training = choice.architecture, candidates.iloc[choice.front_index], reports[choice.label]
         predicted = float(row.latency_ms)
@@ -408,9 +409,9 @@ def run_jcw(job: JCWJob) -> dict:
             # None: a member of the front; (i, j): grown from member i towards member j (front.jsonl's order)
             "between_front_members": None if row.grown_from is None else [int(k) for k in row.grown_from],
             "shipped_repeats_ms": repeats.get(choice.label, []),
-            "measured_upper_ms": upper_bound_ms(repeats[choice.label]) if choice.label in repeats else None,
+            "measured_upper_ms": upper_bound_ms(repeats[choice.label]) if repeats.get(choice.label) else None,
             "within_budget": (upper_bound_ms(repeats[choice.label]) <= choice.budget_ms
-                              if choice.label in repeats and choice.budget_ms is not None else None),
+                              if repeats.get(choice.label) and choice.budget_ms is not None else None),
             "landing": landings[choice.label].to_dict() if choice.label in landings else None,
             "recipe": recipe,
         }

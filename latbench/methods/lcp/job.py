@@ -170,7 +170,7 @@ def run_lcp(job: LcPJob) -> dict:
 
         landing = land_on_device(spec, budget.value, propose, Proposal(arch, plan.cost, budget.value), table,
                                  job.device, job.store, job.landing, anchor_of(full, spec, resolution))
-        arch = Architecture(spec.name, resolution, landing.steps[landing.chosen].widths)
+        arch = landing.arch
         console.print(f"landed: {landing.status} after {len(landing.steps)} measured step(s), widths {arch.widths}")
     atomic_write_text(out / "arch.json", arch.to_json())
     predicted = float(predictor.predict(arch)[0]) if predictor is not None else None
@@ -190,7 +190,7 @@ def run_lcp(job: LcPJob) -> dict:
     if job.device and table is not None:            # the file we ship, measured again: its spread counts
         repeats = check_shipped(out, table, job.device, job.store, job.landing.repeats if landing else 1,
                                 job.progress, anchor_of(full, spec, resolution))
-        measured = float(np.median(repeats))
+        measured = float(np.median(repeats)) if repeats else None       # none: the device cannot be reached
     report = {
         **network_report(spec=spec, method=job.method, checkpoint=job.checkpoint, table=job.table, device=job.device,
                          budget=job.budget.to_dict(budget), full=full, arch=arch, predicted_ms=predicted,

@@ -261,7 +261,7 @@ def run_sp(job: SPJob) -> dict:
     if job.device and table is not None:            # the file we ship, measured again: its spread counts
         repeats = check_shipped(out, table, job.device, job.store, job.landing.repeats if landing else 1,
                                 job.progress, anchor_of(full, spec, resolution))
-        measured = float(np.median(repeats))
+        measured = float(np.median(repeats)) if repeats else None       # none: the device cannot be reached
 
     inherited = phases.get("start", {}).get("inherited")
     report = {
