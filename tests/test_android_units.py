@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latbench.devices import DeviceError, open_device
+from latbench.devices import DeviceError, DeviceUnreachable, open_device
 from latbench.devices.android.connection import (AdbLinkError, AdbTarget, UnauthorizedError, adb_errors,
                                                  load_or_create_key, _tcp_transport_class)
 from latbench.devices.android.device import AndroidOptions, agent_script, parse_runner_line
@@ -64,7 +64,7 @@ def test_unreachable_phone_is_a_clear_error(tmp_path, monkeypatch):
     with socket.socket() as s:          # a port that nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(DeviceError, match="nothing accepts ADB connections"):
+    with pytest.raises(DeviceUnreachable, match="nothing accepts ADB connections"):
         open_device(f"tcp:127.0.0.1:{port}")
 
 
