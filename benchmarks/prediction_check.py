@@ -23,6 +23,7 @@ import pandas as pd
 
 def collect(folder: Path) -> pd.DataFrame:
     from latbench.models import Architecture
+    from latbench.recipe import moved_aside
 
     rows = []
     for front in sorted(folder.glob("*/front.jsonl")):
@@ -32,6 +33,8 @@ def collect(folder: Path) -> pd.DataFrame:
                 arch = Architecture.from_dict({k: d[k] for k in ("model", "resolution", "widths", "sparsity")})
                 rows.append((f"{front.parent.name} front", arch, d["latency_ms"], d["measured_ms"]))
     for path in sorted(folder.rglob("report.json")):
+        if moved_aside(path, folder):
+            continue
         r = json.loads(path.read_text())
         if r.get("measured_ms") is not None and "method" in r:
             rows.append((f"{r['method']} final", Architecture.from_dict(r["architecture"]), r["predicted_ms"],

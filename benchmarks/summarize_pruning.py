@@ -15,12 +15,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from latbench.recipe import moved_aside
+
 
 def main(folder: str, plot: str | None = None) -> None:
     rows = []
     full = Path(folder, "full.txt")     # written by lcp_acceptance.sh: budgets are fractions of it
     full_ms = float(full.read_text().rsplit(":", 1)[1].split()[0]) if full.exists() else None
     for path in sorted(Path(folder).rglob("report.json")):
+        if moved_aside(path, folder):
+            continue
         r = json.loads(path.read_text())
         if r["budget"].get("ratio") is None and full_ms and r["budget"].get("kind") == "latency":
             r["budget"]["ratio"] = round(r["budget"]["value"] / full_ms, 3)

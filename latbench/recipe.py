@@ -363,6 +363,12 @@ def aside_path(path: Path, digest: str) -> Path:
     return target
 
 
+def moved_aside(path: str | Path, root: str | Path) -> bool:
+    """Whether ``path`` (below ``root``) belongs to a run moved aside by :func:`aside_path` (``~`` in a name): a
+    superseded run, which summaries of the current ones skip."""
+    return any("~" in part for part in Path(path).relative_to(root).parts)
+
+
 def begin_run(job: Any, kind: str, record_path: str | Path, belongings: Iterable[str | Path],
               log: Callable[[str], None] = print) -> dict:
     """Record ``job``'s resolved recipe at ``record_path`` before it runs, and return the record.
@@ -400,5 +406,5 @@ def begin_folder_run(job: Any, kind: str, out: str | Path, log: Callable[[str], 
     return record
 
 
-__all__ = ["Choice", "FieldDoc", "Opt", "RecipeError", "begin_folder_run", "begin_run", "build_job", "aside_path", "input_files", "qualify",
+__all__ = ["Choice", "FieldDoc", "Opt", "RecipeError", "begin_folder_run", "begin_run", "build_job", "aside_path", "input_files", "moved_aside", "qualify",
            "job_fields", "nested_config", "parse_setting", "read_recipe", "resolved", "run_record", "set_path"]

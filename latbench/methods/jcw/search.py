@@ -581,21 +581,25 @@ class JCWSearch:
     # -- between front members -----------------------------------------------------------------------
     def between(self, low: Architecture, high: Architecture, target_ms: float,
                 sparsity_unit: float = 0.05) -> tuple[Population, float]:
-        """``low`` grown towards ``high`` one unit at a time while the prediction stays within ``target_ms``
-        (``low`` itself when no unit fits), and its prediction.
+        """``low`` grown by the units ``high`` has more of, one at a time while the prediction stays within
+        ``target_ms`` (``low`` itself when no unit fits), and its prediction.
 
-        A front has gaps (nine to thirteen members over a 3× latency range); a budget that falls in one gets a
-        network between the member below it and the member above, which is the front's own trade-off. A unit
-        moves one gene one step towards ``high``: a channel group by the search's channel multiple, a layer's
-        sparsity by ``sparsity_step`` (``sparsity_unit`` when the search's sparsity is continuous). Each round
+        A front has gaps (nine to thirteen members over a 3× latency range); a budget that falls in one gets the
+        member below it grown towards the member above: a unit widens one channel group by the search's channel
+        multiple towards ``high``'s width, or lowers one layer's sparsity by ``sparsity_step`` (``sparsity_unit``
+        when the search's sparsity is continuous) towards ``high``'s. Growing never removes capacity: where
+        ``high`` is narrower or sparser than ``low``, ``low`` is kept (taking ``high``'s higher sparsity costs
+        accuracy and, on a device whose sparse kernels are no faster, buys no latency). Each round
         takes the largest unit that still fits: coarse units (a stage group whose width every block shares)
         first while there is room, finer ones after, so the gap fills to within a fraction of a percent of the
         target (cheapest-first spends the fine units early and then stops short by a coarse unit, 5 % on
         ResNet-56). Each round predicts all its candidates in one call."""
         encoding = self.encoding
         genomes = encoding.encode_architectures([low, high])
-        current, goal = genomes[0].copy(), genomes[1]
         groups = len(encoding.groups)
+        current = genomes[0].copy()
+        goal = np.r_[np.maximum(genomes[0, :groups], genomes[1, :groups]),       # wider
+                     np.minimum(genomes[0, groups:], genomes[1, groups:])]       # less sparse
         unit = np.empty(encoding.dim)
         unit[:groups] = encoding.channel_multiple / encoding.full_widths
         unit[groups:] = encoding.sparsity_step or sparsity_unit
