@@ -31,6 +31,7 @@ import torch
 from annotated_types import Ge, Gt
 from rich.console import Console
 
+from ..devices.base import DeviceUnreachable
 from ..files import atomic_write_bytes
 from ..models.arch import Architecture
 from ..models.spec import ModelSpec
@@ -184,8 +185,6 @@ def full_latency(spec: ModelSpec, resolution: int, table: LatencyTable | None, p
                  store: str, progress: bool, measure: bool = True) -> FullLatency:
     """The full network's latency: predicted when there is a table, measured on ``device`` when one is given
     and ``measure`` (a rerun reads the measurement from the store)."""
-    from ..devices import DeviceUnreachable
-
     full = Architecture.full(spec, resolution)
     measured = None
     if device and measure and table is not None:
@@ -323,8 +322,6 @@ def _device_of(table: LatencyTable, device: str) -> Iterator:
 def check_table_device(table: LatencyTable, device: str) -> None:
     """Refuse a ``device`` other than the one ``table`` was measured on (before any training). A device that
     cannot be reached cannot be checked: the job goes on and its network will be "not verified"."""
-    from ..devices import DeviceUnreachable
-
     try:
         with _device_of(table, device):
             pass
@@ -405,7 +402,6 @@ def land_on_device(spec: ModelSpec, budget_ms: float, propose, start, table: Lat
     """:func:`latbench.methods.landing.land` on ``device``: the method's ``propose(target_ms)`` and its search's
     own ``start`` proposal, measured whole (stored in ``store``: a rerun measures nothing twice), each beside
     the full network when ``anchor`` is given."""
-    from ..devices import DeviceUnreachable
     from .landing import Landing, LandingStatus, land
 
     console.print(f"landing on {budget_ms:.4f} ms measured on {device} (band {config.band:g}–{config.headroom:g}"
@@ -423,8 +419,6 @@ def check_shipped(folder: Path, table: LatencyTable, device: str, store: str, re
                   progress: bool = True, anchor: Anchor | None = None) -> list[float]:
     """The shipped file of ``folder`` measured ``repeats`` times (the final check: its spread counts), each
     beside the full network when ``anchor`` is given."""
-    from ..devices import DeviceUnreachable
-
     try:
         return [float(measure_shipped([folder], table, device, store, progress, repeat=r, anchor=anchor)[0])
                 for r in range(repeats)]

@@ -431,9 +431,9 @@ def _land_choices(choices: list[Choice], front: pd.DataFrame, search, result: Se
     appended (scored by the supernet like the members; ``grown_from`` names the two members they lie between). A
     folder retrained earlier for another architecture (a run without the device) is moved aside, not lost."""
     candidates = front.assign(grown_from=[None] * len(front))
+    latency = front.latency_ms.to_numpy()
 
     def propose(target: float) -> Proposal:
-        latency = candidates.latency_ms.to_numpy()[: len(front)]
         i = best_within(latency, front.val_accuracy, front.loss, target)
         slower = np.flatnonzero(latency > target)
         if i is None or not slower.size:            # nothing within the target, or the full network fits
