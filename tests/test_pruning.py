@@ -58,12 +58,25 @@ def test_lcp_job_end_to_end_with_device_measurement_and_resume(checkpoint, resne
     landing = report["landing"]
     assert landing["iterations"] >= 1 and landing["steps"][0]["target_ms"] == pytest.approx(budget)  # search's first
     assert all(s["measured_ms"] > 0 and s["target_ms"] > 0 for s in landing["steps"])
-    assert report["architecture"]["widths"] == landing["steps"][landing["chosen"]]["widths"]
+    assert landing["architecture"]["widths"] == landing["steps"][landing["chosen"]]["widths"]
     assert len(landing["repeats"]) == 9 and all(len(s["repeats"]) == 9 for s in landing["steps"])   # the default
     median, upper = landing["measured_ms"], landing["upper_ms"]      # the status follows the measurements
     assert landing["status"] == ("over budget" if upper > budget else "in band" if median >= 0.95 * budget
                                  else "no unit fits")
-    assert report["measured_ms"] > 0 and len(report["shipped_repeats_ms"]) == 9
+    # The shipped file lands too: the loop's choice retrained and checked first, then (when its file measures
+    # outside [0.95, 1] × budget) the method's next network, retrained in its own folder; the chosen one ships.
+    shipped = report["shipped_landing"]
+    assert shipped["steps"][0]["widths"] == landing["architecture"]["widths"]
+    assert 1 <= shipped["iterations"] <= 3 and report["architecture"] == shipped["architecture"]
+    assert report["shipped_repeats_ms"] == shipped["repeats"] and len(shipped["repeats"]) == 9
+    chosen = shipped["steps"][shipped["chosen"]]
+    assert chosen["repeats"] == shipped["repeats"] and chosen["widths"] == report["architecture"]["widths"]
+    assert shipped["status"] == ("over budget" if shipped["upper_ms"] > budget else "in band"
+                                 if shipped["measured_ms"] >= 0.95 * budget else "no unit fits")
+    if shipped["status"] == "in band" and shipped["chosen"] > 0:    # the loop went on only while outside the band
+        assert all(s["measured_ms"] > budget or s["measured_ms"] < 0.95 * budget for s in shipped["steps"][:-1])
+    assert len(list((out / "candidates").iterdir())) == len({json.dumps(s["widths"]) for s in shipped["steps"]})
+    assert report["measured_ms"] > 0 and report["measured_ms"] == shipped["measured_ms"]
     assert report["measured_upper_ms"] == sorted(report["shipped_repeats_ms"])[6]    # the 87.5 % bound of nine
     assert report["within_budget"] == (report["measured_upper_ms"] <= budget)
     assert report["search"]["candidates"] == 8 and report["search"]["prune_ms_per_candidate"] > 0
@@ -84,7 +97,7 @@ def test_lcp_job_end_to_end_with_device_measurement_and_resume(checkpoint, resne
     assert alone[0].endswith("|in1") and all("|in1" in k for k in keys if k.startswith("net:"))
     beside = [k for k in keys if "|beside:" in k]
     assert len(beside) == sum("|anchor-of:" in k for k in keys) >= \
-        9 * len({json.dumps(s["widths"], sort_keys=True) for s in landing["steps"]}) + 9
+        9 * len({json.dumps(s["widths"], sort_keys=True) for s in landing["steps"]}) + 9 * len(shipped["steps"])
     state = json.loads((out / "lcp-state.json").read_text())
     assert len(state["history"]) == 8   # candidates pruned to the same network share one evaluation:
     assert len(fitness_calls) == len({json.dumps(c["widths"], sort_keys=True) for c in state["history"]})

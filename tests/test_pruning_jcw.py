@@ -116,6 +116,48 @@ def test_jcw_end_to_end_with_device_and_resume(checkpoint, resnet56_litert_table
 
 @pytest.mark.slow
 @needs_data
+def test_budget_networks_land_as_shipped_files_and_a_rerun_redoes_nothing(checkpoint, resnet56_litert_table,
+                                                                          tmp_path):
+    """Issue 15: with --device, a budget's network lands twice — the loop on exported architectures, then the
+    shipped file after retraining (each network of that second landing retrained in its own candidate folder);
+    the budget's folder ships the chosen one, and a rerun retrains and measures nothing."""
+    out, store = tmp_path / "jcw", tmp_path / "store.db"
+    args = ["--checkpoint", checkpoint, "--table", resnet56_litert_table, "--budget-ratio", "0.6", "--channel-only",
+            "--device", "host:litert", "--repeats", "3", "--shipped-rounds", "2", "--store", store, "--out", out,
+            *TINY]
+    result = prune(*args)
+    assert result.exit_code == 0, result.output
+    folder = out / "budget-0.6"
+    report = json.loads((folder / "report.json").read_text())
+    landing, shipped = report["landing"], report["shipped_landing"]
+    budget = report["budget"]["value"]
+    assert shipped["steps"][0]["widths"] == landing["architecture"]["widths"]     # the loop's choice first
+    assert 1 <= shipped["iterations"] <= 2 and report["architecture"] == shipped["architecture"]
+    assert report["shipped_repeats_ms"] == shipped["repeats"] and len(shipped["repeats"]) == 3
+    assert report["measured_upper_ms"] == max(shipped["repeats"]) and report["within_budget"] == (
+        max(shipped["repeats"]) <= budget)
+    candidates = sorted((folder / "candidates").iterdir())
+    assert len(candidates) == len({json.dumps(s["widths"], sort_keys=True) for s in shipped["steps"]})
+    chosen = next(c for c in candidates if Architecture.load(c / "arch.json") ==
+                  Architecture.from_dict(report["architecture"]))
+    for name in ("pruned.tflite", "pruned.onnx", "admm.safetensors"):     # the budget's folder ships the chosen one
+        assert (folder / name).read_bytes() == (chosen / name).read_bytes()
+    with sqlite3.connect(store) as db:                # what was measured last is the file shipped
+        assert db.execute("SELECT COUNT(*) FROM measurements WHERE signature LIKE ?",     # 3 repeats, beside
+                          (file_key((folder / "pruned.tflite").read_bytes()) + "%|beside:%",)).fetchone()[0] == 3
+        before = db.execute("SELECT signature, measured_at FROM measurements ORDER BY 1").fetchall()
+    stamps = {p: p.stat().st_mtime_ns for p in [*folder.glob("candidates/*/admm.safetensors"),
+                                                 folder / "pruned.tflite"]}
+    again = prune(*args)
+    assert again.exit_code == 0, again.output
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT signature, measured_at FROM measurements ORDER BY 1").fetchall() == before
+    assert json.loads((folder / "report.json").read_text())["architecture"] == report["architecture"]
+
+
+@pytest.mark.slow
+@needs_data
 def test_channel_only_budget_gives_dense_networks(checkpoint, tmp_path):
     out = tmp_path / "channel"
     result = prune("--checkpoint", checkpoint, "--table", TABLE, "--budget-ratio", "0.6", "--channel-only",
@@ -233,7 +275,7 @@ def test_budget_choices_land_along_the_front_on_the_device(checkpoint, resnet56_
     earlier = tmp_path / "jcw" / "budget-x"
     earlier.mkdir(parents=True)
     (earlier / "arch.json").write_text(archs[0].to_json())          # retrained before for another member
-    landed, landings, candidates = _land_choices([choice], front, search, result, search.evaluator, spec, table,
+    landed, landings, candidates, _ = _land_choices([choice], front, search, result, search.evaluator, spec, table,
                                                  job)
     result = landings["budget-x"]
     first = result.steps[0]                          # the budget's proposal: grown from the 0.75× member

@@ -21,6 +21,7 @@ The method-specific steps live with each method; the steps around them live here
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -415,6 +416,13 @@ def land_on_device(spec: ModelSpec, budget_ms: float, propose, start, table: Lat
         return Landing(budget_ms, config.band, status=LandingStatus.not_verified, arch=arch)
 
 
+def _verify_later(folder: Path, device: str, err: Exception) -> None:
+    shipped = next((str(p) for p in (folder / "pruned.tflite", folder / "pruned.onnx") if p.exists()),
+                   str(folder / "pruned.tflite"))
+    console.print(f"[yellow]{device} cannot be reached ({err}): {shipped} is not verified; once it is back, "
+                  f"verify it with: latbench measure {shlex.quote(shipped)} --device {shlex.quote(device)}[/]")
+
+
 def check_shipped(folder: Path, table: LatencyTable, device: str, store: str, repeats: int,
                   progress: bool = True, anchor: Anchor | None = None) -> list[float]:
     """The shipped file of ``folder`` measured ``repeats`` times (the final check: its spread counts), each
@@ -423,11 +431,62 @@ def check_shipped(folder: Path, table: LatencyTable, device: str, store: str, re
         return [float(measure_shipped([folder], table, device, store, progress, repeat=r, anchor=anchor)[0])
                 for r in range(repeats)]
     except DeviceUnreachable as err:
-        shipped = next((str(p) for p in (folder / "pruned.tflite", folder / "pruned.onnx") if p.exists()),
-                       str(folder / "pruned.tflite"))
-        console.print(f"[yellow]{device} cannot be reached ({err}): {shipped} is not verified; once it is back, "
-                      f"verify it with: latbench measure {shlex.quote(shipped)} --device {shlex.quote(device)}[/]")
+        _verify_later(folder, device, err)
         return []
+
+
+def candidate_folder(root: Path, arch: Architecture) -> Path:
+    """Where a network of a shipped-file landing is retrained and exported: one folder per architecture below
+    ``root``, so a rerun retrains nothing twice."""
+    return Path(root) / "candidates" / hashlib.sha256(arch.to_json().encode()).hexdigest()[:12]
+
+
+def adopt(source: Path, target: Path, names: Sequence[str]) -> None:
+    """Copy the files ``names`` of folder ``source`` that exist into ``target``, each atomically (a file that
+    already holds those bytes is left alone: a rerun changes nothing)."""
+    for name in names:
+        src, dst = Path(source) / name, Path(target) / name
+        if src.exists() and (not dst.exists() or dst.read_bytes() != src.read_bytes()):
+            atomic_write_bytes(dst, src.read_bytes())
+
+
+def land_shipped(root: Path, budget_ms: float, propose, start, ship, table: LatencyTable, device: str, store: str,
+                 config, anchor: Anchor | None, spec: ModelSpec, files: Sequence[str],
+                 previous: Path | None = None):
+    """The closed loop's last stage (:mod:`latbench.methods.landing`, step 5): :func:`~latbench.methods.landing.land`
+    on the files the job ships. ``ship(arch, folder)`` retrains ``arch`` with the method's recipe and exports it
+    into ``folder`` (resumable; a :func:`candidate_folder` of ``root``); the first network is ``start`` (the
+    loop's choice), the next ones the method's own ``propose(target_ms)``, each shipped file measured
+    ``config.repeats`` times beside the full network (``anchor``). ``previous``: a folder where an earlier run
+    shipped ``start`` (its ``files`` are taken over, not retrained). The chosen network's ``files`` are copied
+    into ``root``. Returns the landing (``arch`` the chosen network); a device that cannot be reached ships
+    ``start`` unverified."""
+    from .landing import Landing, LandingStatus, land
+
+    folders: dict[str, Path] = {}
+
+    def folder_of(arch: Architecture) -> Path:
+        if arch.to_json() not in folders:
+            folder = candidate_folder(root, arch)
+            if previous is not None and arch == start.arch and not (folder / files[0]).exists():
+                adopt(previous, folder, files)
+            ship(arch, folder)
+            folders[arch.to_json()] = folder
+        return folders[arch.to_json()]
+
+    def measure(archs: Sequence[Architecture], repeat: int) -> list[float]:
+        return [float(measure_shipped([folder_of(a)], table, device, store, progress=False, repeat=repeat,
+                                      anchor=anchor, spec=spec)[0]) for a in archs]
+
+    console.print(f"landing the shipped file on {budget_ms:.4f} ms measured on {device} (band {config.band:g}–1, at "
+                  f"most {config.shipped_rounds} retrained network(s))")
+    try:
+        landing = land(budget_ms, propose, measure, config.for_shipped(), start)
+    except DeviceUnreachable as err:                # ship the loop's choice: what was measured is stored
+        _verify_later(folder_of(start.arch), device, err)
+        landing = Landing(budget_ms, config.band, status=LandingStatus.not_verified, arch=start.arch)
+    adopt(folder_of(landing.arch), root, files)
+    return landing
 
 
 def budget_kind_is_latency(job) -> bool:
@@ -480,7 +539,7 @@ def network_report(*, spec: ModelSpec, method: str, checkpoint: str, table: str 
     }
 
 
-__all__ = ["Anchor", "anchor_of", "budget_kind_is_latency", "check_shipped", "checkpoint_for", "land_on_device", "BudgetRequest", "EXPORT_FORMATS", "FinetuneRecipe", "FullLatency", "JobOptions", "SingleBudgetJob",
+__all__ = ["Anchor", "adopt", "anchor_of", "candidate_folder", "land_shipped", "budget_kind_is_latency", "check_shipped", "checkpoint_for", "land_on_device", "BudgetRequest", "EXPORT_FORMATS", "FinetuneRecipe", "FullLatency", "JobOptions", "SingleBudgetJob",
            "check_table_device",
            "check_torch_device", "console", "export_once", "export_pruned", "exported", "first", "full_latency", "load_parent",
            "measure_architectures", "measure_shipped", "network_report", "sample_batches", "set_threads"]

@@ -40,7 +40,7 @@ from ..landing import LandingConfig, Proposal, upper_bound_ms
 from ...search.budget import BudgetError
 from ...train.admm import ADMMConfig
 from ..common import (FARM_HELP, Anchor, FullLatency, JobOptions, farm_as_device, check_shipped, check_torch_device, console, export_pruned, exported,
-                      first, full_latency, land_on_device, load_parent, measure_architectures, network_report,
+                      first, full_latency, land_on_device, land_shipped, load_parent, measure_architectures, network_report,
                       sample_batches, set_threads)
 from .evaluator import SupernetConfig
 from .search import SearchConfig, SearchResult
@@ -51,6 +51,8 @@ TRAINING_FIELDS = ("test_accuracy", "test_loss", "test_images", "admm", "admm_hi
                    "achieved_sparsity_max_error")
 #: Prediction error accepted as "on target" in reports (the table acceptance bar for single networks).
 PREDICTION_TOLERANCE = 0.05
+#: What a chosen architecture's folder ships of the network its landing chose (copied from its candidate folder).
+SHIPPED_FILES = ("admm.safetensors", "pruned.onnx", "pruned.tflite", "arch.json", "report.json")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,6 +260,11 @@ def _finished_training(folder: Path, arch: Architecture, admm: ADMMConfig, test_
     return {k: report[k] for k in TRAINING_FIELDS}
 
 
+def _shipped_archs(folder: Path) -> list[Architecture]:
+    """The architectures retrained for the shipped files' landing below ``folder``."""
+    return [Architecture.load(p, recover="delete that folder") for p in sorted(folder.glob("candidates/*/arch.json"))]
+
+
 def _claim_folder(folder: Path, arch: Architecture) -> None:
     """Create ``folder`` for ``arch``; refuse a folder that holds another architecture (the front changed)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -268,16 +275,15 @@ def _claim_folder(folder: Path, arch: Architecture) -> None:
     atomic_write_text(path, arch.to_json())
 
 
-def retrain(choice: Choice, folder: Path, evaluator, data, test, job: JCWJob,
+def retrain(arch: Architecture, folder: Path, evaluator, data, test, job: JCWJob,
             done: dict[Architecture, Path]) -> dict:
-    """Retrain ``choice`` in ``folder``: the supernet slice of ``evaluator`` (BN recalibrated) at its widths, dense → ADMM to
+    """Retrain ``arch`` in ``folder``: the supernet slice of ``evaluator`` (BN recalibrated) at its widths, dense → ADMM to
     its sparsities → masked fine-tune (resumable from ``admm.safetensors``), then exports. ``done`` maps
     architectures already retrained in this run to their checkpoints (a shared checkpoint is copied, not
     retrained). Returns the report's training fields."""
     from ...train import evaluate
     from ...train.admm import admm_retrain
 
-    arch = choice.architecture
     config = replace(admm_config_for(arch, job.admm), progress=job.progress)
     checkpoint = folder / "admm.safetensors"
     if arch in done and not checkpoint.exists():
@@ -360,33 +366,48 @@ def run_jcw(job: JCWJob) -> dict:
         write_front(out / "front.jsonl", front, generation)
     console.print(f"front: {len(front)} architectures, {front.latency_ms.min():.3g}–{front.latency_ms.max():.3g} ms "
                   f"predicted (full network {result.full_latency_ms:.3g} ms); retraining {len(choices)}")
-    landings, candidates = {}, front.assign(grown_from=[None] * len(front))
+    landings, candidates, propose = {}, front.assign(grown_from=[None] * len(front)), None
     if job.device and job.landing.land:
-        choices, landings, candidates = _land_choices(choices, front, search, result, evaluator, spec, table, job,
-                                                      beside)
+        choices, landings, candidates, propose = _land_choices(choices, front, search, result, evaluator, spec,
+                                                               table, job, beside)
 
     test = first(data.test, job.test_images)
-    reports, done = {}, {}
-    for choice in choices:
-        folder = out / choice.label
-        _claim_folder(folder, choice.architecture)
-        report = _finished_training(folder, choice.architecture, admm_config_for(choice.architecture, job.admm),
-                                    len(test))
-        if report is not None:
-            console.print(f"{choice.label}: finished earlier, kept")
-            done.setdefault(choice.architecture, folder / "admm.safetensors")
+    reports, done, shipped = {}, {}, {}
+
+    def ship(arch: Architecture, folder: Path) -> None:
+        """``arch`` retrained into ``folder`` (kept when an earlier run finished it) and exported."""
+        _claim_folder(folder, arch)
+        name = folder.relative_to(out)
+        if _finished_training(folder, arch, admm_config_for(arch, job.admm), len(test)) is None:
+            console.print(f"{name}: retraining ({arch.widths})")
+            retrain(arch, folder, evaluator, data, test, job, done)
         else:
-            console.print(f"{choice.label}: retraining ({choice.architecture.widths})")
-            report = retrain(choice, folder, evaluator, data, test, job, done)
-        reports[choice.label] = report
+            console.print(f"{name}: finished earlier, kept")
+        done.setdefault(arch, folder / "admm.safetensors")
 
     measured, repeats = {}, {}
-    if job.device and choices:                      # the files we ship, measured again: their spread counts
-        for c in choices:
-            repeats[c.label] = check_shipped(out / c.label, table, job.device, job.store,
-                                             job.landing.repeats if c.label in landings else 1, job.progress, beside)
-            if repeats[c.label]:                    # none: the device cannot be reached
-                measured[c.label] = float(np.median(repeats[c.label]))
+    for i, choice in enumerate(choices):
+        folder, landing = out / choice.label, landings.get(choice.label)
+        if landing is not None and landing.chosen is not None:    # the shipped file lands too (landing, step 5)
+            step, arch = landing.steps[landing.chosen], choice.architecture
+            previous = folder if _finished_training(folder, arch, admm_config_for(arch, job.admm), len(test)) \
+                else None                           # an earlier run retrained the loop's choice there
+            outcome = land_shipped(folder, choice.budget_ms, propose, Proposal(arch, step.predicted_ms,
+                                                                               step.target_ms), ship, table,
+                                   job.device, job.store, job.landing, beside, spec, SHIPPED_FILES, previous)
+            shipped[choice.label], arch = outcome, outcome.arch
+            index = next(k for k, a in enumerate(candidates.architecture) if a == arch)
+            choices[i] = choice = replace(choice, architecture=arch, front_index=index)
+            repeats[choice.label] = outcome.repeats
+        else:
+            ship(choice.architecture, folder)
+            if job.device:                          # the file we ship, measured again: its spread counts
+                repeats[choice.label] = check_shipped(folder, table, job.device, job.store,
+                                                      job.landing.repeats if landing else 1, job.progress, beside)
+        reports[choice.label] = _finished_training(folder, choice.architecture,
+                                                   admm_config_for(choice.architecture, job.admm), len(test))
+        if repeats.get(choice.label):               # none: the device cannot be reached
+            measured[choice.label] = float(np.median(repeats[choice.label]))
     for choice in choices:
         arch, row, training = choice.architecture, candidates.iloc[choice.front_index], reports[choice.label]
         predicted = float(row.latency_ms)
@@ -413,6 +434,7 @@ def run_jcw(job: JCWJob) -> dict:
             "within_budget": (upper_bound_ms(repeats[choice.label]) <= choice.budget_ms
                               if repeats.get(choice.label) and choice.budget_ms is not None else None),
             "landing": landings[choice.label].to_dict() if choice.label in landings else None,
+            "shipped_landing": shipped[choice.label].to_dict() if choice.label in shipped else None,
             "recipe": recipe,
         }
         atomic_write_json(out / choice.label / "report.json", report, indent=2)
@@ -423,13 +445,14 @@ def run_jcw(job: JCWJob) -> dict:
 
 
 def _land_choices(choices: list[Choice], front: pd.DataFrame, search, result: SearchResult, evaluator, spec, table,
-                  job: JCWJob, beside: Anchor | None = None) -> tuple[list[Choice], dict, pd.DataFrame]:
+                  job: JCWJob, beside: Anchor | None = None) -> tuple[list[Choice], dict, pd.DataFrame, object]:
     """Each budget's choice landed on its budget as measured (:mod:`latbench.methods.landing`), widening or
     narrowing *along the front*: a target proposes the most accurate member predicted within it, grown towards
     the next slower member as far as the target allows (:meth:`JCWSearch.between`), so the loop is not limited
-    to the front's gaps. Returns the landed choices, their landings and the front with the grown architectures
-    appended (scored by the supernet like the members; ``grown_from`` names the two members they lie between). A
-    folder retrained earlier for another architecture (a run without the device) is moved aside, not lost."""
+    to the front's gaps. Returns the landed choices, their landings, the front with the grown architectures
+    appended (scored by the supernet like the members; ``grown_from`` names the two members they lie between)
+    and the proposer (the shipped files' landing goes on with it). A folder retrained earlier for another
+    architecture (a run without the device) is moved aside, not lost."""
     candidates = front.assign(grown_from=[None] * len(front))
     latency = front.latency_ms.to_numpy()
 
@@ -461,12 +484,12 @@ def _land_choices(choices: list[Choice], front: pd.DataFrame, search, result: Se
         landed.append(replace(choice, architecture=outcome.arch, front_index=index))
         folder = Path(job.out) / choice.label
         if (folder / "arch.json").exists() and Architecture.load(folder / "arch.json", recover="delete that folder") \
-                != outcome.arch:
+                not in {outcome.arch, *_shipped_archs(folder)}:
             aside = aside_path(folder, "unlanded")
             folder.rename(aside)
             console.print(f"{choice.label}: landed on another architecture; the earlier retraining moved to {aside.name}")
         console.print(f"{choice.label}: landed ({outcome.status}) after {len(outcome.steps)} step(s)")
-    return landed, landings, candidates
+    return landed, landings, candidates, propose
 
 
 def _anchors(spec, predictor, config: SearchConfig) -> tuple[Architecture, ...]:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from annotated_types import Ge, Gt, Lt
 
-from ...files import atomic_write_json, atomic_write_text
+from ...files import atomic_write_json, atomic_write_text, read_json
 from ...models.arch import Architecture
 from ...models.spec import ModelSpec
 from ...models.torch_net import GraphNet, materialize
@@ -30,9 +30,14 @@ from ...predictor import Predictor
 from ...recipe import Choice, Opt, begin_folder_run
 from ...search.budget import Budget, CostGrid
 from ...tables.table import LatencyTable
-from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, budget_kind_is_latency, check_shipped, checkpoint_for, console, export_once, first,
-                      full_latency, land_on_device, load_parent, network_report, sample_batches, set_threads)
+from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, budget_kind_is_latency, check_shipped, checkpoint_for,
+                      console, export_once, exported, first, full_latency, land_on_device, land_shipped, load_parent,
+                      network_report, sample_batches, set_threads)
 from ..landing import LandingConfig, Proposal, upper_bound_ms
+
+#: What an LcP job ships of the network it lands on (copied from its candidate folder).
+SHIPPED_FILES = ("pruned.safetensors", "pruned.onnx", "pruned.tflite", "export.json", "training.json")
+
 
 class LcPMethod(Choice):
     """What chooses the widths: LcP's learned compensations, or one of its baselines (everything else shared)."""
@@ -111,7 +116,7 @@ class PrunedLoss:
 def run_lcp(job: LcPJob) -> dict:
     """Run ``job`` end to end; writes everything to ``job.out`` and returns the report (also report.json)."""
     from ...data import load_dataset
-    from ...train import evaluate
+    from ...train import evaluate, read_checkpoint_meta
     from ...train.importance import layer_filter_scores, recalibrate_bn
     from .search import (EvolutionConfig, FilterRanking, fill_back, grid_step, learn_compensation, naive_prune,
                          reachable_minimum, uniform_prune)
@@ -178,19 +183,41 @@ def run_lcp(job: LcPJob) -> dict:
                   f"{budget.describe()}; widths {arch.widths}")
 
     test = first(data.test, job.test_images)
-    net = materialize(arch, spec, parent, ranking.order)
-    recalibrate_bn(net, sample_batches(data.train, job.bn_images or 1024, seed=job.seed + 1), batches=None)
-    before = evaluate(net, test)
-    job.finetune.run(net, data, checkpoint_for(out / "pruned.safetensors", arch),
-                     arch, {"method": job.method, "parent": str(job.checkpoint)}, progress=job.progress)
-    after = evaluate(net, test)
-    export_once(out, net, arch, out / "pruned.safetensors")
 
-    measured, repeats = None, []
-    if job.device and table is not None:            # the file we ship, measured again: its spread counts
-        repeats = check_shipped(out, table, job.device, job.store, job.landing.repeats if landing else 1,
-                                job.progress, anchor_of(full, spec, resolution))
-        measured = float(np.median(repeats)) if repeats else None       # none: the device cannot be reached
+    def ship(arch: Architecture, folder: Path) -> None:
+        """``arch`` retrained with the one recipe in ``folder`` and exported; its test scores in training.json."""
+        if (folder / "training.json").exists() and exported(folder):
+            return
+        net = materialize(arch, spec, parent, ranking.order)
+        recalibrate_bn(net, sample_batches(data.train, job.bn_images or 1024, seed=job.seed + 1), batches=None)
+        before = evaluate(net, test)
+        job.finetune.run(net, data, checkpoint_for(folder / "pruned.safetensors", arch),
+                         arch, {"method": job.method, "parent": str(job.checkpoint)}, progress=job.progress)
+        after = evaluate(net, test)
+        export_once(folder, net, arch, folder / "pruned.safetensors")
+        atomic_write_json(folder / "training.json", {"architecture": arch.to_dict(), "pruned": before,
+                                                     "finetuned": after})
+
+    shipped, repeats = None, []
+    anchor = anchor_of(full, spec, resolution)
+    if landing is not None and landing.chosen is not None:     # the shipped file lands too (landing, step 5)
+        step = landing.steps[landing.chosen]
+        saved = read_checkpoint_meta(out / "pruned.safetensors").get("arch") \
+            if (out / "pruned.safetensors").exists() else None
+        previous = out if saved is not None and Architecture.from_dict(saved) == arch else None   # an earlier run's
+        shipped = land_shipped(out, budget.value, propose, Proposal(arch, step.predicted_ms, step.target_ms), ship,
+                               table, job.device, job.store, job.landing, anchor, spec, SHIPPED_FILES, previous)
+        arch, repeats = shipped.arch, shipped.repeats
+        atomic_write_text(out / "arch.json", arch.to_json())
+        predicted = float(predictor.predict(arch)[0])
+    else:
+        ship(arch, out)
+        if job.device and table is not None:            # the file we ship, measured again: its spread counts
+            repeats = check_shipped(out, table, job.device, job.store, job.landing.repeats if landing else 1,
+                                    job.progress, anchor)
+    measured = float(np.median(repeats)) if repeats else None       # none: the device cannot be reached
+    scores = read_json(out / "training.json", recover="delete it to fine-tune again")
+    before, after = tuple(scores["pruned"]), tuple(scores["finetuned"])
     report = {
         **network_report(spec=spec, method=job.method, checkpoint=job.checkpoint, table=job.table, device=job.device,
                          budget=job.budget.to_dict(budget), full=full, arch=arch, predicted_ms=predicted,
@@ -199,7 +226,8 @@ def run_lcp(job: LcPJob) -> dict:
         "finetune": asdict(job.finetune), "search_seconds": search_seconds, "search": search,
         "shipped_repeats_ms": repeats, "measured_upper_ms": upper_bound_ms(repeats) if repeats else None,
         "within_budget": (upper_bound_ms(repeats) <= budget.value) if repeats and budget.kind == "latency" else None,
-        "landing": landing.to_dict() if landing else None, "recipe": recipe,
+        "landing": landing.to_dict() if landing else None,
+        "shipped_landing": shipped.to_dict() if shipped else None, "recipe": recipe,
     }
     atomic_write_json(out / "report.json", report, indent=2)
     return report
