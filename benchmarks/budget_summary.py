@@ -24,7 +24,9 @@ from latbench.recipe import moved_aside
 BAND = 0.95
 
 
-def _row(method: str, budget: dict, report: dict, landing: dict | None) -> dict | None:
+def _row(method: str, budget: dict, report: dict, landing: dict | None, shipped: dict | None = None) -> dict | None:
+    """One network's row; ``iterations`` counts the networks measured by the loop (``landing``) and the shipped
+    files retrained and measured by its last stage (``shipped``), whose status is the outcome when it ran."""
     if budget.get("kind") != "latency" or not budget.get("value") or report.get("measured_ms") is None:
         return None
     value = float(budget["value"])
@@ -32,7 +34,8 @@ def _row(method: str, budget: dict, report: dict, landing: dict | None) -> dict 
     median, upper = float(report["measured_ms"]), upper_bound_ms(repeats)
     return {"method": method, "budget_ratio": budget.get("ratio"), "budget_ms": value, "measured_ms": median,
             "measured_upper_ms": upper, "measured_over_budget": median / value,
-            "iterations": (landing or {}).get("iterations", 0), "status": (landing or {}).get("status"),
+            "iterations": (landing or {}).get("iterations", 0), "shipped_iterations": (shipped or {}).get("iterations", 0),
+            "status": (shipped or landing or {}).get("status"),
             "in_band": BAND * value <= median and upper <= value, "over_budget": upper > value}
 
 
@@ -55,7 +58,7 @@ def collect(folders: list[Path]) -> tuple[list[dict], list[float]]:
                 continue
             if "method" not in report or "budget" not in report:
                 continue
-            row = _row(report["method"], report["budget"], report, report.get("landing"))
+            row = _row(report["method"], report["budget"], report, report.get("landing"), report.get("shipped_landing"))
             if row is not None:
                 rows.append(row)
             seconds = (report.get("search") or {}).get("seconds")     # the β evolution (LcP's meta-learning)

@@ -77,7 +77,7 @@ jcw() {  # recipe search/NAME-resnet56.toml, with this run's paths (and the smok
 
 uniform() {  # budget ratio: the recipe search/uniform-resnet56-PCT.toml on this run's table (3 × STEPS steps)
   local dir="$out/uniform-$1"
-  [ -f "$dir/report.json" ] && return 0
+  grep -q '"shipped_landing": {' "$dir/report.json" 2>/dev/null && return 0     # landed as shipped: done
   echo "== $dir" >&2
   mkdir -p "$dir"
   latbench prune lcp --config "search/uniform-resnet56-$(python -c "print(round($1 * 100))").toml" \
