@@ -383,12 +383,17 @@ def test_prune_sp_end_to_end_on_the_device_and_a_rerun_recomputes_nothing(r20_ch
     # The closed loop: the search's own network measured first, then SP's search at corrected targets.
     landing = report["landing"]
     assert landing["steps"][0]["target_ms"] == pytest.approx(budget) and report["measured_ms"] > 0
-    assert report["architecture"]["widths"] == landing["architecture"]["widths"]
     median, upper = landing["measured_ms"], landing["upper_ms"]
     assert landing["status"] == ("over budget" if upper > budget else "in band" if median >= 0.95 * budget
                                  else "no unit fits")
-    assert len(report["shipped_repeats_ms"]) == 3 and report["within_budget"] == (report["measured_upper_ms"] <= budget)
-    if landing["chosen"] == 0:                              # the search's own network: its cost is the prediction
+    # ... and the shipped file lands too: the loop's choice retrained first, further networks in candidates/
+    shipped = report["shipped_landing"]
+    assert shipped["steps"][0]["widths"] == landing["architecture"]["widths"]
+    assert report["architecture"] == shipped["architecture"] and 1 <= shipped["iterations"] <= 3
+    assert report["shipped_repeats_ms"] == shipped["repeats"] and len(shipped["repeats"]) == 3
+    assert report["within_budget"] == (report["measured_upper_ms"] <= budget)
+    assert len(list((out / "candidates").iterdir())) == len({json.dumps(s["widths"]) for s in shipped["steps"]})
+    if landing["chosen"] == 0 and shipped["chosen"] == 0:   # the search's own network: its cost is the prediction
         assert report["predicted_ms"] == pytest.approx(report["cost"]) and report["predicted_ms"] <= budget + 1e-9
     assert set(report["seconds"]) == {"supernet", "search", "retrain"}
     assert all(v > 0 for v in report["seconds"].values())

@@ -435,6 +435,14 @@ def check_shipped(folder: Path, table: LatencyTable, device: str, store: str, re
         return []
 
 
+def holds(checkpoint: Path, arch: Architecture) -> bool:
+    """Whether ``checkpoint`` exists and was trained for ``arch`` (an earlier run's network to take over)."""
+    from ..train import read_checkpoint_meta
+
+    saved = read_checkpoint_meta(checkpoint).get("arch") if Path(checkpoint).exists() else None
+    return saved is not None and Architecture.from_dict(saved) == arch
+
+
 def candidate_folder(root: Path, arch: Architecture) -> Path:
     """Where a network of a shipped-file landing is retrained and exported: one folder per architecture below
     ``root``, so a rerun retrains nothing twice."""
@@ -539,7 +547,7 @@ def network_report(*, spec: ModelSpec, method: str, checkpoint: str, table: str 
     }
 
 
-__all__ = ["Anchor", "adopt", "anchor_of", "candidate_folder", "land_shipped", "budget_kind_is_latency", "check_shipped", "checkpoint_for", "land_on_device", "BudgetRequest", "EXPORT_FORMATS", "FinetuneRecipe", "FullLatency", "JobOptions", "SingleBudgetJob",
+__all__ = ["Anchor", "adopt", "anchor_of", "candidate_folder", "holds", "land_shipped", "budget_kind_is_latency", "check_shipped", "checkpoint_for", "land_on_device", "BudgetRequest", "EXPORT_FORMATS", "FinetuneRecipe", "FullLatency", "JobOptions", "SingleBudgetJob",
            "check_table_device",
            "check_torch_device", "console", "export_once", "export_pruned", "exported", "first", "full_latency", "load_parent",
            "measure_architectures", "measure_shipped", "network_report", "sample_batches", "set_threads"]

@@ -31,7 +31,7 @@ from ...recipe import Choice, Opt, begin_folder_run
 from ...search.budget import Budget, CostGrid
 from ...tables.table import LatencyTable
 from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, budget_kind_is_latency, check_shipped, checkpoint_for,
-                      console, export_once, exported, first, full_latency, land_on_device, land_shipped, load_parent,
+                      console, export_once, exported, first, full_latency, holds, land_on_device, land_shipped, load_parent,
                       network_report, sample_batches, set_threads)
 from ..landing import LandingConfig, Proposal, upper_bound_ms
 
@@ -116,7 +116,7 @@ class PrunedLoss:
 def run_lcp(job: LcPJob) -> dict:
     """Run ``job`` end to end; writes everything to ``job.out`` and returns the report (also report.json)."""
     from ...data import load_dataset
-    from ...train import evaluate, read_checkpoint_meta
+    from ...train import evaluate
     from ...train.importance import layer_filter_scores, recalibrate_bn
     from .search import (EvolutionConfig, FilterRanking, fill_back, grid_step, learn_compensation, naive_prune,
                          reachable_minimum, uniform_prune)
@@ -202,11 +202,9 @@ def run_lcp(job: LcPJob) -> dict:
     anchor = anchor_of(full, spec, resolution)
     if landing is not None and landing.chosen is not None:     # the shipped file lands too (landing, step 5)
         step = landing.steps[landing.chosen]
-        saved = read_checkpoint_meta(out / "pruned.safetensors").get("arch") \
-            if (out / "pruned.safetensors").exists() else None
-        previous = out if saved is not None and Architecture.from_dict(saved) == arch else None   # an earlier run's
         shipped = land_shipped(out, budget.value, propose, Proposal(arch, step.predicted_ms, step.target_ms), ship,
-                               table, job.device, job.store, job.landing, anchor, spec, SHIPPED_FILES, previous)
+                               table, job.device, job.store, job.landing, anchor, spec, SHIPPED_FILES,
+                               out if holds(out / "pruned.safetensors", arch) else None)
         arch, repeats = shipped.arch, shipped.repeats
         atomic_write_text(out / "arch.json", arch.to_json())
         predicted = float(predictor.predict(arch)[0])

@@ -5,7 +5,9 @@ network's latency measured on ``device`` or predicted — or FLOPs / parameters)
 → stage-wise supernet training (:mod:`.training`) → distributed search (:mod:`.search`)
 → retraining of the chosen sub-network with the project's one SGD loop (:func:`latbench.train.finetune`),
 from the supernet's weights (``retrain_from="inherited"``, BN recalibrated) or from scratch
-→ ONNX + TFLite export → measurement of the shipped file on ``device`` → ``report.json``.
+→ ONNX + TFLite export → measurement of the shipped file on ``device`` (with the closed loop: the shipped file
+lands too, each further network retrained in ``candidates/<digest>/`` and the chosen one copied into ``out``)
+→ ``report.json``.
 
 Every phase leaves a file in ``out`` that marks it done, and a rerun recomputes nothing that finished:
 
@@ -34,15 +36,15 @@ import torch
 from annotated_types import Ge
 
 from ...files import atomic_write_text, read_json, sha256_file, write_json_if_changed
-from ...models import GraphNet
+from ...models import Architecture, GraphNet
 from ...predictor import Predictor
 from ...recipe import Choice, Opt, begin_folder_run
 from ...search.budget import Budget, BudgetError, CostGrid
 from ...supernet import DynamicNet, SearchSpace, StageAdaptors, recalibrate, stages_of
 from ...tables.table import LatencyTable, TableError
-from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, budget_kind_is_latency, check_shipped, check_table_device, check_torch_device,
-                      checkpoint_for, console, export_pruned, exported, first, full_latency, land_on_device,
-                      load_parent, network_report, sample_batches, set_threads)
+from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, budget_kind_is_latency, check_shipped, check_table_device,
+                      check_torch_device, checkpoint_for, console, export_pruned, exported, first, full_latency, holds,
+                      land_on_device, land_shipped, load_parent, network_report, sample_batches, set_threads)
 from ..landing import LandingConfig, Proposal, upper_bound_ms
 from .costs import StageCosts
 from .parallel import RayUnavailableError, check_ray
@@ -65,6 +67,10 @@ class ChannelOrder(Choice):
 
 
 RETRAIN_FROM = RetrainFrom.values()
+
+
+#: What an SP job ships of the network it lands on (copied from its candidate folder).
+SHIPPED_FILES = ("pruned.safetensors", "pruned.onnx", "pruned.tflite", "sp-phases.json")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,10 +174,6 @@ def run_sp(job: SPJob) -> dict:
 
     recipe = begin_folder_run(job, "sp", out, log=console.print)
     phases_path = out / "sp-phases.json"
-    phases = read_json(phases_path, recover="delete it to redo the export") if phases_path.exists() else {}
-
-    def save_phases() -> None:
-        write_json_if_changed(phases_path, phases, indent=2)
 
     # ---- 1. stage-wise supernet training -------------------------------------------------------------
     device = check_torch_device(job.torch_device)
@@ -215,53 +217,74 @@ def run_sp(job: SPJob) -> dict:
     console.print(f"[bold]sp[/]: {budget.kind} {budget.describe(result.cost)} for a budget of {budget.describe()}; "
                   f"widths {arch.widths}")
 
-    # ---- 3. retraining with the one SGD loop -----------------------------------------------------------
+    # ---- 3. retraining with the one SGD loop, 4. export ---------------------------------------------------
     test = first(data.test, job.test_images)
-    ckpt = checkpoint_for(out / "pruned.safetensors", arch)
     r = job.retrain
-    done = ckpt.exists() and read_checkpoint_meta(ckpt).get("history", {}).get("complete", False)
-    key = {"arch": arch.to_dict(), "retrain_from": job.retrain_from, "test_images": len(test)}
-    if phases.get("start", {}).get("key") != key:
-        phases.pop("start", None)
-    if not done:
-        stats = recalibrate(net, arch, _images(data.train, job.bn_images or 1024, 128, r.seed + 1))
-        inherited = net.extract(arch, stats, device="cpu")
-        if "start" not in phases:
-            loss, acc = evaluate(inherited, test)
-            phases["start"] = {"key": key, "inherited": {"loss": loss, "accuracy": acc}}
-            save_phases()
-        if job.retrain_from == "inherited":
-            small = inherited
+
+    def ship(arch: Architecture, folder: Path) -> None:
+        """``arch`` retrained into ``folder`` (from its supernet slice, BN recalibrated, or from scratch) and
+        exported; the phases done (test scores, export) in its sp-phases.json."""
+        phases_path = folder / "sp-phases.json"
+        phases = read_json(phases_path, recover="delete it to redo the export") if phases_path.exists() else {}
+
+        def save_phases() -> None:
+            write_json_if_changed(phases_path, phases, indent=2)
+
+        ckpt = checkpoint_for(folder / "pruned.safetensors", arch)
+        done = ckpt.exists() and read_checkpoint_meta(ckpt).get("history", {}).get("complete", False)
+        key = {"arch": arch.to_dict(), "retrain_from": job.retrain_from, "test_images": len(test)}
+        if phases.get("start", {}).get("key") != key:
+            phases.pop("start", None)
+        if not done:
+            stats = recalibrate(net, arch, _images(data.train, job.bn_images or 1024, 128, r.seed + 1))
+            inherited = net.extract(arch, stats, device="cpu")
+            if "start" not in phases:
+                loss, acc = evaluate(inherited, test)
+                phases["start"] = {"key": key, "inherited": {"loss": loss, "accuracy": acc}}
+                save_phases()
+            if job.retrain_from == "inherited":
+                small = inherited
+            else:
+                small = GraphNet(spec, arch.widths, net.in_channels, generator=torch.Generator().manual_seed(r.seed))
         else:
-            small = GraphNet(spec, arch.widths, net.in_channels, generator=torch.Generator().manual_seed(r.seed))
+            small = GraphNet(spec, arch.widths, net.in_channels)
+        on_cpu = device.type == "cpu"
+        small = small.to(device)           # the one SGD loop trains where the network is (batches follow)
+        r.run(small, data, ckpt, arch, {"method": "sp", "parent": str(job.checkpoint), "retrain_from": job.retrain_from},
+              progress=job.progress, device=None if on_cpu else device)
+        small = small.cpu().eval()
+        digest = sha256_file(ckpt)
+        if phases.get("final", {}).get("sha256") != digest:
+            loss, acc = evaluate(small, test)
+            phases["final"] = {"sha256": digest, "loss": loss, "accuracy": acc}
+            save_phases()
+        if phases.get("export", {}).get("sha256") != digest or not exported(folder):
+            export_pruned(folder, small, arch)
+            phases["export"] = {"sha256": digest}
+            save_phases()
+
+    # ---- 5. measurement of the shipped file: it lands too (landing, step 5) ------------------------------
+    shipped, repeats = None, []
+    anchor = anchor_of(full, spec, resolution)
+    if landing is not None and landing.chosen is not None:
+        step = landing.steps[landing.chosen]
+        shipped = land_shipped(out, budget.value, propose, Proposal(arch, step.predicted_ms, step.target_ms), ship,
+                               table, job.device, job.store, job.landing, anchor, spec, SHIPPED_FILES,
+                               out if holds(out / "pruned.safetensors", arch) else None)
+        arch, repeats = shipped.arch, shipped.repeats
+        if (out / "arch.json").read_text() != arch.to_json():
+            atomic_write_text(out / "arch.json", arch.to_json())
+        predicted = float(predictor.predict(arch)[0])
     else:
-        small = GraphNet(spec, arch.widths, net.in_channels)
-    on_cpu = device.type == "cpu"
-    small = small.to(device)           # the one SGD loop trains where the network is (batches follow)
-    r.run(small, data, ckpt, arch, {"method": "sp", "parent": str(job.checkpoint), "retrain_from": job.retrain_from},
-          progress=job.progress, device=None if on_cpu else device)
-    small = small.cpu().eval()
-    saved = read_checkpoint_meta(ckpt)
+        ship(arch, out)
+        if job.device and table is not None:        # the file we ship, measured again: its spread counts
+            repeats = check_shipped(out, table, job.device, job.store, job.landing.repeats if landing else 1,
+                                    job.progress, anchor)
+    measured = float(np.median(repeats)) if repeats else None       # none: the device cannot be reached
+    phases = read_json(phases_path, recover="delete it to redo the export")
+    saved = read_checkpoint_meta(out / "pruned.safetensors")
     retrain_seconds = (sum(e["seconds"] for e in saved["history"].get("epochs", []))
                        + float(saved.get("running", {}).get("seconds", 0.0)))
-    digest = sha256_file(ckpt)
-    if phases.get("final", {}).get("sha256") != digest:
-        loss, acc = evaluate(small, test)
-        phases["final"] = {"sha256": digest, "loss": loss, "accuracy": acc}
-        save_phases()
-
-    # ---- 4. export -------------------------------------------------------------------------------------
-    if phases.get("export", {}).get("sha256") != digest or not exported(out):
-        export_pruned(out, small, arch)
-        phases["export"] = {"sha256": digest}
-        save_phases()
-
-    # ---- 5. measurement of the shipped file ------------------------------------------------------------
-    measured, repeats = None, []
-    if job.device and table is not None:            # the file we ship, measured again: its spread counts
-        repeats = check_shipped(out, table, job.device, job.store, job.landing.repeats if landing else 1,
-                                job.progress, anchor_of(full, spec, resolution))
-        measured = float(np.median(repeats)) if repeats else None       # none: the device cannot be reached
 
     inherited = phases.get("start", {}).get("inherited")
     report = {
@@ -282,6 +305,7 @@ def run_sp(job: SPJob) -> dict:
         "shipped_repeats_ms": repeats, "measured_upper_ms": upper_bound_ms(repeats) if repeats else None,
         "within_budget": (upper_bound_ms(repeats) <= budget.value) if repeats and budget.kind == "latency" else None,
         "landing": landing.to_dict() if landing else None,
+        "shipped_landing": shipped.to_dict() if shipped else None,
         "recipe": recipe,
     }
     write_json_if_changed(out / "report.json", report, indent=2)
