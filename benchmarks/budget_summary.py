@@ -54,7 +54,9 @@ def collect(folders: list[Path]) -> tuple[list[dict], list[float]]:
                     if c.get("measured_ms") is not None:
                         rows.append(_row("ofar", {"kind": "latency", "value": c["budget_ms"],
                                                   "ratio": c.get("budget_ratio")},
-                                         {"measured_ms": c["measured_ms"]}, c.get("landing")))
+                                         {"measured_ms": c["measured_ms"],
+                                          "shipped_repeats_ms": (c.get("shipped_landing") or {}).get("repeats")},
+                                         c.get("landing"), c.get("shipped_landing")))
                 continue
             if "method" not in report or "budget" not in report:
                 continue

@@ -1,6 +1,7 @@
 """OFARPruning (latbench.methods.ofar): similarities, rates, the PNP, joint training (chain, resume, BN modes),
 bad inputs before training, and `latbench prune ofar` end to end on two host devices' tables built here."""
 import json
+import sqlite3
 import os
 from pathlib import Path
 
@@ -474,6 +475,11 @@ def test_prune_ofar_end_to_end_and_a_rerun_recomputes_nothing(tmp_path, checkpoi
             median, upper = landing["measured_ms"], landing["upper_ms"]
             assert landing["status"] == ("over budget" if upper > c["budget_ms"] else "in band"
                                          if median >= 0.95 * c["budget_ms"] else "no unit fits")
+            # ... and its shipped file lands too: the loop's choice first, the chosen file in its own folder
+            shipped = c["shipped_landing"]
+            assert shipped["steps"][0]["widths"] == landing["architecture"]["widths"]
+            assert shipped["architecture"] == c["arch"] and c["measured_ms"] == shipped["measured_ms"]
+            assert len(shipped["repeats"]) == 3 and 1 <= shipped["iterations"] <= 3
         assert c["budget_ms"] == pytest.approx(c["budget_ratio"] * report["devices"][c["device"]]["full"])
         assert c["resolution"] in (32, 28, 24) and 0 <= c["test_acc"] <= 1
         # The most accurate fitting pair on the validation split.
@@ -490,18 +496,20 @@ def test_prune_ofar_end_to_end_and_a_rerun_recomputes_nothing(tmp_path, checkpoi
             assert c["measured_ms"] is None and "not a host runtime here" in c["measurement"]
     # A rerun recomputes nothing: no training, recalibration, scoring, export or measurement.
     import latbench.export as export
-    import latbench.methods.common as common
     import latbench.methods.ofar.job as job
     import latbench.supernet as supernet
     import latbench.train.loop as loop
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name not in ("report.json",)}
-    for mod, name in ((loop, "train"), (supernet, "recalibrate"), (common, "measure_shipped"),
-                      (export, "export_network_for"), (job, "_score")):
+    for mod, name in ((loop, "train"), (supernet, "recalibrate"), (export, "export_network_for"), (job, "_score")):
         monkeypatch.setattr(mod, name, lambda *a, _n=name, **k: pytest.fail(f"the rerun called {_n}"))
+    with sqlite3.connect(tmp_path / "store.db") as db:
+        measured_before = db.execute("SELECT signature, measured_at FROM measurements ORDER BY 1").fetchall()
     again = _ofar(args, out, tables)
     assert again.exit_code == 0, again.output
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    with sqlite3.connect(tmp_path / "store.db") as db:      # every measurement read back from the store
+        assert db.execute("SELECT signature, measured_at FROM measurements ORDER BY 1").fetchall() == measured_before
     rerun = json.loads((out / "report.json").read_text())
     assert rerun["cohort"] == cohort and rerun["seconds"] == report["seconds"]
 

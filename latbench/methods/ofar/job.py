@@ -11,6 +11,8 @@ Phases, each resumable (everything lives in ``job.out``)::
     scores.json                 held-out (validation split) accuracy per (structure, resolution)
     networks/s<J>-r<R>/         each chosen (structure, resolution): arch.json, pruned.onnx, pruned.tflite,
                                 network.json (test accuracy)
+    networks/<device>-<budget>/ a choice landed on its device: the network its shipped file landed on, and in
+                                candidates/<digest>/ every network that landing exported and measured
     measurements.json           measured latency of each shipped file per device
     report.json                 the whole cohort
 
@@ -49,6 +51,8 @@ from .rates import (BudgetSpec, CostModel, GlobalRanking, RatePlan, bn_gamma_sco
 from .search import SearchConfig, SearchOutcome, run_search
 
 REPORT_FORMAT = "latbench-ofar-job/1"
+#: The files of one exported network (copied from a shipped landing's candidate folder to the choice's own).
+NETWORK_FILES = ("network.json", "arch.json", "pruned.onnx", "pruned.tflite")
 __all__ = ["OFARJob", "default_resolutions", "run_ofar"]
 
 
@@ -407,6 +411,7 @@ def run_ofar(job: OFARJob) -> dict:
 
     # -- the closed loop: each latency choice on a device that is here lands on its budget as measured ----------
     landings: dict[int, object] = {}
+    proposers: dict[int, Callable[[float], Proposal]] = {}
     if job.landing.land and job.measure:
         for i, ch in enumerate(choices):
             c = by_label[ch["device"]]
@@ -425,25 +430,21 @@ def run_ofar(job: OFARJob) -> dict:
                                            job.landing)
             j, r = next(p for p in pairs if structures.arch(*p) == result.arch)
             ch.update(structure=j, resolution=r, predicted=predicted[(j, r)])
-            landings[i] = result
+            landings[i], proposers[i] = result, propose
 
     # -- export each chosen (structure, resolution) --------------------------------------------------------------
     t0 = time.perf_counter()
-    networks: dict[tuple[int, int], dict] = {}
     wrote = False
-    for ch in choices:
-        key = (ch["structure"], ch["resolution"])
-        if key in networks:
-            continue
-        j, r = key
+
+    def export_network(j: int, r: int, folder: Path) -> dict:
+        """The trained (structure ``j``, resolution ``r``) exported into ``folder`` (kept when done before)."""
+        nonlocal wrote
         arch = structures.arch(j, r)
-        folder = out / "networks" / f"s{j}-r{r}"
         folder.mkdir(parents=True, exist_ok=True)
         info_path = folder / "network.json"
         net_id = {**score_id, "arch": arch.to_dict(), "test": len(test)}
         info = read_json(info_path, recover="delete it to export that network again") if info_path.exists() else {}
-        done = info.get("identity") == net_id and exported(folder)
-        if not done:
+        if not (info.get("identity") == net_id and exported(folder)):
             bn = stats.get(f"{score_id['joint']}:s{j}-r{r}")
             if joint_cfg.bn_mode is BNMode.PRIVATE:
                 with net.ofar_bn.swapped_in(net, j):
@@ -458,7 +459,34 @@ def run_ofar(job: OFARJob) -> dict:
                     "files": {f: sha256_file(folder / f"pruned.{f}")[:24] for f in EXPORT_FORMATS}}
             atomic_write_json(info_path, info, indent=2)
             wrote = True
-        networks[key] = {**info, "folder": str(folder)}
+        return {**info, "folder": str(folder)}
+
+    networks: dict[tuple[int, int], dict] = {}
+    for i, ch in enumerate(choices):
+        key = (ch["structure"], ch["resolution"])
+        if key not in networks and i not in landings:
+            networks[key] = export_network(*key, out / "networks" / f"s{key[0]}-r{key[1]}")
+
+    # -- the shipped files land too (landing, step 5): each landed choice's file measured, and replaced by the
+    #    next (structure, resolution) when it is outside the band; the chosen one is copied to its own folder ------
+    shipped: dict[int, object] = {}
+    chosen_network: dict[int, dict] = {}
+    for i, landing in landings.items():
+        ch, c = choices[i], by_label[choices[i]["device"]]
+        pair_of = {structures.arch(*p).to_json(): p for p in pairs}
+        start = Proposal(landing.arch, ch["predicted"], ch["budget"]["value"])
+        if landing.chosen is not None:
+            step = landing.steps[landing.chosen]
+            start = Proposal(landing.arch, step.predicted_ms, step.target_ms)
+        root = out / "networks" / f"{ch['device'].replace(':', '-')}-{ch['budget']['label']}"
+        result = common.land_shipped(root, ch["budget"]["value"], proposers[i], start,
+                                     lambda arch, folder: export_network(*pair_of[arch.to_json()], folder), c.table,
+                                     c.device, job.store, job.landing, None, spec, NETWORK_FILES)
+        j, r = pair_of[result.arch.to_json()]
+        ch.update(structure=j, resolution=r, predicted=predicted_of[ch["device"]][(j, r)])
+        shipped[i] = result
+        chosen_network[i] = {**read_json(root / "network.json", recover="delete it to export that network again"),
+                             "folder": str(root)}
     timed("export", t0, wrote)
 
     # -- measurement on the devices that are here ---------------------------------------------------------------
@@ -472,7 +500,8 @@ def run_ofar(job: OFARJob) -> dict:
         if not here:
             continue
         fmt = "onnx" if c.device == "host:onnxruntime" else "tflite"
-        mine = sorted({(ch["structure"], ch["resolution"]) for ch in choices if ch["device"] == label})
+        mine = sorted({(ch["structure"], ch["resolution"]) for i, ch in enumerate(choices)
+                       if ch["device"] == label and i not in shipped})
         known = measured.setdefault(label, {})
         todo = [k for k in mine if known.get(f"s{k[0]}-r{k[1]}", {}).get("sha") != networks[k]["files"][fmt]
                 or known.get(f"s{k[0]}-r{k[1]}", {}).get("fingerprint") != c.table.fingerprint]
@@ -488,8 +517,10 @@ def run_ofar(job: OFARJob) -> dict:
     cohort = []
     for i, ch in enumerate(choices):
         c, j, r = by_label[ch["device"]], ch["structure"], ch["resolution"]
-        net_info, key = networks[(j, r)], f"s{j}-r{r}"
+        net_info, key = chosen_network.get(i) or networks[(j, r)], f"s{j}-r{r}"
         m = measured.get(ch["device"], {}).get(key, {}).get("ms") if how[ch["device"]] == "measured" else None
+        if i in shipped:                            # its shipped file's repeated measurements
+            m = shipped[i].measured_ms
         b = ch["budget"]
         entry = {"device": ch["device"], "table": c.table_path, "budget_label": b["label"],
                  "budget_ratio": b["ratio"], "resolution": r, "structure": j,
@@ -500,6 +531,7 @@ def run_ofar(job: OFARJob) -> dict:
                           "measured_over_budget": None if m is None else m / b["value"] - 1,
                           "measured_over_predicted": None if m is None else m / ch["predicted"] - 1})
             entry["landing"] = landings[i].to_dict() if i in landings else None
+            entry["shipped_landing"] = shipped[i].to_dict() if i in shipped else None
         else:
             entry.update({"budget_flops": b["value"], "predicted_flops": ch["predicted"]})
         cohort.append(entry)
