@@ -389,7 +389,7 @@ def test_prune_sp_end_to_end_on_the_device_and_a_rerun_recomputes_nothing(r20_ch
     # ... and the shipped file lands too: the loop's choice retrained first, further networks in candidates/
     shipped = report["shipped_landing"]
     assert shipped["steps"][0]["widths"] == landing["architecture"]["widths"]
-    assert report["architecture"] == shipped["architecture"] and 1 <= shipped["iterations"] <= 3
+    assert report["architecture"] == shipped["architecture"] and 1 <= shipped["iterations"] <= 4
     assert report["shipped_repeats_ms"] == shipped["repeats"] and len(shipped["repeats"]) == 3
     assert report["within_budget"] == (report["measured_upper_ms"] <= budget)
     assert len(list((out / "candidates").iterdir())) == len({json.dumps(s["widths"]) for s in shipped["steps"]})
