@@ -19,6 +19,7 @@ from pathlib import Path
 
 from latbench.files import atomic_write_json
 from latbench.methods.landing import upper_bound_ms
+from latbench.methods.common import in_candidates
 from latbench.recipe import moved_aside
 
 BAND = 0.95
@@ -44,7 +45,7 @@ def collect(folders: list[Path]) -> tuple[list[dict], list[float]]:
     for folder in folders:
         # Reports in run folders (report.json) and the copies committed under benchmarks/results (any name).
         for path in sorted(folder.rglob("*.json")):
-            if moved_aside(path, folder):
+            if moved_aside(path, folder) or in_candidates(path, folder):
                 continue
             report = json.loads(path.read_text())
             if not isinstance(report, dict):

@@ -23,6 +23,7 @@ import pandas as pd
 
 def collect(folder: Path) -> pd.DataFrame:
     from latbench.models import Architecture
+    from latbench.methods.common import in_candidates
     from latbench.recipe import moved_aside
 
     rows = []
@@ -33,7 +34,7 @@ def collect(folder: Path) -> pd.DataFrame:
                 arch = Architecture.from_dict({k: d[k] for k in ("model", "resolution", "widths", "sparsity")})
                 rows.append((f"{front.parent.name} front", arch, d["latency_ms"], d["measured_ms"]))
     for path in sorted(folder.rglob("report.json")):
-        if moved_aside(path, folder):
+        if moved_aside(path, folder) or in_candidates(path, folder):
             continue
         r = json.loads(path.read_text())
         if r.get("measured_ms") is not None and "method" in r:

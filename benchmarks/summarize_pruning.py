@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from latbench.methods.common import in_candidates
 from latbench.recipe import moved_aside
 
 
@@ -23,7 +24,7 @@ def main(folder: str, plot: str | None = None) -> None:
     full = Path(folder, "full.txt")     # written by lcp_acceptance.sh: budgets are fractions of it
     full_ms = float(full.read_text().rsplit(":", 1)[1].split()[0]) if full.exists() else None
     for path in sorted(Path(folder).rglob("report.json")):
-        if moved_aside(path, folder):
+        if moved_aside(path, folder) or in_candidates(path, folder):
             continue
         r = json.loads(path.read_text())
         if r["budget"].get("ratio") is None and full_ms and r["budget"].get("kind") == "latency":

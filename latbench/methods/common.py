@@ -449,6 +449,12 @@ def candidate_folder(root: Path, arch: Architecture) -> Path:
     return Path(root) / "candidates" / hashlib.sha256(arch.to_json().encode()).hexdigest()[:12]
 
 
+def in_candidates(path: str | Path, root: str | Path) -> bool:
+    """Whether ``path`` (below ``root``) is in a :func:`candidate_folder`: a network a shipped-file landing
+    retrained, whose chosen one is copied to where the job ships — summaries of shipped networks skip them."""
+    return "candidates" in Path(path).relative_to(root).parts[:-1]
+
+
 def adopt(source: Path, target: Path, names: Sequence[str]) -> None:
     """Copy the files ``names`` of folder ``source`` that exist into ``target``, each atomically (a file that
     already holds those bytes is left alone: a rerun changes nothing)."""
@@ -547,7 +553,7 @@ def network_report(*, spec: ModelSpec, method: str, checkpoint: str, table: str 
     }
 
 
-__all__ = ["Anchor", "adopt", "anchor_of", "candidate_folder", "holds", "land_shipped", "budget_kind_is_latency", "check_shipped", "checkpoint_for", "land_on_device", "BudgetRequest", "EXPORT_FORMATS", "FinetuneRecipe", "FullLatency", "JobOptions", "SingleBudgetJob",
+__all__ = ["Anchor", "adopt", "anchor_of", "candidate_folder", "holds", "in_candidates", "land_shipped", "budget_kind_is_latency", "check_shipped", "checkpoint_for", "land_on_device", "BudgetRequest", "EXPORT_FORMATS", "FinetuneRecipe", "FullLatency", "JobOptions", "SingleBudgetJob",
            "check_table_device",
            "check_torch_device", "console", "export_once", "export_pruned", "exported", "first", "full_latency", "load_parent",
            "measure_architectures", "measure_shipped", "network_report", "sample_batches", "set_threads"]
