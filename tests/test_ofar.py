@@ -2,7 +2,6 @@
 bad inputs before training, and `latbench prune ofar` end to end on two host devices' tables built here."""
 import json
 import sqlite3
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +14,12 @@ from latbench.methods.ofar import (BNMode, BudgetSpec, GlobalRanking, JointConfi
                                    SearchConfig, Structures, Target, bn_gamma_scores, chain_for_step, find_rates,
                                    joint_step, load_cost_models, mask_similarity, run_search, structure_floors,
                                    train_joint)
-from latbench.methods.ofar.joint import attach_private_bn
 from latbench.methods.ofar.search import SearchOutcome
 from latbench.models import Architecture, GraphNet, get_model
 from latbench.models.torch_net import randomize_bn
 from latbench.search.budget import BudgetError, CostGrid
 from latbench.supernet import DynamicNet, chain_distillation, cross_entropy, resize
-from latbench.tables.table import LatencyTable, TableError
+from latbench.tables.table import LatencyTable
 from latbench.train import read_checkpoint_meta, save_checkpoint
 
 torch.set_num_threads(1)   # the test process only; the library never sets thread counts

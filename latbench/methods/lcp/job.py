@@ -20,7 +20,7 @@ from typing import Annotated
 import numpy as np
 import torch
 import torch.nn.functional as F
-from annotated_types import Ge, Gt, Lt
+from annotated_types import Ge, Lt
 
 from ...files import atomic_write_json, atomic_write_text, read_json
 from ...models.arch import Architecture
