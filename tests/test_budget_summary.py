@@ -25,10 +25,23 @@ def test_networks_in_band_over_budget_and_the_meta_learning_time(tmp_path):
     aside = tmp_path / "runs" / "lcp-0.7~1"
     aside.mkdir()
     (aside / "report.json").write_text(json.dumps(_report("lcp", 1.0, [0.5])))                 # superseded
+    candidate = run / "candidates" / "0123456789ab"      # a shipped landing's network: its chosen copy is run's
+    candidate.mkdir(parents=True)
+    (candidate / "report.json").write_text(json.dumps(_report("lcp", 1.0, [1.1, 1.2, 1.3])))
     rows, meta = script.collect([tmp_path / "runs", committed])
     by = {r["method"]: r for r in rows}
-    assert set(by) == {"lcp", "uniform", "naive"}
+    assert set(by) == {"lcp", "uniform", "naive"} and len(rows) == 3
     assert by["lcp"]["in_band"] and not by["lcp"]["over_budget"]
     assert by["uniform"]["over_budget"] and not by["uniform"]["in_band"]
     assert not by["naive"]["in_band"] and not by["naive"]["over_budget"]
     assert by["lcp"]["iterations"] == 2 and meta == [12.5]
+
+
+def test_the_shipped_stage_counts_and_decides_the_status(tmp_path):
+    script = load_benchmark_script("budget_summary")
+    report = {**_report("jcw", 1.0, [0.95, 0.96, 0.97], iterations=4, status="over budget"),
+              "shipped_landing": {"iterations": 3, "status": "in band"}}
+    (tmp_path / "jcw-0.5.json").write_text(json.dumps(report))
+    (row,), _ = script.collect([tmp_path])
+    assert row["iterations"] == 4 and row["shipped_iterations"] == 3 and row["status"] == "in band"
+    assert row["in_band"]
