@@ -449,6 +449,31 @@ def candidate_folder(root: Path, arch: Architecture) -> Path:
     return Path(root) / "candidates" / hashlib.sha256(arch.to_json().encode()).hexdigest()[:12]
 
 
+def ship_and_check(out: Path, arch: Architecture, landing, budget_ms: float, propose, ship, table, job,
+                   anchor: Anchor | None, spec: ModelSpec, files: Sequence[str]):
+    """A single-budget job's network shipped into ``out`` and checked on ``job.device``: after a closed loop that
+    chose on the device, landed by :func:`land_shipped` from the loop's choice (``files[0]``, the checkpoint, of an
+    earlier run of it is taken over); otherwise ``ship(arch, out)`` and the file measured (``config.repeats``
+    times after a loop, once without one). Returns ``(arch, shipped landing or None, repeats)``."""
+    from .landing import Proposal
+
+    if landing is not None and landing.chosen is not None:
+        step = landing.steps[landing.chosen]
+        shipped = land_shipped(out, budget_ms, propose, Proposal(arch, step.predicted_ms, step.target_ms), ship,
+                               table, job.device, job.store, job.landing, anchor, spec, files,
+                               out if holds(out / files[0], arch) else None)
+        path = Path(out) / "arch.json"
+        if not path.exists() or path.read_text() != shipped.arch.to_json():
+            atomic_write_bytes(path, shipped.arch.to_json().encode())
+        return shipped.arch, shipped, shipped.repeats
+    ship(arch, out)
+    repeats = []
+    if job.device and table is not None:            # the file we ship, measured again: its spread counts
+        repeats = check_shipped(out, table, job.device, job.store, job.landing.repeats if landing else 1,
+                                job.progress, anchor)
+    return arch, None, repeats
+
+
 def in_candidates(path: str | Path, root: str | Path) -> bool:
     """Whether ``path`` (below ``root``) is in a :func:`candidate_folder`: a network a shipped-file landing
     retrained, whose chosen one is copied to where the job ships — summaries of shipped networks skip them."""
@@ -553,7 +578,7 @@ def network_report(*, spec: ModelSpec, method: str, checkpoint: str, table: str 
     }
 
 
-__all__ = ["Anchor", "adopt", "anchor_of", "candidate_folder", "holds", "in_candidates", "land_shipped", "budget_kind_is_latency", "check_shipped", "checkpoint_for", "land_on_device", "BudgetRequest", "EXPORT_FORMATS", "FinetuneRecipe", "FullLatency", "JobOptions", "SingleBudgetJob",
+__all__ = ["Anchor", "adopt", "anchor_of", "candidate_folder", "holds", "in_candidates", "ship_and_check", "land_shipped", "budget_kind_is_latency", "check_shipped", "checkpoint_for", "land_on_device", "BudgetRequest", "EXPORT_FORMATS", "FinetuneRecipe", "FullLatency", "JobOptions", "SingleBudgetJob",
            "check_table_device",
            "check_torch_device", "console", "export_once", "export_pruned", "exported", "first", "full_latency", "load_parent",
            "measure_architectures", "measure_shipped", "network_report", "sample_batches", "set_threads"]

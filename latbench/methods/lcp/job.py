@@ -30,9 +30,9 @@ from ...predictor import Predictor
 from ...recipe import Choice, Opt, begin_folder_run
 from ...search.budget import Budget, CostGrid
 from ...tables.table import LatencyTable
-from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, budget_kind_is_latency, check_shipped, checkpoint_for,
-                      console, export_once, exported, first, full_latency, holds, land_on_device, land_shipped, load_parent,
-                      network_report, sample_batches, set_threads)
+from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, budget_kind_is_latency, checkpoint_for, console,
+                      export_once, exported, first, full_latency, land_on_device, load_parent, network_report,
+                      sample_batches, set_threads, ship_and_check)
 from ..landing import LandingConfig, Proposal, upper_bound_ms
 
 #: What an LcP job ships of the network it lands on (copied from its candidate folder).
@@ -198,21 +198,10 @@ def run_lcp(job: LcPJob) -> dict:
         atomic_write_json(folder / "training.json", {"architecture": arch.to_dict(), "pruned": before,
                                                      "finetuned": after})
 
-    shipped, repeats = None, []
-    anchor = anchor_of(full, spec, resolution)
-    if landing is not None and landing.chosen is not None:     # the shipped file lands too (landing, step 5)
-        step = landing.steps[landing.chosen]
-        shipped = land_shipped(out, budget.value, propose, Proposal(arch, step.predicted_ms, step.target_ms), ship,
-                               table, job.device, job.store, job.landing, anchor, spec, SHIPPED_FILES,
-                               out if holds(out / "pruned.safetensors", arch) else None)
-        arch, repeats = shipped.arch, shipped.repeats
-        atomic_write_text(out / "arch.json", arch.to_json())
+    arch, shipped, repeats = ship_and_check(out, arch, landing, budget.value, propose if landing else None, ship,
+                                            table, job, anchor_of(full, spec, resolution), spec, SHIPPED_FILES)
+    if shipped is not None:
         predicted = float(predictor.predict(arch)[0])
-    else:
-        ship(arch, out)
-        if job.device and table is not None:            # the file we ship, measured again: its spread counts
-            repeats = check_shipped(out, table, job.device, job.store, job.landing.repeats if landing else 1,
-                                    job.progress, anchor)
     measured = float(np.median(repeats)) if repeats else None       # none: the device cannot be reached
     scores = read_json(out / "training.json", recover="delete it to fine-tune again")
     before, after = tuple(scores["pruned"]), tuple(scores["finetuned"])

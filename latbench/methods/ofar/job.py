@@ -471,9 +471,9 @@ def run_ofar(job: OFARJob) -> dict:
     #    next (structure, resolution) when it is outside the band; the chosen one is copied to its own folder ------
     shipped: dict[int, object] = {}
     chosen_network: dict[int, dict] = {}
+    pair_of = {structures.arch(*p).to_json(): p for p in pairs}
     for i, landing in landings.items():
         ch, c = choices[i], by_label[choices[i]["device"]]
-        pair_of = {structures.arch(*p).to_json(): p for p in pairs}
         start = Proposal(landing.arch, ch["predicted"], ch["budget"]["value"])
         if landing.chosen is not None:
             step = landing.steps[landing.chosen]

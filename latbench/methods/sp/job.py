@@ -42,9 +42,9 @@ from ...recipe import Choice, Opt, begin_folder_run
 from ...search.budget import Budget, BudgetError, CostGrid
 from ...supernet import DynamicNet, SearchSpace, StageAdaptors, recalibrate, stages_of
 from ...tables.table import LatencyTable, TableError
-from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, budget_kind_is_latency, check_shipped, check_table_device,
-                      check_torch_device, checkpoint_for, console, export_pruned, exported, first, full_latency, holds,
-                      land_on_device, land_shipped, load_parent, network_report, sample_batches, set_threads)
+from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, budget_kind_is_latency, check_table_device,
+                      check_torch_device, checkpoint_for, console, export_pruned, exported, first, full_latency,
+                      land_on_device, load_parent, network_report, sample_batches, set_threads, ship_and_check)
 from ..landing import LandingConfig, Proposal, upper_bound_ms
 from .costs import StageCosts
 from .parallel import RayUnavailableError, check_ray
@@ -264,22 +264,10 @@ def run_sp(job: SPJob) -> dict:
             save_phases()
 
     # ---- 5. measurement of the shipped file: it lands too (landing, step 5) ------------------------------
-    shipped, repeats = None, []
-    anchor = anchor_of(full, spec, resolution)
-    if landing is not None and landing.chosen is not None:
-        step = landing.steps[landing.chosen]
-        shipped = land_shipped(out, budget.value, propose, Proposal(arch, step.predicted_ms, step.target_ms), ship,
-                               table, job.device, job.store, job.landing, anchor, spec, SHIPPED_FILES,
-                               out if holds(out / "pruned.safetensors", arch) else None)
-        arch, repeats = shipped.arch, shipped.repeats
-        if (out / "arch.json").read_text() != arch.to_json():
-            atomic_write_text(out / "arch.json", arch.to_json())
+    arch, shipped, repeats = ship_and_check(out, arch, landing, budget.value, propose if landing else None, ship,
+                                            table, job, anchor_of(full, spec, resolution), spec, SHIPPED_FILES)
+    if shipped is not None:
         predicted = float(predictor.predict(arch)[0])
-    else:
-        ship(arch, out)
-        if job.device and table is not None:        # the file we ship, measured again: its spread counts
-            repeats = check_shipped(out, table, job.device, job.store, job.landing.repeats if landing else 1,
-                                    job.progress, anchor)
     measured = float(np.median(repeats)) if repeats else None       # none: the device cannot be reached
     phases = read_json(phases_path, recover="delete it to redo the export")
     saved = read_checkpoint_meta(out / "pruned.safetensors")
