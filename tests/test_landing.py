@@ -234,3 +234,16 @@ def test_one_outlier_among_nine_measurements_does_not_put_a_network_over_its_bud
     three = land(0.8, ladder(widths=widths), Spiky(1.0), LandingConfig(repeats=3, headroom=0.98))
     assert three.status == LandingStatus.no_unit_fits and three.steps[three.chosen].widths == {"g": 8}
     assert all(s.measured_ms > 0.8 for s in three.steps if s.widths != {"g": 8})
+
+
+def test_the_bisection_brackets_the_target_when_noise_orders_two_neighbours_the_wrong_way_round():
+    """Issue 15's uniform 40 %: a wider network measured below a narrower one, and a bisection bracketed on the
+    measurements proposed the wider one again ("no unit fits"); bracketed on the target it goes on into the band."""
+    measured = {100: 1.03, 93: 1.01, 88: 0.93, 90: 0.92, 92: 0.96}      # 90 below 88: the noise's inversion
+
+    def device(archs, repeat):
+        return [measured[a.widths["g"]] for a in archs]
+
+    result = land(1.0, ladder(widths=tuple(range(8, 129))), device, LandingConfig(repeats=1))
+    assert [s.widths["g"] for s in result.steps] == [100, 93, 88, 90, 92]
+    assert result.status == LandingStatus.in_band and result.steps[result.chosen].widths == {"g": 92}
