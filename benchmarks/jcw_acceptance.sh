@@ -18,7 +18,8 @@
 # steps and ≈ 32 candidates scored on 500 held-out images per generation), each retraining ≈ 5–8 min
 # (300 steps + test set), uniform ≈ 5 min per budget: ≈ 1.5–2 hours in all, ~30 s when everything is done.
 # Resumable: rerun the same command; search state, supernet, ADMM checkpoints and measurements live in $OUT and
-# $STORE, finished work is skipped (delete a folder to redo it). Runs are sequential so that device measurements
+# $STORE, finished work is skipped (delete a folder to redo it; RERUN=1 runs finished uniform jobs again, reusing
+# what they trained and measured, so the current code decides anew). Runs are sequential so that device measurements
 # never share the cores with training.
 # Every group may shrink to a quarter of its width (the default keeps residual-coupled groups at half, whose
 # narrowest network is ≈ 29 % of the full latency: 30 % would be out of reach).
@@ -77,7 +78,7 @@ jcw() {  # recipe search/NAME-resnet56.toml, with this run's paths (and the smok
 
 uniform() {  # budget ratio: the recipe search/uniform-resnet56-PCT.toml on this run's table (3 × STEPS steps)
   local dir="$out/uniform-$1"
-  grep -q '"shipped_landing": {' "$dir/report.json" 2>/dev/null && return 0     # landed as shipped: done
+  [ -z "${RERUN:-}" ] && grep -q '"shipped_landing": {' "$dir/report.json" 2>/dev/null && return 0   # landed: done
   echo "== $dir" >&2
   mkdir -p "$dir"
   latbench prune lcp --config "search/uniform-resnet56-$(python -c "print(round($1 * 100))").toml" \

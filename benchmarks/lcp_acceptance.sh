@@ -32,9 +32,10 @@ run() {  # method ratio [extra options]: the recipe search/METHOD-resnet56-PCT.t
 #    the otherwise idle machine (the device decides where the network lands), fine-tuning, and the shipped file's
 #    repeated final check, which lands the shipped file (retraining the next network when it is outside the band).
 #    Jobs finished earlier are kept; a finished job whose shipped file was not landed (made before that stage
-#    existed, or with --no-land) continues from what it has.
+#    existed, or with --no-land) continues from what it has. RERUN=1 runs finished jobs again too: what they
+#    searched, trained and measured is reused, and the current code decides anew (e.g. after a change to the loop).
 for m in ${METHODS:-lcp naive uniform}; do for b in ${BUDGETS:-0.7 0.5 0.3}; do
-  if ! grep -q '"shipped_landing": {' "$out/$m-$b/report.json" 2>/dev/null; then run "$m" "$b"; fi
+  if [ -n "${RERUN:-}" ] || ! grep -q '"shipped_landing": {' "$out/$m-$b/report.json" 2>/dev/null; then run "$m" "$b"; fi
 done; done
 python benchmarks/summarize_pruning.py "$out" > "$out/summary.md"
 cat "$out/summary.md"
