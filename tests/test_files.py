@@ -1,7 +1,6 @@
 """Files latbench writes itself: an interrupted write keeps the old file (no temp files left behind), and a
 damaged file read back by a rerun gets an error naming it and saying how to recover."""
 import io
-import json
 import os
 from pathlib import Path
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ..files import atomic_write_json
 from .common import JOB_ERRORS, console, fail
 from .options import job_command
 
