@@ -45,3 +45,13 @@ def test_the_shipped_stage_counts_and_decides_the_status(tmp_path):
     (row,), _ = script.collect([tmp_path])
     assert row["iterations"] == 4 and row["shipped_iterations"] == 3 and row["status"] == "in band"
     assert row["in_band"]
+
+
+def test_a_budget_given_in_ms_gets_its_fraction_of_the_full_networks_measured_latency(tmp_path):
+    script = load_benchmark_script("budget_summary")
+    report = _report("lcp", 1.2, [1.15, 1.16, 1.17])
+    report["budget"]["ratio"] = None                             # --budget-ms, as the LcP acceptance runs it
+    report["full_latency_ms"] = {"measured": 2.4, "predicted": 2.2}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    rows, _ = script.collect([tmp_path])
+    assert rows[0]["budget_ratio"] == 0.5
