@@ -75,6 +75,7 @@ for c in report["cohort"]:
     if c["device"].startswith("host:"):
         print(c["device"], c["budget_ratio"], c["budget_ms"], c["table"])
 PY
+mkdir -p "$out/lcp"
 while read -r dev ratio budget_ms table; do
   dir="$out/lcp/${dev#host:}-$ratio"
   if [ ! -f "$dir/report.json" ] && [ ! -f "$dir/unreachable.txt" ]; then
