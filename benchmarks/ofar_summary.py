@@ -18,6 +18,13 @@ def _entries(report: dict | None) -> list[dict]:
     return [] if report is None else report["cohort"]
 
 
+def _landing_status(entry: dict) -> str | None:
+    """How the entry's network landed on its budget: the shipped stage's verdict, else the loop's (None when it
+    was predicted only)."""
+    landing = entry.get("shipped_landing") or entry.get("landing")
+    return None if not landing else landing.get("status")
+
+
 def side_by_side(ofar: dict | None, no_ta: dict | None, usnet: dict | None, lcp: list[dict]) -> list[dict]:
     """One row per (device, budget): each method's test accuracy and measured latency at that budget."""
     def by_key(report):
@@ -29,13 +36,15 @@ def side_by_side(ofar: dict | None, no_ta: dict | None, usnet: dict | None, lcp:
         for name, entry in (("ofar", c), ("ofar_no_ta", without.get((device, ratio))),
                             ("usnet", uniform.get((device, ratio)))):
             row[name] = None if entry is None else {"test_acc": entry["test_acc"], "resolution": entry["resolution"],
-                                                    "measured_ms": entry.get("measured_ms")}
+                                                    "measured_ms": entry.get("measured_ms"),
+                                                    "landing": _landing_status(entry)}
         same = [e for e in lcp if e["device"] == device and (
                 e.get("budget_ratio") == ratio if "unreachable" in e else c.get("budget_ms") is not None
                 and abs(e["budget_ms"] - c["budget_ms"]) <= 1e-9 * max(1.0, c["budget_ms"]))]
         row["lcp"] = None if not same else (
             {"unreachable": same[0]["unreachable"]} if "unreachable" in same[0] else
-            {"test_acc": same[0]["test_acc"], "resolution": None, "measured_ms": same[0]["measured_ms"]})
+            {"test_acc": same[0]["test_acc"], "resolution": None, "measured_ms": same[0]["measured_ms"],
+             "landing": same[0].get("landing")})
         rows.append(row)
     return rows
 
@@ -45,7 +54,7 @@ def main(root: str) -> dict:
     ofar, no_ta, usnet = (_load(root / name / "report.json") for name in ("ofar", "ofar-no-ta", "usnet"))
     cohort = [{"device": c["device"], "budget_ms": c.get("budget_ms"), "resolution": c["resolution"],
                "arch": c["arch"], "test_acc": c["test_acc"], "predicted_ms": c.get("predicted_ms"),
-               "measured_ms": c.get("measured_ms")} for c in _entries(ofar)]
+               "measured_ms": c.get("measured_ms"), "landing": _landing_status(c)} for c in _entries(ofar)]
     ablation = {name: [{"device": c["device"], "budget_ratio": c["budget_ratio"], "test_acc": c["test_acc"],
                         "measured_ms": c.get("measured_ms")} for c in _entries(report)]
                 for name, report in (("with", ofar), ("without", no_ta))}
@@ -65,7 +74,8 @@ def main(root: str) -> dict:
         lcp_seconds += seconds or 0.0
         baselines["lcp"].append({"device": report["device"], "budget_ms": report["budget"]["value"],
                                  "test_acc": report["test_accuracy"]["finetuned"],
-                                 "measured_ms": report["measured_ms"], "seconds": seconds})
+                                 "measured_ms": report["measured_ms"], "seconds": seconds,
+                                 "landing": _landing_status(report)})
     seconds = (ofar or {}).get("seconds", {})
     return {"cohort": cohort, "ablation_ta": ablation, "baselines": baselines,
             "side_by_side": side_by_side(ofar, no_ta, usnet, baselines["lcp"]),
@@ -85,7 +95,8 @@ def markdown(summary: dict) -> str:
             return "unreachable at its resolution"
         ms = entry.get("measured_ms")
         res = f" @{entry['resolution']}" if entry.get("resolution") else ""
-        return f"{100 * entry['test_acc']:.2f} %{res} ({'–' if ms is None else format(ms, '.3f')} ms)"
+        landed = f"; {entry['landing']}" if entry.get("landing") else ""
+        return f"{100 * entry['test_acc']:.2f} %{res} ({'–' if ms is None else format(ms, '.3f')} ms{landed})"
     lines = ["| device | budget | OFAR | OFAR without assistants | US-Net (uniform, sandwich) | LcP |",
              "|---|---|---|---|---|---|"]
     for row in summary["side_by_side"]:

@@ -62,3 +62,22 @@ def test_summary_puts_every_method_in_the_row_of_its_device_and_budget(tmp_path)
     assert "| host:litert | 40 % (0.800 ms) | 87.00 % @28 (0.776 ms)" in table[3]
     assert table[-2].endswith("| – | 52.00 % (1.500 ms) |")      # no US-Net entry; LcP at 1.5 ms
     assert table[-1].endswith("| unreachable at its resolution |")
+
+
+def test_each_cell_says_how_its_network_landed(tmp_path):
+    summary = load_benchmark_script("ofar_summary")
+    entry = {**_entry("host:litert", 0.5, 1.0, 0.8, 0.97), "landing": {"status": "over budget"},
+             "shipped_landing": {"status": "in band"}}              # the shipped stage decides last
+    predicted = _entry("host:litert", 0.7, 1.4, 0.85, None)           # a device that was not here: no verdict
+    for name in ("ofar", "ofar-no-ta", "usnet"):
+        _write(tmp_path / name / "report.json", {"cohort": [entry, predicted], "unmet": [], "seconds": {},
+                                                  "search": {"unstable": []}})
+    folder = tmp_path / "lcp" / "litert-0.5"
+    _write(folder / "report.json", {"device": "host:litert", "budget": {"kind": "latency", "value": 1.0},
+                                    "test_accuracy": {"finetuned": 0.7}, "measured_ms": 0.96,
+                                    "landing": {"status": "in band"}, "shipped_landing": {"status": "no unit fits"}})
+    out = summary.main(str(tmp_path))
+    assert [c["landing"] for c in out["cohort"]] == ["in band", None]
+    table = summary.markdown(out)
+    assert "| 80.00 % @32 (0.970 ms; in band) |" in table and "| 70.00 % (0.960 ms; no unit fits) |" in table
+    assert "85.00 % @32 (– ms) |" in table
