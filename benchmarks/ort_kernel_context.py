@@ -9,59 +9,55 @@ as ``host:onnxruntime`` times layers), one thread, ``ORT_ENABLE_ALL``:
 
     python benchmarks/ort_kernel_context.py > benchmarks/results/ort_kernel_context.md
 """
-import json
-import tempfile
-import time
-from pathlib import Path
-
 import numpy as np
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-rng = np.random.default_rng(0)
+from latbench.devices.onnxruntime import LAYOUT_OPS, OnnxRuntimeDevice, node_kernel_times
 
-def conv_nodes(prefix, x, cin, cout, k, groups, act=True):
+rng = np.random.default_rng(0)
+DEVICE = OnnxRuntimeDevice(threads=1)            # the session latbench profiles layers with
+
+
+def conv_nodes(prefix: str, x: str, cin: int, cout: int, k: int, groups: int):
+    """Conv + ReLU6 (Clip), as in a MobileNet block."""
     w = numpy_helper.from_array(rng.standard_normal((cout, cin // groups, k, k)).astype(np.float32) * 0.1, prefix + "_w")
     b = numpy_helper.from_array(np.zeros(cout, np.float32), prefix + "_b")
-    y = prefix + "_y"
-    nodes = [helper.make_node("Conv", [x, w.name, b.name], [y if not act else prefix + "_c"], group=groups,
-                              pads=[k // 2] * 4, kernel_shape=[k, k], name=prefix + "_conv")]
-    inits = [w, b]
-    if act:
-        lo = numpy_helper.from_array(np.array(0, np.float32), prefix + "_lo"); hi = numpy_helper.from_array(np.array(6, np.float32), prefix + "_hi")
-        nodes.append(helper.make_node("Clip", [prefix + "_c", lo.name, hi.name], [y], name=prefix + "_clip")); inits += [lo, hi]
-    return nodes, inits, y
+    lo = numpy_helper.from_array(np.array(0, np.float32), prefix + "_lo")
+    hi = numpy_helper.from_array(np.array(6, np.float32), prefix + "_hi")
+    nodes = [helper.make_node("Conv", [x, w.name, b.name], [prefix + "_c"], group=groups, pads=[k // 2] * 4,
+                              kernel_shape=[k, k], name=prefix + "_conv"),
+             helper.make_node("Clip", [prefix + "_c", lo.name, hi.name], [prefix + "_y"], name=prefix + "_clip")]
+    return nodes, [w, b, lo, hi], prefix + "_y"
 
-def model(layers, hw, cin, tail_pool):
-    x = "x"; nodes = []; inits = []
-    c = cin
+
+def model(layers, hw: int, cin: int, tail_pool: bool) -> bytes:
+    x, nodes, inits, c = "x", [], [], cin
     for i, (cout, k, groups) in enumerate(layers):
-        n, ini, x = conv_nodes(f"l{i}", x, c, cout, k, groups); nodes += n; inits += ini; c = cout
-    out = x
+        n, ini, x = conv_nodes(f"l{i}", x, c, cout, k, groups)
+        nodes, inits, c = nodes + n, inits + ini, cout
     if tail_pool:
-        nodes.append(helper.make_node("GlobalAveragePool", [x], ["pooled"], name="tail_pool")); out = "pooled"
+        nodes.append(helper.make_node("GlobalAveragePool", [x], ["pooled"], name="tail_pool"))
+        x = "pooled"
     g = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
-                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]); m.ir_version = 8
+                          [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
     return m.SerializeToString()
 
-def kernel_times(onnx_bytes, hw, cin, runs=200):
-    so = ort.SessionOptions(); so.intra_op_num_threads = 1; so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL; so.log_severity_level = 3
-    tmp = tempfile.mkdtemp(); so.enable_profiling = True; so.profile_file_prefix = tmp + "/p"
-    s = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+
+def kernel_ms(onnx_bytes: bytes, hw: int, cin: int, runs: int = 200) -> dict[str, float]:
+    """Median kernel time per node over ``runs`` runs (after 20 warm-up runs), layout reorders left out."""
+    session = DEVICE.session(onnx_bytes, profile=True)
     feed = {"x": rng.standard_normal((1, cin, hw, hw)).astype(np.float32)}
-    for _ in range(20): s.run(None, feed)
-    walls = []
-    for _ in range(runs):
-        t = time.perf_counter(); s.run(None, feed); walls.append(time.perf_counter() - t)
-    ev = json.loads(Path(s.end_profiling()).read_text())
-    per = {}
-    for e in ev:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per.setdefault((e["name"], e["args"].get("op_name")), []).append(e["dur"] / 1e3)
-    med = {k: float(np.median(v[-runs:])) for k, v in per.items()}
-    return med, float(np.median(walls)) * 1e3
+    for _ in range(20 + runs):
+        session.run(None, feed)
+    return {name: float(np.median(times[-runs:])) for (name, op), times in node_kernel_times(session).items()
+            if op not in LAYOUT_OPS}
+
+
+def layer_ms(times: dict[str, float], index: int) -> float:
+    return sum(v for name, v in times.items() if name.startswith(f"l{index}_"))
+
 
 cases = {  # name: (hw, cin, (cout, k, groups))
     "pw expand 24->144 @56": (56, 24, (144, 1, 1)),
@@ -74,17 +70,10 @@ cases = {  # name: (hw, cin, (cout, k, groups))
 print("| layer | alone (a) ms | alone + pool (b) ms | in chain (c, middle copies) ms | a/c | b/c |")
 print("|---|---|---|---|---|---|")
 for name, (hw, cin, (cout, k, g)) in cases.items():
-    alone, _ = kernel_times(model([(cout, k, g)], hw, cin, False), hw, cin)
-    a = sum(v for (n, op), v in alone.items() if op not in ("ReorderInput", "ReorderOutput"))
-    pooled, _ = kernel_times(model([(cout, k, g)], hw, cin, True), hw, cin)
-    b = sum(v for (n, op), v in pooled.items() if op not in ("ReorderInput", "ReorderOutput", "GlobalAveragePool"))
-    if cin == cout:
-        chain = [(cout, k, g)] * 6
-        ch, _ = kernel_times(model(chain, hw, cin, True), hw, cin)
-        mids = [sum(v for (n, op), v in ch.items() if n.startswith(f"l{i}_") and op not in ("ReorderInput", "ReorderOutput")) for i in (2, 3)]
-        c = float(np.mean(mids))
-    else:   # expand/project pairs: chain cin->cout->cin->cout ...
-        chain = [(cout, k, g), (cin, k, g)] * 3
-        ch, _ = kernel_times(model(chain, hw, cin, True), hw, cin)
-        c = float(np.mean([sum(v for (n, op), v in ch.items() if n.startswith(f"l{i}_") and op not in ("ReorderInput", "ReorderOutput")) for i in (2, 4)]))
-    print(f"| {name} | {a:.4f} | {b:.4f} | {c:.4f} | {a/c:.2f} | {b/c:.2f} |", flush=True)
+    a = layer_ms(kernel_ms(model([(cout, k, g)], hw, cin, False), hw, cin), 0)
+    b = layer_ms(kernel_ms(model([(cout, k, g)], hw, cin, True), hw, cin), 0)
+    # six copies (an expand/project layer alternates with its inverse); the middle copies of this layer
+    chain, middle = ([(cout, k, g)] * 6, (2, 3)) if cin == cout else ([(cout, k, g), (cin, k, g)] * 3, (2, 4))
+    in_chain = kernel_ms(model(chain, hw, cin, True), hw, cin)
+    c = float(np.mean([layer_ms(in_chain, i) for i in middle]))
+    print(f"| {name} | {a:.4f} | {b:.4f} | {c:.4f} | {a / c:.2f} | {b / c:.2f} |", flush=True)

@@ -111,19 +111,24 @@ class OnnxRuntimeDevice(HostDevice):
 
     def _kernel_times(self, session) -> np.ndarray:
         """Per-run sums of the compute nodes' kernel times (ms), every run in execution order."""
-        path = session.end_profiling()
-        try:
-            events = json.loads(Path(path).read_text())
-        finally:
-            Path(path).unlink(missing_ok=True)
-        per_node: dict[str, list[float]] = {}
-        for ev in events:
-            if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):
-                continue
-            if ev.get("args", {}).get("op_name") in LAYOUT_OPS:
-                continue
-            per_node.setdefault(ev["name"], []).append(ev["dur"] / 1e3)
+        per_node = [times for (_, op), times in node_kernel_times(session).items() if op not in LAYOUT_OPS]
         if not per_node:
             raise DeviceError("onnxruntime's profile recorded no kernel times for this model")
-        runs = min(len(v) for v in per_node.values())
-        return np.sum([np.asarray(v[:runs]) for v in per_node.values()], axis=0)
+        runs = min(len(v) for v in per_node)
+        return np.sum([np.asarray(v[:runs]) for v in per_node], axis=0)
+
+
+def node_kernel_times(session) -> dict[tuple[str, str], list[float]]:
+    """Ends the profiling of ``session`` (made with ``profile=True``) and returns every node's kernel times (ms),
+    one per run in execution order, keyed by (node name, op type); the profile file is removed."""
+    path = session.end_profiling()
+    try:
+        events = json.loads(Path(path).read_text())
+    finally:
+        Path(path).unlink(missing_ok=True)
+    per_node: dict[tuple[str, str], list[float]] = {}
+    for ev in events:
+        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
+            key = (ev["name"][: -len("_kernel_time")], ev.get("args", {}).get("op_name"))
+            per_node.setdefault(key, []).append(ev["dur"] / 1e3)
+    return per_node

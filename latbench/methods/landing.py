@@ -194,12 +194,14 @@ def land(budget_ms: float, propose: Callable[[float], Proposal],
         upper = upper_bound_ms(repeats[key])
         return median(key) if upper <= high else upper
 
+    def target(key: str) -> float:
+        return proposals[key].target_ms
+
     def next_target(last: Proposal) -> float:
         # Bracket on the target, the one quantity the proposals are monotone in: the highest target whose
         # network is within and the lowest above it whose network is not. Bracketing on the measurements instead
         # cycles when noise orders two neighbours the wrong way round (uniform 40 %, issue 15: 0.933 at target
         # 0.851 and 0.911 at 0.871 sent the bisection back to 0.871, already measured).
-        target = lambda k: proposals[k].target_ms
         within = [k for k in repeats if counted(k) <= ceiling]
         if within:
             under = max(within, key=target)
