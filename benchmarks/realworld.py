@@ -83,6 +83,19 @@ def _profile_model(name: str, device: str, out: Path, store: Path) -> dict:
     return {**row, "imported": True, "spec": spec, "layers": len(spec.layers), "groups": len(spec.groups), **cost}
 
 
+def _kernel_detail(spec, pred, archs, measured) -> list[dict]:
+    """Per network: every kernel's lookup with what it is (kind, kernel, stride, channels, input size) and the
+    network's measured time, so that corrections finer than per-category sums can be studied offline."""
+    rows = []
+    for arch, ms in zip(archs, measured):
+        frame = pred.breakdown(arch)
+        layers = [spec.layer(n) for n in frame["layer"]]
+        rows.append({"measured_ms": float(ms), "kernels": [
+            [lay.kind, lay.op or lay.act, lay.kernel, lay.stride, lay.groups, int(r.in_channels), int(r.out_channels),
+             int(r.input_hw), float(r.latency_ms)] for lay, r in zip(layers, frame.itertuples())]})
+    return rows
+
+
 def _run_runtime(exp: RealWorld, device: str, names: list[str]) -> list[dict]:
     from latbench import api
     from latbench.devices import open_device
@@ -101,6 +114,7 @@ def _run_runtime(exp: RealWorld, device: str, names: list[str]) -> list[dict]:
     table = api.build_table(specs, device, store, out / "table.parquet", calibrate=0, progress=False)
     dev = open_device(device)
     samples: dict[str, dict] = {}
+    kernels: dict[str, list] = {}
     try:
         with MeasurementStore(store) as st:
             for r in rows:
@@ -117,10 +131,12 @@ def _run_runtime(exp: RealWorld, device: str, names: list[str]) -> list[dict]:
                 r["measured"] = measure_networks(spec, archs, dev, st, progress=False)
                 samples[spec.name] = {"kernel_samples": [[*map(float, row), float(m)]
                                                          for row, m in zip(r["sums"], r["measured"])]}
+                kernels[spec.name] = _kernel_detail(spec, pred, archs, r["measured"])
                 print(f"{device} {r['model']}: full {r['bare'][0]:.3f} ms summed, {r['measured'][0]:.3f} ms measured",
                       flush=True)
     finally:
         dev.close()
+    atomic_write_json(out / "kernels.json", kernels)
     results = []
     for r in rows:
         if not r["imported"]:
@@ -132,6 +148,8 @@ def _run_runtime(exp: RealWorld, device: str, names: list[str]) -> list[dict]:
         bare, meas = np.asarray(r["bare"]), np.asarray(r["measured"])
 
         def apply(fit):
+            if fit is None:       # a single model: no other model to learn the device's correction from
+                return bare
             return r["sums"] @ np.array([fit["scales"][c] for c in KERNEL_CATEGORIES]) + fit["offset_ms"]
 
         dev_pred, own_pred = apply(device_fit), apply(own_fit)
@@ -147,7 +165,8 @@ def _run_runtime(exp: RealWorld, device: str, names: list[str]) -> list[dict]:
             "variants_within_5pct": _hits(dev_pred[variants], meas[variants], 0.05),
             "variants_bare_within_10pct": _hits(bare[variants], meas[variants], 0.10),
             "variants_model_calibrated_within_10pct": _hits(own_pred[variants], meas[variants], 0.10),
-            "device_fit": {k: device_fit[k] for k in ("scales", "offset_ms", "models", "networks", "fit_error")},
+            "device_fit": device_fit and {k: device_fit[k] for k in ("scales", "offset_ms", "models", "networks",
+                                                                     "fit_error")},
         })
     atomic_write_json(out / "results.json", results, indent=1)
     return results
