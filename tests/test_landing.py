@@ -247,3 +247,21 @@ def test_the_bisection_brackets_the_target_when_noise_orders_two_neighbours_the_
     result = land(1.0, ladder(widths=tuple(range(8, 129))), device, LandingConfig(repeats=1))
     assert [s.widths["g"] for s in result.steps] == [100, 93, 88, 90, 92]
     assert result.status == LandingStatus.in_band and result.steps[result.chosen].widths == {"g": 92}
+
+
+def test_a_correction_smaller_than_the_methods_unit_is_compounded_not_taken_for_no_unit_fits():
+    """Coarse units (OFAR's (structure, resolution) pairs): the search's network predicted well under its target
+    measures over the budget, and the corrected target still proposes it. The correction is applied again until
+    the method proposes a smaller network, instead of ending over budget with smaller networks untried."""
+    device = Device(1.5)                  # 64 ch: predicted 0.64, measured 0.96 for a 0.8 budget
+    result = land(0.8, ladder(widths=(40, 64, 96)), device, LandingConfig(repeats=1))
+    assert [s.widths["g"] for s in result.steps[:2]] == [64, 40]     # not 64 again
+    assert result.status == LandingStatus.no_unit_fits               # 40 ch: 0.60, below the band; 64 over
+    assert result.steps[result.chosen].widths == {"g": 40} and result.upper_ms <= 0.8
+    assert result.steps[-1].reused and len({c[0] for c in device.calls}) == 2
+
+
+def test_compounding_stops_at_the_methods_narrowest_network():
+    result = land(0.3, ladder(widths=(40, 64)), Device(1.5), LandingConfig(repeats=1))
+    assert result.status == LandingStatus.over_budget and result.steps[result.chosen].widths == {"g": 40}
+    assert len(result.steps) == 2 and result.steps[-1].reused
