@@ -1,94 +1,96 @@
-"""Which whole-network correction carries from other models to an unseen one (issue 13)? Offline study on the
+"""Which whole-network correction carries from other models to an unseen one (issue 13)? An offline study on the
 per-kernel lookups ``benchmarks/realworld.py`` keeps (``kernels.json``; the committed run's copies are
 ``benchmarks/results/realworld/kernels-{onnxruntime,litert}.json.gz``). Each feature set is fitted by relative
-least squares on the other 14 models' networks and scored on the left-out model, as the benchmark scores its
-per-category fit ("sums", which reproduces its figures):
+least squares on the other 14 models' networks and scored on the model left out, as the benchmark scores its
+per-category fit (``sums`` reproduces its figures):
 
-    python benchmarks/realworld_corrections.py benchmarks/results/realworld/kernels-onnxruntime.json.gz [KIND]
+    python benchmarks/realworld_corrections.py benchmarks/results/realworld/kernels-onnxruntime.json.gz [KIND ...]
 
-Features: per-category sums of lookups (``sums``) or their total, plus kernel counts (``n``, ``catn`` per
-category), activation megabytes read/written (``in``, ``out``, ``io``, ``catio``) and weight megabytes (``w``).
+A KIND is ``total`` or ``sums`` (per-category sums of lookups, latbench.predictor.KERNEL_CATEGORIES) followed by
+``+``-joined extras: ``n`` kernel count, ``catn`` counts per category, ``in``/``out``/``io`` activation megabytes
+read/written, ``catio`` the same per category, ``w`` weight megabytes. E.g. ``sums+n+io``.
 """
+from __future__ import annotations
+
 import gzip
 import json
 import sys
+
 import numpy as np
 
-CATS = ("conv", "pointwise", "depthwise", "se", "op", "other")
+from latbench.predictor import KERNEL_CATEGORIES
 
-def cat(k):
-    kind, op, kern, stride, groups, cin, cout, hw, ms = k
-    if kind == "conv":
+KINDS = ("total", "total+n", "sums", "sums+n", "sums+io", "sums+in", "sums+n+in", "sums+n+io", "sums+w",
+         "sums+n+in+w", "sums+catn", "sums+catio")
+WEIGHTED = ("conv", "pointwise", "depthwise", "linear")
+
+
+def category(kind: str, groups: int) -> str:
+    if kind == "conv":                       # as latbench.predictor.kernel_category: grouped convs with depthwise
         return "conv" if groups == 1 else "depthwise"
-    return kind if kind in CATS else "other"
+    return kind if kind in KERNEL_CATEGORIES else "other"
 
-def out_hw(k):
-    kind, op, kern, stride, groups, cin, cout, hw, ms = k
-    return max(1, (hw + stride - 1) // stride) if kind not in ("linear",) else 1
 
-def features(net, kind):
-    ks = net["kernels"]
-    sums = np.zeros(len(CATS)); counts = np.zeros(len(CATS)); inb = np.zeros(len(CATS)); outb = np.zeros(len(CATS))
-    for k in ks:
-        c = CATS.index(cat(k)); ms = k[-1]
-        sums[c] += ms; counts[c] += 1
-        inb[c] += k[5] * k[7] ** 2 * 4e-6; outb[c] += k[6] * out_hw(k) ** 2 * 4e-6   # MB
-    wb = sum((k[5] * k[6] * k[2] ** 2 / max(1, (k[5] if k[0] == "depthwise" else k[4]))) * 4e-6 for k in ks
-             if k[0] in ("conv", "pointwise", "depthwise", "linear"))
-    extra = {"n": [counts.sum() * 0.01], "in": [inb.sum()], "out": [outb.sum()], "io": [inb.sum() + outb.sum()],
-             "w": [wb], "catn": counts * 0.01, "catio": inb + outb}
-    if kind.startswith("sums+"):
-        return np.concatenate([sums] + [extra[e] for e in kind.split("+")[1:]])
-    if kind == "sums":
-        return sums
-    if kind == "sums+counts":
-        return np.concatenate([sums, counts * 0.01])
-    if kind == "sums+n":
-        return np.concatenate([sums, [counts.sum() * 0.01]])
-    if kind == "sums+bytes":
-        return np.concatenate([sums, [inb.sum() + outb.sum()]])
-    if kind == "sums+catbytes":
-        return np.concatenate([sums, inb + outb])
-    if kind == "sums+n+bytes":
-        return np.concatenate([sums, [counts.sum() * 0.01, inb.sum() + outb.sum()]])
-    if kind == "total":
-        return np.array([sums.sum()])
-    if kind == "total+n":
-        return np.array([sums.sum(), counts.sum() * 0.01])
-    raise KeyError(kind)
+def features(network: dict, kind: str) -> np.ndarray:
+    """One network's feature row: its kernels are [kind, op, kernel, stride, groups, in, out, input hw, ms]."""
+    n = len(KERNEL_CATEGORIES)
+    sums, counts, read_mb, written_mb = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
+    weight_mb = 0.0
+    for layer_kind, _, kernel, stride, groups, cin, cout, hw, ms in network["kernels"]:
+        c = KERNEL_CATEGORIES.index(category(layer_kind, groups))
+        sums[c] += ms
+        counts[c] += 1
+        out_hw = 1 if layer_kind == "linear" else -(-hw // stride)      # "same" padding: enough for a feature
+        read_mb[c] += cin * hw * hw * 4e-6
+        written_mb[c] += cout * out_hw * out_hw * 4e-6
+        if layer_kind in WEIGHTED:
+            weight_mb += cin * cout * kernel ** 2 / (cin if layer_kind == "depthwise" else groups) * 4e-6
+    base, *extras = kind.split("+")
+    columns = {"total": [sums.sum()], "sums": sums, "n": [counts.sum() / 100], "catn": counts / 100,
+               "in": [read_mb.sum()], "out": [written_mb.sum()], "io": [read_mb.sum() + written_mb.sum()],
+               "catio": read_mb + written_mb, "w": [weight_mb]}
+    return np.concatenate([columns[base]] + [columns[e] for e in extras])
 
-def fit(X, y, ridge=0.0):
+
+def fit(X: np.ndarray, measured: np.ndarray) -> tuple[np.ndarray, float]:
+    """measured ≈ X·w + offset, least squares on relative errors (columns that are all zero keep weight 0)."""
     present = np.flatnonzero(np.abs(X).max(axis=0) > 0)
-    D = np.column_stack([X[:, present], np.ones(len(y))]) / y[:, None]
-    t = np.ones_like(y)
-    if ridge:
-        D = np.vstack([D, ridge * np.eye(D.shape[1])]); t = np.concatenate([t, np.zeros(D.shape[1])])
-    coef, *_ = np.linalg.lstsq(D, t, rcond=None)
-    w = np.zeros(X.shape[1]); w[present] = coef[:-1]
-    return w, coef[-1]
+    design = np.column_stack([X[:, present], np.ones(len(measured))]) / measured[:, None]
+    coef, *_ = np.linalg.lstsq(design, np.ones_like(measured), rcond=None)
+    w = np.zeros(X.shape[1])
+    w[present] = coef[:-1]
+    return w, float(coef[-1])
 
-def evaluate(data, kind, ridge=0.0, verbose=False):
-    models = list(data)
-    F = {m: np.array([features(n, kind) for n in data[m]]) for m in models}
-    Y = {m: np.array([n["measured_ms"] for n in data[m]]) for m in models}
-    full, var = [], []
-    for m in models:
-        X = np.vstack([F[o] for o in models if o != m]); y = np.concatenate([Y[o] for o in models if o != m])
-        w, b = fit(X, y, ridge)
-        p = F[m] @ w + b
-        e = p / Y[m] - 1
-        full.append(e[0]); var += list(e[1:])
+
+def leave_one_model_out(data: dict, kind: str, verbose: bool = False) -> tuple[float, float, float, float]:
+    """Hit rates (full ±10 %, full ±5 %, variants ±10 %, variants ±5 %); each model's first network is its full one."""
+    X = {m: np.array([features(net, kind) for net in nets]) for m, nets in data.items()}
+    y = {m: np.array([net["measured_ms"] for net in nets]) for m, nets in data.items()}
+    full, variants = [], []
+    for m in data:
+        others = [o for o in data if o != m]
+        w, offset = fit(np.vstack([X[o] for o in others]), np.concatenate([y[o] for o in others]))
+        error = (X[m] @ w + offset) / y[m] - 1
+        full.append(error[0])
+        variants += list(error[1:])
         if verbose:
-            print(f"  {m:40s} full {e[0]:+.3f}  variants |e|<10%: {np.mean(np.abs(e[1:])<=.1):.2f}  mean {np.mean(e[1:]):+.3f}")
-    full, var = np.abs(full), np.abs(var)
-    return (np.mean(full <= .1), np.mean(full <= .05), np.mean(var <= .1), np.mean(var <= .05))
+            print(f"  {m:40s} full {error[0]:+.3f}  variants within ±10 %: {np.mean(np.abs(error[1:]) <= .1):.2f}")
+    full, variants = np.abs(full), np.abs(variants)
+    return (float(np.mean(full <= .1)), float(np.mean(full <= .05)), float(np.mean(variants <= .1)),
+            float(np.mean(variants <= .05)))
+
+
+def main(path: str, kinds: list[str]) -> None:
+    with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
+        data = json.load(f)
+    if len(data) < 2:
+        raise SystemExit(f"{path} holds {len(data)} model(s): leaving one out needs at least two")
+    for kind in kinds:
+        hits = leave_one_model_out(data, kind, verbose=len(kinds) == 1)
+        print(f"{kind:13s} full ±10 % {hits[0]:.2f}  ±5 % {hits[1]:.2f} | variants ±10 % {hits[2]:.2f}  ±5 % {hits[3]:.2f}")
+
 
 if __name__ == "__main__":
-    path = sys.argv[1]
-    data = json.load(gzip.open(path, 'rt') if path.endswith('.gz') else open(path))
-    kinds = sys.argv[3].split(",") if len(sys.argv) > 3 else ["total", "total+n", "sums", "sums+n", "sums+io", "sums+in", "sums+n+in", "sums+n+io", "sums+w", "sums+n+in+w", "sums+catn", "sums+catio"]
-    for kind in kinds:
-        r = evaluate(data, kind)
-        print(f"{kind:15s} full ±10 {r[0]:.2f} ±5 {r[1]:.2f} | variants ±10 {r[2]:.2f} ±5 {r[3]:.2f}")
-    if len(sys.argv) > 2:
-        evaluate(data, sys.argv[2], verbose=True)
+    if len(sys.argv) < 2:
+        raise SystemExit(__doc__)
+    main(sys.argv[1], sys.argv[2:] or list(KINDS))
