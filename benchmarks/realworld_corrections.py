@@ -15,20 +15,15 @@ from __future__ import annotations
 import gzip
 import json
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 
-from latbench.predictor import KERNEL_CATEGORIES
+from latbench.predictor import KERNEL_CATEGORIES, kernel_category
 
 KINDS = ("total", "total+n", "sums", "sums+n", "sums+io", "sums+in", "sums+n+in", "sums+n+io", "sums+w",
          "sums+n+in+w", "sums+catn", "sums+catio")
 WEIGHTED = ("conv", "pointwise", "depthwise", "linear")
-
-
-def category(kind: str, groups: int) -> str:
-    if kind == "conv":                       # as latbench.predictor.kernel_category: grouped convs with depthwise
-        return "conv" if groups == 1 else "depthwise"
-    return kind if kind in KERNEL_CATEGORIES else "other"
 
 
 def features(network: dict, kind: str) -> np.ndarray:
@@ -37,7 +32,7 @@ def features(network: dict, kind: str) -> np.ndarray:
     sums, counts, read_mb, written_mb = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
     weight_mb = 0.0
     for layer_kind, _, kernel, stride, groups, cin, cout, hw, ms in network["kernels"]:
-        c = KERNEL_CATEGORIES.index(category(layer_kind, groups))
+        c = KERNEL_CATEGORIES.index(kernel_category(SimpleNamespace(kind=layer_kind, groups=groups)))
         sums[c] += ms
         counts[c] += 1
         out_hw = 1 if layer_kind == "linear" else -(-hw // stride)      # "same" padding: enough for a feature
