@@ -15,6 +15,8 @@ opset 17, 224×224; ``tests/realworld_models.py``). Per runtime:
 
     python benchmarks/realworld.py                 # all models, both runtimes; hours on 2 cores, resumable
     python benchmarks/realworld.py --set models='["mobilenet_v3_small","resnet18"]' --set runtimes='["host:onnxruntime"]'
+    python benchmarks/realworld.py --set runtimes='["host:onnxruntime?warm=1","host:litert?warm=1"]' \
+        --set out=runs/realworld-warm --set summary=benchmarks/results/realworld-warm/summary.json   # warm samples
 
 Writes ``benchmarks/results/realworld/summary.json`` (one row per model and runtime) and per-run files under
 ``out``. Every measurement is in the SQLite store, so a rerun resumes.
@@ -22,6 +24,7 @@ Writes ``benchmarks/results/realworld/summary.json`` (one row per model and runt
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -104,7 +107,7 @@ def _run_runtime(exp: RealWorld, device: str, names: list[str]) -> list[dict]:
     from latbench.store import MeasurementStore
     from latbench.validation import fit_device_calibration, measure_networks
 
-    out = ROOT / exp.out / device.replace(":", "-")
+    out = ROOT / exp.out / re.sub(r"[^A-Za-z0-9_.-]+", "-", device)      # host:onnxruntime?warm=1 → host-onnxruntime-warm-1
     store = out / "measurements.db"
     rows = [_profile_model(name, device, ROOT / exp.out, store) for name in names]
     specs = [r["spec"] for r in rows if r["imported"]]

@@ -1,6 +1,7 @@
 """Devices: where latency is measured. ``open_device("host:onnxruntime")`` is the embedded default."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 from .base import Artifact, Device, DeviceError, DeviceInfo, DeviceUnreachable, MeasureSettings, Measurement
@@ -13,12 +14,16 @@ def open_device(spec: str = DEFAULT_DEVICE, threads: int = 1, settings: MeasureS
                 **options) -> Device:
     """Open a device by name: ``host:onnxruntime`` (options: ``graph_level``) or ``host:litert``
     (options: ``kernels="xnnpack"`` (default) or ``"builtin"``; ``host:litert:builtin`` spells the latter).
+    A host device followed by ``?warm=N`` takes every timed sample after N untimed runs of the same model
+    (:class:`MeasureSettings` ``warm``), e.g. ``host:onnxruntime?warm=1``.
 
     Phones over ADB: ``tcp:HOST:PORT`` or ``usb[:SERIAL]``, optionally followed by ``?option=value&…``
     (e.g. ``tcp:192.168.1.20:5555?runtime=onnxruntime&cores=f0``; see
     :class:`latbench.devices.android.AndroidOptions` and docs/android.md).
     """
     kind, _, rest = spec.partition(":")
+    if kind == "host" and "?" in spec:
+        spec, settings = _host_query(spec, settings)
     if spec == "host:onnxruntime" or spec == "host":
         from .onnxruntime import OnnxRuntimeDevice
 
@@ -45,6 +50,25 @@ def open_device(spec: str = DEFAULT_DEVICE, threads: int = 1, settings: MeasureS
         return open_android(spec, threads=threads, settings=settings, **options)
     raise DeviceError(f"unknown device {spec!r}; expected host:onnxruntime, host:litert[:builtin], tcp:HOST:PORT "
                       f"or usb[:SERIAL], farm:FILE (a farm group)")
+
+
+def _host_query(spec: str, settings: MeasureSettings | None) -> tuple[str, MeasureSettings]:
+    """``host:…?warm=N`` → (``host:…``, the settings with ``warm=N``); a clear error for anything else."""
+    base, _, query = spec.partition("?")
+    warm = None
+    for item in filter(None, query.split("&")):
+        key, _, value = item.partition("=")
+        if key != "warm":
+            raise DeviceError(f"device {spec!r}: unknown option {key!r}; a host device takes only ?warm=N "
+                              "(untimed runs before each timed sample)")
+        try:
+            warm = int(value)
+        except ValueError:
+            warm = -1
+        if warm < 0:
+            raise DeviceError(f"device {spec!r}: warm must be a whole number ≥ 0, got {value!r}")
+    settings = settings or MeasureSettings()
+    return base, settings if warm is None else dataclasses.replace(settings, warm=warm)
 
 
 def list_devices(tcp: Sequence[str] = (), phones: bool = True) -> list[DeviceInfo]:

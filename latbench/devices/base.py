@@ -54,7 +54,13 @@ class Measurement:
 @dataclass(frozen=True)
 class MeasureSettings:
     """The timing protocol: ``warmup`` untimed runs, then ``rounds`` rounds of ``runs_per_round``
-    timed runs, the artifacts of a batch interleaved in a new random order every round."""
+    timed runs, the artifacts of a batch interleaved in a new random order every round.
+
+    ``warm``: untimed runs of the artifact right before each of its timed samples (after the reference), so a
+    sample is the artifact's ``warm + 1``-th run in a row — as inside a network, where a kernel runs after
+    kernels of its own rather than after a foreign workload (docs/measurement.md, "The cold start of each
+    run"). 0 (the default) keeps the cold samples every table so far was built with; a different value is a
+    different device fingerprint (``host:onnxruntime?warm=1``)."""
 
     warmup: int = 5
     rounds: int = 5
@@ -63,11 +69,19 @@ class MeasureSettings:
     reference: bool = True      # time a fixed reference network side by side (see timing.py)
     max_slowdown: float = 0.2   # redo a round whose reference ran >20 % slower than the batch's best …
     max_retries: int = 3        # … at most this many times
+    warm: int = 0
+
+    def __post_init__(self) -> None:
+        if self.warm < 0:
+            raise ValueError(f"warm runs must be ≥ 0, got {self.warm}")
 
     def to_dict(self) -> dict:
-        return {"warmup": self.warmup, "rounds": self.rounds, "runs_per_round": self.runs_per_round,
-                "reference": self.reference,
-                "max_slowdown": self.max_slowdown, "max_retries": self.max_retries}
+        out = {"warmup": self.warmup, "rounds": self.rounds, "runs_per_round": self.runs_per_round,
+               "reference": self.reference,
+               "max_slowdown": self.max_slowdown, "max_retries": self.max_retries}
+        if self.warm:           # only when set: the environments of every store measured cold stay as they were
+            out["warm"] = self.warm
+        return out
 
 
 @runtime_checkable

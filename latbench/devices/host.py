@@ -65,11 +65,13 @@ def wall_clock(run_once: Callable[[], object]) -> Callable[[int], np.ndarray]:
 
 
 class HostDevice(ReferenceTimed):
-    """Base of the host backends. A subclass sets ``name``, ``model_format`` and ``fingerprint_prefix``
+    """Base of the host backends. A subclass sets ``runtime_name``, ``model_format`` and ``fingerprint_prefix``
     and implements ``runtime_settings()`` (what the latency depends on besides the CPU) and
-    ``load(model)`` (a ready model → a callable that runs it once)."""
+    ``load(model)`` (a ready model → a callable that runs it once). A protocol with warm samples
+    (``MeasureSettings.warm``) is part of the name (``host:onnxruntime?warm=1``) and of the fingerprint: its
+    measurements mean something else than cold ones and are never mixed with them."""
 
-    name: str
+    runtime_name: str
     model_format: str
     fingerprint_prefix: str
 
@@ -82,6 +84,16 @@ class HostDevice(ReferenceTimed):
         # Nominal latency of the reference network: set from the store's environment (or measured once)
         # so that all measurements of one environment share a unit.
         self.reference_ms: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.runtime_name + (f"?warm={self.settings.warm}" if self.settings.warm else "")
+
+    def backend_settings(self) -> dict:
+        out = super().backend_settings()
+        if self.settings.warm:
+            out["warm"] = self.settings.warm
+        return out
 
     def load(self, model: bytes) -> Callable[[], object]:
         raise NotImplementedError

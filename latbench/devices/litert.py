@@ -57,7 +57,7 @@ class LiteRTDevice(HostDevice):
                               f"{err}") from err
         self._litert = interpreter
         self.kernels = kernels
-        self.name = "host:litert" if kernels == "xnnpack" else f"host:litert:{kernels}"
+        self.runtime_name = "host:litert" if kernels == "xnnpack" else f"host:litert:{kernels}"
 
     def runtime_settings(self) -> dict:
         # Sparse 1×1 layers are timed inside a wrapper (profiling.py); recorded so that stores measured

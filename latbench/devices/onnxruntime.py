@@ -30,7 +30,7 @@ class OnnxRuntimeDevice(HostDevice):
     >>> dev.measure([Artifact("conv", onnx_bytes, format="onnx")])  # doctest: +SKIP
     """
 
-    name = "host:onnxruntime"
+    runtime_name = "host:onnxruntime"
     model_format = "onnx"
     fingerprint_prefix = "host-ort-"
 

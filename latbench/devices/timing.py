@@ -12,6 +12,8 @@ with it, so that every table and every validation of one environment share the s
 
 Rounds interleave the artifacts of a batch in a new random order each time; the median ignores
 spikes, and samples beyond 3 IQRs above the upper quartile are counted as outliers and dropped.
+With ``MeasureSettings.warm`` each timed sample follows that many untimed runs of the same artifact
+(reference, artifact × warm, artifact timed): the sample no longer starts from the reference's cache state.
 """
 from __future__ import annotations
 
@@ -42,8 +44,8 @@ class RoundSamples:
 
     samples: list[list[np.ndarray]]
     reference: list[list[float]]
-    spans: list[list[tuple[int, int]]]   # per item: [start, end) run indices of each kept round, counting
-                                         # every run of the item in execution order (warm-up included)
+    spans: list[list[slice]]   # per item: the run indices of each kept round's timed samples, counting every
+                               # run of the item in execution order (warm-up and warm runs included)
 
 
 def interleaved_rounds(n_items: int, settings: MeasureSettings, run_round: RunFn,
@@ -58,7 +60,7 @@ def interleaved_rounds(n_items: int, settings: MeasureSettings, run_round: RunFn
             run_round(item, settings.warmup)
     samples: list[list[np.ndarray]] = [[] for _ in range(n_items)]
     refs: list[list[float]] = [[] for _ in range(n_items)]
-    spans: list[list[tuple[int, int]]] = [[] for _ in range(n_items)]
+    spans: list[list[slice]] = [[] for _ in range(n_items)]
     done = [settings.warmup] * n_items
     m = settings.runs_per_round
     best_ref = np.inf
@@ -68,12 +70,13 @@ def interleaved_rounds(n_items: int, settings: MeasureSettings, run_round: RunFn
             if reference is None:
                 refs[item].append(1.0)
                 samples[item].append(np.asarray(run_round(item, m), dtype=float))
-                spans[item].append((done[item], done[item] + m))
+                spans[item].append(slice(done[item], done[item] + m))
                 done[item] += m
                 continue
+            stride = settings.warm + 1          # runs of the item per timed sample
             for attempt in range(settings.max_retries + 1):
-                ref_med, item_times = _alternate(item, m, run_round, reference)
-                done[item] += m
+                ref_med, item_times = _alternate(item, m, run_round, reference, settings.warm)
+                done[item] += m * stride
                 best_ref = min(best_ref, ref_med)
                 # Under heavy contention the reference no longer tracks the artifact (big working sets
                 # suffer more): a round whose reference ran far slower than the batch's best is redone.
@@ -81,17 +84,20 @@ def interleaved_rounds(n_items: int, settings: MeasureSettings, run_round: RunFn
                     break
             refs[item].append(ref_med)
             samples[item].append(item_times)
-            spans[item].append((done[item] - m, done[item]))
+            spans[item].append(slice(done[item] - m * stride + settings.warm, done[item], stride))
     return RoundSamples(samples, refs, spans)
 
 
-def _alternate(item: int, runs: int, run_round: RunFn, reference: Callable[[int], np.ndarray]):
+def _alternate(item: int, runs: int, run_round: RunFn, reference: Callable[[int], np.ndarray], warm: int = 0):
     """Alternate run by run: reference, artifact, reference, … Both then always start from the same
     cache state, and a slow second hits both (measured: per-round ratio CV 1–4 %; timing the reference
-    in a block before the artifact gave 10–30 %)."""
+    in a block before the artifact gave 10–30 %). ``warm`` untimed runs of the artifact precede each
+    timed one."""
     ref_times, item_times = np.empty(runs), np.empty(runs)
     for r in range(runs):
         ref_times[r] = reference(1)[0]
+        if warm:
+            run_round(item, warm)
         item_times[r] = run_round(item, 1)[0]
     return float(np.median(ref_times)), item_times
 
@@ -103,11 +109,11 @@ def normalised(rounds: list[np.ndarray], refs: list[float], nominal_ms: float | 
     return np.concatenate([r / ref * nominal_ms for r, ref in zip(rounds, refs)])
 
 
-def split_rounds(samples: np.ndarray, spans: list[tuple[int, int]]) -> list[np.ndarray]:
-    """Per-run samples recorded in execution order (warm-up and redone rounds included) → the samples
-    of each kept round."""
+def split_rounds(samples: np.ndarray, spans: list[slice]) -> list[np.ndarray]:
+    """Per-run samples recorded in execution order (warm-up, warm runs and redone rounds included) → the
+    timed samples of each kept round."""
     samples = np.asarray(samples)
-    return [samples[a:b] for a, b in spans]
+    return [samples[span] for span in spans]
 
 
 def measure_interleaved(keys: Sequence[str], settings: MeasureSettings, run_round: RunFn,

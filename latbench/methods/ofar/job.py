@@ -206,7 +206,7 @@ def _here(cost: CostModel) -> tuple[bool, str]:
     if cost.kind != "latency":
         return False, "FLOPs (nothing to measure)"
     name = cost.device or ""
-    if name not in HOST_DEVICES:
+    if name.partition("?")[0] not in HOST_DEVICES:          # host:onnxruntime?warm=1 is a host runtime too
         return False, f"{name or 'the device'} is not a host runtime here (predicted from its table)"
     try:
         dev = open_device(name)
@@ -499,7 +499,7 @@ def run_ofar(job: OFARJob) -> dict:
         how[label] = why
         if not here:
             continue
-        fmt = "onnx" if c.device == "host:onnxruntime" else "tflite"
+        fmt = "onnx" if c.device.partition("?")[0] == "host:onnxruntime" else "tflite"
         mine = sorted({(ch["structure"], ch["resolution"]) for i, ch in enumerate(choices)
                        if ch["device"] == label and i not in shipped})
         known = measured.setdefault(label, {})
