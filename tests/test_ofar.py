@@ -2,6 +2,7 @@
 bad inputs before training, and `latbench prune ofar` end to end on two host devices' tables built here."""
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -570,3 +571,21 @@ def test_an_image_folder_is_streamed_through_every_phase_never_decoded_whole(tmp
                                                                              "bn": 8}
     assert isinstance(loaders[0], StreamLoader) and loaders[0].resolutions == (32,) and loaders[0].crop is not None
     assert decoded and report["cohort"] and all(0 <= c["test_acc"] <= 1 for c in report["cohort"])
+
+
+def test_phase_seconds_add_up_over_runs_that_worked(tmp_path):
+    """A phase that works again in a later run (landing proposals exported by a rerun) adds its time; a run
+    that only skips it keeps the figure."""
+    from latbench.methods.ofar.job import PhaseSeconds
+
+    path = tmp_path / "seconds.json"
+    first = PhaseSeconds(path)
+    first.add("export", time.perf_counter() - 2.0, worked=True)
+    first.add("search", time.perf_counter() - 1.0, worked=True)
+    second = PhaseSeconds(path)                       # read back from the file
+    second.add("export", time.perf_counter() - 3.0, worked=True)
+    second.add("search", time.perf_counter(), worked=False)
+    second.add("scoring", time.perf_counter() - 0.5, worked=False)     # skipped with no earlier figure: its time
+    again = json.loads(path.read_text())
+    assert again["export"] == pytest.approx(5.0, abs=0.1) and again["search"] == pytest.approx(1.0, abs=0.1)
+    assert again["scoring"] == pytest.approx(0.5, abs=0.1) and again == second.by_phase

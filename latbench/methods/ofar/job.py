@@ -199,6 +199,27 @@ def _load_stats(path: Path, device) -> dict[str, dict]:
     return {key: {layer: tuple(pair) for layer, pair in per.items()} for key, per in out.items()}
 
 
+class PhaseSeconds:
+    """Seconds each phase of the job worked, kept in ``path`` across runs. A run in which a phase did work
+    adds its time (a resumed training, or landing proposals exported by a later run, add to what the first
+    run spent); a run that only skipped it leaves the earlier figure (or records the skip when there is none)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.by_phase: dict[str, float] = dict(read_json(path, recover="delete it (only timings are lost)")
+                                               if path.exists() else {})
+
+    def add(self, phase: str, t0: float, worked: bool) -> None:
+        elapsed = time.perf_counter() - t0
+        if worked:
+            self.by_phase[phase] = self.by_phase.get(phase, 0.0) + elapsed
+        elif phase not in self.by_phase:
+            self.by_phase[phase] = elapsed
+        else:
+            return
+        atomic_write_json(self.path, self.by_phase, indent=2)
+
+
 def _here(cost: CostModel) -> tuple[bool, str]:
     """Whether ``cost``'s device is a host runtime of this machine (and why not)."""
     from ...devices import HOST_DEVICES, open_device
@@ -283,15 +304,8 @@ def run_ofar(job: OFARJob) -> dict:
                            train_images=job.train_images, val_images=job.val_images, test_images=job.test_images)
     resolutions = job.resolutions or default_resolutions(data.resolution)
     device = torch.device(job.torch_device)
-    seconds_path = out / "seconds.json"
-    seconds: dict[str, float] = dict(read_json(seconds_path, recover="delete it (only timings are lost)")
-                                     if seconds_path.exists() else {})
-
-    def timed(phase: str, t0: float, worked: bool) -> None:
-        """Keep the time of a phase that did its work; a rerun that skipped it keeps the earlier time."""
-        if worked or phase not in seconds:
-            seconds[phase] = time.perf_counter() - t0
-            atomic_write_json(seconds_path, seconds, indent=2)
+    seconds = PhaseSeconds(out / "seconds.json")
+    timed = seconds.add
 
     # -- step 1: rates (every bad input fails here, before any training) -----------------------------------
     costs, plan = plan_rates(job, parent, resolutions)
@@ -554,7 +568,7 @@ def run_ofar(job: OFARJob) -> dict:
                   "epochs": joint_history.get("epochs", [])},
         "scores": list(scores.values()),
         "cohort": cohort, "unmet": unmet,
-        "seconds": seconds,
+        "seconds": seconds.by_phase,
         "images": {"train": len(train_set), "val": len(val), "test": len(test), "bn": job.bn_images},
         "recipe": recipe,
     }
