@@ -589,3 +589,35 @@ def test_phase_seconds_add_up_over_runs_that_worked(tmp_path):
     again = json.loads(path.read_text())
     assert again["export"] == pytest.approx(5.0, abs=0.1) and again["search"] == pytest.approx(1.0, abs=0.1)
     assert again["scoring"] == pytest.approx(0.5, abs=0.1) and again == second.by_phase
+
+
+def test_rates_on_the_jcw_phone_table_where_it_fits(tmp_path, jcw_dir):
+    """The JCW authors' phone table covers ResNet-18 at 224 only: OFAR's step 1 finds a rate for each budget
+    on it (a phone: predicted, never measured here), and a resolution it lacks is named with the one it has."""
+    from latbench.cli import app
+    from latbench.methods.ofar.rates import check_resolutions
+    from latbench.models import build
+    from latbench.tables.table import TableError
+
+    table = tmp_path / "phone.parquet"
+    assert CliRunner().invoke(app, ["table", "import-jcw", str(jcw_dir), "-o", str(table)]).exit_code == 0
+    torch.manual_seed(0)
+    parent = build(get_model("resnet18"), in_channels=3)
+    randomize_bn(parent)                                   # distinct γ, as a trained network has
+    costs = load_cost_models(parent.spec, [str(table)], flops=False)
+    (phone,) = costs
+    assert phone.kind == "latency" and not phone.device.startswith("host:")
+    check_resolutions(costs, [224])
+    with pytest.raises(TableError, match=r"does not cover resolution\(s\) \[192\]: it was profiled at \[224\]"):
+        check_resolutions(costs, [224, 192])
+    floors = structure_floors(parent.spec, costs, [224], 8, 0.25)
+    ranking = GlobalRanking.of(parent, floors, 8)
+    plan = find_rates(ranking, costs, BudgetSpec(ratios=(0.7, 0.5)), [224])
+    budgets = [b["value"] for b in plan.budgets[phone.label]]
+    assert budgets == pytest.approx([0.7 * phone.full(224), 0.5 * phone.full(224)])
+    assert {t.budget for t in plan.targets} == set(budgets)
+    for rate in plan.rates:                    # each rate's structure meets its budgets on the phone's table
+        widths = ranking.widths_matrix(np.array([rate.count]))
+        cost = float(phone.costs(widths, 224)[0])
+        assert all(cost <= t.budget * (1 + 1e-9) for t in rate.targets)
+        assert 0 < rate.rate < 1
