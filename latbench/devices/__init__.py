@@ -5,6 +5,7 @@ import dataclasses
 from typing import Sequence
 
 from .base import Artifact, Device, DeviceError, DeviceInfo, DeviceUnreachable, MeasureSettings, Measurement
+from .spec import DeviceSpec, base_device
 
 DEFAULT_DEVICE = "host:onnxruntime"
 HOST_DEVICES = ("host:onnxruntime", "host:litert", "host:litert:builtin")
@@ -21,9 +22,10 @@ def open_device(spec: str = DEFAULT_DEVICE, threads: int = 1, settings: MeasureS
     (e.g. ``tcp:192.168.1.20:5555?runtime=onnxruntime&cores=f0``; see
     :class:`latbench.devices.android.AndroidOptions` and docs/android.md).
     """
-    kind, _, rest = spec.partition(":")
+    parsed = DeviceSpec.parse(spec)
+    kind = parsed.kind
     if kind == "host" and "?" in spec:
-        spec, settings = _host_query(spec, settings)
+        spec, settings = parsed.base, _host_settings(parsed, settings)
     if spec == "host:onnxruntime" or spec == "host":
         from .onnxruntime import OnnxRuntimeDevice
 
@@ -44,7 +46,7 @@ def open_device(spec: str = DEFAULT_DEVICE, threads: int = 1, settings: MeasureS
         from ..testing.simphone import open_simulated_phone
 
         return open_simulated_phone(spec, settings=settings)
-    if kind in ("tcp", "usb") or spec.split("?")[0] == "usb":
+    if kind in ("tcp", "usb"):
         from .android import open_android
 
         return open_android(spec, threads=threads, settings=settings, **options)
@@ -52,23 +54,18 @@ def open_device(spec: str = DEFAULT_DEVICE, threads: int = 1, settings: MeasureS
                       f"or usb[:SERIAL], farm:FILE (a farm group)")
 
 
-def _host_query(spec: str, settings: MeasureSettings | None) -> tuple[str, MeasureSettings]:
-    """``host:…?warm=N`` → (``host:…``, the settings with ``warm=N``); a clear error for anything else."""
-    base, _, query = spec.partition("?")
-    warm = None
-    for item in filter(None, query.split("&")):
-        key, _, value = item.partition("=")
-        if key != "warm":
-            raise DeviceError(f"device {spec!r}: unknown option {key!r}; a host device takes only ?warm=N "
-                              "(untimed runs before each timed sample)")
-        try:
-            warm = int(value)
-        except ValueError:
-            warm = -1
-        if warm < 0:
-            raise DeviceError(f"device {spec!r}: warm must be a whole number ≥ 0, got {value!r}")
+def _host_settings(spec: DeviceSpec, settings: MeasureSettings | None) -> MeasureSettings:
+    """The settings of ``host:…?warm=N``: ``settings`` with ``warm=N``; a clear error for any other option."""
     settings = settings or MeasureSettings()
-    return base, settings if warm is None else dataclasses.replace(settings, warm=warm)
+    for key in spec.unknown({"warm"}):
+        raise DeviceError(f"device {spec.text!r}: unknown option {key!r}; a host device takes only ?warm=N "
+                          "(untimed runs before each timed sample)")
+    if "warm" not in spec.options:
+        return settings
+    value = spec.options["warm"]
+    if not value.isdigit():
+        raise DeviceError(f"device {spec.text!r}: warm must be a whole number ≥ 0, got {value!r}")
+    return dataclasses.replace(settings, warm=int(value))
 
 
 def list_devices(tcp: Sequence[str] = (), phones: bool = True) -> list[DeviceInfo]:
@@ -89,5 +86,5 @@ def list_devices(tcp: Sequence[str] = (), phones: bool = True) -> list[DeviceInf
     return out
 
 
-__all__ = ["Artifact", "Device", "DeviceError", "DeviceInfo", "DeviceUnreachable", "MeasureSettings", "Measurement", "open_device",
-           "list_devices", "DEFAULT_DEVICE", "HOST_DEVICES"]
+__all__ = ["Artifact", "Device", "DeviceError", "DeviceInfo", "DeviceSpec", "DeviceUnreachable", "MeasureSettings",
+           "Measurement", "open_device", "list_devices", "base_device", "DEFAULT_DEVICE", "HOST_DEVICES"]

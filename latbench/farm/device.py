@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 from pathlib import Path
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 from ..devices.base import Artifact, Measurement, MeasureSettings
+from ..devices.spec import DeviceSpec
 from .groups import DEFAULT_UNIT_THRESHOLD, DeviceGroup, group_devices, judge_units, unit_ratios
 from .spec import Farm, FarmError, load_farm
 from .work import Batch, Fault, WorkReport, error_line, run_batches, split
@@ -235,10 +236,10 @@ def farm_device_spec(farm: str | Path, group: str | None = None, mix_units: bool
 def open_farm_device(spec: str, threads: int = 1, settings: MeasureSettings | None = None,
                      **options: Any) -> FarmGroupDevice:
     """``farm:FILE[?group=FINGERPRINT&mix_units=1&unit_threshold=0.1&batch=4&timeout=600]``."""
-    path, _, query = spec.removeprefix("farm:").partition("?")
-    params = {k: v[-1] for k, v in parse_qs(query).items()}
+    parsed = DeviceSpec.parse(spec)
+    path, params = parsed.base.removeprefix("farm:"), parsed.options
     known = {"group", "mix_units", "unit_threshold", "batch", "timeout"}
-    unknown = sorted(set(params) - known)
+    unknown = parsed.unknown(known)
     if unknown:
         raise FarmError(f"unknown farm device option {unknown[0]!r} in {spec!r}; known: {', '.join(sorted(known))}")
     try:

@@ -33,9 +33,9 @@ class FarmError(RecipeError):
 
 def check_device_spec(spec: str) -> str:
     """``spec`` if it names a device kind the farm drives: ``usb:SERIAL``, ``tcp:HOST:PORT`` or a host runtime."""
-    from ..devices import HOST_DEVICES
+    from ..devices import HOST_DEVICES, base_device
 
-    base = spec.split("?", 1)[0]
+    base = base_device(spec)
     if base in HOST_DEVICES or _TCP.match(base) or (base.startswith(("usb:", "sim:")) and len(base) > 4):
         return spec
     raise FarmError(f"unknown device {spec!r}: a farm device is usb:SERIAL, tcp:HOST:PORT, one of "

@@ -8,9 +8,9 @@ from __future__ import annotations
 import hashlib
 import time
 from typing import Sequence
-from urllib.parse import parse_qs
 
 from ..devices.base import Artifact, DeviceError, Measurement, MeasureSettings
+from ..devices.spec import DeviceSpec
 
 
 class SimulatedPhone:
@@ -52,8 +52,8 @@ class SimulatedPhone:
 
 
 def open_simulated_phone(spec: str, settings: MeasureSettings | None = None) -> SimulatedPhone:
-    name, _, query = spec.removeprefix("sim:").partition("?")
-    params = {k: v[-1] for k, v in parse_qs(query).items()}
+    parsed = DeviceSpec.parse(spec)
+    name, params = parsed.base.removeprefix("sim:"), parsed.options
     try:
         return SimulatedPhone(name or "phone", float(params.get("run_ms", 1.0)), params.get("model", "sim"), settings)
     except ValueError as err:

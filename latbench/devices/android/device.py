@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Sequence
-from urllib.parse import parse_qsl
 
 import numpy as np
 
 from ..base import Artifact, DeviceError, MeasureSettings, Measurement
 from ..lock import measurement_lock, phone_lock_name
 from ..reference import ReferenceTimed, reference_model
+from ..spec import DeviceSpec
 from ..timing import robust_stats
 from .connection import AdbConnection, AdbLinkError, AdbTarget, UnauthorizedError
 from .parsers import ParseError, parse_benchmark_model, parse_perf_test
@@ -122,11 +122,16 @@ class AndroidOptions:
 
     @classmethod
     def from_query(cls, query: str, **overrides) -> "AndroidOptions":
+        """The options of a spec's ``key=value&…`` part (``overrides``, e.g. from the command line, win)."""
+        return cls.from_options({**DeviceSpec.parse(f"?{query}").options, **overrides})
+
+    @classmethod
+    def from_options(cls, options: dict) -> "AndroidOptions":
         values: dict = {}
         thermal: dict = {}
         names = {f.name for f in dataclasses.fields(cls)}
         thermal_names = {f.name for f in dataclasses.fields(ThermalPolicy)}
-        for key, value in [*parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)), *overrides.items()]:
+        for key, value in options.items():
             if key in thermal_names:
                 thermal[key] = _number(key, value)
             elif key in ("step_timeout", "reconnects", "auth_timeout"):
@@ -670,9 +675,9 @@ def open_android(spec: str, threads: int = 1, settings: MeasureSettings | None =
                  log: Callable[[str], None] | None = None, **options) -> AndroidDevice:
     """``tcp:HOST:PORT[?option=value&…]`` or ``usb[:SERIAL][?…]`` → a connected :class:`AndroidDevice`
     (options: see :class:`AndroidOptions`)."""
-    address, _, query = spec.partition("?")
-    target = AdbTarget.parse(address)
-    opts = AndroidOptions.from_query(query, **options)
+    parsed = DeviceSpec.parse(spec)
+    target = AdbTarget.parse(parsed.base)
+    opts = AndroidOptions.from_options({**parsed.options, **options})
     device = AndroidDevice(target, threads=threads, settings=settings, options=opts, log=log or _warn)
     device.conn.connect()
     return device

@@ -37,6 +37,7 @@ from typing import Annotated, Callable, Sequence
 import numpy as np
 import torch
 
+from ...devices.spec import base_device
 from ...files import atomic_output, atomic_write_json, atomic_write_text, read_json, sha256_file, write_json_if_changed
 from ...models import Architecture
 from ...recipe import Choice, Opt, begin_folder_run
@@ -227,7 +228,7 @@ def _here(cost: CostModel) -> tuple[bool, str]:
     if cost.kind != "latency":
         return False, "FLOPs (nothing to measure)"
     name = cost.device or ""
-    if name.partition("?")[0] not in HOST_DEVICES:          # host:onnxruntime?warm=1 is a host runtime too
+    if base_device(name) not in HOST_DEVICES:          # host:onnxruntime?warm=1 is a host runtime too
         return False, f"{name or 'the device'} is not a host runtime here (predicted from its table)"
     try:
         dev = open_device(name)
@@ -513,7 +514,7 @@ def run_ofar(job: OFARJob) -> dict:
         how[label] = why
         if not here:
             continue
-        fmt = "onnx" if c.device.partition("?")[0] == "host:onnxruntime" else "tflite"
+        fmt = "onnx" if base_device(c.device) == "host:onnxruntime" else "tflite"
         mine = sorted({(ch["structure"], ch["resolution"]) for i, ch in enumerate(choices)
                        if ch["device"] == label and i not in shipped})
         known = measured.setdefault(label, {})
