@@ -539,6 +539,17 @@ def spec_from_graph(model: onnx.ModelProto, path: Path, skip_unsupported: bool =
                      input_shape=tuple(int(d) for d in in_shape))
 
 
+def kernel_nodes(path: str | Path, input_shape: Sequence[int] | None = None) -> dict[str, tuple[str, ...]]:
+    """The ONNX nodes (by name) each kernel of the file covers, keyed by kernel (= layer) name: to find a kernel
+    in a runtime's own per-node profile of the whole network."""
+    model = load_model_graph(path, input_shape)
+    g = _Graph(model)
+    image = next(i.name for i in model.graph.input if i.name not in g.inits)
+    part = _Partition(g, image, True, Path(path))
+    part.run()
+    return {k.name: tuple(n.name for n in k.nodes) for k in part.kernels}
+
+
 def remainder_model(model: onnx.ModelProto, nodes: Sequence[str]) -> onnx.ModelProto:
     """The nodes no kernel covers as one model: their activation inputs become the graph's inputs (with their
     inferred shapes), their outputs that other nodes read become its outputs."""
