@@ -9,7 +9,9 @@ median, the spread (slowest / fastest − 1) and how many repeats lie within ±5
 repeats; over all models, the same fractions. No prediction can be scored within ±10 % more often than the
 measurement itself repeats within it.
 
-    python benchmarks/network_repeatability.py        # both host runtimes, 6 repeats a minute apart: ≈ 25 min
+    python benchmarks/network_repeatability.py        # both host runtimes, 6 repeats a minute apart: ≈ 15 min
+    python benchmarks/network_repeatability.py --set reference=false --set runtimes='["host:onnxruntime"]' \
+        --set summary=benchmarks/results/realworld/repeatability-raw.json     # raw medians, no reference
 
 Writes ``benchmarks/results/realworld/repeatability.json``. The repeats are stored (``#r`` keys in the SQLite
 store under ``out``), so a rerun resumes.
@@ -40,6 +42,8 @@ class Repeatability:
     runtimes: Annotated[tuple[str, ...], Opt(help="host devices")] = ("host:onnxruntime", "host:litert")
     repeats: Annotated[int, Ge(2), Opt(help="measurements of each network")] = 6
     pause_s: Annotated[float, Ge(0), Opt(help="seconds between two passes over the models")] = 60.0
+    reference: Annotated[bool, Opt(help="time the reference network side by side and normalise by it (latbench's "
+                                       "protocol); false: raw medians")] = True
     seed: int = 0
     out: str = "runs/repeatability"
     summary: str = "benchmarks/results/realworld/repeatability.json"
@@ -80,13 +84,13 @@ def _specs(names: list[str], folder: Path) -> dict:
 
 
 def _run_runtime(exp: Repeatability, device: str, specs: dict, out: Path) -> list[dict]:
-    from latbench.devices import open_device
+    from latbench.devices import MeasureSettings, open_device
     from latbench.export import export_imported_network
     from latbench.models import Architecture
     from latbench.store import MeasurementStore
     from latbench.validation import measure_models
 
-    dev = open_device(device)
+    dev = open_device(device, settings=MeasureSettings(reference=exp.reference))
     # the full network exactly as benchmarks/realworld.py measures it: the imported graph at full width
     models = {n: export_imported_network(dev.model_format, s, Architecture.full(s)) for n, s in specs.items()}
     medians: dict[str, list[float]] = {n: [] for n in models}
