@@ -12,6 +12,9 @@ measurement itself repeats within it.
     python benchmarks/network_repeatability.py        # both host runtimes, 6 repeats a minute apart: ≈ 15 min
     python benchmarks/network_repeatability.py --set reference=false --set runtimes='["host:onnxruntime"]' \
         --set summary=benchmarks/results/realworld/repeatability-raw.json     # raw medians, no reference
+    python benchmarks/network_repeatability.py \
+        --set runtimes='["host:onnxruntime","host:onnxruntime?reference=large","host:litert","host:litert?reference=large"]' \
+        --set summary=benchmarks/results/realworld/repeatability-references.json   # both references, same passes
 
 Writes ``benchmarks/results/realworld/repeatability.json``. The repeats are stored (``#r`` keys in the SQLite
 store under ``out``), so a rerun resumes.
@@ -39,7 +42,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 @dataclass(frozen=True, kw_only=True)
 class Repeatability:
     models: Annotated[tuple[str, ...], Opt(help="families of tests/realworld_models.py (default: all)")] = ()
-    runtimes: Annotated[tuple[str, ...], Opt(help="host devices")] = ("host:onnxruntime", "host:litert")
+    runtimes: Annotated[tuple[str, ...], Opt(help="host devices, measured in the same passes (e.g. "
+                                                  "host:onnxruntime?reference=large beside host:onnxruntime)")] = (
+        "host:onnxruntime", "host:litert")
     repeats: Annotated[int, Ge(2), Opt(help="measurements of each network")] = 6
     pause_s: Annotated[float, Ge(0), Opt(help="seconds between two passes over the models")] = 60.0
     reference: Annotated[bool, Opt(help="time the reference network side by side and normalise by it (latbench's "
@@ -83,32 +88,40 @@ def _specs(names: list[str], folder: Path) -> dict:
     return specs
 
 
-def _run_runtime(exp: Repeatability, device: str, specs: dict, out: Path) -> list[dict]:
+def _run(exp: Repeatability, specs: dict, out: Path) -> list[dict]:
+    """Every pass measures every model on every device (in a new random order), so that the devices' figures
+    come from the same minutes."""
+    from contextlib import ExitStack
+
     from latbench.devices import MeasureSettings, open_device
     from latbench.export import export_imported_network
     from latbench.models import Architecture
     from latbench.store import MeasurementStore
     from latbench.validation import measure_models
 
-    dev = open_device(device, settings=MeasureSettings(reference=exp.reference))
-    # the full network exactly as benchmarks/realworld.py measures it: the imported graph at full width
-    models = {n: export_imported_network(dev.model_format, s, Architecture.full(s)) for n, s in specs.items()}
-    medians: dict[str, list[float]] = {n: [] for n in models}
     rng = np.random.default_rng(exp.seed)
-    try:
-        dev.prepare()
-        with MeasurementStore(out / re.sub(r"[^A-Za-z0-9_.-]+", "-", device) / "measurements.db") as st:
-            for r in range(exp.repeats):
-                if r:
-                    time.sleep(exp.pause_s)
-                for i in rng.permutation(len(models)):
-                    name = list(models)[i]
-                    [ms] = measure_models([models[name]], dev, st, progress=False, repeat=r)
-                    medians[name].append(float(ms))
-                print(f"{device}: pass {r + 1}/{exp.repeats} done", flush=True)
-    finally:
-        dev.close()
-    return [{"model": n, "runtime": device, **spread(np.array(m))} for n, m in medians.items()]
+    medians = {(d, n): [] for d in exp.runtimes for n in specs}
+    with ExitStack() as stack:
+        devices, stores, models = {}, {}, {}
+        for spec in exp.runtimes:
+            dev = devices[spec] = open_device(spec, settings=MeasureSettings(reference=exp.reference))
+            stack.callback(dev.close)
+            dev.prepare()
+            folder = out / re.sub(r"[^A-Za-z0-9_.-]+", "-", spec)
+            stores[spec] = stack.enter_context(MeasurementStore(folder / "measurements.db"))
+            # the full network exactly as benchmarks/realworld.py measures it: the imported graph at full width
+            models[spec] = {n: export_imported_network(dev.model_format, s, Architecture.full(s))
+                            for n, s in specs.items()}
+        items = list(medians)
+        for r in range(exp.repeats):
+            if r:
+                time.sleep(exp.pause_s)
+            for i in rng.permutation(len(items)):
+                spec, name = items[i]
+                [ms] = measure_models([models[spec][name]], devices[spec], stores[spec], progress=False, repeat=r)
+                medians[spec, name].append(float(ms))
+            print(f"pass {r + 1}/{exp.repeats} done", flush=True)
+    return [{"model": n, "runtime": d, **spread(np.array(m))} for (d, n), m in medians.items()]
 
 
 def main(exp: Repeatability) -> None:
@@ -122,9 +135,7 @@ def main(exp: Repeatability) -> None:
         raise SystemExit(f"unknown model(s) {unknown}; choose from {sorted(REALWORLD)}")
     out = ROOT / exp.out
     specs = _specs(names, out / "models")
-    rows = []
-    for device in exp.runtimes:
-        rows += _run_runtime(exp, device, specs, out)
+    rows = _run(exp, specs, out)
     totals = {d: pooled([r for r in rows if r["runtime"] == d]) for d in exp.runtimes}
     atomic_write_json(ROOT / exp.summary, {"totals": totals, "models": rows, "settings": resolved(exp)}, indent=1)
     print({d: {k: round(v, 3) for k, v in t.items()} for d, t in totals.items()})

@@ -16,7 +16,8 @@ def open_device(spec: str = DEFAULT_DEVICE, threads: int = 1, settings: MeasureS
     """Open a device by name: ``host:onnxruntime`` (options: ``graph_level``) or ``host:litert``
     (options: ``kernels="xnnpack"`` (default) or ``"builtin"``; ``host:litert:builtin`` spells the latter).
     A host device followed by ``?warm=N`` takes every timed sample after N untimed runs of the same model
-    (:class:`MeasureSettings` ``warm``), e.g. ``host:onnxruntime?warm=1``.
+    (:class:`MeasureSettings` ``warm``), e.g. ``host:onnxruntime?warm=1``; ``?reference=large`` times beside the
+    full-width MobileNetV2 at 224 px instead of the small reference (``reference_net``).
 
     Phones over ADB: ``tcp:HOST:PORT`` or ``usb[:SERIAL]``, optionally followed by ``?option=value&…``
     (e.g. ``tcp:192.168.1.20:5555?runtime=onnxruntime&cores=f0``; see
@@ -55,17 +56,24 @@ def open_device(spec: str = DEFAULT_DEVICE, threads: int = 1, settings: MeasureS
 
 
 def _host_settings(spec: DeviceSpec, settings: MeasureSettings | None) -> MeasureSettings:
-    """The settings of ``host:…?warm=N``: ``settings`` with ``warm=N``; a clear error for any other option."""
+    """The settings of ``host:…?warm=N&reference=small|large``: ``settings`` with those; a clear error for any other
+    option."""
     settings = settings or MeasureSettings()
-    for key in spec.unknown({"warm"}):
-        raise DeviceError(f"device {spec.text!r}: unknown option {key!r}; a host device takes only ?warm=N "
-                          "(untimed runs before each timed sample)")
-    if "warm" not in spec.options:
-        return settings
-    value = spec.options["warm"]
-    if not value.isdigit():
-        raise DeviceError(f"device {spec.text!r}: warm must be a whole number ≥ 0, got {value!r}")
-    return dataclasses.replace(settings, warm=int(value))
+    for key in spec.unknown({"warm", "reference"}):
+        raise DeviceError(f"device {spec.text!r}: unknown option {key!r}; a host device takes ?warm=N (untimed runs "
+                          "before each timed sample) and ?reference=small|large (the reference network)")
+    changes = {}
+    if "warm" in spec.options:
+        value = spec.options["warm"]
+        if not value.isdigit():
+            raise DeviceError(f"device {spec.text!r}: warm must be a whole number ≥ 0, got {value!r}")
+        changes["warm"] = int(value)
+    if "reference" in spec.options:
+        value = spec.options["reference"]
+        if value not in ("small", "large"):
+            raise DeviceError(f"device {spec.text!r}: reference must be small or large, got {value!r}")
+        changes["reference_net"] = value
+    return dataclasses.replace(settings, **changes)
 
 
 def list_devices(tcp: Sequence[str] = (), phones: bool = True) -> list[DeviceInfo]:

@@ -70,10 +70,13 @@ class MeasureSettings:
     max_slowdown: float = 0.2   # redo a round whose reference ran >20 % slower than the batch's best …
     max_retries: int = 3        # … at most this many times
     warm: int = 0
+    reference_net: str = "small"    # which reference network (latbench.devices.reference.REFERENCES)
 
     def __post_init__(self) -> None:
         if self.warm < 0:
             raise ValueError(f"warm runs must be ≥ 0, got {self.warm}")
+        if self.reference_net not in ("small", "large"):
+            raise ValueError(f"reference network {self.reference_net!r} unknown; choose small or large")
 
     def to_dict(self) -> dict:
         out = {"warmup": self.warmup, "rounds": self.rounds, "runs_per_round": self.runs_per_round,
@@ -81,6 +84,8 @@ class MeasureSettings:
                "max_slowdown": self.max_slowdown, "max_retries": self.max_retries}
         if self.warm:           # only when set: the environments of every store measured cold stay as they were
             out["warm"] = self.warm
+        if self.reference_net != "small":
+            out["reference_net"] = self.reference_net
         return out
 
 

@@ -87,7 +87,9 @@ class HostDevice(ReferenceTimed):
 
     @property
     def name(self) -> str:
-        return self.runtime_name + (f"?warm={self.settings.warm}" if self.settings.warm else "")
+        options = [f"warm={self.settings.warm}"] * bool(self.settings.warm) + \
+            [f"reference={self.settings.reference_net}"] * (self.settings.reference_net != "small")
+        return self.runtime_name + ("?" + "&".join(options) if options else "")
 
     def backend_settings(self) -> dict:
         out = super().backend_settings()
@@ -100,7 +102,7 @@ class HostDevice(ReferenceTimed):
 
     def _reference_runner(self) -> Callable[[int], np.ndarray]:
         if self._reference is None:
-            self._reference = wall_clock(self.load(reference_model(self.model_format)))
+            self._reference = wall_clock(self.load(reference_model(self.model_format, self.settings.reference_net)))
         return self._reference
 
     def measure_reference_nominal(self, runs: int = 400) -> float:

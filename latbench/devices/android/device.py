@@ -89,8 +89,9 @@ class AndroidOptions:
                   longest run seen so far is used anyway, and it doubles after every timeout)
     reconnects    attempts after a dropped link before giving up
     auth_timeout  seconds to wait for the user to accept this computer's key on the phone
-    reference     ``on`` (default): time the reference network side by side (timing.py); ``off``: raw
-                  times, half the tool runs (a separate environment: its measurements never mix)
+    reference     ``on`` (default) or ``small``: time the small reference network side by side (timing.py);
+                  ``large``: the full-width one at 224 px, as ``host:…?reference=large``; ``off``: raw times,
+                  half the tool runs (each a separate environment: their measurements never mix)
     max_cpu_c, max_battery_c, max_wait_s, poll_s: the cool-down (``ThermalPolicy``)
     root          the directory on the phone (must end in /latbench)
     """
@@ -108,8 +109,8 @@ class AndroidOptions:
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
             raise DeviceError(f"runtime {self.runtime!r} unknown; choose one of {sorted(RUNTIMES)}")
-        if self.reference not in ("on", "off"):
-            raise DeviceError(f"reference={self.reference!r}: choose on or off")
+        if self.reference not in ("on", "off", "small", "large"):
+            raise DeviceError(f"reference={self.reference!r}: choose on (= small), large or off")
         if self.layer_timing not in LAYER_TIMINGS:
             raise DeviceError(f"layer_timing {self.layer_timing!r} unknown; choose one of {LAYER_TIMINGS}")
         if self.cores not in ("big", "all"):
@@ -220,6 +221,8 @@ class AndroidDevice(ReferenceTimed):
         self.settings = settings or MeasureSettings()
         if self.options.reference == "off":
             self.settings = dataclasses.replace(self.settings, reference=False)
+        elif self.options.reference == "large":
+            self.settings = dataclasses.replace(self.settings, reference_net="large")
         self.name = str(target)
         self.model_format = self.options.model_format
         self.conn = connection or AdbConnection(target, auth_timeout_s=self.options.auth_timeout)
@@ -545,7 +548,7 @@ class AndroidDevice(ReferenceTimed):
         return f"b{int(time.time())}-{self._batches}"
 
     def _reference(self) -> tuple[str, bytes]:
-        model = reference_model(self.model_format)
+        model = reference_model(self.model_format, self.settings.reference_net)
         self._reference_name = self._model_name(model)
         return self._reference_name, model
 
