@@ -7,9 +7,9 @@ big enough to feel the cache and memory contention that slows the networks (~1 m
 One architecture and one set of weights, exported in whichever format a device runs.
 
 ``large`` (``host:onnxruntime?reference=large``): the same MobileNetV2 at full width on 224×224 (~7 ms on the host),
-whose working set is a 224-px network's. Timing whole 224-px networks beside it, they repeated within ±10 % of
-their median 100 % of the time on onnxruntime, against 90 % beside the small one (docs/measurement.md, "How well
-the ground truth repeats"); every sample then costs that much more time, which matters for layers most.
+whose working set is a 224-px network's. Whole 224-px networks timed beside it repeated 2.5–4× more tightly than
+beside the small one, measured in the same minutes on both host runtimes (docs/measurement.md, "How well the
+ground truth repeats"); every sample then costs that much more time, which matters for layers most.
 """
 from __future__ import annotations
 
