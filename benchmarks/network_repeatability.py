@@ -75,17 +75,11 @@ def pooled(rows: list[dict]) -> dict:
 
 def _specs(names: list[str], folder: Path) -> dict:
     """Each model imported from its exported file (exported once, then reused)."""
-    from realworld_models import REALWORLD, export_timm_onnx
+    from realworld_models import exported_family
 
     from latbench import api
 
-    specs = {}
-    for name in names:
-        path = folder / f"{REALWORLD[name]}.onnx"
-        if not path.exists():
-            export_timm_onnx(REALWORLD[name], path)
-        specs[name] = api.load_model(str(path))
-    return specs
+    return {name: api.load_model(str(exported_family(name, folder))) for name in names}
 
 
 def _run(exp: Repeatability, specs: dict, out: Path) -> list[dict]:
@@ -125,14 +119,9 @@ def _run(exp: Repeatability, specs: dict, out: Path) -> list[dict]:
 
 
 def main(exp: Repeatability) -> None:
-    from realworld_models import REALWORLD, timm_available
+    from realworld_models import benchmark_families
 
-    if not timm_available():
-        raise SystemExit("timm is not installed: pip install --no-deps timm==1.0.31 (see .ci/run)")
-    names = list(exp.models or REALWORLD)
-    unknown = [n for n in names if n not in REALWORLD]
-    if unknown:
-        raise SystemExit(f"unknown model(s) {unknown}; choose from {sorted(REALWORLD)}")
+    names = benchmark_families(exp.models)
     out = ROOT / exp.out
     specs = _specs(names, out / "models")
     rows = _run(exp, specs, out)

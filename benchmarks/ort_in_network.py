@@ -62,7 +62,7 @@ def attribute(per_node: dict[tuple[str, str], float], kernels: dict[str, tuple[s
 
 
 def _model(name: str, exp: InNetwork) -> dict:
-    from realworld_models import REALWORLD, export_timm_onnx
+    from realworld_models import exported_family
 
     from latbench import api
     from latbench.devices.onnxruntime import OnnxRuntimeDevice, node_kernel_times
@@ -71,9 +71,7 @@ def _model(name: str, exp: InNetwork) -> dict:
     from latbench.predictor import Predictor, kernel_category
 
     out = ROOT / exp.out
-    path = out / "models" / f"{REALWORLD[name]}.onnx"
-    if not path.exists():
-        export_timm_onnx(REALWORLD[name], path)
+    path = exported_family(name, out / "models")
     spec = api.load_model(str(path))
     store = out / "measurements.db"
     api.profile(spec, "host:onnxruntime", store, progress=False)
@@ -100,7 +98,9 @@ def _model(name: str, exp: InNetwork) -> dict:
 
 
 def main(exp: InNetwork) -> None:
-    rows = [_model(name, exp) for name in exp.models]
+    from realworld_models import benchmark_families
+
+    rows = [_model(name, exp) for name in benchmark_families(exp.models)]
     print("| model | kernels | network profile, ms | layout conversions between kernels | unattributed |")
     print("|---|---|---|---|---|")
     for r in rows:

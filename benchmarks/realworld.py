@@ -60,15 +60,12 @@ def _hits(pred: np.ndarray, meas: np.ndarray, tol: float) -> float:
 
 def _profile_model(name: str, device: str, out: Path, store: Path) -> dict:
     """Export, import and profile one model; returns its row so far (``imported`` False with the error)."""
-    from realworld_models import REALWORLD, export_timm_onnx
+    from realworld_models import REALWORLD, exported_family
 
     from latbench import api
     from latbench.models.onnx_graph import OnnxModelError
 
-    path = out / "models" / f"{REALWORLD[name]}.onnx"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        export_timm_onnx(REALWORLD[name], path)
+    path = exported_family(name, out / "models")
     row = {"model": name, "timm": REALWORLD[name], "runtime": device, "file": str(path)}
     try:
         spec = api.load_model(str(path))
@@ -176,14 +173,9 @@ def _run_runtime(exp: RealWorld, device: str, names: list[str]) -> list[dict]:
 
 
 def main(exp: RealWorld) -> None:
-    from realworld_models import REALWORLD, timm_available
+    from realworld_models import benchmark_families
 
-    if not timm_available():
-        raise SystemExit("timm is not installed: pip install --no-deps timm==1.0.31 (see .ci/run)")
-    names = list(exp.models or REALWORLD)
-    unknown = [n for n in names if n not in REALWORLD]
-    if unknown:
-        raise SystemExit(f"unknown model(s) {unknown}; choose from {sorted(REALWORLD)}")
+    names = benchmark_families(exp.models)
     rows = []
     for device in exp.runtimes:
         rows += _run_runtime(exp, device, names)

@@ -67,6 +67,26 @@ def timm_available() -> bool:
     return True
 
 
+def benchmark_families(names) -> list[str]:
+    """The families a benchmark run asks for (all when none), checked: ends the run with a one-line message when
+    timm is missing or a name is unknown."""
+    if not timm_available():
+        raise SystemExit(f"timm is not installed: pip install --no-deps timm=={TIMM_VERSION} (see .ci/run)")
+    names = list(names or REALWORLD)
+    unknown = [n for n in names if n not in REALWORLD]
+    if unknown:
+        raise SystemExit(f"unknown model(s) {unknown}; choose from {sorted(REALWORLD)}")
+    return names
+
+
+def exported_family(name: str, folder: str | Path) -> Path:
+    """Family ``name`` exported as a user would (224×224) to ``folder``, once: a later run reuses the file."""
+    path = Path(folder) / f"{REALWORLD[name]}.onnx"
+    if not path.exists():
+        export_timm_onnx(REALWORLD[name], path)
+    return path
+
+
 def timm_name(name: str) -> str:
     """The timm model name for one of our family names (or a timm name itself)."""
     return REALWORLD.get(name, name)
