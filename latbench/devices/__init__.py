@@ -5,6 +5,7 @@ import dataclasses
 from typing import Sequence
 
 from .base import Artifact, Device, DeviceError, DeviceInfo, DeviceUnreachable, MeasureSettings, Measurement
+from .reference import REFERENCES
 from .spec import DeviceSpec, base_device
 
 DEFAULT_DEVICE = "host:onnxruntime"
@@ -70,7 +71,7 @@ def _host_settings(spec: DeviceSpec, settings: MeasureSettings | None) -> Measur
         changes["warm"] = int(value)
     if "reference" in spec.options:
         value = spec.options["reference"]
-        if value not in ("small", "large"):
+        if value not in REFERENCES:
             raise DeviceError(f"device {spec.text!r}: reference must be small or large, got {value!r}")
         changes["reference_net"] = value
     return dataclasses.replace(settings, **changes)

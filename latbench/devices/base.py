@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
+from .reference import REFERENCES
+
 
 class DeviceError(RuntimeError):
     """A device that cannot be reached, prepared or measured; the message says what to do."""
@@ -75,7 +77,7 @@ class MeasureSettings:
     def __post_init__(self) -> None:
         if self.warm < 0:
             raise ValueError(f"warm runs must be ≥ 0, got {self.warm}")
-        if self.reference_net not in ("small", "large"):
+        if self.reference_net not in REFERENCES:
             raise ValueError(f"reference network {self.reference_net!r} unknown; choose small or large")
 
     def to_dict(self) -> dict:

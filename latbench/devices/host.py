@@ -87,8 +87,11 @@ class HostDevice(ReferenceTimed):
 
     @property
     def name(self) -> str:
-        options = [f"warm={self.settings.warm}"] * bool(self.settings.warm) + \
-            [f"reference={self.settings.reference_net}"] * (self.settings.reference_net != "small")
+        options = []
+        if self.settings.warm:
+            options.append(f"warm={self.settings.warm}")
+        if self.settings.reference_net != "small":
+            options.append(f"reference={self.settings.reference_net}")
         return self.runtime_name + ("?" + "&".join(options) if options else "")
 
     def backend_settings(self) -> dict:

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..base import Artifact, DeviceError, MeasureSettings, Measurement
 from ..lock import measurement_lock, phone_lock_name
-from ..reference import ReferenceTimed, reference_model
+from ..reference import REFERENCES, ReferenceTimed, reference_model
 from ..spec import DeviceSpec
 from ..timing import robust_stats
 from .connection import AdbConnection, AdbLinkError, AdbTarget, UnauthorizedError
@@ -109,7 +109,7 @@ class AndroidOptions:
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
             raise DeviceError(f"runtime {self.runtime!r} unknown; choose one of {sorted(RUNTIMES)}")
-        if self.reference not in ("on", "off", "small", "large"):
+        if self.reference not in ("on", "off", *REFERENCES):
             raise DeviceError(f"reference={self.reference!r}: choose on (= small), large or off")
         if self.layer_timing not in LAYER_TIMINGS:
             raise DeviceError(f"layer_timing {self.layer_timing!r} unknown; choose one of {LAYER_TIMINGS}")
