@@ -174,3 +174,146 @@ def test_jcw_searches_an_onnx_models_supernet_and_ships_its_own_graph_trained(us
     x = np.random.default_rng(0).standard_normal((1, 1, 32, 32)).astype(np.float32)
     assert np.isfinite(run(ort.InferenceSession(str(out / "budget-0.95" / "pruned.onnx")), x)).all()
     assert report["test_accuracy"]["finetuned"] >= 0.0 and report["admm_history"]["phases"]
+
+
+# ---- SP on a user's graph: the supernet run stage by stage ----------------------------------------------------
+
+SP_QUICK = ["--train-images", "64", "--supernet-batch-size", "32", "--manager-population", "2",
+            "--manager-generations", "1", "--stage-population", "4", "--stage-generations", "1", "--eval-images", "16",
+            "--calib-images", "16", "--finetune-steps", "2", "--bn-images", "32", "--test-images", "50", "--threads", "1",
+            "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def user_mnv2(tmp_path_factory) -> Path:
+    """An inverted-residual CNN with stage boundaries: timm's MobileNetV2 at half width, grey 32×32, 10 classes."""
+    return export_timm_onnx("mobilenetv2_050", tmp_path_factory.mktemp("user") / "mnv2.onnx", resolution=32,
+                            in_chans=1, num_classes=10)
+
+
+def _random_arch(spec, net, seed: int):
+    from latbench.models import Architecture
+
+    rng = np.random.default_rng(seed)
+    widths = {}
+    for name, full in spec.groups.items():
+        g = net.groups[name]
+        choices = [w for w in range(g.min_width, full + 1) if w % g.multiple == 0]
+        widths[name] = int(rng.choice(choices[len(choices) // 3:]))
+    return net.validate(Architecture(spec.name, spec.base_resolution, widths))
+
+
+@pytest.mark.parametrize("family", ["mobilenetv2_050", "resnet18"])
+def test_an_onnx_supernet_runs_stage_by_stage_as_it_runs_whole(family, tmp_path):
+    """Inverted residuals, and a ResNet whose stem and max pool join its first stage: the graph split at the stage
+    tensors computes what the whole graph computes, for the full network and for sub-networks; a stage given the
+    full network's wider input keeps the channels the sub-network keeps; adaptors read the kept channels' columns."""
+    from latbench.models.onnx_torch import full_network
+    from latbench.supernet import StageAdaptors, supernet_from
+
+    path = export_timm_onnx(family, tmp_path / f"{family}.onnx", resolution=32, in_chans=1, num_classes=10)
+    spec = load_model(str(path))
+    net = supernet_from(full_network(spec), "l1").eval()
+    assert len(net.stages) >= 4
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((2, 1, 32, 32)).astype(np.float32))
+    with torch.no_grad():
+        logits, full = net(x, return_stages=True)
+        torch.testing.assert_close(logits, net(x))
+        assert [y.shape[1] for y in full] == [spec.groups[s.output_group] for s in net.stages]
+        arch = _random_arch(spec, net, 0)
+        sub_logits, sub = net(x, arch, return_stages=True)
+        torch.testing.assert_close(sub_logits, net(x, arch))
+        torch.testing.assert_close(sub_logits, net.extract(arch)(x), rtol=1e-4, atol=1e-5)
+        for i in range(len(net.stages)):
+            torch.testing.assert_close(net.forward_stage(i, sub[i - 1] if i else x, arch), sub[i])
+            if i:       # the full network's output of the stage before, cut to the channels arch keeps
+                keep = net.stage_channels(i - 1, arch)
+                narrow = full[i - 1] if keep is None else full[i - 1][:, keep]
+                torch.testing.assert_close(net.forward_stage(i, full[i - 1], arch), net.forward_stage(i, narrow, arch))
+        torch.testing.assert_close(net.head(sub[-1], arch), sub_logits)
+        adaptors = StageAdaptors.for_net(net)          # the identity at first: each kept channel at its position
+        narrowed = [i for i in range(len(net.stages)) if net.stage_channels(i, arch) is not None]
+        assert narrowed
+        for i in narrowed:
+            keep = net.stage_channels(i, arch)
+            expected = torch.zeros_like(full[i])
+            expected[:, keep] = sub[i]
+            torch.testing.assert_close(adaptors(i, sub[i], keep), expected)
+
+
+def test_an_imported_sp_supernet_checkpoint_is_rebuilt_from_its_file(user_mnv2, tmp_path):
+    from latbench.methods.sp.training import load_supernet, save_supernet
+    from latbench.models.onnx_torch import full_network
+    from latbench.supernet import OnnxSupernet, StageAdaptors, supernet_from
+
+    spec = load_model(str(user_mnv2))
+    net = supernet_from(full_network(spec), "l1")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(1.5)                       # "trained": not the file's weights any more
+    adaptors = StageAdaptors.for_net(net)
+    save_supernet(tmp_path / "s.safetensors", net, adaptors)
+    loaded, loaded_adaptors, meta = load_supernet(tmp_path / "s.safetensors")
+    assert isinstance(loaded, OnnxSupernet) and meta["source"] == spec.source
+    arch = _random_arch(spec, net, 2)
+    x = torch.from_numpy(np.random.default_rng(2).standard_normal((2, 1, 32, 32)).astype(np.float32))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, arch), net.eval()(x, arch))
+    assert {g: o.tolist() for g, o in loaded.order.items()} == {g: o.tolist() for g, o in net.order.items()}
+
+
+def prune_sp(*args):
+    return CliRunner().invoke(app, ["prune", "sp", *map(str, args)])
+
+
+@pytest.mark.slow
+def test_sp_prunes_an_onnx_model_stage_by_stage_and_ships_its_own_graph_trained(user_mnv2, tmp_path):
+    """SP on a user's ONNX file: the stage-wise supernet is the file's graph, searched stage by stage (Ray when
+    installed), the chosen sub-network retrained from the supernet's weights and shipped as the user's graph cut
+    to its widths."""
+    spec = load_model(str(user_mnv2))
+    full = CostGrid.analytic(spec, "flops", 32).total(spec.groups)
+    out = tmp_path / "sp"
+    result = prune_sp("--model", user_mnv2, "--budget-flops", 0.7 * full, "--data", "fashion-mnist", "--out", out,
+                      "--no-ray", *SP_QUICK)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"] == spec.name and report["flops"] <= 0.7 * full
+    assert len(report["search"]["stage_losses"]) == 5
+    widths = report["architecture"]["widths"]
+    assert any(w < spec.groups[g] for g, w in widths.items())
+    model = load_user_onnx(user_mnv2)
+    cut = prune_onnx(model, analyse_channels(model), widths)
+    shipped = onnx.load(out / "pruned.onnx")
+    assert [n.op_type for n in shipped.graph.node] == [n.op_type for n in cut.graph.node]
+    trained, arch, meta = load_checkpoint(out / "pruned.safetensors")
+    assert isinstance(trained, OnnxNet) and arch.widths == widths
+    x = np.random.default_rng(0).standard_normal((1, 1, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        ours = trained(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(run(ort.InferenceSession(str(out / "pruned.onnx")), x), ours, rtol=1e-3, atol=1e-4)
+    # A rerun recomputes nothing: the shipped file stays as it is.
+    before = (out / "pruned.onnx").read_bytes()
+    again = prune_sp("--model", user_mnv2, "--budget-flops", 0.7 * full, "--data", "fashion-mnist", "--out", out,
+                     "--no-ray", *SP_QUICK)
+    assert again.exit_code == 0, again.output
+    assert (out / "pruned.onnx").read_bytes() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--order", "l2"], "an imported model ranks its channels by l1"),
+    (["--retrain-from", "scratch"], "--retrain-from scratch needs a zoo model"),
+])
+def test_sp_options_an_imported_model_cannot_take_are_refused_before_training(user_mnv2, tmp_path, args, message):
+    out = tmp_path / "sp"
+    result = prune_sp("--model", user_mnv2, "--budget-flops", 1e6, "--data", "fashion-mnist", "--out", out,
+                      "--no-ray", *args, *SP_QUICK)
+    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+    assert not (out / "supernet.safetensors").exists()
+
+
+def test_sp_refuses_a_graph_without_stage_boundaries_by_name(user_model, tmp_path):
+    """MobileNetV3's head runs a 1×1 conv after the global pool: no pool + classifier head to split stages at."""
+    result = prune_sp("--model", user_model, "--budget-flops", 1e6, "--data", "fashion-mnist", "--out",
+                      tmp_path / "sp", "--no-ray", *SP_QUICK)
+    assert result.exit_code != 0 and "has no stage boundaries" in result.output and "Traceback" not in result.output

@@ -292,6 +292,37 @@ def _refused(result, out: Path, *phrases: str) -> None:
     assert not (out / "supernet.safetensors").exists()
 
 
+def test_search_on_an_imported_graph_runs_on_ray_as_in_process(ray_instance, tmp_path):
+    """An imported model's supernet (an OnnxSupernet) travels to the Ray stage workers as its graph and weights
+    and searches there exactly as in this process."""
+    from realworld_models import export_timm_onnx, timm_available
+
+    if not timm_available():
+        pytest.skip("timm is not installed (pip install --no-deps timm)")
+    from latbench.api import load_model
+    from latbench.models.onnx_torch import full_network
+    from latbench.supernet import OnnxSupernet, supernet_from
+
+    spec = load_model(str(export_timm_onnx("mobilenetv2_050", tmp_path / "m.onnx", resolution=32, in_chans=1,
+                                           num_classes=10)))
+    net = supernet_from(full_network(spec), "l1")
+    assert isinstance(net, OnnxSupernet)
+    adaptors = StageAdaptors.for_net(net)
+    grid = CostGrid.analytic(spec, "flops", 32)
+    space = SearchSpace.from_spec(spec, multiple=1, resolutions=(32,))
+    costs = StageCosts.from_grid(grid, net.stages)
+    budget = Budget("flops", 0.6 * grid.total(spec.groups))
+    g = torch.Generator().manual_seed(0)
+    images, calibration = torch.randn(32, 1, 32, 32, generator=g), torch.randn(16, 1, 32, 32, generator=g)
+    local = search(net, adaptors, space, costs, budget, images, calibration, TINY_SEARCH, resolution=32,
+                   progress=False)
+    remote = search(net, adaptors, space, costs, budget, images, calibration, TINY_SEARCH, resolution=32,
+                    use_ray=True, progress=False)
+    assert (local.parallel, remote.parallel) == ("in-process", "ray")
+    assert local.arch == remote.arch and local.cost <= budget.value
+    assert local.stage_losses == pytest.approx(remote.stage_losses, rel=1e-5)
+
+
 @needs_fmnist
 def test_model_without_stage_boundaries(tmp_path, monkeypatch):
     from latbench.models import zoo

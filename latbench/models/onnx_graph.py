@@ -542,10 +542,15 @@ def spec_from_graph(model: onnx.ModelProto, path: Path, skip_unsupported: bool =
 def kernel_nodes(path: str | Path, input_shape: Sequence[int] | None = None) -> dict[str, tuple[str, ...]]:
     """The ONNX nodes (by name) each kernel of the file covers, keyed by kernel (= layer) name: to find a kernel
     in a runtime's own per-node profile of the whole network."""
-    model = load_model_graph(path, input_shape)
+    return kernel_nodes_of(load_model_graph(path, input_shape), Path(path).name)
+
+
+def kernel_nodes_of(model: onnx.ModelProto, label: str = "model") -> dict[str, tuple[str, ...]]:
+    """:func:`kernel_nodes` of a graph already normalised by :func:`load_model_graph` (``label`` names it in
+    errors), in the graph's topological order."""
     g = _Graph(model)
     image = next(i.name for i in model.graph.input if i.name not in g.inits)
-    part = _Partition(g, image, True, Path(path))
+    part = _Partition(g, image, True, Path(label))
     part.run()
     return {k.name: tuple(n.name for n in k.nodes) for k in part.kernels}
 

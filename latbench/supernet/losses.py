@@ -63,7 +63,10 @@ def chain_distillation(logits: Sequence[torch.Tensor], temperature: float = 1.0)
 
 class StageAdaptors(nn.Module):
     """One 1×1 conv per stage, from a sub-network's stage width to the full width ``widths[i]``, shared by
-    all sub-network widths (first-k input columns), initialised to the identity.
+    all sub-network widths, initialised to the identity. A sub-network's channel ``j`` reads column ``j``
+    (the first k: a :class:`~latbench.supernet.DynamicNet` keeps its first channels) or, given ``channels``,
+    column ``channels[j]`` (the full-network position of the channel an
+    :class:`~latbench.supernet.OnnxSupernet` kept: ``net.stage_channels(i, arch)``).
 
     >>> adaptors = StageAdaptors([16, 32])
     >>> adaptors(1, torch.zeros(2, 12, 8, 8)).shape
@@ -81,12 +84,17 @@ class StageAdaptors(nn.Module):
 
     @classmethod
     def for_net(cls, net, *, device: torch.device | str | None = None) -> "StageAdaptors":
-        """Adaptors for the stages of a :class:`~latbench.supernet.net.DynamicNet` (on its device by default)."""
+        """Adaptors for the stages of a supernet (``DynamicNet`` or ``OnnxSupernet``; on its device by default)."""
         widths = [net.widths[stage.output_group] for stage in net.stages]
         return cls(widths, device=device if device is not None else net.device)
 
-    def forward(self, i: int, y: torch.Tensor) -> torch.Tensor:
-        return self.convs[i](y, self.widths[i])
+    def forward(self, i: int, y: torch.Tensor, channels: torch.Tensor | None = None) -> torch.Tensor:
+        if channels is None:
+            return self.convs[i](y, self.widths[i])
+        conv = self.convs[i]
+        if len(channels) != y.shape[1]:
+            raise ValueError(f"stage {i} adaptor: {y.shape[1]} channels but {len(channels)} channel positions")
+        return F.conv2d(y, conv.weight[:, channels], conv.bias)
 
 
 def stage_feature_loss(student: torch.Tensor, teacher: torch.Tensor,

@@ -321,6 +321,21 @@ class DynamicNet(nn.Module):
         self._check_bn(bn)
         return self._head(y, self._plan(arch), bn)
 
+    def stage_channels(self, i: int, arch: Architecture | None = None) -> None:
+        """Which full-network channels stage ``i`` of a sub-network outputs: always its first ones (``None``),
+        the adaptors' default (an ``OnnxSupernet`` names them)."""
+        return None
+
+    def stage_bn_widths(self, i: int, arch: Architecture | None = None) -> dict[str, int]:
+        """:meth:`conv_widths` of stage ``i``'s convs only."""
+        layers = set(self.stages[i].layers)
+        return {name: c for name, c in self.conv_widths(arch).items() if name in layers}
+
+    def _stage_calibration_step(self, i: int, x: torch.Tensor, arch: Architecture | None, stats: SubnetBN,
+                                momentum: float) -> None:
+        """One training-mode forward of stage ``i`` whose batch statistics move ``stats``."""
+        self._stage(i, x, self._plan(arch), stats, momentum, slice_input=True)
+
     def _calibration_step(self, x: torch.Tensor, arch: Architecture | None, stats: SubnetBN,
                           momentum: float) -> None:
         """One training-mode forward whose batch statistics move ``stats`` (not the shared ones)."""

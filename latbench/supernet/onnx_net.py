@@ -36,12 +36,23 @@ from ..models import Architecture, ArchitectureError
 from ..models.onnx_channels import ChannelError, kept_channels, prune_onnx
 from ..models.onnx_torch import OnnxNet, filter_source, materialize_imported
 from .ops import BNStats, magnitude_keep
+from .stages import Stage, StageError, stages_of
 
 #: Per-sub-network BN statistics: ``{the sub-network's running-mean initializer: (mean, var)}``.
 OnnxSubnetBN = dict[str, BNStats]
 
 _EXACT = 1 << 24               # float32 holds every integer below this exactly
 _PRUNED_SUFFIX = re.compile(r"(_pruned\d*)+$")
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """The nodes of one stage (or of the head) of a graph: run on ``input_name``, they give ``output_name``."""
+
+    nodes: list
+    input_name: str
+    output_name: str
+    readers: dict[str, int]
 
 
 @dataclass
@@ -56,6 +67,7 @@ class _Program:
     consts: dict[str, np.ndarray] = field(default_factory=dict)       # shapes, sizes: read by the ops as numpy
     floats: dict[str, torch.Tensor] = field(default_factory=dict)     # float constants tied to no parameter
     bn: list[tuple[str, str]] = field(default_factory=list)           # (running mean, running var) per BN node
+    segments: list[_Segment] | None = None                            # per stage, then the head (stage-wise runs)
 
 
 class OnnxSupernet(OnnxNet):
@@ -70,16 +82,8 @@ class OnnxSupernet(OnnxNet):
         super().__init__(model, spec, spec.groups)
         graph = self.channel_graph()
         self.groups = {name: g for name, g in graph.groups.items() if g.prunable}
-        order = dict(order or {})
-        unknown = sorted(set(order) - set(graph.groups))        # a fixed group's order is simply not used
-        if unknown:
-            raise ValueError(f"order names groups this graph does not have: {unknown}")
-        self.order: dict[str, np.ndarray] = {}
-        for name, g in self.groups.items():
-            o = np.asarray(order.get(name, np.arange(g.width)), dtype=np.int64)
-            if sorted(o.tolist()) != list(range(g.width)):
-                raise ValueError(f"order of group {name!r} must be a permutation of 0..{g.width - 1}")
-            self.order[name] = o
+        self._programs: OrderedDict[tuple, _Program] = OrderedDict()
+        self.order = order
         # Cut tensors are traced back to their source by name (prune_onnx appends "_pruned"); a graph whose own
         # names already look like that would be ambiguous.
         clash = sorted(n for n in self._tensor_keys if _PRUNED_SUFFIX.search(n)
@@ -89,8 +93,10 @@ class OnnxSupernet(OnnxNet):
                              "in the ONNX file to build a supernet of it")
         self.in_channels = int(spec.in_channels)
         self._cache_size = cache
-        self._programs: OrderedDict[tuple, _Program] = OrderedDict()
         self._traced: onnx.ModelProto | None = None
+        self._stages: tuple[Stage, ...] | None = None
+        self._stage_ends: list[str] | None = None
+        self._full_segments: list[_Segment] | None = None
 
     @classmethod
     def from_parent(cls, parent: OnnxNet, order: Mapping[str, Sequence[int]] | str | None = None, *,
@@ -115,6 +121,27 @@ class OnnxSupernet(OnnxNet):
         return cls(parent.to_onnx(), parent.spec, order).to(device)
 
     # -- structure -------------------------------------------------------------------------------------------
+    @property
+    def order(self) -> dict[str, np.ndarray]:
+        """``{group: channel indices, most important first}``: a narrowed group keeps the first of them."""
+        return self._order
+
+    @order.setter
+    def order(self, order: Mapping[str, Sequence[int]] | None) -> None:
+        graph = self.channel_graph()
+        order = dict(order or {})
+        unknown = sorted(set(order) - set(graph.groups))        # a fixed group's order is simply not used
+        if unknown:
+            raise ValueError(f"order names groups this graph does not have: {unknown}")
+        checked: dict[str, np.ndarray] = {}
+        for name, g in self.groups.items():
+            o = np.asarray(order.get(name, np.arange(g.width)), dtype=np.int64)
+            if sorted(o.tolist()) != list(range(g.width)):
+                raise ValueError(f"order of group {name!r} must be a permutation of 0..{g.width - 1}")
+            checked[name] = o
+        self._order = checked
+        self._programs.clear()                  # the cut graphs keep channels by the order
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -240,19 +267,195 @@ class OnnxSupernet(OnnxNet):
             return value
         return tensor
 
-    # -- running ---------------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, arch: Architecture | None = None, *,
-                bn: OnnxSubnetBN | None = None) -> torch.Tensor:
-        if arch is None or (dict(arch.widths) == dict(self.widths) and not any(arch.sparsity.values()) and bn is None
-                            and not self.training):
-            return super().forward(x)
+    # -- stages (SP: one stage at a time; see latbench.supernet.stages) ---------------------------------------
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """The model's stages (:func:`~latbench.supernet.stages.stages_of`); StageError when it has none."""
+        if self._stages is None:
+            stages = stages_of(self.spec)
+            self._stage_ends = self._ends_of(stages)      # every stage must end in one tensor of the graph
+            self._stages = stages
+        return self._stages
+
+    def _stage_tensors(self) -> list[str]:
+        self.stages
+        return self._stage_ends
+
+    def _ends_of(self, stages: Sequence[Stage]) -> list[str]:
+        """The tensor each stage ends with: what its last kernel (conv + BN + residual add + activation) hands on."""
+        from ..models.onnx_graph import kernel_nodes_of
+
+        kernels = kernel_nodes_of(self.model, self.spec.name)
+        readers: dict[str, list[str]] = {}
+        for node in self.nodes:
+            for i in node.input:
+                readers.setdefault(i, []).append(node.name)
+        ends = []
+        for stage in stages:
+            mine = set(kernels[stage.output])
+            outs = [o for n in self.nodes if n.name in mine for o in n.output
+                    if o in self.output_names or any(r not in mine for r in readers.get(o, ()))]
+            if len(outs) != 1:
+                raise StageError(f"stage {stage.index + 1} of {self.spec.name!r} ends in kernel {stage.output!r}, "
+                                 f"whose nodes hand {len(outs)} tensors to the rest of the graph, not one")
+            ends.append(outs[0])
+        return ends
+
+    def _segments(self, nodes, input_name: str, output_names: Sequence[str]) -> list[_Segment]:
+        """``nodes`` (a graph in topological order) split at the stage tensors: one segment per stage, then the
+        head. A node belongs to the latest segment among its inputs'; one that reads a tensor of an earlier
+        segment than its own (a shortcut over a stage boundary, or a shape read there) cannot run stage-wise."""
+        ends = {t: i for i, t in enumerate(self._stage_tensors())}
+        available = {input_name: 0}        # tensor → the segment that can read it
+        parts: list[list] = [[] for _ in range(len(ends) + 1)]
+        constant: dict[str, object] = {}  # outputs of nodes that read no activation → the node
+        for node in nodes:
+            reads = [available[t] for t in node.input if t in available]
+            if not reads:
+                constant.update({o: node for o in node.output})
+                continue
+            seg = max(reads)
+            early = [t for t in node.input if t in available and available[t] < seg]
+            if early:
+                raise StageError(f"{self.spec.name}: node {node.name!r} ({node.op_type}) of stage {seg + 1} reads "
+                                 f"{early[0]!r} from an earlier stage: the graph cannot be run one stage at a time")
+            for t in node.input:         # a constant computed in the graph: run where it is read
+                if t in constant and constant[t] not in parts[seg]:
+                    parts[seg].append(constant[t])
+            parts[seg].append(node)
+            for o in node.output:
+                available[o] = ends[o] + 1 if o in ends else seg
+        if any(available.get(o) != len(ends) for o in output_names):
+            raise StageError(f"{self.spec.name}: the graph's outputs are not computed by its head")
+        inputs = [input_name, *ends]
+        outputs = [*ends, *output_names]
+        segments = []
+        for i, part in enumerate(parts):
+            counts: dict[str, int] = {}
+            for node in part:
+                for t in node.input:
+                    counts[t] = counts.get(t, 0) + 1
+            segments.append(_Segment(part, inputs[i], outputs[i], counts))
+        return segments
+
+    def _program_segments(self, prog: _Program) -> list[_Segment]:
+        if prog.segments is None:
+            prog.segments = self._segments(prog.nodes, prog.input_name, prog.output_names)
+        return prog.segments
+
+    def _own_lookup(self, name: str) -> torch.Tensor | None:
+        return self.tensor(name) if name in self._tensor_keys else None
+
+    def stage_channels(self, i: int, arch: Architecture | None = None) -> torch.Tensor | None:
+        """Positions (in the full network) of the channels stage ``i`` of ``arch`` outputs, or ``None`` at
+        full width: a stage adaptor reads its columns by them (:class:`~latbench.supernet.StageAdaptors`)."""
+        keep = self.keep(arch or self.full_arch()).get(self.stages[i].output_group)
+        return None if keep is None else torch.as_tensor(np.asarray(keep), dtype=torch.long, device=self.device)
+
+    def _cut_to(self, x: torch.Tensor, group: str | None, arch: Architecture, what: str) -> torch.Tensor:
+        """``x`` (e.g. the full network's stage output) cut to the channels ``arch`` keeps of ``group``."""
+        want = self.in_channels if group is None else arch.widths[group]
+        if group is not None and x.shape[1] > want:
+            keep = self.keep(arch).get(group)
+            if keep is not None and x.shape[1] == self.groups[group].width:
+                x = x[:, torch.as_tensor(np.asarray(keep), dtype=torch.long, device=x.device)]
+        if x.shape[1] != want:
+            raise ValueError(f"{what} of {self.spec.name!r} takes {want} channels "
+                             f"({'the image' if group is None else f'group {group!r}'}), got {x.shape[1]}")
+        return x
+
+    def _run_segment(self, seg: _Segment, x: torch.Tensor, tensor) -> torch.Tensor:
+        return self._execute(x, seg.nodes, seg.input_name, [seg.output_name], seg.readers, tensor)
+
+    def forward_stage(self, i: int, x: torch.Tensor, arch: Architecture | None = None, *,
+                      bn: OnnxSubnetBN | None = None) -> torch.Tensor:
+        """Output of stage ``i`` of ``arch``'s sub-network on ``x``; a full-width ``x`` (the full network's
+        output of stage ``i − 1``) is cut to the channels ``arch`` keeps. BN: ``bn``'s statistics, or in
+        training mode batch statistics that never move the shared ones (as every sub-network forward)."""
+        if not 0 <= i < len(self.stages):
+            raise IndexError(f"{self.spec.name!r} has stages 0..{len(self.stages) - 1}, not {i}")
+        arch = arch or self.full_arch()
         prog = self.program(arch)
+        x = self._cut_to(x, self.stages[i].input_group, arch, f"stage {i}")
         self._program = prog
         try:
-            return self._execute(x, prog.nodes, prog.input_name, prog.output_names, prog.readers,
-                                 self._lookup(prog, arch, bn))
+            return self._run_segment(self._program_segments(prog)[i], x, self._lookup(prog, arch, bn))
         finally:
             self._program = None
+
+    def head(self, y: torch.Tensor, arch: Architecture | None = None, *,
+             bn: OnnxSubnetBN | None = None) -> torch.Tensor:
+        """Logits from the last stage's output ``y`` (cut to the channels ``arch`` keeps)."""
+        arch = arch or self.full_arch()
+        prog = self.program(arch)
+        y = self._cut_to(y, self.stages[-1].output_group, arch, "the head")
+        self._program = prog
+        try:
+            return self._run_segment(self._program_segments(prog)[-1], y, self._lookup(prog, arch, bn))
+        finally:
+            self._program = None
+
+    def stage_bn_widths(self, i: int, arch: Architecture | None = None) -> dict[str, int]:
+        """:meth:`conv_widths` of the BatchNormalization nodes of stage ``i`` only."""
+        prog = self.program(arch or self.full_arch())
+        mine = {n.input[3] for n in self._program_segments(prog)[i].nodes if n.op_type == "BatchNormalization"}
+        return {mean: w for mean, w in self.conv_widths(arch).items() if mean in mine}
+
+    @torch.no_grad()
+    def _stage_calibration_step(self, i: int, x: torch.Tensor, arch: Architecture | None, stats: OnnxSubnetBN,
+                                momentum: float) -> None:
+        if not stats:
+            return
+        saved = self._bn_forwards
+        self._bn_forwards = int(round(1.0 / momentum)) - 1      # _batchnorm's momentum is 1/(forwards + 1)
+        try:
+            self.forward_stage(i, x, arch, bn=stats)
+        finally:
+            self._bn_forwards = saved
+
+    # -- running ---------------------------------------------------------------------------------------------
+    def _plain(self, arch: Architecture | None, bn: OnnxSubnetBN | None) -> bool:
+        """Whether ``arch`` is the graph itself run with its own tensors (the shared BN statistics move)."""
+        return bn is None and (arch is None or (dict(arch.widths) == dict(self.widths)
+                                                and not any(arch.sparsity.values()) and not self.training))
+
+    def forward(self, x: torch.Tensor, arch: Architecture | None = None, *,
+                bn: OnnxSubnetBN | None = None, return_stages: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits of ``arch``'s sub-network (default: the graph itself); with ``return_stages`` also the stage
+        outputs ``[Y_1, …, Y_K]``. The graph itself in training mode updates the shared BN statistics; a
+        sub-network normalises with ``bn``, batch statistics (training) or the shared ones (eval), never
+        moving them."""
+        if not return_stages:
+            if self._plain(arch, bn):
+                return super().forward(x)
+            arch = arch or self.full_arch()
+            prog = self.program(arch)
+            self._program = prog
+            try:
+                return self._execute(x, prog.nodes, prog.input_name, prog.output_names, prog.readers,
+                                     self._lookup(prog, arch, bn))
+            finally:
+                self._program = None
+        if arch is None and bn is None:
+            if self._full_segments is None:
+                self._full_segments = self._segments(self.nodes, self.input_name, self.output_names)
+            segments, tensor = self._full_segments, self._own_lookup
+        else:
+            arch = arch or self.full_arch()
+            prog = self.program(arch)
+            segments, tensor = self._program_segments(prog), self._lookup(prog, arch, bn)
+            self._program = prog
+        outputs, y = [], x
+        try:
+            for seg in segments[:-1]:
+                y = self._run_segment(seg, y, tensor)
+                outputs.append(y)
+            return self._run_segment(segments[-1], y, tensor), outputs
+        finally:
+            self._program = None
+            if segments is self._full_segments and self._bn_forwards is not None and self.training:
+                self._bn_forwards += 1
 
     def conv_widths(self, arch: Architecture | None = None) -> dict[str, int]:
         """Width of every BN of ``arch``'s sub-network, keyed by its running-mean initializer (the keys of

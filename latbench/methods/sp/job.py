@@ -40,7 +40,7 @@ from ...models import Architecture, GraphNet
 from ...predictor import Predictor
 from ...recipe import Choice, Opt, begin_folder_run
 from ...search.budget import Budget, BudgetError, CostGrid
-from ...supernet import DynamicNet, SearchSpace, StageAdaptors, recalibrate, stages_of
+from ...supernet import SearchSpace, StageAdaptors, recalibrate, stages_of, supernet_from
 from ...tables.table import LatencyTable, TableError
 from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, budget_kind_is_latency, check_table_device,
                       check_torch_device, checkpoint_for, console, export_pruned, exported, first, full_latency,
@@ -141,6 +141,13 @@ def run_sp(job: SPJob) -> dict:
     # ---- everything that can be wrong with the input, before any training ----------------------------
     parent = load_parent(job.checkpoint, job.model)
     spec = parent.spec
+    imported = bool(spec.source)
+    if imported and job.order != "l1":
+        raise ValueError(f"--order {job.order}: an imported model ranks its channels by l1 (its filters' L1 norms "
+                         "× |γ|, as its pruned variants are cut); use --order l1")
+    if imported and job.retrain_from == "scratch":
+        raise ValueError("--retrain-from scratch needs a zoo model (latbench builds its layers); an imported model "
+                         "retrains from the weights its supernet gives it (--retrain-from inherited)")
     stages = stages_of(spec)                                      # StageError: no stage boundaries
     use_ray = _use_ray(job)
     if use_ray:
@@ -177,7 +184,8 @@ def run_sp(job: SPJob) -> dict:
 
     # ---- 1. stage-wise supernet training -------------------------------------------------------------
     device = check_torch_device(job.torch_device)
-    net = DynamicNet.from_parent(parent, job.order, device=device)
+    net = supernet_from(parent, str(job.order), device=device)   # an OnnxSupernet for an imported model
+    net.stages                                                    # StageError: a graph not runnable stage-wise
     adaptors = StageAdaptors.for_net(net)
     train_data = data if job.train_images is None else DataSplits(
         data.name, data.train.head(job.train_images), data.val, data.test)
@@ -246,6 +254,8 @@ def run_sp(job: SPJob) -> dict:
                 small = inherited
             else:
                 small = GraphNet(spec, arch.widths, net.in_channels, generator=torch.Generator().manual_seed(r.seed))
+        elif imported:
+            small = net.extract(arch, device="cpu")      # the cut graph; the finished checkpoint's weights load in
         else:
             small = GraphNet(spec, arch.widths, net.in_channels)
         on_cpu = device.type == "cpu"

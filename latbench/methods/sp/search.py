@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Annotated, Callable, Mapping, Sequence
 
 import numpy as np
+import onnx
 import torch
 from annotated_types import Ge, Gt, Le
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -52,7 +53,7 @@ from ...files import atomic_write_json, read_json
 from ...models import Architecture, ModelSpec
 from ...recipe import Opt
 from ...search.budget import Budget, BudgetError
-from ...supernet import DynamicNet, SearchSpace, StageAdaptors, SubnetBN, stage_feature_loss
+from ...supernet import DynamicNet, OnnxSupernet, SearchSpace, StageAdaptors, SubnetBN, stage_feature_loss
 from .costs import StageCosts
 from .parallel import InProcessPool, RayPool, ray_session, wait_for_actors
 
@@ -97,17 +98,15 @@ def recalibrate_stage(net: DynamicNet, i: int, arch: Architecture, inputs: Seque
     """BN statistics of stage ``i`` of ``arch``'s sub-network from batches of stage inputs (full width is
     fine: they are cut to the sub-network's input width), as :func:`latbench.supernet.recalibrate` does for
     a whole network: reset, then the plain mean of the batch statistics. Shared statistics are untouched."""
-    plan = net._plan(arch)             # the core's per-stage forward with explicit statistics (as recalibrate)
-    widths = net.conv_widths(arch)
-    layers = set(net.stages[i].layers)
     device = net.device
     stats: SubnetBN = {name: (torch.zeros(c, device=device), torch.ones(c, device=device))
-                       for name, c in widths.items() if name in layers}
+                       for name, c in net.stage_bn_widths(i, arch).items()}
     was_training = net.training
     net.train()
     try:
         for n, x in enumerate(inputs):
-            net._stage(i, x.to(device), plan, stats, 1.0 / (n + 1), slice_input=True)
+            # the core's per-stage forward with explicit statistics (as recalibrate does for a whole network)
+            net._stage_calibration_step(i, x.to(device), arch, stats, 1.0 / (n + 1))
     finally:
         net.train(was_training)
     if not inputs:
@@ -160,6 +159,18 @@ class StageSetup:
     resolution: int
     config: SPSearchConfig
     device: str = "cpu"
+    onnx: bytes | None = None                      # an imported model's graph (its OnnxSupernet), else None
+    order: dict[str, np.ndarray] | None = None     # and that supernet's channel order
+
+    def build_net(self) -> "DynamicNet | OnnxSupernet":
+        """The supernet with the trained weights, in eval mode, on ``device``."""
+        device = torch.device(self.device)
+        if self.onnx is None:
+            net = DynamicNet(self.spec, self.widths, self.in_channels, device="meta").to_empty(device=device)
+        else:
+            net = OnnxSupernet(onnx.load_from_string(self.onnx), self.spec, self.order).to(device)
+        net.load_state_dict(self.state)
+        return net.eval()
 
 
 @dataclass
@@ -240,10 +251,7 @@ class StageWorker:
 
     def __init__(self, setup: StageSetup, data: StageData) -> None:
         self.setup, self.data, self.i = setup, data, data.stage
-        device = torch.device(setup.device)
-        self.net = DynamicNet(setup.spec, setup.widths, setup.in_channels, device="meta").to_empty(device=device)
-        self.net.load_state_dict(setup.state)
-        self.net.eval()
+        self.net = setup.build_net()
         self.adaptors = StageAdaptors.for_net(self.net)
         self.adaptors.load_state_dict(setup.adaptors)
         self.adaptors.eval()
@@ -279,7 +287,8 @@ class StageWorker:
         for x, target in zip(self.data.inputs, self.data.targets):
             target = target.to(device)
             y = self.net.forward_stage(self.i, x.to(device), arch, bn=stats)
-            total += float(stage_feature_loss(y, target, lambda v: self.adaptors(self.i, v))) * target.numel()
+            channels = self.net.stage_channels(self.i, arch)
+            total += float(stage_feature_loss(y, target, lambda v: self.adaptors(self.i, v, channels))) * target.numel()
             n += target.numel()
         self.cache[key] = total / n
         self.computed += 1
@@ -528,10 +537,12 @@ def fingerprint(tensors: Sequence[torch.Tensor]) -> str:
 
 def _setup(net: DynamicNet, adaptors: StageAdaptors, costs: StageCosts, space: SearchSpace, resolution: int,
            config: SPSearchConfig, device: str) -> StageSetup:
+    imported = isinstance(net, OnnxSupernet)
     return StageSetup(net.spec, dict(net.widths), net.in_channels,
                       {k: v.detach().cpu() for k, v in net.state_dict().items()},
                       {k: v.detach().cpu() for k, v in adaptors.state_dict().items()}, costs,
-                      {g: tuple(c) for g, c in space.choices.items()}, resolution, config, device)
+                      {g: tuple(c) for g, c in space.choices.items()}, resolution, config, device,
+                      net.model.SerializeToString() if imported else None, dict(net.order) if imported else None)
 
 
 def search(net: DynamicNet, adaptors: StageAdaptors, space: SearchSpace, costs: StageCosts, budget: Budget,

@@ -153,7 +153,8 @@ def stagewise_step(net: DynamicNet, adaptors: StageAdaptors, x: torch.Tensor, la
             per_stage = []
             for i in range(len(net.stages)):
                 y = net.forward_stage(i, inputs[i], arch)
-                loss = stage_feature_loss(y, targets[i], lambda v, i=i: adaptors(i, v))
+                channels = net.stage_channels(i, arch)
+                loss = stage_feature_loss(y, targets[i], lambda v, i=i, c=channels: adaptors(i, v, c))
                 loss.backward()
                 per_stage.append(float(loss.detach()))
             losses.append(per_stage)
@@ -185,10 +186,12 @@ def save_supernet(path: str | Path, net: DynamicNet, adaptors: StageAdaptors,
                 buf = optimizer.state.get(p, {}).get("momentum_buffer")
                 if buf is not None:
                     tensors[f"optim.{names[id(p)]}.momentum_buffer"] = buf.detach().cpu().contiguous()
-    stem = next(layer for layer in net.spec.layers if layer.fixed_in is not None)
     header = {**dict(meta or {}), "format": FORMAT, "model": net.spec.name, "num_classes": net.spec.num_classes,
-              "in_channels": int(net.block(stem.name).conv.in_channels),
-              "arch": net.full_arch().to_dict(), "kind": "sp-supernet"}
+              "in_channels": int(net.in_channels), "arch": net.full_arch().to_dict(), "kind": "sp-supernet"}
+    if net.spec.source:                # an imported model: its graph is rebuilt from the file
+        header["source"] = str(net.spec.source)
+        if net.spec.input_shape:
+            header["input_shape"] = list(net.spec.input_shape)
     with atomic_output(path) as tmp:
         save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(header)})
     return path
@@ -222,9 +225,25 @@ def load_supernet(path: str | Path, *, device: torch.device | str = "cpu") -> tu
     """Rebuild ``(net, adaptors, meta)`` from a checkpoint of :func:`save_supernet` on ``device``."""
     path = Path(path)
     meta, tensors = _read(path)
-    spec = get_model(meta["model"], num_classes=int(meta["num_classes"]))
-    widths = Architecture.from_dict(meta["arch"]).widths
-    net = DynamicNet(spec, widths, int(meta["in_channels"]), device="meta").to_empty(device=device)
+    if meta.get("source"):
+        from ...api import load_model
+        from ...models.onnx_graph import OnnxModelError
+        from ...models.onnx_torch import full_network
+        from ...supernet import OnnxSupernet
+
+        try:
+            spec = load_model(meta["source"], input_shape=meta.get("input_shape"))
+        except (OnnxModelError, OSError) as err:
+            raise CheckpointError(f"{path} is the supernet of {meta['source']}, which cannot be read ({err}); "
+                                  "put the model file back there") from err
+        if spec.name != meta["model"]:
+            raise CheckpointError(f"{path} is the supernet of another version of {meta['source']} ({meta['model']}, "
+                                  f"the file now reads as {spec.name})")
+        net = OnnxSupernet(full_network(spec).model, spec).to(device)
+    else:
+        spec = get_model(meta["model"], num_classes=int(meta["num_classes"]))
+        widths = Architecture.from_dict(meta["arch"]).widths
+        net = DynamicNet(spec, widths, int(meta["in_channels"]), device="meta").to_empty(device=device)
     load_into(path, net, None, tensors=tensors)
     adaptors = StageAdaptors.for_net(net)
     load_into(path, None, adaptors, tensors=tensors)
@@ -408,7 +427,8 @@ def stage_losses(net: DynamicNet, adaptors: StageAdaptors, x: torch.Tensor, arch
         for i in range(len(net.stages)):
             stats = recalibrate_stage(net, i, arch, [cal_inputs[i]])
             y = net.forward_stage(i, inputs[i], arch, bn=stats)
-            losses.append(float(stage_feature_loss(y, full[i], lambda v, i=i: adaptors(i, v))))
+            channels = net.stage_channels(i, arch)
+            losses.append(float(stage_feature_loss(y, full[i], lambda v, i=i, c=channels: adaptors(i, v, c))))
         return losses
     finally:
         net.train(was)
