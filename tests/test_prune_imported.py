@@ -300,6 +300,30 @@ def test_sp_prunes_an_onnx_model_stage_by_stage_and_ships_its_own_graph_trained(
     assert (out / "pruned.onnx").read_bytes() == before
 
 
+@pytest.mark.slow
+def test_sp_lands_an_onnx_model_on_a_latency_budget_measured_on_the_device(user_mnv2, tmp_path):
+    """Profiled into a table here, SP's stage budgets taken from it, and the shipped file of the user's graph landed
+    on 85 % of the full network's latency measured on host:onnxruntime."""
+    table, store = tmp_path / "t.parquet", tmp_path / "store.db"
+    profiled = CliRunner().invoke(app, ["profile", str(user_mnv2), "--device", "host:onnxruntime", "--table", str(table),
+                                        "--store", str(store), "--calibrate", "4", "--no-progress"])
+    assert profiled.exit_code == 0, profiled.output
+    out = tmp_path / "sp"
+    result = prune_sp("--model", user_mnv2, "--table", table, "--budget-ratio", 0.85, "--device", "host:onnxruntime",
+                      "--store", store, "--data", "fashion-mnist", "--out", out, "--repeats", 3, "--no-ray", *SP_QUICK)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    landing = report["landing"]
+    assert landing["steps"] and all(s["measured_ms"] > 0 for s in landing["steps"])
+    assert landing["status"] in ("in band", "no unit fits", "over budget")
+    assert len(report["shipped_repeats_ms"]) == 3 and report["measured_ms"] > 0
+    assert report["predicted_ms"] > 0 and report["architecture"]["widths"] == report["shipped_landing"]["architecture"][
+        "widths"]
+    shipped = onnx.load(out / "pruned.onnx")
+    spec = load_model(str(user_mnv2))
+    assert shipped.graph.input[0].type.tensor_type.shape.dim[1].dim_value == spec.in_channels
+
+
 @pytest.mark.parametrize("args, message", [
     (["--order", "l2"], "an imported model ranks its channels by l1"),
     (["--retrain-from", "scratch"], "--retrain-from scratch needs a zoo model"),
