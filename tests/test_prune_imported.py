@@ -336,8 +336,22 @@ def test_sp_options_an_imported_model_cannot_take_are_refused_before_training(us
     assert not (out / "supernet.safetensors").exists()
 
 
-def test_sp_refuses_a_graph_without_stage_boundaries_by_name(user_model, tmp_path):
-    """MobileNetV3's head runs a 1×1 conv after the global pool: no pool + classifier head to split stages at."""
-    result = prune_sp("--model", user_model, "--budget-flops", 1e6, "--data", "fashion-mnist", "--out",
-                      tmp_path / "sp", "--no-ray", *SP_QUICK)
-    assert result.exit_code != 0 and "has no stage boundaries" in result.output and "Traceback" not in result.output
+def test_sp_keeps_mobilenetv3s_head_conv_at_full_width(user_model, tmp_path):
+    """MobileNetV3's head runs a 1×1 conv (its own channel group) after the global pool: the head is everything
+    from the last global pool on, its group belongs to no stage and stays at full width; the stages are pruned."""
+    from latbench.supernet import head_groups, stages_of
+
+    spec = load_model(str(user_model))
+    (head,) = head_groups(spec)
+    assert "conv_head" in head and len(stages_of(spec)) >= 3
+    full = CostGrid.analytic(spec, "flops", 32).total(spec.groups)
+    out = tmp_path / "sp"
+    result = prune_sp("--model", user_model, "--budget-flops", 0.8 * full, "--data", "fashion-mnist", "--out", out,
+                      "--no-ray", *SP_QUICK)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    widths = report["architecture"]["widths"]
+    assert widths[head] == spec.groups[head] and report["flops"] <= 0.8 * full
+    assert any(w < spec.groups[g] for g, w in widths.items())
+    x = np.random.default_rng(0).standard_normal((1, 1, 32, 32)).astype(np.float32)
+    assert np.isfinite(run(ort.InferenceSession(str(out / "pruned.onnx")), x)).all()

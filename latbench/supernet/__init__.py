@@ -20,10 +20,10 @@ from .onnx_net import OnnxSubnetBN, OnnxSupernet, supernet_from
 from .ops import DynamicBatchNorm2d, DynamicConv2d, DynamicLinear, magnitude_keep
 from .sampling import (METAPRUNING_RATIOS, PopulationSampler, ResolutionSampler, SandwichSampler, SearchSpace, resize,
                        round_width, weight_count, width_choices)
-from .stages import Stage, StageError, head_of, stage_of_group, stages_of
+from .stages import Stage, StageError, head_groups, head_of, stage_of_group, stages_of
 
 __all__ = ["DynamicBatchNorm2d", "DynamicConv2d", "DynamicConvBlock", "DynamicLinear", "DynamicNet",
            "METAPRUNING_RATIOS", "OnnxSubnetBN", "OnnxSupernet", "PopulationSampler", "ResolutionSampler", "SandwichSampler", "SearchSpace", "Stage",
-           "StageAdaptors", "StageError", "SubnetBN", "chain_distillation", "cross_entropy", "head_of",
+           "StageAdaptors", "StageError", "SubnetBN", "chain_distillation", "cross_entropy", "head_groups", "head_of",
            "logit_distillation", "magnitude_keep", "recalibrate", "resize", "round_width", "stage_feature_loss",
            "stage_of_group", "stages_of", "supernet_from", "weight_count", "width_choices"]

@@ -16,7 +16,9 @@ stage before. That needs a split where
 
 For every layer that lowers the resolution (at ``spec.base_resolution``), the boundary is the **latest
 closed cut before that layer** and after the previous boundary. When there is none, the stretch before the
-drop joins the next stage. The head — the trailing global pool and linear classifier — is in no stage.
+drop joins the next stage. The head — the last global pool and what follows it, ending in a linear
+classifier — is in no stage. A channel group the head writes (MobileNetV3's 1×1 conv after the pool,
+:func:`head_groups`) belongs to no stage either: a stage-wise search keeps it at full width.
 
 What this gives on the zoo:
 
@@ -79,19 +81,26 @@ class Stage:
 
 
 def head_of(spec: ModelSpec) -> tuple[str, ...]:
-    """Names of the head's layers: the trailing global average pool and linear classifier(s)."""
+    """Names of the head's layers: the last global average pool and everything after it (on 1×1 maps), which
+    ends in a linear classifier — pool + classifier, or MobileNetV3's pool → 1×1 conv → act → classifier."""
     layers = spec.layers
-    start = len(layers)
-    while start > 0 and layers[start - 1].kind in ("avgpool", "linear"):
-        start -= 1
+    pools = [i for i, layer in enumerate(layers)               # a global pool: with its flatten, or alone
+             if layer.kind == "avgpool" or (layer.kind == "op" and layer.op == "gap")]
+    start = pools[-1] if pools else len(layers)
     head = layers[start:]
-    if not head or head[0].kind != "avgpool" or head[-1].kind != "linear" or start == 0:
+    if not head or head[-1].kind != "linear" or start == 0:
         raise StageError(f"model {spec.name!r} has no stage boundaries: its layers must end in a global average "
                          f"pool and a linear classifier (the head), after at least one conv; they end in "
                          f"{[l.kind for l in layers[-3:]]}")
-    if any(layer.kind == "avgpool" for layer in head[1:]):
-        raise StageError(f"model {spec.name!r} has no stage boundaries: its head has more than one average pool")
     return tuple(layer.name for layer in head)
+
+
+def head_groups(spec: ModelSpec) -> tuple[str, ...]:
+    """Channel groups the head writes (MobileNetV3's 1×1 conv after the pool): owned by no stage, they stay at
+    full width in a stage-wise search."""
+    head = set(head_of(spec))          # pools and flattens pass their input's group on: they write none
+    return tuple(dict.fromkeys(layer.out_group for layer in spec.layers if layer.name in head
+                               and layer.out_group is not None and layer.out_group != layer.in_group))
 
 
 def _reads(layer: LayerDef) -> list[str]:
@@ -154,7 +163,11 @@ def stages_of(spec: ModelSpec) -> tuple[Stage, ...]:
                             None if start == 0 else body[start - 1].out_group, body[end].out_group,
                             out_hw[body[end].name]))
         start = end + 1
-    unowned = set(spec.groups) - set(owner)
+    shared = sorted(set(head_groups(spec)) & set(owner))
+    if shared:
+        raise StageError(f"model {spec.name!r} has no stage boundaries: group {shared[0]!r} is written in stage "
+                         f"{owner[shared[0]]} and in the head")
+    unowned = set(spec.groups) - set(owner) - set(head_groups(spec))
     if unowned:
         raise StageError(f"model {spec.name!r}: groups {sorted(unowned)} are written by no stage layer")
     return tuple(stages)
@@ -168,4 +181,4 @@ def stage_of_group(stages: tuple[Stage, ...], group: str) -> int:
     raise KeyError(f"no stage owns group {group!r}")
 
 
-__all__ = ["Stage", "StageError", "head_of", "stage_of_group", "stages_of"]
+__all__ = ["Stage", "StageError", "head_groups", "head_of", "stage_of_group", "stages_of"]

@@ -27,7 +27,7 @@ reach (naming that cost), Ray asked for but missing or unreachable.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -40,7 +40,7 @@ from ...models import Architecture, GraphNet
 from ...predictor import Predictor
 from ...recipe import Choice, Opt, begin_folder_run
 from ...search.budget import Budget, BudgetError, CostGrid
-from ...supernet import SearchSpace, StageAdaptors, recalibrate, stages_of, supernet_from
+from ...supernet import SearchSpace, StageAdaptors, head_groups, recalibrate, stages_of, supernet_from
 from ...tables.table import LatencyTable, TableError
 from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, budget_kind_is_latency, check_table_device,
                       check_torch_device, checkpoint_for, console, export_pruned, exported, first, full_latency,
@@ -161,6 +161,8 @@ def run_sp(job: SPJob) -> dict:
         predictor.covered_resolutions([resolution])               # TableError: another resolution
     unit = job.unit or (int(table.meta.get("channel_multiple", 1)) if table is not None else 1)
     space = SearchSpace.from_spec(spec, multiple=unit, resolutions=(resolution,))
+    # Groups the head writes (MobileNetV3's 1×1 conv after the pool) belong to no stage: kept at full width.
+    space = replace(space, choices={**space.choices, **{g: (spec.groups[g],) for g in head_groups(spec)}})
     step = int(np.gcd.reduce([w for c in space.choices.values() for w in c]))
     grid = CostGrid.for_budget(spec, Budget(job.budget.kind, 1.0), resolution, predictor, step)   # OutOfGridError
     smallest = space.smallest(resolution)

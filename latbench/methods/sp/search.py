@@ -53,7 +53,8 @@ from ...files import atomic_write_json, read_json
 from ...models import Architecture, ModelSpec
 from ...recipe import Opt
 from ...search.budget import Budget, BudgetError
-from ...supernet import DynamicNet, OnnxSupernet, SearchSpace, StageAdaptors, SubnetBN, stage_feature_loss
+from ...supernet import (DynamicNet, OnnxSupernet, SearchSpace, StageAdaptors, SubnetBN, head_groups,
+                         stage_feature_loss)
 from .costs import StageCosts
 from .parallel import InProcessPool, RayPool, ray_session, wait_for_actors
 
@@ -655,7 +656,7 @@ def search(net: DynamicNet, adaptors: StageAdaptors, space: SearchSpace, costs: 
 def _result(saved: Mapping, spec: ModelSpec, resolution: int, budget: Budget, costs: StageCosts) -> SearchResult:
     pop = [Gene.from_dict(g) for g in saved["population"]]
     best = min(pop, key=lambda g: g.fitness)
-    widths: dict[str, int] = {}
+    widths: dict[str, int] = {g: spec.groups[g] for g in head_groups(spec)}      # no stage's: full width
     for r in best.results:
         widths.update(r.widths)
     missing = set(spec.groups) - set(widths)
