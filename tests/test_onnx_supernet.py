@@ -169,3 +169,44 @@ def test_filter_scores_of_a_depthwise_conv_over_a_concatenation_go_to_each_group
     for group, value in expected.items():
         if group is not None:
             np.testing.assert_allclose(scores[group] - rest[group], value, rtol=1e-9, atol=1e-9)
+
+
+class _BNStagesNet(nn.Module):
+    """Three resolutions, BatchNormalization kept: stages an SP search recalibrates one at a time."""
+
+    def __init__(self):
+        super().__init__()
+        def block(cin, cout, stride):
+            return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+        self.body = nn.Sequential(*block(1, 16, 1), *block(16, 24, 2), *block(24, 32, 2), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_a_stage_recalibrated_alone_gets_the_statistics_the_whole_sub_network_gets(tmp_path):
+    """SP scores a stage candidate after recalibrating that stage's BN on its own inputs: fed the sub-network's
+    own stage inputs, that equals recalibrating the whole sub-network (restricted to the stage's BNs)."""
+    from latbench.methods.sp.search import recalibrate_stage
+
+    torch.manual_seed(0)
+    path = tmp_path / "stages.onnx"
+    torch.onnx.export(_BNStagesNet().eval(), torch.zeros(1, 1, 16, 16), str(path), dynamo=False,
+                      do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE, opset_version=17)
+    spec = load_model(str(path))
+    net = supernet_from(full_network(spec), "l1")
+    assert len(net.stages) == 3 and len(net.batch_norms()) == 3
+    arch = Architecture(spec.name, 16, {g: w // 2 for g, w in spec.groups.items()})
+    batches = [torch.randn(8, 1, 16, 16) * 2 + 1 for _ in range(3)]
+    whole = recalibrate(net, arch, batches)
+    inputs = batches
+    net.train()
+    for i in range(len(net.stages)):
+        alone = recalibrate_stage(net, i, arch, inputs)
+        assert len(alone) == 1 and set(alone) <= set(whole)
+        for name, (m, v) in alone.items():
+            torch.testing.assert_close(m, whole[name][0])
+            torch.testing.assert_close(v, whole[name][1])
+        with torch.no_grad():        # the next stage's inputs: this stage's outputs with batch statistics
+            inputs = [net.forward_stage(i, x, arch) for x in inputs]
