@@ -8,7 +8,9 @@ per-category fit (``sums`` reproduces its figures):
 
 A KIND is ``total`` or ``sums`` (per-category sums of lookups, latbench.predictor.KERNEL_CATEGORIES) followed by
 ``+``-joined extras: ``n`` kernel count, ``catn`` counts per category, ``in``/``out``/``io`` activation megabytes
-read/written, ``catio`` the same per category, ``w`` weight megabytes. E.g. ``sums+n+io``.
+read/written, ``catio`` the same per category, ``w`` weight megabytes. E.g. ``sums+n+io``. ``device`` is what
+latbench predicts with (:func:`latbench.validation.fit_device_calibration`): the per-category sums with their
+scales pulled towards a common one, as strongly as leaving each of the 14 models out in turn shows it pays.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import numpy as np
 
 from latbench.predictor import KERNEL_CATEGORIES, kernel_category
 
-KINDS = ("total", "total+n", "sums", "sums+n", "sums+io", "sums+in", "sums+n+in", "sums+n+io", "sums+w",
+KINDS = ("device", "total", "total+n", "sums", "sums+n", "sums+io", "sums+in", "sums+n+in", "sums+n+io", "sums+w",
          "sums+n+in+w", "sums+catn", "sums+catio")
 WEIGHTED = ("conv", "pointwise", "depthwise", "linear")
 
@@ -57,14 +59,27 @@ def fit(X: np.ndarray, measured: np.ndarray) -> tuple[np.ndarray, float]:
     return w, float(coef[-1])
 
 
+def device_fit(X: dict, y: dict, others: list[str]) -> tuple[np.ndarray, float]:
+    """latbench's own device correction fitted on the models ``others`` (per-category sums: kind ``device``)."""
+    from latbench.validation import fit_device_calibration
+
+    table = SimpleNamespace(meta={"calibration": {m: {"kernel_samples": np.column_stack([X[m], y[m]]).tolist()}
+                                                  for m in others}})
+    fitted = fit_device_calibration(table)
+    return np.array([fitted["scales"][c] for c in KERNEL_CATEGORIES]), fitted["offset_ms"]
+
+
 def leave_one_model_out(data: dict, kind: str, verbose: bool = False) -> tuple[float, float, float, float]:
     """Hit rates (full ±10 %, full ±5 %, variants ±10 %, variants ±5 %); each model's first network is its full one."""
-    X = {m: np.array([features(net, kind) for net in nets]) for m, nets in data.items()}
+    X = {m: np.array([features(net, "sums" if kind == "device" else kind) for net in nets]) for m, nets in data.items()}
     y = {m: np.array([net["measured_ms"] for net in nets]) for m, nets in data.items()}
     full, variants = [], []
     for m in data:
         others = [o for o in data if o != m]
-        w, offset = fit(np.vstack([X[o] for o in others]), np.concatenate([y[o] for o in others]))
+        if kind == "device":
+            w, offset = device_fit(X, y, others)
+        else:
+            w, offset = fit(np.vstack([X[o] for o in others]), np.concatenate([y[o] for o in others]))
         error = (X[m] @ w + offset) / y[m] - 1
         full.append(error[0])
         variants += list(error[1:])

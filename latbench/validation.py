@@ -250,6 +250,51 @@ def fit_calibration(raw: np.ndarray, measured: np.ndarray, fit: str = "line") ->
     return float(scale), float(offset)
 
 
+#: Strengths tried for pulling the per-category scales of a device fit towards one common scale (0: free
+#: scales; 1e6: one scale for every category); the one that predicts best the models left out wins.
+SHRINKAGE_GRID = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 1e6)
+
+
+def _category_fit(sums: np.ndarray, measured: np.ndarray, shrinkage: float) -> tuple[np.ndarray, float]:
+    """measured ≈ Σ_c (common + d_c)·sum_c + offset by relative least squares, with ``shrinkage``·N·Σ d_c²
+    added (N networks): per-category scales pulled towards one common scale. Returns (scales, offset);
+    categories absent from ``sums`` keep scale 1 (the lookup as timed: nothing says otherwise)."""
+    present = np.flatnonzero(sums.max(axis=0) > 0)
+    rel = sums[:, present] / measured[:, None]
+    n, k = rel.shape
+    design = np.column_stack([rel.sum(axis=1), rel, 1.0 / measured])       # common, d_c, offset
+    target = np.ones(n)
+    if shrinkage > 0:
+        penalty = np.zeros((k, k + 2))
+        penalty[:, 1:k + 1] = np.eye(k) * np.sqrt(shrinkage * n)
+        design, target = np.vstack([design, penalty]), np.concatenate([target, np.zeros(k)])
+    coef, *_ = np.linalg.lstsq(design, target, rcond=None)
+    scales = np.ones(sums.shape[1])
+    scales[present] = coef[0] + coef[1:k + 1]
+    return scales, float(coef[-1])
+
+
+def _choose_shrinkage(per_model: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
+    """The :data:`SHRINKAGE_GRID` strength whose fits on all models but one predict the one left out best (mean
+    relative error over its networks, every model in turn): the only way the fit is judged is the way it is used,
+    on a model it has not seen. With one model there is nothing to leave out: 0."""
+    if len(per_model) < 2:
+        return 0.0
+    best = None
+    for strength in SHRINKAGE_GRID:
+        errors = []
+        for left in per_model:
+            rest = [per_model[m] for m in per_model if m != left]
+            scales, offset = _category_fit(np.vstack([s for s, _ in rest]), np.concatenate([y for _, y in rest]),
+                                           strength)
+            sums, measured = per_model[left]
+            errors.append(np.abs((sums @ scales + offset) / measured - 1))
+        score = float(np.mean(np.concatenate(errors)))
+        if best is None or score < best[0] - 1e-12:       # ties: the weaker pull
+            best = (score, strength)
+    return best[1]
+
+
 def fit_device_calibration(table, exclude: str | None = None, min_models: int = 2) -> dict | None:
     """A device's own correction from kernel lookups to a whole network, learnt across models.
 
@@ -258,30 +303,30 @@ def fit_device_calibration(table, exclude: str | None = None, min_models: int = 
     ``exclude`` this fits measured ≈ Σ_c scale_c · sum_c + offset by relative least squares: how much a kernel
     timed alone differs from the same kernel inside a network depends on what it is (on onnxruntime a dense 3×3
     conv ≈ 1, memory-bound 1×1 and depthwise kernels ≈ 0.8; benchmarks/realworld.py), so one scale does not carry
-    from a ResNet to a MobileNet. Categories no other model has keep scale 1. Returns None when fewer than
-    ``min_models`` models have samples.
+    from a ResNet to a MobileNet. The scales are pulled towards one common scale as strongly as leaving each
+    fitted model out in turn shows it pays (``shrinkage``, from :data:`SHRINKAGE_GRID`): a category few models
+    have (squeeze-excitation, ops) otherwise takes whatever scale fits those few, e.g. SE at 0.15 or 0.69 of its
+    lookups depending on which one model is left out. Categories no other model has keep scale 1. Returns None
+    when fewer than ``min_models`` models have samples.
     """
     from .predictor import KERNEL_CATEGORIES
 
-    rows, models = [], []
+    per_model: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, entry in (table.meta.get("calibration") or {}).items():
         if name == exclude or not entry.get("kernel_samples"):
             continue
-        models.append(name)
-        rows += entry["kernel_samples"]
-    if len(models) < min_models:
+        data = np.array(entry["kernel_samples"], dtype=float)
+        per_model[name] = (data[:, :-1], data[:, -1])
+    if len(per_model) < max(1, min_models):
         return None
-    data = np.array(rows, dtype=float)
-    sums, measured = data[:, :-1], data[:, -1]
-    present = np.flatnonzero(sums.max(axis=0) > 0)
-    design = np.column_stack([sums[:, present], np.ones(len(measured))]) / measured[:, None]
-    coef, *_ = np.linalg.lstsq(design, np.ones_like(measured), rcond=None)
-    scales = {c: 1.0 for c in KERNEL_CATEGORIES}
-    for col, value in zip(present, coef[:-1]):
-        scales[KERNEL_CATEGORIES[col]] = float(value)
-    fitted = sums @ np.array([scales[c] for c in KERNEL_CATEGORIES]) + coef[-1]
-    return {"scales": scales, "offset_ms": float(coef[-1]), "models": sorted(models), "networks": len(rows),
-            "fit_error": float(np.sqrt(np.mean(((fitted - measured) / measured) ** 2)))}
+    sums = np.vstack([s for s, _ in per_model.values()])
+    measured = np.concatenate([y for _, y in per_model.values()])
+    shrinkage = _choose_shrinkage(per_model)
+    fitted_scales, offset = _category_fit(sums, measured, shrinkage)
+    scales = {c: float(fitted_scales[i]) for i, c in enumerate(KERNEL_CATEGORIES)}
+    fitted = sums @ np.array([scales[c] for c in KERNEL_CATEGORIES]) + offset
+    return {"scales": scales, "offset_ms": offset, "shrinkage": shrinkage, "models": sorted(per_model),
+            "networks": len(measured), "fit_error": float(np.sqrt(np.mean(((fitted - measured) / measured) ** 2)))}
 
 
 def calibration_architectures(spec: ModelSpec, n: int, seed: int, resolutions: Sequence[int],
