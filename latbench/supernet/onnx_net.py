@@ -274,11 +274,17 @@ class OnnxSupernet(OnnxNet):
         if self._stages is None:
             stages = stages_of(self.spec)
             self._stage_ends = self._ends_of(stages)      # every stage must end in one tensor of the graph
+            try:                                          # and no node may read across a boundary
+                self._full_segments = self._segments(self.nodes, self.input_name, self.output_names)
+            except StageError:
+                self._stage_ends = None
+                raise
             self._stages = stages
         return self._stages
 
     def _stage_tensors(self) -> list[str]:
-        self.stages
+        if self._stage_ends is None:
+            self.stages
         return self._stage_ends
 
     def _ends_of(self, stages: Sequence[Stage]) -> list[str]:
@@ -438,8 +444,7 @@ class OnnxSupernet(OnnxNet):
             finally:
                 self._program = None
         if arch is None and bn is None:
-            if self._full_segments is None:
-                self._full_segments = self._segments(self.nodes, self.input_name, self.output_names)
+            self.stages                                   # splits the graph once
             segments, tensor = self._full_segments, self._own_lookup
         else:
             arch = arch or self.full_arch()

@@ -149,6 +149,9 @@ def run_sp(job: SPJob) -> dict:
         raise ValueError("--retrain-from scratch needs a zoo model (latbench builds its layers); an imported model "
                          "retrains from the weights its supernet gives it (--retrain-from inherited)")
     stages = stages_of(spec)                                      # StageError: no stage boundaries
+    device = check_torch_device(job.torch_device)
+    net = supernet_from(parent, str(job.order), device=device)   # an OnnxSupernet for an imported model
+    net.stages                                                    # StageError: a graph not runnable stage-wise
     use_ray = _use_ray(job)
     if use_ray:
         check_ray(job.ray_address)                                # RayUnavailableError
@@ -185,9 +188,6 @@ def run_sp(job: SPJob) -> dict:
     phases_path = out / "sp-phases.json"
 
     # ---- 1. stage-wise supernet training -------------------------------------------------------------
-    device = check_torch_device(job.torch_device)
-    net = supernet_from(parent, str(job.order), device=device)   # an OnnxSupernet for an imported model
-    net.stages                                                    # StageError: a graph not runnable stage-wise
     adaptors = StageAdaptors.for_net(net)
     train_data = data if job.train_images is None else DataSplits(
         data.name, data.train.head(job.train_images), data.val, data.test)
