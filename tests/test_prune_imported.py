@@ -266,18 +266,23 @@ def prune_sp(*args):
     return CliRunner().invoke(app, ["prune", "sp", *map(str, args)])
 
 
+def sp_to_flops(model: Path, ratio: float, out: Path):
+    """``latbench prune sp`` of ``model`` to ``ratio`` of its full FLOPs in process: (spec, full FLOPs, report)."""
+    spec = load_model(str(model))
+    full = CostGrid.analytic(spec, "flops", 32).total(spec.groups)
+    result = prune_sp("--model", model, "--budget-flops", ratio * full, "--data", "fashion-mnist", "--out", out,
+                      "--no-ray", *SP_QUICK)
+    assert result.exit_code == 0, result.output
+    return spec, full, json.loads((out / "report.json").read_text())
+
+
 @pytest.mark.slow
 def test_sp_prunes_an_onnx_model_stage_by_stage_and_ships_its_own_graph_trained(user_mnv2, tmp_path):
     """SP on a user's ONNX file: the stage-wise supernet is the file's graph, searched stage by stage (Ray when
     installed), the chosen sub-network retrained from the supernet's weights and shipped as the user's graph cut
     to its widths."""
-    spec = load_model(str(user_mnv2))
-    full = CostGrid.analytic(spec, "flops", 32).total(spec.groups)
     out = tmp_path / "sp"
-    result = prune_sp("--model", user_mnv2, "--budget-flops", 0.7 * full, "--data", "fashion-mnist", "--out", out,
-                      "--no-ray", *SP_QUICK)
-    assert result.exit_code == 0, result.output
-    report = json.loads((out / "report.json").read_text())
+    spec, full, report = sp_to_flops(user_mnv2, 0.7, out)
     assert report["model"] == spec.name and report["flops"] <= 0.7 * full
     assert len(report["search"]["stage_losses"]) == 5
     widths = report["architecture"]["widths"]
@@ -294,9 +299,7 @@ def test_sp_prunes_an_onnx_model_stage_by_stage_and_ships_its_own_graph_trained(
     np.testing.assert_allclose(run(ort.InferenceSession(str(out / "pruned.onnx")), x), ours, rtol=1e-3, atol=1e-4)
     # A rerun recomputes nothing: the shipped file stays as it is.
     before = (out / "pruned.onnx").read_bytes()
-    again = prune_sp("--model", user_mnv2, "--budget-flops", 0.7 * full, "--data", "fashion-mnist", "--out", out,
-                     "--no-ray", *SP_QUICK)
-    assert again.exit_code == 0, again.output
+    sp_to_flops(user_mnv2, 0.7, out)
     assert (out / "pruned.onnx").read_bytes() == before
 
 
@@ -341,15 +344,10 @@ def test_sp_keeps_mobilenetv3s_head_conv_at_full_width(user_model, tmp_path):
     from the last global pool on, its group belongs to no stage and stays at full width; the stages are pruned."""
     from latbench.supernet import head_groups, stages_of
 
-    spec = load_model(str(user_model))
+    out = tmp_path / "sp"
+    spec, full, report = sp_to_flops(user_model, 0.8, out)
     (head,) = head_groups(spec)
     assert "conv_head" in head and len(stages_of(spec)) >= 3
-    full = CostGrid.analytic(spec, "flops", 32).total(spec.groups)
-    out = tmp_path / "sp"
-    result = prune_sp("--model", user_model, "--budget-flops", 0.8 * full, "--data", "fashion-mnist", "--out", out,
-                      "--no-ray", *SP_QUICK)
-    assert result.exit_code == 0, result.output
-    report = json.loads((out / "report.json").read_text())
     widths = report["architecture"]["widths"]
     assert widths[head] == spec.groups[head] and report["flops"] <= 0.8 * full
     assert any(w < spec.groups[g] for g, w in widths.items())

@@ -128,8 +128,11 @@ class OnnxNet(nn.Module):
                 self._bn_forwards += 1
 
     def _run(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        return self._execute(x, self.nodes, self.input_name, self.output_names, self._readers,
-                             lambda n: self.tensor(n) if n in self._tensor_keys else None)
+        return self._execute(x, self.nodes, self.input_name, self.output_names, self._readers, self._own_lookup)
+
+    def _own_lookup(self, name: str) -> torch.Tensor | None:
+        """An initializer's tensor here (``None``: a constant that :meth:`_const` reads)."""
+        return self.tensor(name) if name in self._tensor_keys else None
 
     def _execute(self, x: torch.Tensor, nodes, input_name: str, output_names, readers: Mapping[str, int],
                  tensor: Callable[[str], torch.Tensor | None]) -> torch.Tensor | tuple[torch.Tensor, ...]:

@@ -349,9 +349,6 @@ class OnnxSupernet(OnnxNet):
             prog.segments = self._segments(prog.nodes, prog.input_name, prog.output_names)
         return prog.segments
 
-    def _own_lookup(self, name: str) -> torch.Tensor | None:
-        return self.tensor(name) if name in self._tensor_keys else None
-
     def stage_channels(self, i: int, arch: Architecture | None = None) -> torch.Tensor | None:
         """Positions (in the full network) of the channels stage ``i`` of ``arch`` outputs, or ``None`` at
         full width: a stage adaptor reads its columns by them (:class:`~latbench.supernet.StageAdaptors`)."""
@@ -380,24 +377,22 @@ class OnnxSupernet(OnnxNet):
         training mode batch statistics that never move the shared ones (as every sub-network forward)."""
         if not 0 <= i < len(self.stages):
             raise IndexError(f"{self.spec.name!r} has stages 0..{len(self.stages) - 1}, not {i}")
-        arch = arch or self.full_arch()
-        prog = self.program(arch)
-        x = self._cut_to(x, self.stages[i].input_group, arch, f"stage {i}")
-        self._program = prog
-        try:
-            return self._run_segment(self._program_segments(prog)[i], x, self._lookup(prog, arch, bn))
-        finally:
-            self._program = None
+        return self._run_part(i, x, self.stages[i].input_group, arch, bn, f"stage {i}")
 
     def head(self, y: torch.Tensor, arch: Architecture | None = None, *,
              bn: OnnxSubnetBN | None = None) -> torch.Tensor:
         """Logits from the last stage's output ``y`` (cut to the channels ``arch`` keeps)."""
+        return self._run_part(-1, y, self.stages[-1].output_group, arch, bn, "the head")
+
+    def _run_part(self, index: int, x: torch.Tensor, group: str | None, arch: Architecture | None,
+                  bn: OnnxSubnetBN | None, what: str) -> torch.Tensor:
+        """Segment ``index`` of ``arch``'s cut graph (a stage, or -1: the head) on ``x`` cut to ``group``."""
         arch = arch or self.full_arch()
         prog = self.program(arch)
-        y = self._cut_to(y, self.stages[-1].output_group, arch, "the head")
+        x = self._cut_to(x, group, arch, what)
         self._program = prog
         try:
-            return self._run_segment(self._program_segments(prog)[-1], y, self._lookup(prog, arch, bn))
+            return self._run_segment(self._program_segments(prog)[index], x, self._lookup(prog, arch, bn))
         finally:
             self._program = None
 
@@ -410,12 +405,16 @@ class OnnxSupernet(OnnxNet):
     @torch.no_grad()
     def _stage_calibration_step(self, i: int, x: torch.Tensor, arch: Architecture | None, stats: OnnxSubnetBN,
                                 momentum: float) -> None:
+        self._with_bn_momentum(stats, momentum, lambda: self.forward_stage(i, x, arch, bn=stats))
+
+    def _with_bn_momentum(self, stats: OnnxSubnetBN, momentum: float, run) -> None:
+        """``run()`` a training-mode forward whose BN statistics move ``stats`` by ``momentum``."""
         if not stats:
-            return
+            return                         # no BatchNormalization left in the graph (folded at export)
         saved = self._bn_forwards
         self._bn_forwards = int(round(1.0 / momentum)) - 1      # _batchnorm's momentum is 1/(forwards + 1)
         try:
-            self.forward_stage(i, x, arch, bn=stats)
+            run()
         finally:
             self._bn_forwards = saved
 
@@ -472,14 +471,7 @@ class OnnxSupernet(OnnxNet):
     @torch.no_grad()
     def _calibration_step(self, x: torch.Tensor, arch: Architecture | None, stats: OnnxSubnetBN,
                           momentum: float) -> None:
-        if not stats:
-            return                         # no BatchNormalization left in the graph (folded at export)
-        saved = self._bn_forwards
-        self._bn_forwards = int(round(1.0 / momentum)) - 1      # _batchnorm's momentum is 1/(forwards + 1)
-        try:
-            self.forward(x, arch or self.full_arch(), bn=stats)
-        finally:
-            self._bn_forwards = saved
+        self._with_bn_momentum(stats, momentum, lambda: self.forward(x, arch or self.full_arch(), bn=stats))
 
     @torch.no_grad()
     def extract(self, arch: Architecture | None = None, bn: OnnxSubnetBN | None = None, *,
