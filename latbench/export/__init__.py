@@ -59,7 +59,14 @@ def export_imported_network(fmt: str, spec: "ModelSpec", arch: "Architecture") -
     from ..models.onnx_channels import prune_onnx
 
     model, channels = _imported_graph(spec.source, spec.input_shape)
-    return _graph_in(fmt, prune_onnx(model, channels, dict(arch.widths)))
+    return _graph_in(fmt, _at(prune_onnx(model, channels, dict(arch.widths)), arch, spec.name))
+
+
+def _at(model, arch: "Architecture", label: str):
+    """An imported graph at ``arch``'s resolution (the file's own size needs no change)."""
+    from ..models.onnx_load import at_resolution
+
+    return at_resolution(model, arch.resolution, label)
 
 
 def _graph_in(fmt: str, model) -> bytes:
@@ -86,7 +93,10 @@ def export_network_for(fmt: str, net: "GraphNet", arch: "Architecture") -> bytes
     convs that ``arch`` makes sparse compressed (CSR + DENSIFY)."""
     _check(fmt)
     if hasattr(net, "to_onnx"):       # an imported model's network (OnnxNet): its own graph, trained weights
-        return _graph_in(fmt, net.to_onnx())
+        from ..models.onnx_bn import fold_unfolded_batchnorm
+
+        # BN latbench gave back for training is folded again: the file has the user's structure
+        return _graph_in(fmt, _at(fold_unfolded_batchnorm(net.to_onnx()), arch, getattr(net.spec, "name", "the model")))
     if fmt == "tflite":
         from .tflite import network_to_tflite
 

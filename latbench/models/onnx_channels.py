@@ -64,8 +64,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-__all__ = ["Segment", "ChannelGroup", "ChannelGraph", "ChannelError", "analyse_channels", "channel_importance",
-           "prune_onnx"]
+__all__ = ["Segment", "ChannelGroup", "ChannelGraph", "ChannelError", "analyse_channels", "bn_scale_scores",
+           "channel_importance", "prune_onnx"]
 
 
 class ChannelError(ValueError):
@@ -766,6 +766,30 @@ def channel_importance(model: onnx.ModelProto, graph: ChannelGraph) -> dict[str,
                 out[s.group] += norms[pos:pos + s.width]
             pos += s.width
     return out
+
+
+def bn_scale_scores(model: onnx.ModelProto, graph: ChannelGraph) -> dict[str, np.ndarray | None]:
+    """Per group, per channel: the mean ``|γ|`` of the BatchNormalization nodes that alone read the group's
+    producing convs (Network Slimming's criterion, as :func:`latbench.methods.ofar.rates.bn_gamma_scores` scores
+    a zoo network); ``None`` for a group that no conv followed by a BN writes (a squeeze-excitation width, a
+    head conv after the pool). Depthwise convs keep their input's group and do not score it."""
+    m = _Model(model)
+    sums = {name: np.zeros(g.width) for name, g in graph.groups.items()}
+    writers = {name: 0 for name in graph.groups}
+    for node, _, segs in _producers(m, graph):
+        consumers = m.consumers.get(node.output[0], [])
+        if not (len(consumers) == 1 and consumers[0].op_type == "BatchNormalization"):
+            continue
+        gamma = m.const(consumers[0].input[1])
+        if gamma is None:
+            continue
+        gamma, pos = np.abs(gamma.astype(np.float64)), 0
+        for s in segs:
+            if s.group is not None and len(gamma) >= pos + s.width:
+                sums[s.group] += gamma[pos:pos + s.width]
+                writers[s.group] += 1
+            pos += s.width
+    return {name: sums[name] / writers[name] if writers[name] else None for name in graph.groups}
 
 
 # ------------------------------------------------------------------------------------------------ pruning

@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from .onnx_graph import OnnxModelError
 
-__all__ = ["OnnxModelError", "load_user_onnx", "QUANTIZED_OPS"]
+__all__ = ["OnnxModelError", "at_resolution", "load_user_onnx", "QUANTIZED_OPS"]
 
 # Quantized graphs: not supported yet. Op names as the ONNX standard and onnxruntime's contrib domain use them.
 QUANTIZED_OPS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QuantizeLinear",
@@ -413,3 +413,41 @@ def load_user_onnx(path: str | Path, input_shape: Sequence[int] | None = None) -
     model = _infer(model, path)
     _check_static(model, path)
     return model
+
+
+def at_resolution(model: onnx.ModelProto, resolution: int, label: str = "the model") -> onnx.ModelProto:
+    """A copy of ``model`` (a normalised graph) whose image input is ``resolution``×``resolution``, its shapes
+    inferred again. A graph that baked its input size into constants (a Reshape to a fixed spatial shape, a
+    pooling window as wide as the image) does not run at another size: :class:`OnnxModelError` names it."""
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    image = next(i for i in graph.input if i.name not in inits)
+    dims = image.type.tensor_type.shape.dim
+    if dims[2].dim_value == resolution and dims[3].dim_value == resolution:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    new = next(i for i in g.input if i.name == image.name).type.tensor_type.shape.dim
+    new[2].dim_value = new[3].dim_value = int(resolution)
+    before = {o.name: _static_dims(o) for o in graph.output}
+    for o in g.output:
+        o.type.tensor_type.ClearField("shape")
+    del g.value_info[:]
+    where = Path(f"{label} at {resolution}×{resolution}")
+    out = _infer(out, where)
+    _check_static(out, where)
+    shapes = {vi.name: _static_dims(vi) for vi in list(out.graph.value_info) + list(out.graph.output)}
+    shapes[image.name] = [d.dim_value for d in new]
+    for node in out.graph.node:           # shape inference takes a constant Reshape target as it is
+        if node.op_type == "Reshape" and shapes.get(node.input[0]) and shapes.get(node.output[0]):
+            if int(np.prod(shapes[node.input[0]])) != int(np.prod(shapes[node.output[0]])):
+                raise OnnxModelError(f"{where}: node {node.name!r} (Reshape) turns {shapes[node.input[0]]} into the "
+                                     f"fixed shape {shapes[node.output[0]]}: the graph fixes its input size; export "
+                                     "it at this resolution instead")
+    for o in out.graph.output:
+        if _static_dims(o) != before[o.name]:
+            raise OnnxModelError(f"{where}: the output {o.name!r} has shape {_static_dims(o)}, not "
+                                 f"{before[o.name]}: the graph fixes its input size somewhere (a Reshape or a "
+                                 "pooling window sized for the image); export it at this resolution instead")
+    return out

@@ -193,6 +193,11 @@ class OnnxNet(nn.Module):
         return [(self.tensor(n.input[3]), self.tensor(n.input[4])) for n in self.nodes
                 if n.op_type == "BatchNormalization" and n.input[3] in self._tensor_keys]
 
+    def batch_norm_scales(self) -> list[torch.Tensor]:
+        """The γ (a parameter) of every BatchNormalization node: what Network Slimming penalises."""
+        return [self.tensor(n.input[1]) for n in self.nodes
+                if n.op_type == "BatchNormalization" and self._tensor_keys.get(n.input[1]) in self.params]
+
     @torch.no_grad()
     def cumulative_bn(self, on: bool) -> None:
         """On: reset BN statistics and average them over the following training-mode forwards (torch's

@@ -85,7 +85,9 @@ class OFARJob(JobOptions):
     ``measure=False`` predicts every choice instead of measuring the ones whose device is here. The options
     every job takes come from :class:`~latbench.methods.common.JobOptions`."""
 
-    model: Annotated[str, Opt(help="zoo model of the checkpoint")] = "resnet20"
+    model: Annotated[str, Opt(help="zoo model of the checkpoint, or an ONNX file (the model it holds, with its "
+                                  "weights; its BN is given back for training, see latbench.models.onnx_bn)")
+                     ] = "resnet20"
     tables: Annotated[tuple[str, ...], Opt(flag="table", help="a device's latency table (repeatable: one per device "
                                                               "of the cohort)", input=True)] = ()
     budget_ratios: Annotated[tuple[float, ...], Opt(flag="budget-ratio", help="budget as a fraction of each device's "
@@ -256,6 +258,24 @@ def plan_rates(job: OFARJob, parent, resolutions: Sequence[int]) -> tuple[list[C
     return costs, find_rates(ranking, costs, job.budget_spec(), resolutions)
 
 
+def imported_parent(parent, job: OFARJob, data, resolutions: Sequence[int]):
+    """An imported model's network ready for OFARPruning: its folded BN given back
+    (:func:`~latbench.models.onnx_bn.unfold_batchnorm`, calibrated on ``bn_images`` training images at the
+    largest resolution), after the checks only an imported graph needs: private BN is DynamicNet's, and the
+    graph must run at every resolution."""
+    from ...models.onnx_bn import unfold_batchnorm
+    from ...models.onnx_load import at_resolution
+    from ...supernet import resize
+
+    if job.joint.bn_mode is BNMode.PRIVATE:
+        raise ValueError("--bn-mode private (S-Net's private BN) needs a zoo model; an imported model's sub-networks "
+                         "share the graph's BN and are recalibrated: use --bn-mode recalibrated")
+    for r in resolutions:
+        at_resolution(parent.model, r, parent.spec.name)     # OnnxModelError naming the size the graph fixes
+    calib = data.calibration(job.bn_images, seed=job.search.seed + 1)
+    return unfold_batchnorm(parent, [resize(x, max(resolutions)) for x, _ in calib]).eval()
+
+
 def uniform_outcome(parent, plan: RatePlan, ratios: Sequence[float]) -> SearchOutcome:
     """The US-Net/MutualNet baseline's "pool": one width multiplier for every group (rounded to the channel
     multiple, within the floors), largest first, on the checkpoint's weights — no search stage."""
@@ -286,7 +306,7 @@ def structures_of(outcome: SearchOutcome, spec) -> tuple[Structures, dict[int, i
 
 def run_ofar(job: OFARJob) -> dict:
     """Run ``job`` end to end (or continue it); returns the report (also ``report.json``)."""
-    from ...supernet import DynamicNet, recalibrate, resize
+    from ...supernet import recalibrate, resize, supernet_from
     from ...train import evaluate, read_checkpoint_meta
     from ...train.checkpoint import CheckpointError, load_weights
     from ...train.checkpoint import stem_in_channels
@@ -305,6 +325,8 @@ def run_ofar(job: OFARJob) -> dict:
                            train_images=job.train_images, val_images=job.val_images, test_images=job.test_images)
     resolutions = job.resolutions or default_resolutions(data.resolution)
     device = torch.device(job.torch_device)
+    if spec.source:
+        parent = imported_parent(parent, job, data, resolutions)
     seconds = PhaseSeconds(out / "seconds.json")
     timed = seconds.add
 
@@ -340,7 +362,7 @@ def run_ofar(job: OFARJob) -> dict:
     t0 = time.perf_counter()
     joint_cfg = replace(job.joint, resolutions=tuple(resolutions))
     order = importance_order(bn_gamma_scores(outcome.net))
-    net = DynamicNet.from_parent(outcome.net, order, device=device)
+    net = supernet_from(outcome.net, order, device=device)   # an OnnxSupernet for an imported model
     if joint_cfg.bn_mode is BNMode.PRIVATE:
         attach_private_bn(net, len(structures))
     identity = {"config": joint_cfg.to_dict(), "structures": [dict(w) for w in structures.widths],

@@ -43,8 +43,16 @@ __all__ = ["BudgetSpec", "CostModel", "GlobalRanking", "Rate", "RatePlan", "Targ
 @torch.no_grad()
 def bn_gamma_scores(net) -> dict[str, np.ndarray]:
     """Per channel of every group: the mean ``|γ|`` over the BNs of the convs writing the group
-    (a :class:`~latbench.models.GraphNet` or a :class:`~latbench.supernet.DynamicNet`)."""
+    (a :class:`~latbench.models.GraphNet`, a :class:`~latbench.supernet.DynamicNet`, or an imported model's
+    :class:`~latbench.models.onnx_torch.OnnxNet` with its BN — see :mod:`latbench.models.onnx_bn`). A group
+    that no conv with a BN writes (an imported graph's squeeze-excitation width) scores ``inf``: slimming has
+    nothing to rank it by, so it keeps its width."""
     spec: ModelSpec = net.spec
+    if spec.source:
+        from ...models.onnx_channels import bn_scale_scores
+
+        scores = bn_scale_scores(net.to_onnx(), net.channel_graph())
+        return {g: (np.full(w, np.inf) if scores.get(g) is None else scores[g][:w]) for g, w in net.widths.items()}
     sums = {g: np.zeros(w) for g, w in net.widths.items()}
     writers = {g: 0 for g in net.widths}
     for layer in spec.layers:
@@ -93,7 +101,7 @@ class GlobalRanking:
         picked = []
         for i in order:
             g = group_of[i]
-            if left[g] > floor[g]:
+            if left[g] > floor[g] and np.isfinite(flat_scores[i]):      # inf: a channel slimming cannot rank
                 left[g] -= 1
                 picked.append((g, channel[i]))
         self.prune_order = np.array(picked, dtype=np.int64).reshape(-1, 2)

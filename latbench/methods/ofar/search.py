@@ -109,15 +109,18 @@ class SearchConfig:
 
 
 def slimming_hook(s: float) -> Callable[[nn.Module, int], None]:
-    """An ``after_backward`` hook for the SGD loop: ``grad(γ) += s·sign(γ)`` for every BatchNorm scale."""
+    """An ``after_backward`` hook for the SGD loop: ``grad(γ) += s·sign(γ)`` for every BatchNorm scale (torch
+    BN modules, and an imported graph's BatchNormalization nodes)."""
 
     @torch.no_grad()
     def hook(net: nn.Module, step: int) -> None:
         if s == 0:
             return
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.grad is not None:
-                m.weight.grad.add_(torch.sign(m.weight), alpha=s)
+        scales = [m.weight for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        scales += [g for m in net.modules() if hasattr(m, "batch_norm_scales") for g in m.batch_norm_scales()]
+        for gamma in scales:
+            if gamma is not None and gamma.grad is not None:
+                gamma.grad.add_(torch.sign(gamma), alpha=s)
 
     return hook
 
