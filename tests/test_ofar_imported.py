@@ -156,3 +156,19 @@ def test_ofar_refuses_a_resolution_the_onnx_graph_cannot_run_at_naming_the_node(
                                       "--resolutions", "6", "--budget-flops", "1e4", *TINY])
     assert result.exit_code != 0 and "flatten_fixed" in result.output and "6×6" in result.output
     assert "Traceback" not in result.output and not (out / "search.safetensors").exists()
+
+
+def test_rates_round_grouped_conv_groups_to_their_number_of_conv_groups(tmp_path):
+    """RegNet's grouped convs keep their number of groups: every width the ranking gives is a multiple of it as
+    well as of the tables' channel multiple, so every structure is a network the graph can be cut to."""
+    from latbench.methods.ofar.rates import GlobalRanking, structure_floors
+
+    spec = load_model(str(export_timm_onnx("regnety_002", tmp_path / "regnety.onnx", resolution=32, in_chans=1,
+                                           num_classes=10)))
+    odd = {g: m for g, m in spec.multiples.items() if m > 1 and m % 8}
+    assert odd                                       # group widths such as 24 (3 conv groups of 8)
+    rng = np.random.default_rng(0)
+    floors = structure_floors(spec, [], [32], 8, 0.1)
+    ranking = GlobalRanking(spec, {g: rng.random(w) for g, w in spec.groups.items()}, floors, 8)
+    for row in ranking.widths_matrix(np.linspace(0, ranking.max_count, 25).astype(int)):
+        Architecture(spec.name, 32, dict(zip(spec.groups, map(int, row)))).validate(spec)

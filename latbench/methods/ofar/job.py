@@ -279,13 +279,13 @@ def imported_parent(parent, job: OFARJob, data, resolutions: Sequence[int]):
 def uniform_outcome(parent, plan: RatePlan, ratios: Sequence[float]) -> SearchOutcome:
     """The US-Net/MutualNet baseline's "pool": one width multiplier for every group (rounded to the channel
     multiple, within the floors), largest first, on the checkpoint's weights — no search stage."""
-    from .rates import round_to_multiple
+    from .rates import group_multiple, round_to_multiple
     from .search import PoolEntry
 
     pool, seen = [], []
     for i, ratio in enumerate(sorted(set(ratios), reverse=True)):
-        widths = {g: round_to_multiple(ratio * full, full, plan.multiple, plan.floors[g])
-                  for g, full in parent.spec.groups.items()}
+        widths = {g: round_to_multiple(ratio * full, full, group_multiple(parent.spec, g, plan.multiple),
+                                       plan.floors[g]) for g, full in parent.spec.groups.items()}
         if widths not in seen:
             seen.append(widths)
             pool.append(PoolEntry(len(pool), 0, 0, 1.0 - ratio, 0, 1.0, widths, True, [f"uniform x{ratio:g}"]))

@@ -35,7 +35,8 @@ from ...search.budget import BudgetError, CostGrid
 from ...tables.table import LatencyTable, TableError
 
 __all__ = ["BudgetSpec", "CostModel", "GlobalRanking", "Rate", "RatePlan", "Target", "bn_gamma_scores",
-           "architecture", "check_resolutions", "check_tables", "find_rates", "load_cost_models", "round_to_multiple", "structure_floors"]
+           "architecture", "check_resolutions", "check_tables", "find_rates", "group_multiple", "load_cost_models",
+           "round_to_multiple", "structure_floors"]
 
 
 # ---- scores and the global ranking ----------------------------------------------------------------------
@@ -64,6 +65,12 @@ def bn_gamma_scores(net) -> dict[str, np.ndarray]:
         sums[layer.out_group] += gamma[: net.widths[layer.out_group]]
         writers[layer.out_group] += 1
     return {g: s / max(1, writers[g]) for g, s in sums.items()}
+
+
+def group_multiple(spec: ModelSpec, group: str, multiple: int) -> int:
+    """The step of ``group``'s widths: the tables' channel multiple and, for an imported model's grouped convs,
+    their number of conv groups (:attr:`ModelSpec.multiples`)."""
+    return math.lcm(int(multiple), int(spec.multiples.get(group, 1)))
 
 
 def round_to_multiple(width: float, full: int, multiple: int, floor: int = 1) -> int:
@@ -139,7 +146,8 @@ class GlobalRanking:
         groups = list(self.spec.groups)
         out = np.empty_like(raw)
         for j, g in enumerate(groups):
-            out[:, j] = [round_to_multiple(w, self.spec.groups[g], self.multiple, self.floors[g]) for w in raw[:, j]]
+            step = group_multiple(self.spec, g, self.multiple)
+            out[:, j] = [round_to_multiple(w, self.spec.groups[g], step, self.floors[g]) for w in raw[:, j]]
         return out
 
     def counts(self, k: int) -> dict[str, int]:
@@ -275,7 +283,8 @@ def structure_floors(spec: ModelSpec, costs: Sequence[CostModel], resolutions: S
     floors = {}
     for g, full in spec.groups.items():
         lo = max([1, int(math.ceil(min_width_ratio * full))] + [c.floors(resolutions)[g] for c in costs])
-        floors[g] = int(min(full, max(multiple, int(math.ceil(lo / multiple)) * multiple)))
+        step = group_multiple(spec, g, multiple)
+        floors[g] = int(min(full, max(step, int(math.ceil(lo / step)) * step)))
     return floors
 
 
