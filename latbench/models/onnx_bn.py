@@ -30,6 +30,7 @@ from .spec import CONV_KINDS
 
 UNFOLDED_SUFFIX = "/latbench_bn"
 EPSILON = 1e-5
+_CHUNK = 8              # images per forward when the statistics are gathered
 
 __all__ = ["UNFOLDED_SUFFIX", "fold_unfolded_batchnorm", "unfold_batchnorm", "unfolded_convs"]
 
@@ -75,13 +76,14 @@ def _output_moments(net, names: list[str], batches: Iterable) -> dict[str, tuple
     net.eval()
     try:
         for batch in batches:
-            x = (batch if isinstance(batch, torch.Tensor) else batch[0]).to(device)
-            outs = net._execute(x, net.nodes, net.input_name, names, net._readers, net._own_lookup)
-            for name, y in zip(names, outs if isinstance(outs, tuple) else (outs,)):
-                y = y.double().transpose(0, 1).reshape(y.shape[1], -1)
-                sums[name] = sums[name] + y.sum(1)
-                squares[name] = squares[name] + (y * y).sum(1)
-                counts[name] += y.shape[1]
+            # every conv output of a chunk is held at once: a few images at a time keep 224-px nets in memory
+            for x in (batch if isinstance(batch, torch.Tensor) else batch[0]).split(_CHUNK):
+                outs = net._execute(x.to(device), net.nodes, net.input_name, names, net._readers, net._own_lookup)
+                for name, y in zip(names, outs if isinstance(outs, tuple) else (outs,)):
+                    y = y.double().transpose(0, 1).reshape(y.shape[1], -1)
+                    sums[name] = sums[name] + y.sum(1)
+                    squares[name] = squares[name] + (y * y).sum(1)
+                    counts[name] += y.shape[1]
     finally:
         net.train(was_training)
     if not any(counts.values()):
