@@ -2,14 +2,15 @@
 
 Every node of the graph ends up in exactly one kernel:
 
-- **conv** kernels: Conv [+ BatchNormalization] [+ residual Add] [+ activation], where the activation is ReLU,
+- **conv** kernels: [zero Pad +] Conv [+ BatchNormalization] [+ residual Add] [+ activation] (a Pad whose only
+  reader is the conv is fused into its padding, as onnxruntime and XNNPACK run it), where the activation is ReLU,
   ReLU6 (Clip 0..6), hard-swish, hard-sigmoid, SiLU (Sigmoid·Mul), GELU (the op or the Erf pattern torch
   writes), LeakyReLU, PReLU, sigmoid or tanh; dense, depthwise and grouped convs;
 - **se** kernels: squeeze-excitation as one kernel (global pool → 1×1 conv → act → 1×1 conv → sigmoid or
   hard-sigmoid → Mul with the block's input);
 - **linear** kernels (Gemm / MatMul with a constant weight), pools (max, k×k average, global average);
 - **op** kernels for what pruning does not choose widths of: concat, slice, split, channel shuffle
-  (Reshape–Transpose–Reshape), resize, add, mul, standalone activations and batch norms, flatten, pad, softmax.
+  (Reshape–Transpose–Reshape), resize, add, mul, standalone activations and batch norms, flatten, pads no conv absorbs, softmax.
 
 Channel widths come from :mod:`latbench.models.onnx_channels` (which channels residual adds, SE gates,
 depthwise and grouped convs couple; what concatenation stacks): each kernel reads its input and output widths
@@ -249,7 +250,8 @@ class _Partition:
                 k.act = act
         return k
 
-    def _conv(self, node, x: str) -> _Kernel:
+    def _conv(self, node, x: str, pad: tuple | None = None) -> _Kernel:
+        """A conv kernel; ``pad`` = (Pad node, symmetric padding): a zero Pad before it that the runtime fuses."""
         g = self.g
         w = g.shapes.get(node.input[1]) if len(node.input) > 1 else None
         if not g.is_const(node.input[1]) or not w or len(w) != 4:
@@ -278,6 +280,9 @@ class _Partition:
             raise self._err(node, f"has asymmetric pads {pads}; export with symmetric padding"
                             + (f" (it follows {pre.name!r})" if pre is not None else ""))
         kern.padding = pads[0]
+        if pad is not None:
+            kern.nodes.insert(0, pad[0])
+            kern.padding = pad[1]
         # BN, then a residual add, then the activation: the order runtimes fuse them in.
         nxt = g.only_consumer(kern.output)
         if nxt is not None and nxt.op_type == "BatchNormalization":
@@ -453,8 +458,35 @@ class _Partition:
             raise self._err(node, f"pads {p}; only spatial padding of an N×C×H×W tensor is supported")
         if p[2] != p[3] or p[6] != p[7]:
             raise self._err(node, f"pads H and W differently {p}; latbench tables assume square inputs")
+        fused = self._fused_pad(node, x, p[2], p[6])
+        if fused is not None:
+            return fused
         # TF 'SAME' padding pads after more than before at stride 2: both amounts are in the kernel's name
         return _Kernel(node.name, "op", x, node.output[0], [node], op=f"pad-{p[2]}-{p[6]}")
+
+    def _fused_pad(self, node, x: str, before: int, after: int) -> _Kernel | None:
+        """The conv after a zero Pad, the Pad fused into it (nn-Meter's fusion rules): onnxruntime's PadFusion
+        and XNNPACK fold such a pad into the conv's own padding, so in the network it costs nothing (measured:
+        Pad + Conv = Conv with the padding, while the Pad alone costs a sixth of the conv; docs/measurement.md).
+        The kernel is the conv with the symmetric padding that gives the same output size (TF 'SAME' pads one
+        more after than before); None when the pad is not fusable."""
+        g = self.g
+        mode = _attrs(node).get("mode", b"constant")
+        value = g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1)
+        conv = g.only_consumer(node.output[0])
+        if (mode not in (b"constant", "constant") or value is None or np.any(np.asarray(value) != 0)
+                or conv is None or conv.op_type != "Conv" or conv.input[0] != node.output[0]
+                or any(_attrs(conv).get("pads", [0, 0, 0, 0])) or len(node.output) != 1):
+            return None
+        w = g.shapes.get(conv.input[1]) if len(conv.input) > 1 else None
+        hw, out = (g.shapes.get(x) or [0, 0, 0])[2], (g.shapes.get(conv.output[0]) or [0, 0, 0])[2]
+        if not w or len(w) != 4 or not hw or not out:
+            return None
+        stride = list(_attrs(conv).get("strides", [1, 1]))[0]
+        padding = -(-(before + after) // 2)
+        if (hw + 2 * padding - w[2]) // stride + 1 != out:
+            return None
+        return self._conv(conv, x, pad=(node, padding))
 
 
 def load_model_graph(path: str | Path, input_shape: Sequence[int] | None = None) -> onnx.ModelProto:
