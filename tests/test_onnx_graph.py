@@ -59,3 +59,40 @@ def test_external_data_outside_the_folder_is_not_followed_and_missing_data_is_na
     path.write_bytes(model.SerializeToString())
     with pytest.raises(OnnxModelError, match=f"keeps its data in .*{message}"):
         spec_from_onnx(path)
+
+
+def _pad_conv(tmp_path, pads=(0, 1), mode="constant", value=None, second_reader=False, name="m.onnx"):
+    """x (1×8×16×16) → Pad(before, after) → Conv 3×3 stride 2 (no padding of its own) [→ also a Relu of the pad]."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = [numpy_helper.from_array(np.ones((8, 8, 3, 3), np.float32), "w"),
+             numpy_helper.from_array(np.array([0, 0, pads[0], pads[0], 0, 0, pads[1], pads[1]], np.int64), "p")]
+    pad_inputs = ["x", "p"]
+    if value is not None:
+        inits.append(numpy_helper.from_array(np.array(value, np.float32), "v"))
+        pad_inputs.append("v")
+    nodes = [helper.make_node("Pad", pad_inputs, ["xp"], name="pad", mode=mode),
+             helper.make_node("Conv", ["xp", "w"], ["c"], name="conv", strides=[2, 2])]
+    outputs = ["c"]
+    if second_reader:
+        nodes.append(helper.make_node("Relu", ["xp"], ["r"], name="relu"))
+        outputs.append("r")
+    graph = helper.make_graph(nodes, "padconv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], inits)
+    path = tmp_path / name
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_zero_pad_before_a_conv_is_fused_into_the_conv_as_the_runtimes_run_it(tmp_path):
+    """TF 'SAME' exports write Pad(0, 1) + Conv(VALID): onnxruntime and XNNPACK fold the pad into the conv, so it is
+    one conv kernel with the symmetric padding that gives the same output (8×8), not a pad kernel of its own."""
+    spec = spec_from_onnx(_pad_conv(tmp_path))
+    [conv] = spec.layers
+    assert (conv.kind, conv.padding, conv.stride) == ("conv", 1, 2)
+    assert spec.input_hw(16)[conv.name] == 16 and conv.output_hw(16) == 8
+    # A pad the conv cannot absorb stays a kernel of its own: reflect, non-zero, or read by another node too.
+    for kwargs in ({"mode": "reflect"}, {"value": 1.0}, {"second_reader": True}):
+        spec = spec_from_onnx(_pad_conv(tmp_path, name="other.onnx", **kwargs))
+        assert any(layer.op.startswith("pad-0-1") for layer in spec.layers), kwargs
