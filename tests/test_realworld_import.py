@@ -14,7 +14,7 @@ from latbench.cli import app
 from latbench.export import export_imported_network, export_layer_variant
 from latbench.layers import LayerPoint, signature_of
 from latbench.models import Architecture, random_architectures
-from latbench.models.onnx_graph import OnnxModelError, spec_from_onnx
+from latbench.models.onnx_graph import OnnxModelError, kernel_nodes_of, spec_from_onnx
 from latbench.models.onnx_load import load_user_onnx
 
 runner = CliRunner()
@@ -27,9 +27,10 @@ def _check_kernels_follow_the_graph(spec, arch):
     shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
               for vi in list(pruned.graph.input) + list(pruned.graph.value_info)}
     nodes = {n.name: n for n in pruned.graph.node}
+    first = {kernel: names[0] for kernel, names in kernel_nodes_of(pruned, spec.name).items()}  # a fused pad, say
     hw = spec.input_hw(arch.resolution)
     for layer in spec.layers:
-        shape = shapes[nodes[layer.name].input[0]]
+        shape = shapes[nodes[first[layer.name]].input[0]]
         cin, _ = spec.channels(arch.widths, layer)
         assert shape[1] == cin, (layer.name, shape, cin)
         if len(shape) == 4:
