@@ -62,7 +62,7 @@ def test_external_data_outside_the_folder_is_not_followed_and_missing_data_is_na
 
 
 def _pad_conv(tmp_path, pads=(0, 1), mode="constant", value=None, second_reader=False, name="m.onnx"):
-    """x (1×8×16×16) → Pad(before, after) → Conv 3×3 stride 2 (no padding of its own) [→ also a Relu of the pad]."""
+    """x (1×8×16×16) → Pad(before, after) → Conv 3×3 stride 2 (no padding of its own) [→ a Relu of the pad too]."""
     import numpy as np
     from onnx import numpy_helper
 

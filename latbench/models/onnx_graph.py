@@ -10,7 +10,8 @@ Every node of the graph ends up in exactly one kernel:
   hard-sigmoid → Mul with the block's input);
 - **linear** kernels (Gemm / MatMul with a constant weight), pools (max, k×k average, global average);
 - **op** kernels for what pruning does not choose widths of: concat, slice, split, channel shuffle
-  (Reshape–Transpose–Reshape), resize, add, mul, standalone activations and batch norms, flatten, pads no conv absorbs, softmax.
+  (Reshape–Transpose–Reshape), resize, add, mul, standalone activations and batch norms, flatten, pads no conv
+  absorbs, softmax.
 
 Channel widths come from :mod:`latbench.models.onnx_channels` (which channels residual adds, SE gates,
 depthwise and grouped convs couple; what concatenation stacks): each kernel reads its input and output widths
