@@ -119,6 +119,15 @@ def export_timm_onnx(name: str, path: str | Path, resolution: int = 224, opset: 
     return path
 
 
+def grey_user_model(tmp_path_factory, name: str) -> Path:
+    """What a user brings to prune on Fashion-MNIST: timm model ``name`` for grey 32×32 images and 10 classes, as an
+    ONNX file, exported once per session (tests only read it)."""
+    path = tmp_path_factory.getbasetemp() / "grey-user-models" / f"{name}.onnx"
+    if not path.exists():
+        export_timm_onnx(name, path, resolution=32, in_chans=1, num_classes=10)
+    return path
+
+
 def _realworld_onnx(tmp_path_factory):
     """``get(name, resolution=224, opset=17) -> Path``: the timm model's ONNX export, made once per session.
 

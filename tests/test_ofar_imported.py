@@ -19,7 +19,7 @@ from latbench.models import Architecture
 from latbench.models.onnx_channels import analyse_channels, prune_onnx
 from latbench.models.onnx_load import load_user_onnx
 from latbench.search.budget import CostGrid
-from realworld_models import export_timm_onnx, timm_available
+from realworld_models import grey_user_model, timm_available
 from test_onnx_bn import _fixed_reshape_model
 
 pytestmark = [pytest.mark.skipif(not (Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz").exists(),
@@ -33,14 +33,12 @@ TINY = ["--search-epochs", "2", "--steps-per-epoch", "3", "--joint-epochs", "1",
 @pytest.fixture(scope="module")
 def user_mnv3(tmp_path_factory) -> Path:
     """timm's MobileNetV3-small at half width (SE blocks, hard-swish), grey 32×32, 10 classes."""
-    return export_timm_onnx("mobilenetv3_small_050", tmp_path_factory.mktemp("user") / "mnv3.onnx", resolution=32,
-                            in_chans=1, num_classes=10)
+    return grey_user_model(tmp_path_factory, "mobilenetv3_small_050")
 
 
 @pytest.fixture(scope="module")
 def user_mnv2(tmp_path_factory) -> Path:
-    return export_timm_onnx("mobilenetv2_050", tmp_path_factory.mktemp("user") / "mnv2.onnx", resolution=32,
-                            in_chans=1, num_classes=10)
+    return grey_user_model(tmp_path_factory, "mobilenetv2_050")
 
 
 def ofar(model: Path, out: Path, *args):
@@ -158,13 +156,12 @@ def test_ofar_refuses_a_resolution_the_onnx_graph_cannot_run_at_naming_the_node(
     assert "Traceback" not in result.output and not (out / "search.safetensors").exists()
 
 
-def test_rates_round_grouped_conv_groups_to_their_number_of_conv_groups(tmp_path):
+def test_rates_round_grouped_conv_groups_to_their_number_of_conv_groups(tmp_path_factory):
     """RegNet's grouped convs keep their number of groups: every width the ranking gives is a multiple of it as
     well as of the tables' channel multiple, so every structure is a network the graph can be cut to."""
     from latbench.methods.ofar.rates import GlobalRanking, structure_floors
 
-    spec = load_model(str(export_timm_onnx("regnety_002", tmp_path / "regnety.onnx", resolution=32, in_chans=1,
-                                           num_classes=10)))
+    spec = load_model(str(grey_user_model(tmp_path_factory, "regnety_002")))
     odd = {g: m for g, m in spec.multiples.items() if m > 1 and m % 8}
     assert odd                                       # group widths such as 24 (3 conv groups of 8)
     rng = np.random.default_rng(0)

@@ -18,7 +18,7 @@ from latbench.models.onnx_channels import analyse_channels, bn_scale_scores
 from latbench.models.onnx_graph import OnnxModelError, kernel_nodes_of
 from latbench.models.onnx_load import at_resolution, load_user_onnx
 from latbench.models.onnx_torch import full_network
-from realworld_models import export_timm_onnx, timm_available
+from realworld_models import grey_user_model, timm_available
 
 pytestmark = pytest.mark.skipif(not timm_available(), reason="timm is not installed (pip install --no-deps timm)")
 
@@ -26,8 +26,7 @@ pytestmark = pytest.mark.skipif(not timm_available(), reason="timm is not instal
 @pytest.fixture(scope="module")
 def mnv3(tmp_path_factory) -> Path:
     """SE blocks and hard-swish: the SE convs must stay as they are."""
-    return export_timm_onnx("mobilenetv3_small_050", tmp_path_factory.mktemp("bn") / "mnv3.onnx", resolution=32,
-                            in_chans=1, num_classes=10)
+    return grey_user_model(tmp_path_factory, "mobilenetv3_small_050")
 
 
 def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from latbench.models.onnx_torch import OnnxNet
 from latbench.search.budget import CostGrid
 from latbench.train import load_checkpoint
 from latbench.train.checkpoint import CheckpointError
-from realworld_models import export_timm_onnx, timm_available
+from realworld_models import grey_user_model, timm_available
 
 pytestmark = [pytest.mark.skipif(not (Path(FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz").exists(),
                                  reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)"),
@@ -35,8 +35,7 @@ QUICK = ["--pool", "4", "--candidates", "8", "--fitness-images", "64", "--bn-ima
 @pytest.fixture(scope="module")
 def user_model(tmp_path_factory) -> Path:
     """What a user brings: a timm MobileNetV3 for grey 32×32 images and 10 classes, as an ONNX file."""
-    return export_timm_onnx("mobilenetv3_small_050", tmp_path_factory.mktemp("user") / "mnv3.onnx", resolution=32,
-                            in_chans=1, num_classes=10)
+    return grey_user_model(tmp_path_factory, "mobilenetv3_small_050")
 
 
 def prune(*args):
@@ -187,8 +186,7 @@ SP_QUICK = ["--train-images", "64", "--supernet-batch-size", "32", "--manager-po
 @pytest.fixture(scope="module")
 def user_mnv2(tmp_path_factory) -> Path:
     """An inverted-residual CNN with stage boundaries: timm's MobileNetV2 at half width, grey 32×32, 10 classes."""
-    return export_timm_onnx("mobilenetv2_050", tmp_path_factory.mktemp("user") / "mnv2.onnx", resolution=32,
-                            in_chans=1, num_classes=10)
+    return grey_user_model(tmp_path_factory, "mobilenetv2_050")
 
 
 def _random_arch(spec, net, seed: int):
@@ -204,15 +202,14 @@ def _random_arch(spec, net, seed: int):
 
 
 @pytest.mark.parametrize("family", ["mobilenetv2_050", "resnet18"])
-def test_an_onnx_supernet_runs_stage_by_stage_as_it_runs_whole(family, tmp_path):
+def test_an_onnx_supernet_runs_stage_by_stage_as_it_runs_whole(family, tmp_path_factory):
     """Inverted residuals, and a ResNet whose stem and max pool join its first stage: the graph split at the stage
     tensors computes what the whole graph computes, for the full network and for sub-networks; a stage given the
     full network's wider input keeps the channels the sub-network keeps; adaptors read the kept channels' columns."""
     from latbench.models.onnx_torch import full_network
     from latbench.supernet import StageAdaptors, supernet_from
 
-    path = export_timm_onnx(family, tmp_path / f"{family}.onnx", resolution=32, in_chans=1, num_classes=10)
-    spec = load_model(str(path))
+    spec = load_model(str(grey_user_model(tmp_path_factory, family)))
     net = supernet_from(full_network(spec), "l1").eval()
     assert len(net.stages) >= 4
     x = torch.from_numpy(np.random.default_rng(1).standard_normal((2, 1, 32, 32)).astype(np.float32))

@@ -35,22 +35,14 @@ _CHUNK = 8              # images per forward when the statistics are gathered
 __all__ = ["UNFOLDED_SUFFIX", "fold_unfolded_batchnorm", "unfold_batchnorm", "unfolded_convs"]
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for i in node.input:
-            readers.setdefault(i, []).append(node)
-    return readers
-
-
 def unfolded_convs(model: onnx.ModelProto, spec) -> list[onnx.NodeProto]:
     """The Conv nodes of ``spec``'s conv kernels (conv, pointwise, depthwise) whose output no BN reads."""
-    from .onnx_graph import kernel_nodes_of
+    from .onnx_graph import _Graph, kernel_nodes_of
 
     kernels = kernel_nodes_of(model, spec.name)
     conv_kernels = {layer.name for layer in spec.layers if layer.kind in CONV_KINDS}
     by_name = {n.name: n for n in model.graph.node}
-    readers = _consumers(model.graph)
+    graph = _Graph(model)
     out = []
     for kernel, nodes in kernels.items():
         if kernel not in conv_kernels:
@@ -58,8 +50,8 @@ def unfolded_convs(model: onnx.ModelProto, spec) -> list[onnx.NodeProto]:
         conv = next((by_name[n] for n in nodes if by_name[n].op_type == "Conv"), None)
         if conv is None:
             continue
-        after = readers.get(conv.output[0], [])
-        if not (len(after) == 1 and after[0].op_type == "BatchNormalization"):
+        after = graph.only_consumer(conv.output[0])
+        if after is None or after.op_type != "BatchNormalization":
             out.append(conv)
     return out
 

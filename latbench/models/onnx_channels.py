@@ -760,12 +760,19 @@ def channel_importance(model: onnx.ModelProto, graph: ChannelGraph) -> dict[str,
     m = _Model(model)
     out = {name: np.zeros(g.width) for name, g in graph.groups.items()}
     for _, norms, segs in _producers(m, graph):
-        pos = 0
-        for s in segs:
-            if s.group is not None and len(norms) >= pos + s.width:
-                out[s.group] += norms[pos:pos + s.width]
-            pos += s.width
+        _add_by_segment(out, norms, segs)
     return out
+
+
+def _add_by_segment(out: dict[str, np.ndarray], values: np.ndarray, segs) -> list[str]:
+    """Add each group's slice of the per-channel ``values`` (laid out as ``segs``) to ``out``; the groups added to."""
+    pos, added = 0, []
+    for s in segs:
+        if s.group is not None and len(values) >= pos + s.width:
+            out[s.group] += values[pos:pos + s.width]
+            added.append(s.group)
+        pos += s.width
+    return added
 
 
 def bn_scale_scores(model: onnx.ModelProto, graph: ChannelGraph) -> dict[str, np.ndarray | None]:
@@ -783,12 +790,8 @@ def bn_scale_scores(model: onnx.ModelProto, graph: ChannelGraph) -> dict[str, np
         gamma = m.const(consumers[0].input[1])
         if gamma is None:
             continue
-        gamma, pos = np.abs(gamma.astype(np.float64)), 0
-        for s in segs:
-            if s.group is not None and len(gamma) >= pos + s.width:
-                sums[s.group] += gamma[pos:pos + s.width]
-                writers[s.group] += 1
-            pos += s.width
+        for group in _add_by_segment(sums, np.abs(gamma.astype(np.float64)), segs):
+            writers[group] += 1
     return {name: sums[name] / writers[name] if writers[name] else None for name in graph.groups}
 
 
