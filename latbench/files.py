@@ -85,13 +85,18 @@ def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = None, 
     return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys))
 
 
-def write_json_if_changed(path: str | Path, obj: Any, *, indent: int | None = None) -> Path:
-    """Write ``obj`` as JSON atomically unless ``path`` already holds exactly that text: a rerun that
-    recomputes nothing leaves the file (and its modification time) untouched."""
-    path, text = Path(path), json.dumps(obj, indent=indent)
+def write_text_if_changed(path: str | Path, text: str) -> Path:
+    """Write ``text`` atomically unless ``path`` already holds exactly it: a rerun that recomputes nothing
+    leaves the file (and its modification time) untouched."""
+    path = Path(path)
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         atomic_write_text(path, text)
     return path
+
+
+def write_json_if_changed(path: str | Path, obj: Any, *, indent: int | None = None) -> Path:
+    """:func:`write_text_if_changed` of ``obj`` as JSON."""
+    return write_text_if_changed(path, json.dumps(obj, indent=indent))
 
 
 def sha256_file(path: str | Path) -> str:

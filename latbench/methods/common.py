@@ -33,7 +33,7 @@ from annotated_types import Ge, Gt
 from rich.console import Console
 
 from ..devices.base import DeviceUnreachable
-from ..files import atomic_write_bytes
+from ..files import atomic_write_bytes, write_text_if_changed
 from ..models.arch import Architecture
 from ..models.spec import ModelSpec
 from ..recipe import Opt, aside_path
@@ -462,10 +462,9 @@ def ship_and_check(out: Path, arch: Architecture, landing, budget_ms: float, pro
         shipped = land_shipped(out, budget_ms, propose, Proposal(arch, step.predicted_ms, step.target_ms), ship,
                                table, job.device, job.store, job.landing, anchor, spec, files,
                                out if holds(out / files[0], arch) else None)
-        path = Path(out) / "arch.json"
-        if not path.exists() or path.read_text() != shipped.arch.to_json():
-            atomic_write_bytes(path, shipped.arch.to_json().encode())
+        write_text_if_changed(Path(out) / "arch.json", shipped.arch.to_json())
         return shipped.arch, shipped, shipped.repeats
+    write_text_if_changed(Path(out) / "arch.json", arch.to_json())
     ship(arch, out)
     repeats = []
     if job.device and table is not None:            # the file we ship, measured again: its spread counts

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from annotated_types import Ge, Lt
 
-from ...files import atomic_write_json, atomic_write_text, read_json
+from ...files import atomic_write_json, read_json
 from ...models.arch import Architecture
 from ...models.spec import ModelSpec
 from ...models.torch_net import GraphNet, materialize
@@ -177,7 +177,6 @@ def run_lcp(job: LcPJob) -> dict:
                                  job.device, job.store, job.landing, anchor_of(full, spec, resolution))
         arch = landing.arch
         console.print(f"landed: {landing.status} after {len(landing.steps)} measured step(s), widths {arch.widths}")
-    atomic_write_text(out / "arch.json", arch.to_json())
     predicted = float(predictor.predict(arch)[0]) if predictor is not None else None
     console.print(f"[bold]{job.method}[/]: {budget.kind} {budget.describe(plan.cost)} for a budget of "
                   f"{budget.describe()}; widths {arch.widths}")

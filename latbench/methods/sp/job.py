@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from annotated_types import Ge
 
-from ...files import atomic_write_text, read_json, sha256_file, write_json_if_changed
+from ...files import read_json, sha256_file, write_json_if_changed
 from ...models import Architecture, GraphNet
 from ...predictor import Predictor
 from ...recipe import Choice, Opt, begin_folder_run
@@ -221,8 +221,6 @@ def run_sp(job: SPJob) -> dict:
                                  job.device, job.store, job.landing, anchor_of(full, spec, resolution))
         arch = landing.arch
         console.print(f"landed: {landing.status} after {len(landing.steps)} measured step(s), widths {arch.widths}")
-    if not (out / "arch.json").exists() or (out / "arch.json").read_text() != arch.to_json():
-        atomic_write_text(out / "arch.json", arch.to_json())
     predicted = float(predictor.predict(arch)[0]) if predictor is not None else None
     console.print(f"[bold]sp[/]: {budget.kind} {budget.describe(result.cost)} for a budget of {budget.describe()}; "
                   f"widths {arch.widths}")
