@@ -13,11 +13,13 @@ from onnx import TensorProto, helper, numpy_helper
 from latbench.api import load_model
 from latbench.export import export_imported_network, export_network_for
 from latbench.models import Architecture
-from latbench.models.onnx_bn import UNFOLDED_SUFFIX, fold_unfolded_batchnorm, unfold_batchnorm, unfolded_convs
+from latbench.models.onnx_bn import (UNFOLDED_SUFFIX, fold_unfolded_batchnorm, has_unfolded_batchnorm, unfold_batchnorm,
+                                     unfolded_convs)
 from latbench.models.onnx_channels import analyse_channels, bn_scale_scores
 from latbench.models.onnx_graph import OnnxModelError, kernel_nodes_of
 from latbench.models.onnx_load import at_resolution, load_user_onnx
-from latbench.models.onnx_torch import full_network
+from latbench.models.onnx_torch import full_network, materialize_imported
+from latbench.train import load_checkpoint, save_checkpoint
 from realworld_models import grey_user_model, timm_available
 
 pytestmark = pytest.mark.skipif(not timm_available(), reason="timm is not installed (pip install --no-deps timm)")
@@ -83,6 +85,32 @@ def test_unfolded_bn_normalises_in_training_and_its_gamma_is_the_channels_scale(
     assert all(scores[g] is None for g in spec.groups if "/se/" in g)
     assert all(scores[g] is not None and (scores[g] > 0).all() for g in spec.groups if "/se/" not in g)
     assert bn_scale_scores(net.model, net.channel_graph())[stem.name + ".out"] is None     # folded: nothing to rank
+
+
+def test_a_network_trained_with_unfolded_bn_is_saved_and_loaded_with_it(mnv3, tmp_path):
+    """A pruned network of an imported model that trained with its BN given back: its checkpoint says so, and
+    load_checkpoint rebuilds the BN nodes (mean 0, variance 1 before the weights load) — it failed with
+    "weights do not fit" before."""
+    spec = load_model(str(mnv3))
+    unfolded = unfold_batchnorm(full_network(spec), calibration())
+    layout = unfold_batchnorm(full_network(spec), None)
+    assert ([(n.op_type, n.name) for n in layout.nodes] == [(n.op_type, n.name) for n in unfolded.nodes]
+            and has_unfolded_batchnorm(layout.model) and not has_unfolded_batchnorm(full_network(spec).model))
+    arch = Architecture(spec.name, 32, {g: max(8, w // 2) for g, w in spec.groups.items()})
+    net = materialize_imported(arch, spec, unfolded)
+    with torch.no_grad():                    # "trained": BN parameters and statistics no longer the calibration's
+        for t in [*net.parameters(), *net.buffers()]:
+            if t.is_floating_point():
+                t.mul_(1.1)
+    save_checkpoint(tmp_path / "p.safetensors", net, arch=arch)
+    loaded, loaded_arch, meta = load_checkpoint(tmp_path / "p.safetensors")
+    assert meta["source"]["batchnorm"] == "unfolded" and loaded_arch == arch
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net.eval()(x))
+    plain = materialize_imported(arch, spec)                 # a network trained without: the file's layout
+    save_checkpoint(tmp_path / "q.safetensors", plain, arch=arch)
+    assert load_checkpoint(tmp_path / "q.safetensors")[2]["source"]["batchnorm"] == "file"
 
 
 def test_an_imported_graph_runs_and_ships_at_another_resolution(mnv3):

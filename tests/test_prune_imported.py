@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from latbench.api import load_model
 from latbench.cli import app
 from latbench.data import FASHION_MNIST_DIR
+from latbench.models.onnx_bn import has_unfolded_batchnorm
 from latbench.models.onnx_channels import analyse_channels, prune_onnx
 from latbench.models.onnx_load import load_user_onnx
 from latbench.models.onnx_torch import OnnxNet
@@ -66,6 +67,8 @@ def test_lcp_prunes_an_onnx_model_to_a_flops_budget_and_ships_its_own_graph_trai
     assert [n.op_type for n in shipped.graph.node] == [n.op_type for n in cut.graph.node]
     trained, arch, meta = load_checkpoint(out / "pruned.safetensors")
     assert isinstance(trained, OnnxNet) and arch.widths == widths and meta["source"]["path"] == str(user_model.resolve())
+    # fine-tuned with the BN its exporter folded given back, folded again in the shipped file (checked above)
+    assert meta["source"]["batchnorm"] == "unfolded" and has_unfolded_batchnorm(trained.model)
     x = np.random.default_rng(0).standard_normal((1, 1, 32, 32)).astype(np.float32)
     with torch.no_grad():
         ours = trained(torch.from_numpy(x)).numpy()
@@ -171,7 +174,12 @@ def test_jcw_searches_an_onnx_models_supernet_and_ships_its_own_graph_trained(us
             w = weights[node.input[1]]
             assert (w == 0).mean() >= s - 0.02, layer
     x = np.random.default_rng(0).standard_normal((1, 1, 32, 32)).astype(np.float32)
-    assert np.isfinite(run(ort.InferenceSession(str(out / "budget-0.95" / "pruned.onnx")), x)).all()
+    shipped_out = run(ort.InferenceSession(str(out / "budget-0.95" / "pruned.onnx")), x)
+    # ADMM trained the graph with its BN given back; the checkpoint holds it and computes what ships
+    trained, arch, meta = load_checkpoint(out / "budget-0.95" / "admm.safetensors")
+    assert meta["source"]["batchnorm"] == "unfolded" and arch.widths == widths
+    with torch.no_grad():
+        np.testing.assert_allclose(trained(torch.from_numpy(x)).numpy(), shipped_out, rtol=1e-3, atol=1e-4)
     assert report["test_accuracy"]["finetuned"] >= 0.0 and report["admm_history"]["phases"]
 
 
@@ -238,13 +246,18 @@ def test_an_onnx_supernet_runs_stage_by_stage_as_it_runs_whole(family, tmp_path_
             torch.testing.assert_close(adaptors(i, sub[i], keep), expected)
 
 
-def test_an_imported_sp_supernet_checkpoint_is_rebuilt_from_its_file(user_mnv2, tmp_path):
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_an_imported_sp_supernet_checkpoint_is_rebuilt_from_its_file(user_mnv2, tmp_path, batchnorm):
     from latbench.methods.sp.training import load_supernet, save_supernet
+    from latbench.models.onnx_bn import unfold_batchnorm
     from latbench.models.onnx_torch import full_network
     from latbench.supernet import OnnxSupernet, StageAdaptors, supernet_from
 
     spec = load_model(str(user_mnv2))
-    net = supernet_from(full_network(spec), "l1")
+    parent = full_network(spec)
+    if batchnorm:                 # as SP trains it: the BN its exporter folded given back
+        parent = unfold_batchnorm(parent, [torch.randn(8, 1, 32, 32)])
+    net = supernet_from(parent, "l1")
     with torch.no_grad():
         for p in net.parameters():
             p.mul_(1.5)                       # "trained": not the file's weights any more
@@ -252,6 +265,7 @@ def test_an_imported_sp_supernet_checkpoint_is_rebuilt_from_its_file(user_mnv2, 
     save_supernet(tmp_path / "s.safetensors", net, adaptors)
     loaded, loaded_adaptors, meta = load_supernet(tmp_path / "s.safetensors")
     assert isinstance(loaded, OnnxSupernet) and meta["source"] == spec.source
+    assert has_unfolded_batchnorm(loaded.model) == batchnorm
     arch = _random_arch(spec, net, 2)
     x = torch.from_numpy(np.random.default_rng(2).standard_normal((2, 1, 32, 32)).astype(np.float32))
     with torch.no_grad():
@@ -289,7 +303,7 @@ def test_sp_prunes_an_onnx_model_stage_by_stage_and_ships_its_own_graph_trained(
     shipped = onnx.load(out / "pruned.onnx")
     assert [n.op_type for n in shipped.graph.node] == [n.op_type for n in cut.graph.node]
     trained, arch, meta = load_checkpoint(out / "pruned.safetensors")
-    assert isinstance(trained, OnnxNet) and arch.widths == widths
+    assert isinstance(trained, OnnxNet) and arch.widths == widths and meta["source"]["batchnorm"] == "unfolded"
     x = np.random.default_rng(0).standard_normal((1, 1, 32, 32)).astype(np.float32)
     with torch.no_grad():
         ours = trained(torch.from_numpy(x)).numpy()

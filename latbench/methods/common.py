@@ -162,6 +162,18 @@ def load_parent(checkpoint: str | Path | None, model: str):
     return parent
 
 
+def with_batchnorm(parent, batches: Sequence):
+    """``parent`` ready to train as a zoo network trains: an imported model's network gets back the BN its
+    exporter folded (:func:`~latbench.models.onnx_bn.unfold_batchnorm`, statistics from ``batches`` of
+    ``(images, labels)``): the identity in eval mode, batch statistics in training, γ for BN-based rankings,
+    folded again at export. A zoo network, or an imported one that already has its BN, is returned as it is."""
+    if not parent.spec.source:
+        return parent
+    from ..models.onnx_bn import unfold_batchnorm
+
+    return unfold_batchnorm(parent, batches).eval()
+
+
 # ---- budgets ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

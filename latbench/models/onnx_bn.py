@@ -32,7 +32,7 @@ UNFOLDED_SUFFIX = "/latbench_bn"
 EPSILON = 1e-5
 _CHUNK = 8              # images per forward when the statistics are gathered
 
-__all__ = ["UNFOLDED_SUFFIX", "fold_unfolded_batchnorm", "unfold_batchnorm", "unfolded_convs"]
+__all__ = ["UNFOLDED_SUFFIX", "fold_unfolded_batchnorm", "has_unfolded_batchnorm", "unfold_batchnorm", "unfolded_convs"]
 
 
 def unfolded_convs(model: onnx.ModelProto, spec) -> list[onnx.NodeProto]:
@@ -88,18 +88,23 @@ def _output_moments(net, names: list[str], batches: Iterable) -> dict[str, tuple
     return moments
 
 
-def unfold_batchnorm(net, batches: Iterable, epsilon: float = EPSILON):
+def unfold_batchnorm(net, batches: Iterable | None, epsilon: float = EPSILON):
     """``net`` (an :class:`~latbench.models.onnx_torch.OnnxNet` of an imported model) with a BatchNormalization
     after every conv kernel's Conv that has none, calibrated on ``batches`` so that in eval mode the network
     computes exactly what it computed (see the module docstring). Returns a new OnnxNet; ``net`` is untouched.
-    A graph whose conv kernels all have their BN is returned as a copy."""
+    A graph whose conv kernels all have their BN is returned as a copy. ``batches`` None gives the nodes only
+    (mean 0, variance 1): the layout a checkpoint's trained BN is loaded into."""
     from .onnx_torch import OnnxNet
 
     model = net.to_onnx()
     convs = unfolded_convs(model, net.spec)
     if not convs:
         return OnnxNet(model, net.spec, net.widths)
-    moments = _output_moments(net, [c.output[0] for c in convs], batches)
+    if batches is None:
+        width = {c.output[0]: _out_channels(model, c) for c in convs}
+        moments = {y: (np.zeros(n), np.ones(n)) for y, n in width.items()}
+    else:
+        moments = _output_moments(net, [c.output[0] for c in convs], batches)
     graph = model.graph
     names = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
     inserted: dict[str, onnx.NodeProto] = {}
@@ -129,6 +134,17 @@ def unfold_batchnorm(net, batches: Iterable, epsilon: float = EPSILON):
     del graph.value_info[:]
     model = shape_inference.infer_shapes(model, strict_mode=True)
     return OnnxNet(model, net.spec, net.widths)
+
+
+def _out_channels(model: onnx.ModelProto, conv: onnx.NodeProto) -> int:
+    """A Conv's output channels: its weight's first dimension."""
+    weight = next(t for t in model.graph.initializer if t.name == conv.input[1])
+    return int(weight.dims[0])
+
+
+def has_unfolded_batchnorm(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` holds BN nodes :func:`unfold_batchnorm` inserted (a network trained with them)."""
+    return any(n.op_type == "BatchNormalization" and n.name.endswith(UNFOLDED_SUFFIX) for n in model.graph.node)
 
 
 def fold_unfolded_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -59,10 +59,27 @@ def save_checkpoint(path: str | Path, net: GraphNet, *, arch: Architecture | Non
     header = {**dict(meta or {}), "format": FORMAT, "model": net.spec.name, "num_classes": net.spec.num_classes,
               "in_channels": stem_in_channels(net), "arch": arch.to_dict()}
     if net.spec.source:     # an imported model: rebuilt from its ONNX file, cut to the widths (load_checkpoint)
-        header["source"] = {"path": str(Path(net.spec.source).resolve()), "input_shape": list(net.spec.input_shape)}
+        header["source"] = imported_source(net)
     with atomic_output(path) as tmp:
         save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(header)})
     return path
+
+
+def imported_source(net) -> dict:
+    """What rebuilds an imported model's network (an OnnxNet) before its weights load: the ONNX file, its input
+    shape, and whether the graph trained with BN given back (:mod:`latbench.models.onnx_bn`)."""
+    from ..models.onnx_bn import has_unfolded_batchnorm
+
+    return {"path": str(Path(net.spec.source).resolve()), "input_shape": list(net.spec.input_shape),
+            "batchnorm": "unfolded" if has_unfolded_batchnorm(net.model) else "file"}
+
+
+def imported_parent_layout(full, source: Mapping[str, Any]):
+    """The full network ``full`` (an OnnxNet from the file) with the layout ``source`` (:func:`imported_source`)
+    names: its unfolded BN nodes when it trained with them, for a checkpoint's weights to load into."""
+    from ..models.onnx_bn import unfold_batchnorm
+
+    return unfold_batchnorm(full, None) if source.get("batchnorm") == "unfolded" else full
 
 
 def _open(path: Path):
@@ -132,7 +149,9 @@ def _load_imported(path: Path, meta: dict):
         arch = Architecture.from_dict(meta["arch"]).validate(spec)
     except (KeyError, ArchitectureError) as err:
         raise CheckpointError(f"{path}: metadata does not describe a network of {spec.name} ({err})") from err
-    net = materialize(arch, spec)
+    from ..models.onnx_torch import full_network
+
+    net = materialize(arch, spec, imported_parent_layout(full_network(spec), source))
     load_weights(path, net)
     return net.eval(), arch, meta
 

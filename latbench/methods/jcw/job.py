@@ -41,7 +41,7 @@ from ...search.budget import BudgetError
 from ...train.admm import ADMMConfig
 from ..common import (FARM_HELP, Anchor, FullLatency, JobOptions, farm_as_device, check_shipped, check_torch_device, console, export_pruned, exported,
                       first, full_latency, land_on_device, land_shipped, load_parent, measure_architectures, network_report,
-                      sample_batches, set_threads)
+                      sample_batches, set_threads, with_batchnorm)
 from .evaluator import SupernetConfig
 from .search import SearchConfig, SearchResult
 
@@ -331,6 +331,7 @@ def run_jcw(job: JCWJob) -> dict:
     recipe = begin_folder_run(job, str(job.method), out, log=console.print)
     parent = load_parent(job.checkpoint, job.model)
     data = load_dataset(job.data, job.data_dir)
+    parent = with_batchnorm(parent, sample_batches(data.train, job.bn_images, seed=job.search.seed + 1))
     if job.search.resolution not in (None, data.resolution):
         raise ValueError(f"the search's resolution {job.search.resolution} differs from the data's "
                          f"{data.resolution}; the retrained network runs at the data's resolution")

@@ -32,7 +32,7 @@ from ...search.budget import Budget, CostGrid
 from ...tables.table import LatencyTable
 from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, budget_kind_is_latency, checkpoint_for, console,
                       export_once, exported, first, full_latency, land_on_device, load_parent, network_report,
-                      sample_batches, set_threads, ship_and_check)
+                      sample_batches, set_threads, ship_and_check, with_batchnorm)
 from ..landing import LandingConfig, Proposal, upper_bound_ms
 
 #: What an LcP job ships of the network it lands on (copied from its candidate folder).
@@ -127,6 +127,7 @@ def run_lcp(job: LcPJob) -> dict:
     parent = load_parent(job.checkpoint, job.model)
     spec = parent.spec
     data = load_dataset(job.data, job.data_dir)
+    parent = with_batchnorm(parent, sample_batches(data.train, job.bn_images, seed=job.seed + 1))
     resolution = data.resolution
     table = LatencyTable.load(job.table) if job.table else None
     predictor = Predictor(spec, table) if table is not None else None

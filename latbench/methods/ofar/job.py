@@ -45,7 +45,7 @@ from ..landing import LandingConfig, Proposal
 from ...search.budget import BudgetError
 from .. import common
 from ..common import (EXPORT_FORMATS, JobOptions, check_torch_device, console, export_pruned, exported, load_parent,
-                      set_threads)
+                      set_threads, with_batchnorm)
 from .joint import BNMode, JointConfig, Structures, attach_private_bn, structure_forward, train_joint
 from .rates import (BudgetSpec, CostModel, GlobalRanking, RatePlan, bn_gamma_scores, check_resolutions, find_rates,
                     load_cost_models, structure_floors)
@@ -263,7 +263,6 @@ def imported_parent(parent, job: OFARJob, data, resolutions: Sequence[int]):
     (:func:`~latbench.models.onnx_bn.unfold_batchnorm`, calibrated on ``bn_images`` training images at the
     largest resolution), after the checks only an imported graph needs: private BN is DynamicNet's, and the
     graph must run at every resolution."""
-    from ...models.onnx_bn import unfold_batchnorm
     from ...models.onnx_load import at_resolution
     from ...supernet import resize
 
@@ -273,7 +272,7 @@ def imported_parent(parent, job: OFARJob, data, resolutions: Sequence[int]):
     for r in resolutions:
         at_resolution(parent.model, r, parent.spec.name)     # OnnxModelError naming the size the graph fixes
     calib = data.calibration(job.bn_images, seed=job.search.seed + 1)
-    return unfold_batchnorm(parent, [resize(x, max(resolutions)) for x, _ in calib]).eval()
+    return with_batchnorm(parent, [(resize(x, max(resolutions)), y) for x, y in calib])
 
 
 def uniform_outcome(parent, plan: RatePlan, ratios: Sequence[float]) -> SearchOutcome:

@@ -44,7 +44,8 @@ from ...supernet import SearchSpace, StageAdaptors, head_groups, recalibrate, st
 from ...tables.table import LatencyTable, TableError
 from ..common import (FinetuneRecipe, SingleBudgetJob, anchor_of, budget_kind_is_latency, check_table_device,
                       check_torch_device, checkpoint_for, console, export_pruned, exported, first, full_latency,
-                      land_on_device, load_parent, network_report, sample_batches, set_threads, ship_and_check)
+                      land_on_device, load_parent, network_report, sample_batches, set_threads, ship_and_check,
+                      with_batchnorm)
 from ..landing import LandingConfig, Proposal, upper_bound_ms
 from .costs import StageCosts
 from .parallel import RayUnavailableError, check_ray
@@ -150,12 +151,13 @@ def run_sp(job: SPJob) -> dict:
                          "retrains from the weights its supernet gives it (--retrain-from inherited)")
     stages = stages_of(spec)                                      # StageError: no stage boundaries
     device = check_torch_device(job.torch_device)
-    net = supernet_from(parent, str(job.order), device=device)   # an OnnxSupernet for an imported model
-    net.stages                                                    # StageError: a graph not runnable stage-wise
     use_ray = _use_ray(job)
     if use_ray:
         check_ray(job.ray_address)                                # RayUnavailableError
     data = load_dataset(job.data, job.data_dir)
+    parent = with_batchnorm(parent, sample_batches(data.train, job.bn_images, seed=job.search.seed + 1))
+    net = supernet_from(parent, str(job.order), device=device)   # an OnnxSupernet for an imported model
+    net.stages                                                    # StageError: a graph not runnable stage-wise
     resolution = data.resolution
     table = LatencyTable.load(job.table) if job.table else None
     predictor = None

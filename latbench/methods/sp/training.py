@@ -53,7 +53,7 @@ from ...models import Architecture, get_model
 from ...recipe import Opt
 from ...supernet import (DynamicBatchNorm2d, DynamicNet, SandwichSampler, SearchSpace, StageAdaptors, cross_entropy,
                          stage_feature_loss)
-from ...train.checkpoint import FORMAT, CheckpointError, CheckpointFormat
+from ...train.checkpoint import FORMAT, CheckpointError, CheckpointFormat, imported_parent_layout, imported_source
 from ...train.loop import Schedule, TrainConfig, make_optimizer
 
 _META_KEY = "latbench"
@@ -192,6 +192,7 @@ def save_supernet(path: str | Path, net: DynamicNet, adaptors: StageAdaptors,
         header["source"] = str(net.spec.source)
         if net.spec.input_shape:
             header["input_shape"] = list(net.spec.input_shape)
+        header["batchnorm"] = imported_source(net)["batchnorm"]
     with atomic_output(path) as tmp:
         save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(header)})
     return path
@@ -239,7 +240,7 @@ def load_supernet(path: str | Path, *, device: torch.device | str = "cpu") -> tu
         if spec.name != meta["model"]:
             raise CheckpointError(f"{path} is the supernet of another version of {meta['source']} ({meta['model']}, "
                                   f"the file now reads as {spec.name})")
-        net = OnnxSupernet(full_network(spec).model, spec).to(device)
+        net = OnnxSupernet(imported_parent_layout(full_network(spec), meta).model, spec).to(device)
     else:
         spec = get_model(meta["model"], num_classes=int(meta["num_classes"]))
         widths = Architecture.from_dict(meta["arch"]).widths
