@@ -116,15 +116,16 @@ def test_ofar_prunes_an_onnx_model_over_widths_and_resolutions_and_ships_its_own
 
 @pytest.mark.slow
 def test_ofar_lands_an_onnx_model_at_its_chosen_resolution_on_the_device(user_mnv2, tmp_path):
-    """Profiled at two resolutions into a table here; the choice for 80 % of the full network's latency is landed
-    by the closed loop on host:onnxruntime and the shipped file (at its own resolution) measured again."""
+    """Profiled at two resolutions into a table here; the choice for 90 % of the full network's latency is landed
+    by the closed loop on host:onnxruntime and the shipped file (at its own resolution) measured again. (A tiny
+    MobileNetV2 on 32 px: its narrowest widths at 24 px are ≈ 81 % of the full network — 80 % failed once.)"""
     table, store = tmp_path / "t.parquet", tmp_path / "store.db"
     profiled = CliRunner().invoke(app, ["profile", str(user_mnv2), "--device", "host:onnxruntime", "--table",
                                         str(table), "--store", str(store), "--calibrate", "4", "--resolution", "32",
                                         "--resolution", "24", "--no-progress"])
     assert profiled.exit_code == 0, profiled.output
     out = tmp_path / "ofar"
-    result = ofar(user_mnv2, out, "--table", table, "--budget-ratio", 0.8, "--store", store, "--repeats", 3)
+    result = ofar(user_mnv2, out, "--table", table, "--budget-ratio", 0.9, "--store", store, "--repeats", 3)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     [c] = report["cohort"]
