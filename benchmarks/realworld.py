@@ -21,6 +21,9 @@ docs/measurement.md). Per runtime:
         --set out=runs/realworld-small-ref --set summary=benchmarks/results/realworld-small-ref/summary.json
     python benchmarks/realworld.py --set runtimes='["host:onnxruntime?warm=1","host:litert?warm=1"]' \
         --set out=runs/realworld-warm --set summary=benchmarks/results/realworld-warm/summary.json   # warm samples
+    python benchmarks/realworld.py --set runtimes='["host:litert?reference=large&warm=1"]' --set interleave=true \
+        --set out=runs/realworld-litert-interleaved \
+        --set summary=benchmarks/results/realworld-litert-interleaved/summary.json   # networks beside their kernels
 
 Writes ``benchmarks/results/realworld/summary.json`` (one row per model and runtime) and per-run files under
 ``out``. Every measurement is in the SQLite store, so a rerun resumes.
@@ -57,6 +60,10 @@ class RealWorld:
     runtimes: Annotated[tuple[str, ...], Opt(help="host devices")] = ("host:onnxruntime?reference=large",
                                                                       "host:litert?reference=large&warm=1")
     variants: Annotated[int, Ge(0), Opt(help="random pruned variants measured per model")] = 20
+    # Whole networks drift relative to one another over an hour here (GhostNet / ResNet-18 moved 4 % in 42 minutes,
+    # 2026-12-05): measured right after their own model's kernels, the two share the machine's state.
+    interleave: Annotated[bool, Opt(help="measure each model's networks right after profiling its kernels (default: "
+                                         "after every model's profiling)")] = False
     seed: int = 0
     min_ratio: float = 0.5
     out: str = "runs/realworld"
@@ -92,6 +99,15 @@ def _profile_model(name: str, device: str, out: Path, store: Path) -> dict:
     return {**row, "imported": True, "spec": spec, "layers": len(spec.layers), "groups": len(spec.groups), **cost}
 
 
+def _architectures(spec, exp: RealWorld, divisor: int) -> list:
+    """The full network, then ``exp.variants`` random pruned ones with widths on the device's channel block (as
+    the table was profiled; what validate draws)."""
+    from latbench.models import Architecture, random_architectures
+
+    return [Architecture.full(spec)] + random_architectures(spec, exp.variants, seed=exp.seed, min_ratio=exp.min_ratio,
+                                                            divisor=divisor)
+
+
 def _kernel_detail(spec, pred, archs, measured) -> list[dict]:
     """Per network: every kernel's lookup with what it is (kind, kernel, stride, channels, input size) and the
     network's measured time, so that corrections finer than per-category sums can be studied offline."""
@@ -108,14 +124,24 @@ def _kernel_detail(spec, pred, archs, measured) -> list[dict]:
 def _run_runtime(exp: RealWorld, device: str, names: list[str]) -> list[dict]:
     from latbench import api
     from latbench.devices import open_device
-    from latbench.models import Architecture, random_architectures
     from latbench.predictor import KERNEL_CATEGORIES, Population, Predictor
     from latbench.store import MeasurementStore
     from latbench.validation import fit_device_calibration, measure_networks
 
     out = ROOT / exp.out / re.sub(r"[^A-Za-z0-9_.-]+", "-", device)      # host:onnxruntime?warm=1 → host-onnxruntime-warm-1
     store = out / "measurements.db"
-    rows = [_profile_model(name, device, ROOT / exp.out, store) for name in names]
+    rows = []
+    for name in names:
+        rows.append(_profile_model(name, device, ROOT / exp.out, store))
+        if exp.interleave and rows[-1]["imported"]:          # stored: the loop below reads them back
+            dev = open_device(device)
+            try:
+                with MeasurementStore(store) as st:
+                    spec = rows[-1]["spec"]
+                    measure_networks(spec, _architectures(spec, exp, getattr(dev, "channel_multiple", 1)), dev, st,
+                                     progress=False)
+            finally:
+                dev.close()
     specs = [r["spec"] for r in rows if r["imported"]]
     # Slices two models share were refined for each alone: one joint pass completes their common grids
     # (measuring only what is missing) so that one table covers every model.
@@ -130,10 +156,7 @@ def _run_runtime(exp: RealWorld, device: str, names: list[str]) -> list[dict]:
                 if not r["imported"]:
                     continue
                 spec = r["spec"]
-                # widths on the device's channel block, as the table was profiled (what validate draws)
-                archs = [Architecture.full(spec)] + random_architectures(
-                    spec, exp.variants, seed=exp.seed, min_ratio=exp.min_ratio,
-                    divisor=int(table.meta.get("channel_multiple", 1)))
+                archs = _architectures(spec, exp, int(table.meta.get("channel_multiple", 1)))
                 pred = Predictor(spec, table)
                 r["bare"] = pred.predict(archs, calibrated=False)
                 r["sums"] = pred.kernel_sums(Population.from_architectures(spec, archs))
