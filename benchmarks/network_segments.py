@@ -43,9 +43,10 @@ class Segments:
     summary: str = "benchmarks/results/realworld/segments.json"
 
 
-def cut_positions(model, cuts: int) -> list[int]:
+def cut_positions(model, cuts: int, kernel_spans: list[tuple[int, int]] = ()) -> list[int]:
     """Indices of nodes (topological order) after which exactly one computed tensor is live — their own output —
-    ``cuts`` of them spread evenly over the candidates, then the last node."""
+    and no kernel (``kernel_spans``: first and last node index of each) is split, ``cuts`` of them spread evenly
+    over the candidates from the first to the last (the head gets its own segment), then the last node."""
     nodes = list(model.graph.node)
     constants = {t.name for t in model.graph.initializer}
     last_read = {}
@@ -59,10 +60,10 @@ def cut_positions(model, cuts: int) -> list[int]:
         for name in node.output:
             produced[name] = i
         live = [t for t, j in produced.items() if last_read.get(t, -1) > i]
-        if live == [node.output[0]]:
+        if live == [node.output[0]] and not any(first <= i < last for first, last in kernel_spans):
             candidates.append(i)
-    step = max(1, len(candidates) // cuts)
-    return candidates[step - 1::step][:cuts] + [len(nodes) - 1]
+    picks = sorted({int(k) for k in np.linspace(0, len(candidates) - 1, min(cuts, len(candidates))).round()})
+    return [candidates[k] for k in picks] + [len(nodes) - 1]
 
 
 def _model_segments(name: str, exp: Segments, dev, table) -> dict:
@@ -81,7 +82,10 @@ def _model_segments(name: str, exp: Segments, dev, table) -> dict:
     spec = api.load_model(str(path))
     model = load_user_onnx(path)
     nodes = list(model.graph.node)
-    ends = cut_positions(model, exp.cuts)
+    position = {n.name: i for i, n in enumerate(nodes)}
+    kernels = kernel_nodes_of(model, spec.name)
+    spans = [(min(position[n] for n in names), max(position[n] for n in names)) for names in kernels.values()]
+    ends = cut_positions(model, exp.cuts, spans)       # a conv + BN + add + activation kernel stays in one segment
     extractor = Extractor(model)
     artifacts = []
     for k, end in enumerate(ends):
@@ -92,8 +96,6 @@ def _model_segments(name: str, exp: Segments, dev, table) -> dict:
     passes = np.array([[r.median_ms for r in dev.measure(artifacts)] for _ in range(exp.repeats)])
     prefix_ms = np.median(passes, axis=0)
     frame = Predictor(spec, table).breakdown(Architecture.full(spec))
-    position = {n.name: i for i, n in enumerate(nodes)}
-    kernels = kernel_nodes_of(model, spec.name)
     starts = [0] + [e + 1 for e in ends[:-1]]
     segments = [{"nodes": [starts[k], ends[k]], "kernels": [], "lookup_ms": 0.0,
                  "measured_ms": float(prefix_ms[k] - (prefix_ms[k - 1] if k else 0.0))} for k in range(len(ends))]

@@ -25,4 +25,6 @@ def test_cuts_never_fall_inside_a_residual_block_and_end_with_the_network():
     model = _residual_net()
     # after conv1 both c and b are live (the add reads b): no cut there
     assert script.cut_positions(model, 10) == [0, 1, 3, 4, 5, 6]
-    assert script.cut_positions(model, 2)[-1] == 6 and 2 not in script.cut_positions(model, 2)
+    assert script.cut_positions(model, 2) == [0, 5, 6]            # the first and the last candidate
+    # conv1 + add + relu1 (nodes 2–4) as one kernel: no cut after the add either
+    assert script.cut_positions(model, 10, [(0, 1), (2, 4)]) == [1, 4, 5, 6]
