@@ -160,17 +160,18 @@ def _run_runtime(exp: RealWorld, device: str, names: list[str]) -> list[dict]:
     out = ROOT / exp.out / re.sub(r"[^A-Za-z0-9_.-]+", "-", device)      # host:onnxruntime?warm=1 → host-onnxruntime-warm-1
     store = out / "measurements.db"
     rows = []
-    for name in names:
-        rows.append(_profile_model(name, device, ROOT / exp.out, store))
-        if exp.interleave and rows[-1]["imported"]:          # stored: the loop below reads them back
-            dev = open_device(device)
-            try:
+    dev = open_device(device) if exp.interleave else None
+    try:
+        for name in names:
+            rows.append(_profile_model(name, device, ROOT / exp.out, store))
+            if dev is not None and rows[-1]["imported"]:          # stored: the loop below reads them back
                 with MeasurementStore(store) as st:
                     spec = rows[-1]["spec"]
                     measure_networks(spec, _architectures(spec, exp, getattr(dev, "channel_multiple", 1)), dev, st,
                                      progress=False)
-            finally:
-                dev.close()
+    finally:
+        if dev is not None:
+            dev.close()
     specs = [r["spec"] for r in rows if r["imported"]]
     # Slices two models share were refined for each alone: one joint pass completes their common grids
     # (measuring only what is missing) so that one table covers every model.

@@ -101,7 +101,8 @@ def unfold_batchnorm(net, batches: Iterable | None, epsilon: float = EPSILON):
     if not convs:
         return OnnxNet(model, net.spec, net.widths)
     if batches is None:
-        width = {c.output[0]: _out_channels(model, c) for c in convs}
+        dims = {t.name: t.dims for t in model.graph.initializer}
+        width = {c.output[0]: int(dims[c.input[1]][0]) for c in convs}       # a Conv's weight: (out, in/g, kh, kw)
         moments = {y: (np.zeros(n), np.ones(n)) for y, n in width.items()}
     else:
         moments = _output_moments(net, [c.output[0] for c in convs], batches)
@@ -134,12 +135,6 @@ def unfold_batchnorm(net, batches: Iterable | None, epsilon: float = EPSILON):
     del graph.value_info[:]
     model = shape_inference.infer_shapes(model, strict_mode=True)
     return OnnxNet(model, net.spec, net.widths)
-
-
-def _out_channels(model: onnx.ModelProto, conv: onnx.NodeProto) -> int:
-    """A Conv's output channels: its weight's first dimension."""
-    weight = next(t for t in model.graph.initializer if t.name == conv.input[1])
-    return int(weight.dims[0])
 
 
 def has_unfolded_batchnorm(model: onnx.ModelProto) -> bool:
